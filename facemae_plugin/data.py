@@ -1,0 +1,47 @@
+"""Torch view of a face shard: what arcface_torch's MXFaceDataset yields, without MXNet."""
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .shard import FaceShard
+
+
+def normalise(rgb):
+    """uint8 ``[H, W, 3]`` RGB -> float32 ``[3, H, W]`` in ``(x/255 - 0.5) / 0.5``, arcface_torch's convention."""
+    chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return chw.float().div_(127.5).sub_(1.0)
+
+
+def denormalise(images):
+    """Inverse of ``normalise`` for a batch ``[N, 3, H, W]``: uint8 RGB ``[N, H, W, 3]`` (rounded, clipped)."""
+    pixels = (images.detach().float().cpu() + 1.0) * 127.5
+    return pixels.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class FaceRecordDataset(Dataset):
+    """Images of an InsightFace shard as ``(image [3,112,112] float, label int)``.
+
+    ``flip=True`` mirrors each image with probability 0.5 (arcface_torch's
+    training augmentation), drawn from torch's RNG so DataLoader seeding
+    controls it. ``with_keys=True`` adds the record key, which the FaceMAE
+    stage needs to derive per-record masks.
+    """
+
+    def __init__(self, path, flip=False, with_keys=False):
+        self.shard = FaceShard(path)
+        self.keys = self.shard.image_keys
+        self.flip = flip
+        self.with_keys = with_keys
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, index):
+        key = int(self.keys[index])
+        label, payload = self.shard.read(key)
+        image = normalise(self.shard.decode(key, payload))
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        if self.with_keys:
+            return image, label, key
+        return image, label

@@ -1,0 +1,40 @@
+"""Packaging for facemae-plugin: FaceMAE privacy-preserving face datasets for arcface_torch."""
+import os
+
+from setuptools import find_packages, setup
+
+
+def read_version():
+    path = os.path.join(os.path.dirname(__file__), "facemae_plugin", "__init__.py")
+    with open(path) as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("__version__ not found in facemae_plugin/__init__.py")
+
+
+setup(
+    name="facemae-plugin",
+    version=read_version(),
+    description="FaceMAE privacy-preserving face datasets as a plugin for InsightFace's arcface_torch",
+    long_description=open("README.md").read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["facemae_plugin", "facemae_plugin.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch",
+        "torchvision",
+        "timm",
+        "numpy",
+        "easydict",
+        "onnx",
+        "onnxruntime",
+        "opencv-python-headless",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "insightface"],
+    },
+    entry_points={"console_scripts": ["facemae = facemae_plugin.cli:main"]},
+)

@@ -1,0 +1,30 @@
+"""Shared fixtures: small face shards the tests make themselves."""
+import cv2
+import numpy as np
+import pytest
+
+from facemae_plugin.shard import FaceShardWriter
+
+
+def smooth_image(rng, size=112):
+    """A random smooth BGR uint8 image: compresses like a photo, differs per draw."""
+    small = rng.integers(0, 256, size=(7, 7, 3), dtype=np.uint8)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def write_layout_a(out_dir, images_per_identity, seed=0):
+    """A layout-A shard; returns the BGR images as written, grouped per identity."""
+    rng = np.random.default_rng(seed)
+    groups = [[smooth_image(rng) for _ in range(n)] for n in images_per_identity]
+    with FaceShardWriter(out_dir) as writer:
+        for images in groups:
+            writer.add_identity(images)
+    return groups
+
+
+@pytest.fixture
+def layout_a_shard(tmp_path):
+    """``(shard_dir, groups)``: 3 identities with 2, 3 and 4 images."""
+    shard_dir = tmp_path / "shard"
+    groups = write_layout_a(shard_dir, [2, 3, 4])
+    return shard_dir, groups
