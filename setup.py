@@ -34,7 +34,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "insightface"],
+        "test": ["pytest", "hypothesis", "insightface", "scikit-learn"],
     },
     entry_points={"console_scripts": ["facemae = facemae_plugin.cli:main"]},
 )

@@ -1,0 +1,69 @@
+"""The embedded default dataset: a layout-A shard of synthetic identities and a held-out ``.bin``.
+
+Training identities are ``0 .. identities-1``; the verification pairs use only
+the next ``holdout_identities`` ids, so a model evaluated on the ``.bin`` meets
+faces it never trained on, as LFW is for a WebFace-trained model.
+"""
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from .binfile import write_bin
+from .recordio import encode_image
+from .shard import FaceShardWriter
+from .synth import identity_images
+
+HOLDOUT_BIN = "holdout.bin"  # arcface_torch resolves val_targets=["holdout"] to <rec>/holdout.bin
+
+
+def draw_pairs(rng, identities, images_per_identity, num_pairs):
+    """``[(identity_a, index_a, identity_b, index_b, issame)]``: alternating same/different pairs."""
+    pairs = []
+    for i in range(num_pairs):
+        if i % 2 == 0:
+            identity = int(rng.choice(identities))
+            index_a, index_b = rng.choice(images_per_identity, size=2, replace=False)
+            pairs.append((identity, int(index_a), identity, int(index_b), True))
+        else:
+            identity_a, identity_b = rng.choice(identities, size=2, replace=False)
+            index_a, index_b = rng.integers(images_per_identity, size=2)
+            pairs.append((int(identity_a), int(index_a), int(identity_b), int(index_b), False))
+    return pairs
+
+
+def write_holdout_bin(path, seed, identities, images_per_identity, num_pairs, quality=95, progress=True):
+    """Render held-out identities and write ``num_pairs`` verification pairs to ``path``."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    pairs = draw_pairs(rng, identities, images_per_identity, num_pairs)
+    cache = {}
+    for identity in tqdm(identities, desc="holdout", unit="id", disable=not progress):
+        encoded = [encode_image(img, quality) for img in identity_images(seed, identity, images_per_identity)]
+        cache[identity] = encoded
+    images = []
+    for identity_a, index_a, identity_b, index_b, _ in pairs:
+        images += [cache[identity_a][index_a], cache[identity_b][index_b]]
+    write_bin(path, images, [p[4] for p in pairs])
+    return len(pairs)
+
+
+def make_synthetic_dataset(out_dir, identities=200, images_per_identity=20, holdout_identities=50,
+                           seed=0, num_pairs=1000, quality=95, progress=True):
+    """Write ``out_dir/train.rec|idx|property`` and ``out_dir/holdout.bin``; returns a summary dict."""
+    if identities < 2 or images_per_identity < 2 or holdout_identities < 2:
+        raise ValueError("synth needs at least 2 identities, 2 images per identity and 2 held-out identities")
+    os.makedirs(out_dir, exist_ok=True)
+    with FaceShardWriter(out_dir, quality=quality) as writer:
+        for identity in tqdm(range(identities), desc="synth", unit="id", disable=not progress):
+            writer.add_identity(identity_images(seed, identity, images_per_identity))
+    holdout = list(range(identities, identities + holdout_identities))
+    pairs = write_holdout_bin(os.path.join(out_dir, HOLDOUT_BIN), seed, holdout, images_per_identity,
+                              num_pairs, quality, progress)
+    return {
+        "out_dir": os.fspath(out_dir),
+        "identities": identities,
+        "images": identities * images_per_identity,
+        "holdout_identities": holdout_identities,
+        "pairs": pairs,
+        "seed": seed,
+    }
