@@ -31,14 +31,15 @@ BLOCK_DEFAULTS = {
     # Switches the reconstruction stage on in a recogniser's training (DESIGN.md "Config").
     "facemae": dict(checkpoint=None, mask_ratio=0.75, output="full", seed=0, stage="batch", autocast=None),
     # The reconstructor a pretraining recipe trains.
-    "mae": dict(preset="tiny", patch_size=8, mask_ratio=0.75, w_mse=1.0, w_visible=1.0, grid_every=1,
-                clip_grad=1.0),
+    "mae": dict(preset="tiny", patch_size=8, mask_ratio=0.75, output="full", w_mse=1.0, w_visible=1.0,
+                clip_grad=1.0, grid_images=8),
     # Instance relation matching against a frozen teacher recogniser.
     "irm": dict(weight=0.0, teacher=None, network="r50", variant="mse", temperature=0.1),
 }
 
 CHOICES = {
     ("facemae", "output"): ("full", "paste"),
+    ("mae", "output"): ("full", "paste"),
     ("facemae", "stage"): ("batch", "offline"),
     ("irm", "variant"): ("mse", "kl"),
     (None, "optimizer"): ("sgd", "adamw"),

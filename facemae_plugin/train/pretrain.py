@@ -1,0 +1,178 @@
+"""Stage 1: train the FaceMAE reconstructor with the pixel loss and instance relation matching.
+
+loss = w_mse * pixel MSE (masked patches + w_visible * visible ones)
+     + irm.weight * IRM(frozen teacher; originals vs reconstructions)
+
+IRM sees the reconstruction in the output mode deployment will release
+(``mae.output``), so what it teaches is what users get. Masks come from
+``(seed, epoch, record key)``: a record's mask does not depend on the batch it
+lands in, which makes a ``torchrun`` run reproduce a single-process run.
+"""
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..config import ConfigError, require
+from ..data import FaceRecordDataset
+from ..losses import IRMLoss, masked_mse
+from ..models.backbones import load_backbone
+from ..models.mae import create_facemae, mask_noise_for_keys
+from ..visualise import save_reconstruction_grid
+from .common import (atomic_save, autocast, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
+                     set_lr, setup_process, teardown_process, unwrap)
+
+CHECKPOINT_NAME = "facemae.pt"
+RESUME_NAME = "resume.pt"
+ADAMW_BETAS = (0.9, 0.95)  # MAE's pretraining betas
+
+
+def check_pretrain_config(cfg):
+    path = cfg.get("config_path", "<config>")
+    require(cfg, ["rec", "output"], path)
+    if "mae" not in cfg:
+        raise ConfigError(f"{path}: a pretraining recipe needs a config.mae block")
+    if not 0.0 <= cfg.mae.mask_ratio < 1.0:
+        raise ConfigError(f"{path}: config.mae.mask_ratio={cfg.mae.mask_ratio}, expected 0 <= ratio < 1")
+    irm = cfg.get("irm")
+    if irm is not None and irm.weight > 0:
+        require(cfg, ["irm.teacher", "irm.network"], path)
+        if not os.path.isfile(irm.teacher):
+            raise ConfigError(f"{path}: config.irm.teacher: {irm.teacher} not found")
+    return cfg
+
+
+def mask_noise(cfg, epoch, keys, num_patches):
+    """Per-record mask noise for one epoch: a fresh mask each epoch, the same on any rank layout."""
+    return mask_noise_for_keys(cfg.seed * 1_000_003 + epoch, keys.tolist(), num_patches)
+
+
+class PretrainObjective(torch.nn.Module):
+    """The stage-1 loss; returns ``(total, parts)`` with parts for logging."""
+
+    def __init__(self, cfg, device):
+        super().__init__()
+        self.mae_cfg = cfg.mae
+        irm = cfg.get("irm")
+        self.irm_weight = irm.weight if irm is not None else 0.0
+        self.irm = None
+        if self.irm_weight > 0:
+            teacher = load_backbone(irm.teacher, irm.network, device=str(device))
+            self.irm = IRMLoss(teacher, variant=irm.variant, temperature=irm.temperature)
+
+    def forward(self, mae, images, pred, mask):
+        target = unwrap(mae).patchify(images)  # [N, L, p*p*3]
+        pixel = masked_mse(pred.float(), target, mask, w_visible=self.mae_cfg.w_visible)
+        parts = {"mse": pixel.detach()}
+        total = self.mae_cfg.w_mse * pixel
+        if self.irm is not None:
+            released = unwrap(mae).compose(images, pred, mask, self.mae_cfg.output)  # [N, 3, H, W]
+            relation = self.irm(images, released)
+            parts["irm"] = relation.detach()
+            total = total + self.irm_weight * relation
+        return total, parts
+
+
+def build_model(cfg, device):
+    return create_facemae(cfg.mae.preset, patch_size=cfg.mae.patch_size).to(device)
+
+
+def load_resume_state(cfg, mae, optimizer):
+    """Restore weights, optimiser and position from ``resume.pt``; returns ``(epoch, step)``."""
+    path = os.path.join(cfg.output, RESUME_NAME)
+    if not os.path.isfile(path):
+        raise ConfigError(f"--resume: {path} not found; nothing to resume")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    mae.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), int(state["step"])
+
+
+def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
+    """Run stage 1 from ``cfg``; returns a summary dict (also ``summary.json`` in ``cfg.output``)."""
+    check_pretrain_config(cfg)
+    process = setup_process(device)
+    seed_everything(cfg.seed)
+    dataset = FaceRecordDataset(cfg.rec, flip=cfg.flip, with_keys=True)
+    mae = build_model(cfg, process.device)
+    objective = PretrainObjective(cfg, process.device)
+    optimizer = torch.optim.AdamW(mae.parameters(), lr=cfg.lr, betas=ADAMW_BETAS,
+                                  weight_decay=cfg.weight_decay)
+    start_epoch, step = load_resume_state(cfg, mae, optimizer) if resume else (0, 0)
+    model = DistributedDataParallel(mae) if process.distributed else mae
+    steps_per_epoch = len(dataset) // (cfg.batch_size * process.world_size)
+    total_steps, warmup_steps = steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(cfg.fp16) and process.device.type == "cuda")
+    grid_batch = fixed_grid_batch(dataset, cfg.mae.grid_images)
+
+    history, started, seen = [], time.time(), 0
+    for epoch in range(start_epoch, cfg.num_epoch):
+        loader = make_loader(dataset, cfg.batch_size, process, cfg.seed, cfg.num_workers, epoch)
+        bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.num_epoch}", unit="batch",
+                   disable=not (progress and process.is_main), leave=False)
+        model.train()
+        epoch_parts = []
+        for images, _, keys in bar:
+            set_lr(optimizer, cosine_warmup_lr(step, cfg.lr, warmup_steps, total_steps))
+            images = images.to(process.device, non_blocking=True)
+            noise = mask_noise(cfg, epoch, keys, mae.num_patches)
+            with autocast(process.device, cfg.fp16):
+                pred, mask = model(images, cfg.mae.mask_ratio, noise=noise)
+                loss, parts = objective(model, images, pred, mask)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(mae.parameters(), cfg.mae.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            seen += len(images) * process.world_size
+            logged = {name: reduce_mean(value, process) for name, value in
+                      {"loss": loss.detach(), **parts}.items()}
+            epoch_parts.append(logged)
+            bar.set_postfix({**{k: f"{v:.4f}" for k, v in logged.items()},
+                             "img_s": f"{seen / (time.time() - started):.0f}"})
+            if max_steps is not None and step >= max_steps:
+                break
+        history.append(end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, epoch_parts))
+        if max_steps is not None and step >= max_steps:
+            break
+    summary = {"checkpoint": os.path.join(cfg.output, CHECKPOINT_NAME), "steps": step, "epochs": history,
+               "images_per_s": seen / max(time.time() - started, 1e-9), "world_size": process.world_size,
+               "device": str(process.device)}
+    if process.is_main:
+        with open(os.path.join(cfg.output, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    teardown_process(process)
+    return summary
+
+
+def fixed_grid_batch(dataset, count):
+    """``count`` images spread over the dataset (so over identities), the same in every epoch's grid."""
+    indices = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([item[0] for item in items]), torch.tensor([item[2] for item in items])
+
+
+def end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, parts):
+    record = {"epoch": epoch + 1, "step": step,
+              **{name: sum(p[name] for p in parts) / max(len(parts), 1) for name in (parts[0] if parts else {})}}
+    if not process.is_main:
+        return record
+    extra = {"recipe": os.path.basename(cfg.get("config_path", "")), "mask_ratio": cfg.mae.mask_ratio,
+             "output": cfg.mae.output, "irm_weight": cfg.irm.weight if cfg.get("irm") else 0.0}
+    mae.save_checkpoint(os.path.join(cfg.output, CHECKPOINT_NAME), step=step, extra_config=extra)
+    atomic_save({"model": mae.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                 "step": step}, os.path.join(cfg.output, RESUME_NAME))
+    images, keys = grid_batch
+    recon, mask = mae.reconstruct(images.to(process.device), cfg.mae.mask_ratio, cfg.mae.output,
+                                  keys=keys.tolist(), seed=cfg.seed)
+    save_reconstruction_grid(os.path.join(cfg.output, f"grid_epoch{epoch + 1:03d}.png"),
+                             images, mask, recon.cpu(), mae.patch_size)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step"))
+    tqdm.write(f"epoch {epoch + 1}: {shown}")
+    return record
