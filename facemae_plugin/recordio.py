@@ -11,7 +11,6 @@ The on-disk layout follows dmlc-core's ``RecordIOWriter``: each record is
 24-byte ``IRHeader(flag, label, id, id2)``, with array labels stored as float32
 right after the header and ``flag`` holding their count.
 """
-import mmap
 import numbers
 import os
 import struct
@@ -53,11 +52,14 @@ def pack(header, payload):
     return _IR_FORMAT.pack(*header) + bytes(payload)
 
 
-def unpack(record):
-    """Split a record into ``(IRHeader, payload)``; an array label comes back as float32."""
+def unpack(record, where="record"):
+    """Split a record into ``(IRHeader, payload)``; an array label comes back as float32.
+
+    ``where`` (e.g. ``"train.rec key 7"``) starts the message of any error raised.
+    """
     if len(record) < IR_HEADER_SIZE:
         raise RecordIOError(
-            f"record of {len(record)} bytes is shorter than the {IR_HEADER_SIZE}-byte IRHeader"
+            f"{where}: {len(record)} bytes are shorter than the {IR_HEADER_SIZE}-byte IRHeader"
         )
     header = IRHeader(*_IR_FORMAT.unpack_from(record, 0))
     payload = memoryview(record)[IR_HEADER_SIZE:]
@@ -65,8 +67,8 @@ def unpack(record):
         label_bytes = header.flag * 4
         if len(payload) < label_bytes:
             raise RecordIOError(
-                f"IRHeader flag={header.flag} announces {header.flag} float32 labels "
-                f"but only {len(payload)} bytes follow the header"
+                f"{where}: IRHeader flag={header.flag} announces {header.flag} float32 labels "
+                f"({label_bytes} bytes) but only {len(payload)} bytes follow the header"
             )
         label = np.frombuffer(payload[:label_bytes], dtype=np.float32)
         header = header._replace(label=label)
@@ -93,7 +95,9 @@ def decode_image(payload, iscolor=-1, where="record"):
     """Decode image bytes with ``cv2.imdecode``; undecodable bytes raise naming ``where``."""
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), iscolor)
+    buf = np.frombuffer(payload, dtype=np.uint8)
+    # OpenCV asserts on an empty buffer instead of returning None.
+    img = cv2.imdecode(buf, iscolor) if buf.size else None
     if img is None:
         head = bytes(payload[:4]).hex()
         raise RecordIOError(
@@ -107,10 +111,10 @@ def pack_img(header, img, quality=95, img_fmt=".jpg"):
     return pack(header, encode_image(img, quality, img_fmt))
 
 
-def unpack_img(record, iscolor=-1):
+def unpack_img(record, iscolor=-1, where="record"):
     """``mxnet.recordio.unpack_img``: ``unpack`` then ``cv2.imdecode`` (BGR result)."""
-    header, payload = unpack(record)
-    return header, decode_image(payload, iscolor)
+    header, payload = unpack(record, where)
+    return header, decode_image(payload, iscolor, where)
 
 
 # --------------------------------------------------------------------------- writing
@@ -230,41 +234,38 @@ class RecordWriter:
 # --------------------------------------------------------------------------- reading
 
 
-class _MappedFile:
-    """A read-only mmap of a file that reopens itself in a forked child process.
+class _RecordFile:
+    """A read-only file read with positional reads (``os.pread``).
 
-    DataLoader workers inherit the parent's objects; a shared file position or a
-    mapping made before ``fork`` is not something to rely on, so each process
-    maps the file for itself on first use. Pickling (spawn workers) drops the map.
+    Positional reads share no file offset, so the descriptor a forked DataLoader
+    worker inherits is safe to use; pickling (spawn workers) reopens by path.
+    Unlike a memory map, the pages read stay in the shared page cache instead of
+    adding to each process's RSS, and a file truncated underneath a reader gives
+    a ``RecordIOError`` rather than a SIGBUS.
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self._pid = None
-        self._map = None
-        self._size = None
         self._open()
 
     def _open(self):
-        with open(self.path, "rb") as f:
-            self._size = os.fstat(f.fileno()).st_size
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self._size else b""
-        self._pid = os.getpid()
+        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.size = os.fstat(self._fd).st_size
 
-    @property
-    def data(self):
-        if self._pid != os.getpid():
-            self._open()
-        return self._map
-
-    @property
-    def size(self):
-        return self._size
+    def read_at(self, offset, length):
+        """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
+        if self._fd is None:
+            raise RecordIOError(f"{self.path}: read from a closed reader")
+        return os.pread(self._fd, length, offset)
 
     def close(self):
-        if isinstance(self._map, mmap.mmap):
-            self._map.close()
-        self._map = b""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            self.close()
 
     def __getstate__(self):
         return {"path": self.path}
@@ -274,49 +275,62 @@ class _MappedFile:
         self._open()
 
 
-def _read_record_at(data, size, offset, where):
-    """Read the record whose first magic is at ``offset``; returns ``(payload, next_offset)``."""
+def _location(path, key):
+    return path if key is None else f"{path} (key {key})"
+
+
+def _read_record_at(file, offset, key=None):
+    """Read the record whose first magic is at ``offset``; returns ``(payload, next_offset)``.
+
+    ``key`` only names the record in error messages, which are formatted when
+    something is wrong, never on the fast path.
+    """
     parts = []
     pos = offset
     while True:
-        if pos + 8 > size:
+        head = file.read_at(pos, 8)
+        if len(head) < 8:
             raise RecordIOError(
-                f"{where}: truncated record at offset {pos}: need an 8-byte record head, "
-                f"file has {size - pos} bytes left"
+                f"{_location(file.path, key)}: truncated record at offset {pos}: need an 8-byte "
+                f"record head, file has {len(head)} bytes left"
             )
-        magic, lrec = _RECORD_HEAD.unpack_from(data, pos)
+        magic, lrec = _RECORD_HEAD.unpack(head)
         if magic != MAGIC:
             raise RecordIOError(
-                f"{where}: wrong magic 0x{magic:08x} at offset {pos}, expected 0x{MAGIC:08x} "
-                f"(not the start of a record)"
+                f"{_location(file.path, key)}: wrong magic 0x{magic:08x} at offset {pos}, "
+                f"expected 0x{MAGIC:08x} (not the start of a record)"
             )
         cflag = lrec >> 29
         length = lrec & _LREC_LENGTH_MASK
         start = pos + 8
-        if start + length > size:
+        end = start + _aligned(length)
+        body = file.read_at(start, length)
+        # MXNet reads the zero padding too, so a file cut inside it is truncated.
+        if len(body) < length or end > file.size:
+            left = len(body) if len(body) < length else file.size - start
             raise RecordIOError(
-                f"{where}: truncated record at offset {pos}: header announces {length} bytes, "
-                f"file has {size - start} bytes left"
+                f"{_location(file.path, key)}: truncated record at offset {pos}: head announces "
+                f"{length} bytes ({end - start} with padding), file has {left} bytes left"
             )
-        expected_first = parts == []
-        if (cflag in (0, 1)) != expected_first:
+        expected_first = not parts
+        if (cflag <= 1) != expected_first:
             raise RecordIOError(
-                f"{where}: record part at offset {pos} has cflag {cflag}, "
-                f"expected {'0 or 1' if expected_first else '2 or 3'}"
+                f"{_location(file.path, key)}: record part at offset {pos} has cflag {cflag}, "
+                f"expected {'0 or 1 (start of a record)' if expected_first else '2 or 3 (continuation)'}"
             )
-        parts.append(data[start:start + length])
-        pos = start + _aligned(length)
-        if cflag in (0, 3):
-            break
-    payload = parts[0] if len(parts) == 1 else MAGIC_BYTES.join(parts)
-    return payload, pos
+        if cflag == 0:  # the common case: a whole record in one part
+            return body, end
+        parts.append(body)
+        pos = end
+        if cflag == 3:
+            return MAGIC_BYTES.join(parts), pos
 
 
 class RecordReader:
     """Sequential reader over every record of a ``.rec`` file."""
 
     def __init__(self, rec_path):
-        self._file = _MappedFile(rec_path)
+        self._file = _RecordFile(rec_path)
         self.path = self._file.path
         self._pos = 0
 
@@ -324,7 +338,7 @@ class RecordReader:
         """Next payload, or ``None`` at the end of the file (MXNet's ``MXRecordIO.read``)."""
         if self._pos >= self._file.size:
             return None
-        payload, self._pos = _read_record_at(self._file.data, self._file.size, self._pos, self.path)
+        payload, self._pos = _read_record_at(self._file, self._pos)
         return payload
 
     def reset(self):
@@ -352,33 +366,48 @@ class RecordReader:
 def read_index(idx_path, rec_size=None):
     """Parse an ``.idx`` file into ``{key: offset}`` in file order.
 
-    Duplicate keys, malformed lines and offsets past the end of the ``.rec``
-    (when ``rec_size`` is given) raise ``RecordIOError`` naming the line.
+    Malformed lines, duplicate keys, offsets that cannot be a record start (not
+    a multiple of 4) and offsets past the end of the ``.rec`` (when ``rec_size``
+    is given) raise ``RecordIOError`` naming the file, line and key.
     """
     idx_path = os.fspath(idx_path)
     index = {}
     with open(idx_path) as f:
         for line_no, line in enumerate(f, 1):
+            where = f"{idx_path}:{line_no}"
             fields = line.strip().split("\t")
             if fields == [""]:
                 continue
-            try:
-                key, offset = int(fields[0]), int(fields[1])
-            except (ValueError, IndexError):
-                raise RecordIOError(
-                    f"{idx_path}:{line_no}: expected 'key<TAB>offset' with integers, got {line.strip()!r}"
-                ) from None
+            key, offset = _parse_index_fields(fields, line, where)
             if key in index:
-                raise RecordIOError(
-                    f"{idx_path}:{line_no}: duplicate key {key} (first at offset {index[key]})"
-                )
-            if offset < 0 or (rec_size is not None and offset >= rec_size):
-                raise RecordIOError(
-                    f"{idx_path}:{line_no}: key {key} points at offset {offset}, "
-                    f"past the end of the .rec ({rec_size} bytes)"
-                )
+                raise RecordIOError(f"{where}: duplicate key {key} (first at offset {index[key]})")
+            _check_index_offset(key, offset, rec_size, where)
             index[key] = offset
     return index
+
+
+def _parse_index_fields(fields, line, where):
+    if len(fields) == 2:
+        try:
+            return int(fields[0]), int(fields[1])
+        except ValueError:
+            pass
+    shown = line.rstrip("\r\n")
+    raise RecordIOError(f"{where}: expected 'key<TAB>offset' with two integers, got {shown!r}")
+
+
+def _check_index_offset(key, offset, rec_size, where):
+    if offset < 0 or (rec_size is not None and offset >= rec_size):
+        raise RecordIOError(
+            f"{where}: key {key} points at offset {offset}, outside the .rec "
+            f"(expected 0 <= offset < {rec_size} bytes)"
+        )
+    # Records are padded to 4 bytes, so every record starts at a multiple of 4.
+    if offset % 4:
+        raise RecordIOError(
+            f"{where}: key {key} points at offset {offset}, which is not a multiple of 4 "
+            f"and so cannot be the start of a record"
+        )
 
 
 def default_idx_path(rec_path):
@@ -390,7 +419,7 @@ class IndexedRecordReader:
     """Random access to a ``.rec`` through its ``.idx`` (MXNet's ``MXIndexedRecordIO`` read side)."""
 
     def __init__(self, rec_path, idx_path=None):
-        self._file = _MappedFile(rec_path)
+        self._file = _RecordFile(rec_path)
         self.path = self._file.path
         self.idx_path = os.fspath(idx_path) if idx_path else default_idx_path(rec_path)
         self.index = read_index(self.idx_path, rec_size=self._file.size)
@@ -408,9 +437,7 @@ class IndexedRecordReader:
             offset = self.index[key]
         except KeyError:
             raise RecordIOError(f"{self.idx_path}: no record with key {key}") from None
-        payload, _ = _read_record_at(
-            self._file.data, self._file.size, offset, f"{self.path} (key {key})"
-        )
+        payload, _ = _read_record_at(self._file, offset, key)
         return payload
 
     def close(self):
