@@ -160,7 +160,8 @@ def fixed_grid_batch(dataset, count):
 
 def end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, parts):
     record = {"epoch": epoch + 1, "step": step,
-              **{name: sum(p[name] for p in parts) / max(len(parts), 1) for name in (parts[0] if parts else {})}}
+              **{name: sum(p[name] for p in parts) / max(len(parts), 1) for name in (parts[0] if parts else {})},
+              "losses": [p["loss"] for p in parts]}
     if not process.is_main:
         return record
     extra = {"recipe": os.path.basename(cfg.get("config_path", "")), "mask_ratio": cfg.mae.mask_ratio,
@@ -173,6 +174,6 @@ def end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, parts):
                                   keys=keys.tolist(), seed=cfg.seed)
     save_reconstruction_grid(os.path.join(cfg.output, f"grid_epoch{epoch + 1:03d}.png"),
                              images, mask, recon.cpu(), mae.patch_size)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step"))
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step", "losses"))
     tqdm.write(f"epoch {epoch + 1}: {shown}")
     return record
