@@ -1,0 +1,488 @@
+"""FaceMAE reconstructor: a masked autoencoder for aligned faces, built from timm ViT blocks.
+
+Pixels in and out are RGB float32 NCHW normalised ``(x/255 - 0.5) / 0.5``. The decoder predicts
+patches in that same space (no per-patch normalisation of targets), because its output is
+released as images.
+
+The forward pass is split so that the mask can be an explicit input (ONNX export, the online
+stage): ``random_masking`` turns noise into ``ids_shuffle``; ``forward_encoder`` takes the
+visible ids, ``forward_decoder`` takes ``ids_restore``; ``mask_from_ids`` rebuilds the mask.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from functools import partial
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+
+from ..losses import masked_mse
+
+__all__ = [
+    "FaceMAE",
+    "CheckpointError",
+    "PRESETS",
+    "create_facemae",
+    "patchify",
+    "unpatchify",
+    "sincos_pos_embed_2d",
+    "num_visible",
+    "random_masking",
+    "mask_from_ids",
+    "mask_noise_for_keys",
+    "seed_for_key",
+]
+
+OUTPUT_MODES = ("full", "paste")
+
+# Encoder / decoder sizes. `tiny` is small enough to train on a CPU; `base` is MAE's ViT-B.
+PRESETS = {
+    "tiny": dict(embed_dim=192, depth=6, num_heads=3,
+                 decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
+    "small": dict(embed_dim=384, depth=12, num_heads=6,
+                  decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
+    "base": dict(embed_dim=768, depth=12, num_heads=12,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable FaceMAE checkpoint."""
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[N, C, H, W] -> [N, L, p*p*C], patches row-major, pixels (row, col, channel) inside."""
+    n, c, h, w = imgs.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
+    x = imgs.reshape(n, c, h // p, p, w // p, p)  # [N, C, gh, p, gw, p]
+    x = x.permute(0, 2, 4, 3, 5, 1)  # [N, gh, gw, p, p, C]
+    return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, patch_size: int, in_chans: int = 3) -> torch.Tensor:
+    """[N, L, p*p*C] -> [N, C, H, W] for a square grid; the exact inverse of `patchify`."""
+    n, num_patches, dim = x.shape
+    p = patch_size
+    grid = int(round(math.sqrt(num_patches)))
+    if grid * grid != num_patches or dim != p * p * in_chans:
+        raise ValueError(
+            f"cannot unpatchify [{n}, {num_patches}, {dim}]: expected a square number of patches "
+            f"of {p}*{p}*{in_chans}={p * p * in_chans} values")
+    x = x.reshape(n, grid, grid, p, p, in_chans)  # [N, gh, gw, p, p, C]
+    x = x.permute(0, 5, 1, 3, 2, 4)  # [N, C, gh, p, gw, p]
+    return x.reshape(n, in_chans, grid * p, grid * p)
+
+
+# --------------------------------------------------------------------------- positions
+
+
+def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """[M] positions -> [M, dim]: sin of dim/2 geometric frequencies, then their cos."""
+    freqs = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim // 2))  # [dim/2]
+    angles = positions.astype(np.float64)[:, None] * freqs[None, :]  # [M, dim/2]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_pos_embed_2d(dim: int, grid_size: int, cls_token: bool = True) -> np.ndarray:
+    """Fixed 2-D sin-cos embedding, [grid*grid (+1), dim] float32.
+
+    Patch (row, col) in row-major order gets the 1-D code of `row` in the first dim/2 channels
+    and of `col` in the last dim/2; the cls token (first row when `cls_token`) gets zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a dimension divisible by 4, got {dim}")
+    rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
+    emb = np.concatenate([_sincos_1d(dim // 2, rows.reshape(-1)),
+                          _sincos_1d(dim // 2, cols.reshape(-1))], axis=1)  # [L, dim]
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)  # [1 + L, dim]
+    return emb.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def num_visible(num_patches: int, mask_ratio: float) -> int:
+    """Patches the encoder sees: int(L * (1 - mask_ratio)), at least one."""
+    if not isinstance(mask_ratio, (int, float)) or not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+    len_keep = int(num_patches * (1 - mask_ratio))
+    if len_keep < 1:
+        raise ValueError(f"mask_ratio {mask_ratio} keeps no patch out of {num_patches}; "
+                         f"expected a ratio that leaves at least one visible")
+    return len_keep
+
+
+def random_masking(noise: torch.Tensor, mask_ratio: float
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample masking from noise [N, L]: the len_keep lowest-noise patches stay visible.
+
+    Returns ids_shuffle [N, L] (visible ids first), ids_restore [N, L] (its inverse) and
+    mask [N, L] with 1 = masked, 0 = visible, in the original patch order.
+    """
+    if noise.dim() != 2:
+        raise ValueError(f"mask noise must be [N, L], got shape {list(noise.shape)}")
+    len_keep = num_visible(noise.shape[1], mask_ratio)
+    # stable sort: equal noise values (never expected) still give one answer on every device
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True)  # [N, L]
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # [N, L]
+    return ids_shuffle, ids_restore, mask_from_ids(ids_shuffle, len_keep)
+
+
+def mask_from_ids(ids_shuffle: torch.Tensor, len_keep: int) -> torch.Tensor:
+    """[N, L] float mask, 1 = masked, from the first len_keep ids of ids_shuffle being visible."""
+    mask = torch.ones(ids_shuffle.shape, device=ids_shuffle.device)  # [N, L]
+    return mask.scatter(1, ids_shuffle[:, :len_keep], 0.0)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seed_for_key(seed: int, key: int) -> int:
+    """A 64-bit generator seed from (seed, record key); stable across runs and machines."""
+    return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ (int(key) & _MASK64))
+
+
+def mask_noise_for_keys(seed: int, keys: Iterable[int], num_patches: int) -> torch.Tensor:
+    """[N, L] float32 CPU noise; row i depends only on (seed, keys[i]), not on the batch."""
+    if isinstance(keys, torch.Tensor):
+        keys = keys.reshape(-1).tolist()
+    rows = []
+    for key in keys:
+        if isinstance(key, (bool, float)) or not isinstance(key, (int, np.integer)):
+            raise TypeError(f"record keys must be integers, got {key!r} ({type(key).__name__})")
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed_for_key(seed, key))
+        rows.append(torch.rand(num_patches, generator=generator))
+    if not rows:
+        return torch.empty(0, num_patches)
+    return torch.stack(rows)  # [N, L]
+
+
+# --------------------------------------------------------------------------- loss
+
+
+# --------------------------------------------------------------------------- model
+
+
+class FaceMAE(nn.Module):
+    """Masked autoencoder with a ViT encoder over visible patches and a light decoder."""
+
+    def __init__(self, img_size: int = 112, patch_size: int = 8, in_chans: int = 3,
+                 embed_dim: int = 192, depth: int = 6, num_heads: int = 3,
+                 decoder_embed_dim: int = 128, decoder_depth: int = 2, decoder_num_heads: int = 4,
+                 mlp_ratio: float = 4.0, preset: Optional[str] = None):
+        super().__init__()
+        _check_dims(img_size, patch_size, embed_dim, num_heads, "encoder")
+        _check_dims(img_size, patch_size, decoder_embed_dim, decoder_num_heads, "decoder")
+        # every constructor argument, so a checkpoint can rebuild the model with FaceMAE(**config)
+        self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                           embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+                           decoder_num_heads=decoder_num_heads, mlp_ratio=float(mlp_ratio),
+                           preset=preset)
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size ** 2
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+        # encoder
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(depth)])
+        self.norm = norm_layer(embed_dim)
+
+        # decoder
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True,
+                  norm_layer=norm_layer)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+
+        # fixed positions: derived from the config, so not saved in the state_dict
+        self.register_buffer("pos_embed", torch.from_numpy(
+            sincos_pos_embed_2d(embed_dim, self.grid_size))[None], persistent=False)
+        self.register_buffer("decoder_pos_embed", torch.from_numpy(
+            sincos_pos_embed_2d(decoder_embed_dim, self.grid_size))[None], persistent=False)
+        self._init_weights()
+
+    def _init_weights(self):
+        # patch projection initialised like a linear layer on the flattened patch
+        proj = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # ---------------------------------------------------------------- pixels <-> patches
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, L, p*p*3]"""
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, L, p*p*3] -> [N, 3, H, W]"""
+        return unpatchify(x, self.patch_size, self.in_chans)
+
+    def _check_images(self, imgs: torch.Tensor):
+        expected = (self.in_chans, self.img_size, self.img_size)
+        if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
+            got = list(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
+            raise ValueError(f"FaceMAE expects images [N, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}], got {got}")
+        if not imgs.is_floating_point():
+            raise ValueError(f"FaceMAE expects float images normalised (x/255-0.5)/0.5, "
+                             f"got dtype {imgs.dtype}")
+
+    # ---------------------------------------------------------------- masking
+
+    def make_noise(self, batch_size: int, generator: Optional[torch.Generator] = None,
+                   keys: Optional[Sequence[int]] = None, seed: int = 0) -> torch.Tensor:
+        """[N, L] CPU noise from per-record keys, else from `generator` (a CPU one if None)."""
+        if keys is not None:
+            noise = mask_noise_for_keys(seed, keys, self.num_patches)
+            if noise.shape[0] != batch_size:
+                raise ValueError(f"got {noise.shape[0]} record keys for a batch of {batch_size} images")
+            return noise
+        device = generator.device if generator is not None else "cpu"
+        return torch.rand(batch_size, self.num_patches, generator=generator, device=device)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward_encoder(self, imgs: torch.Tensor, ids_shuffle: torch.Tensor,
+                        len_keep: int) -> torch.Tensor:
+        """Encode the visible patches ids_shuffle[:, :len_keep]; returns [N, 1 + len_keep, D]."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]  # [N, L, D]
+        ids_keep = ids_shuffle[:, :len_keep]  # [N, K]
+        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # [N, K, D]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # [N, 1, D]
+        x = torch.cat([cls, x], dim=1)  # [N, 1 + K, D]
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predict every patch from the latent of the visible ones; returns [N, L, p*p*3]."""
+        x = self.decoder_embed(latent)  # [N, 1 + K, Dd]
+        n, num_tokens, dim = x.shape
+        num_masked = ids_restore.shape[1] + 1 - num_tokens
+        mask_tokens = self.mask_token.to(x.dtype).expand(n, num_masked, -1)  # [N, L - K, Dd]
+        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # [N, L, Dd] in shuffled order
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # patch order
+        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed  # [N, 1 + L, Dd]
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))  # [N, 1 + L, p*p*3]
+        return x[:, 1:]  # drop cls
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                     w_visible: float = 1.0) -> torch.Tensor:
+        """Pixel loss in the input normalisation; w_visible=0 gives MAE's masked-only loss."""
+        return masked_mse(pred.float(), self.patchify(imgs).float(), mask, w_visible)
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75,
+                generator: Optional[torch.Generator] = None,
+                noise: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mask, encode, decode. Returns pred [N, L, p*p*3] and mask [N, L] (1 = masked)."""
+        self._check_images(imgs)
+        if noise is None:
+            noise = self.make_noise(imgs.shape[0], generator=generator)
+        elif tuple(noise.shape) != (imgs.shape[0], self.num_patches):
+            raise ValueError(f"mask noise must be [{imgs.shape[0]}, {self.num_patches}], "
+                             f"got {list(noise.shape)}")
+        ids_shuffle, ids_restore, mask = random_masking(noise.to(imgs.device), mask_ratio)
+        latent = self.forward_encoder(imgs, ids_shuffle, num_visible(self.num_patches, mask_ratio))
+        pred = self.forward_decoder(latent, ids_restore)
+        return pred, mask
+
+    # ---------------------------------------------------------------- deployment
+
+    def compose(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                output: str = "full") -> torch.Tensor:
+        """Images [N, 3, H, W] from predicted patches: `full` all predicted, `paste` keeps visible."""
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
+        patches = pred.float().clamp(-1.0, 1.0)  # [N, L, p*p*3]
+        if output == "paste":
+            visible = (mask < 0.5).unsqueeze(-1)  # [N, L, 1]
+            patches = torch.where(visible, self.patchify(imgs).to(patches.dtype), patches)
+        return self.unpatchify(patches)
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: torch.Tensor, mask_ratio: float = 0.75, output: str = "full",
+                    keys: Optional[Sequence[int]] = None, seed: int = 0,
+                    generator: Optional[torch.Generator] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mask and reconstruct in eval mode; returns images [N, 3, H, W] in [-1, 1] and mask [N, L].
+
+        Masks come from `keys` (per record, via mask_noise_for_keys(seed, key)) when given, else
+        from `generator`, else from a CPU generator seeded with `seed`.
+        """
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
+        self._check_images(imgs)
+        if keys is None and generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise = self.make_noise(imgs.shape[0], generator=generator, keys=keys, seed=seed)
+        was_training = self.training
+        self.eval()
+        try:
+            pred, mask = self.forward(imgs, mask_ratio, noise=noise)
+        finally:
+            self.train(was_training)
+        return self.compose(imgs, pred, mask, output), mask
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, path: Union[str, os.PathLike], step: int = 0,
+                        extra_config: Optional[Mapping] = None) -> str:
+        """Write {"model", "config", "step"} atomically (temp file + rename); returns the path.
+
+        `extra_config` (e.g. the training recipe) is stored as config["extra"] and comes back as
+        `model.extra_config`; it must hold only plain values (numbers, strings, lists, dicts).
+        """
+        path = os.fspath(path)
+        config = dict(self.config)
+        config["extra"] = _plain(extra_config or {}, "extra_config")
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        checkpoint = {"model": state, "config": config, "step": int(step)}
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike],
+                        map_location: Union[str, torch.device] = "cpu") -> "FaceMAE":
+        """Rebuild a FaceMAE from a checkpoint written by save_checkpoint (weights_only load)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: FaceMAE checkpoint file not found")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # corrupt zip, not a pickle, or types weights_only refuses
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
+                                  f"{first_line}); expected a FaceMAE checkpoint") from None
+        if not isinstance(checkpoint, Mapping):
+            raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, expected a FaceMAE "
+                                  f"checkpoint dict with 'model' and 'config'")
+        if "model" not in checkpoint or "config" not in checkpoint:
+            if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+                raise CheckpointError(f"{path}: this looks like a recogniser state_dict, not a FaceMAE "
+                                      f"checkpoint (no 'model'/'config' keys)")
+            raise CheckpointError(f"{path}: missing 'model' and/or 'config' keys (has "
+                                  f"{sorted(map(str, checkpoint))[:6]}); expected a FaceMAE checkpoint")
+        config = dict(checkpoint["config"])
+        extra = config.pop("extra", {})
+        known = set(_constructor_args())
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise CheckpointError(f"{path}: unknown FaceMAE config key(s) {unknown}; expected some of "
+                                  f"{sorted(known)}")
+        try:
+            model = cls(**config)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: its config does not build a FaceMAE: {e}") from None
+        _check_state_matches(path, model.state_dict(), checkpoint["model"])
+        model.load_state_dict(checkpoint["model"], strict=True)
+        model.extra_config = extra
+        model.step = int(checkpoint.get("step", 0))
+        return model.to(map_location)
+
+
+def _check_dims(img_size, patch_size, dim, num_heads, part):
+    if not isinstance(img_size, int) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"img_size and patch_size must be positive integers, got "
+                         f"{img_size!r} and {patch_size!r}")
+    if img_size % patch_size:
+        raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}; "
+                         f"expected e.g. 8 or 16 for 112")
+    if dim % num_heads:
+        raise ValueError(f"{part} width {dim} is not divisible by its {num_heads} heads")
+    if dim % 4:
+        raise ValueError(f"{part} width {dim} must be divisible by 4 for sin-cos positions")
+
+
+def _constructor_args():
+    import inspect
+    return [p for p in inspect.signature(FaceMAE.__init__).parameters if p != "self"]
+
+
+def _check_state_matches(path, expected, found):
+    if not isinstance(found, Mapping):
+        raise CheckpointError(f"{path}: 'model' is a {type(found).__name__}, expected a state_dict")
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {list(found[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+             if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape (file vs config) {wrong[:3]}" if wrong else "") if part)
+        raise CheckpointError(f"{path}: weights do not match the checkpoint's config: {detail}")
+
+
+def _plain(value, where):
+    """Deep copy into types torch.load(weights_only=True) accepts; edicts become dicts."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"{where} holds a {type(value).__name__}; checkpoint config takes only "
+                    f"numbers, strings, lists and dicts")
+
+
+def create_facemae(preset: str = "tiny", **overrides) -> FaceMAE:
+    """FaceMAE from a preset (`tiny`, `small`, `base`) with any constructor argument overridden."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown FaceMAE preset {preset!r}; expected one of {sorted(PRESETS)}")
+    known = set(_constructor_args()) - {"preset"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown FaceMAE argument(s) {unknown}; expected some of {sorted(known)}")
+    return FaceMAE(**{**PRESETS[preset], **overrides, "preset": preset})
