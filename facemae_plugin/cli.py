@@ -81,11 +81,80 @@ def _train(args):
     return f"train: {result['steps']} steps {shown} -> {result['model']}", result
 
 
+def _verify(args):
+    import torch
+
+    from .binfile import load_bin
+    from .evaluation.embed import load_embedder
+    from .evaluation.verify import verify_loaded
+
+    # Every .bin is read (restricted unpickler) before the model loads: bad sets fail fast.
+    sets = [(path, *load_bin(path)) for path in args.bins]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    embedder = load_embedder(args.model, args.network, device=device)
+    reports = []
+    for path, images, issame in sets:
+        report = verify_loaded(embedder, path, images, issame, args.batch_size, device,
+                               roc_dir=args.roc_dir, progress=not args.quiet)
+        reports.append({k: v for k, v in report.items() if k not in ("tpr", "fpr")})
+        print(f"[{report['name']}] XNorm: {report['xnorm']:.6f}  Accuracy-Flip: "
+              f"{report['accuracy_flip']:.5f}+-{report['accuracy_std']:.5f}  TAR@FAR={report['far_target']:g}: "
+              f"{report['tar_at_far']:.5f}+-{report['tar_std']:.5f} (FAR {report['far']:.5f})")
+    shown = "  ".join(f"{r['name']} {r['accuracy_flip'] * 100:.2f}%" for r in reports)
+    return f"verify: {shown}", {"model": args.model, "device": device, "sets": reports}
+
+
+def _export(args):
+    from .export import export_reconstructor, export_recogniser
+
+    if args.facemae:
+        if args.model is not None:
+            raise ValueError(f"give either MODEL.pt or --facemae, not both (got {args.model} and {args.facemae})")
+        result = export_reconstructor(args.facemae, args.out, mask_ratio=args.mask_ratio,
+                                      output=args.output, opset=args.opset, check=not args.no_check)
+        return (f"export: FaceMAE {args.facemae} (mask ratio {args.mask_ratio}, output {args.output}) "
+                f"-> {args.out}", result)
+    if args.model is None or args.network is None:
+        raise ValueError("export needs MODEL.pt OUT.onnx --network NAME (or --facemae facemae.pt OUT.onnx)")
+    result = export_recogniser(args.model, args.out, network=args.network, opset=args.opset,
+                               check=not args.no_check)
+    checked = f", checked (min cosine {result['min_cosine']:.6f})" if "min_cosine" in result else ""
+    return f"export: {args.network} {args.model} -> {args.out}{checked}", result
+
+
 def _demo(args):
     from .demo import run_demo
 
     result = run_demo(args.work_dir, progress=not args.quiet)
     return f"demo: finished in {args.work_dir}", result
+
+
+def _convert(args):
+    from .convert import convert, privatizer_from_args
+
+    shard, num_shards, distributed = args.shard, args.num_shards, False
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if num_shards is None and world_size > 1:  # under torchrun: one shard per rank
+        shard, num_shards, distributed = int(os.environ["RANK"]), world_size, True
+    if shard is not None and num_shards is None:
+        raise ValueError("--shard I needs --num-shards N")
+    privatizer = privatizer_from_args(args)
+    quiet = args.quiet or (distributed and shard != 0)
+    result = convert(args.in_dir, args.out_dir, privatizer, quality=args.quality, batch_size=args.batch_size,
+                     workers=args.workers, num_shards=num_shards or 1, shard=shard, overwrite=args.overwrite,
+                     progress=not quiet, distributed=distributed, keep_shards=args.keep_shards)
+    done = "merged into" if result["merged"] else "shard(s) written under"
+    rate = f", {result['images_per_s']:.1f} img/s" if result["images_per_s"] else ""
+    return (f"convert: {result['images_in']} images (layout {result['layout']}, {result['method']}, "
+            f"k={result['k']}) -> {result['images_out']} {done} {args.out_dir}; shards run "
+            f"{result['shards_run']}, already done {result['shards_skipped']}{rate}"), result
+
+
+def _merge(args):
+    from .convert import merge
+
+    result = merge(args.out_dir, overwrite=args.overwrite, keep_shards=args.keep_shards)
+    return f"merge: {result['shards']} shard(s), {result['records']} records -> {args.out_dir}", result
 
 
 def _add_common(parser):
@@ -159,11 +228,78 @@ def build_parser():
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(run=_train)
 
+    p = verbs.add_parser("verify", help="10-fold verification accuracy of a recogniser on .bin sets",
+                         description="arcface_torch's verification test on each .bin: accuracy-flip mean "
+                                     "and std, XNorm, TAR@FAR=1e-3 and optionally a ROC curve PNG.")
+    p.add_argument("bins", metavar="BIN", nargs="+", help="verification sets (lfw.bin, cfp_fp.bin, ...)")
+    p.add_argument("--model", required=True, help="model.pt (arcface_torch state_dict) or model.onnx")
+    p.add_argument("--network", default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--roc-dir", default=None, help="write <name>_roc.png per set into this folder")
+    p.set_defaults(run=_verify)
+
+    p = verbs.add_parser("export", help="recogniser or FaceMAE reconstructor -> checked ONNX",
+                         description="MODEL.pt OUT.onnx --network NAME: InsightFace-ready recogniser "
+                                     "(input 'data' [N,3,112,112], normalisation outside the graph). "
+                                     "--facemae facemae.pt OUT.onnx: reconstructor taking images and "
+                                     "ids_shuffle. Each file is checked before it is renamed into place.")
+    p.add_argument("model", metavar="MODEL.pt", nargs="?", default=None, help="recogniser state_dict")
+    p.add_argument("out", metavar="OUT.onnx")
+    p.add_argument("--network", default=None, help="backbone of MODEL.pt: r18, r34, r50, r100, mbf")
+    p.add_argument("--facemae", metavar="FACEMAE.pt", default=None, help="export this reconstructor instead")
+    p.add_argument("--mask-ratio", type=float, default=0.75, help="fixed in the graph (default 0.75)")
+    p.add_argument("--output", choices=("full", "paste"), default="full",
+                   help="reconstructor output mode (default full)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the insightface / torch agreement check")
+    p.set_defaults(run=_export)
+
     p = verbs.add_parser("demo", help="run the main job on the embedded synthetic default",
                          description="Synthesise the default dataset in WORK_DIR and inspect it; "
                                      "finished stages are reused when run again.")
     p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
     p.set_defaults(run=_demo)
+
+    p = verbs.add_parser("convert", help="shard -> privatized shard (FaceMAE or a baseline)",
+                         description="Replace every image of IN_DIR by its FaceMAE reconstruction (or a "
+                                     "baseline: blur, pixelate, noise, masked); keys, labels, header, identity "
+                                     "records and property are kept. Streaming, batched, sharded, resumable: "
+                                     "a rerun redoes only unfinished shards. Under torchrun each rank writes "
+                                     "one shard and rank 0 merges.")
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--checkpoint", default=None, help="facemae.pt (needed by --method facemae)")
+    p.add_argument("--method", choices=("facemae", "blur", "pixelate", "noise", "masked"), default="facemae")
+    p.add_argument("--mask-ratio", type=float, default=0.75, help="facemae/masked (default 0.75)")
+    p.add_argument("--output", choices=("full", "paste"), default="full", help="facemae output mode")
+    p.add_argument("--k", type=int, default=1, help="reconstructions per image (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="mask/noise seed: same seed, same bytes (default 0)")
+    p.add_argument("--sigma", type=float, default=3.0, help="blur sigma in pixels (default 3)")
+    p.add_argument("--block-size", type=int, default=8, help="pixelate block in pixels (default 8)")
+    p.add_argument("--noise-std", type=float, default=25.0, help="noise std in grey levels (default 25)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="masked: patch size (default: the checkpoint's, else 8)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode/encode processes (default: cores - 1; 0 = in this process)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--autocast", action="store_true", help="fp16 on CUDA / bf16 on CPU for the model")
+    p.add_argument("--num-shards", type=int, default=None, help="split the images into N shards (default 1)")
+    p.add_argument("--shard", type=int, default=None, help="run only shard I (then: facemae merge OUT_DIR)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
+    p.set_defaults(run=_convert)
+
+    p = verbs.add_parser("merge", help="join converted shards into OUT_DIR/train.rec/.idx",
+                         description="Copy the framed records of OUT_DIR/shards/shard-IofN.rec into "
+                                     "OUT_DIR/train.rec (offsets rewritten, no re-encoding), add the header "
+                                     "and identity records, property and facemae_provenance.json.")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing train.rec")
+    p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
+    p.set_defaults(run=_merge)
 
     for sub in verbs.choices.values():
         _add_common(sub)

@@ -141,3 +141,65 @@ def _check_folds(nrof_folds, nrof_pairs):
     if nrof_pairs < nrof_folds:
         raise VerificationInputError(
             f"need at least {nrof_folds} pairs for {nrof_folds} folds, got {nrof_pairs}")
+
+
+# ----------------------------------------------------------------------------- TAR @ FAR
+
+VAL_THRESHOLDS = np.arange(0, 4, 0.001)  # arcface_torch's finer grid for TAR@FAR
+
+
+@dataclass(frozen=True)
+class TarAtFar:
+    tar_mean: float  # true-accept rate on the held-out folds, mean over folds
+    tar_std: float  # population std over folds
+    far_mean: float  # false-accept rate actually reached on the held-out folds
+    far_target: float
+    thresholds: np.ndarray  # [nrof_folds] threshold chosen on each fold's training part
+
+
+def tar_at_far(distances, issame, far_target=1e-3, nrof_folds=10, thresholds=None):
+    """TAR at a target FAR with arcface_torch's folds, without its scipy crash.
+
+    arcface_torch's `calculate_val` interpolates threshold(FAR) with `interp1d`, which
+    current scipy refuses because FAR is a step function of the threshold (repeated x
+    values). Here each fold instead takes the largest grid threshold whose FAR on the
+    training folds is <= `far_target`: the loosest operating point that still meets the
+    target, well defined for any data. Threshold 0 accepts nothing (distances are >= 0),
+    so a choice always exists. A fold with no positive (negative) pairs counts TAR (FAR) 0.
+    """
+    dist = np.asarray(distances, dtype=np.float64)
+    if dist.ndim != 1 or not np.all(np.isfinite(dist)):
+        raise VerificationInputError(f"distances must be a flat array of finite numbers, got shape {dist.shape}")
+    same = _check_labels(issame, len(dist))
+    thresholds = VAL_THRESHOLDS if thresholds is None else np.sort(np.asarray(thresholds, dtype=np.float64))
+    _check_folds(nrof_folds, len(dist))
+    if not 0.0 <= far_target <= 1.0:
+        raise VerificationInputError(f"far_target must be in [0, 1], got {far_target!r}")
+
+    tars, fars, chosen = [], [], []
+    all_pairs = np.ones(len(dist), dtype=bool)
+    for start, stop in _folds(len(dist), nrof_folds):
+        test = np.zeros(len(dist), dtype=bool)
+        test[start:stop] = True
+        train = ~test if nrof_folds > 1 else all_pairs
+        _, train_far = _accept_rates(dist[train], same[train], thresholds)  # [T]
+        allowed = np.flatnonzero(train_far <= far_target)
+        threshold = thresholds[allowed[-1]] if len(allowed) else 0.0
+        tar, far = _accept_rates(dist[test], same[test], np.array([threshold]))
+        tars.append(tar[0])
+        fars.append(far[0])
+        chosen.append(threshold)
+    return TarAtFar(tar_mean=float(np.mean(tars)), tar_std=float(np.std(tars)),
+                    far_mean=float(np.mean(fars)), far_target=float(far_target),
+                    thresholds=np.asarray(chosen))
+
+
+def _accept_rates(dist, same, thresholds):
+    """(TAR, FAR) per threshold ([T] each) for the rule "accept when dist < threshold"."""
+    # Counting sorted distances below each threshold is O((n + T) log n), not O(n * T).
+    positives, negatives = np.sort(dist[same]), np.sort(dist[~same])
+    accepted_pos = np.searchsorted(positives, thresholds, side="left")  # [T] count of dist < t
+    accepted_neg = np.searchsorted(negatives, thresholds, side="left")
+    tar = accepted_pos / len(positives) if len(positives) else np.zeros(len(thresholds))
+    far = accepted_neg / len(negatives) if len(negatives) else np.zeros(len(thresholds))
+    return tar, far
