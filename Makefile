@@ -25,7 +25,7 @@ install: $(INSTALLED)
 
 $(INSTALLED): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,arcface]'
 	touch $@
 
 oracle: $(ORACLE_INSTALLED)

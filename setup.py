@@ -35,6 +35,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "insightface", "scikit-learn"],
+        # what a user's arcface_torch checkout imports besides torch (train_v2, eval/verification.py)
+        "arcface": ["tensorboard", "scikit-learn", "scipy"],
     },
     entry_points={"console_scripts": ["facemae = facemae_plugin.cli:main"]},
 )

@@ -1,0 +1,181 @@
+"""``facemae arcface-train --arcface-root PATH CONFIG``: the user's arcface_torch ``train_v2`` with FaceMAE.
+
+Two steps, so everything but the training itself runs (and is tested) on a CPU:
+
+``prepare`` imports the checkout (MXNet or ``compat.mxnet``), checks every hooked name against
+the signatures the plugin was written for, loads CONFIG with arcface_torch's own ``get_config``,
+and builds what the config's blocks ask for: the frozen ``ReconstructionStage`` (``facemae``,
+``stage="batch"``), the provenance check of a converted shard (``stage="offline"``), the IRM
+teacher (``irm`` with weight > 0).
+
+``run`` imports ``train_v2`` (which initialises NCCL at import, so it needs CUDA), replaces
+``get_dataloader`` / ``PartialFC_V2`` / a torch-incompatible scheduler *in train_v2's namespace
+only*, and calls ``train_v2.main``. Without a ``facemae`` or ``irm`` block nothing is replaced
+but the compatibility patches, and arcface_torch trains exactly as shipped.
+"""
+import argparse
+import json
+import logging
+import os
+import types
+
+import torch
+
+from ..config import ConfigError
+from ..convert import PROVENANCE_NAME
+from ..stage import ReconstructionStage, file_sha256
+from .checkout import ArcfaceCheckout
+from .configs import config_alias, load_arcface_config
+from .dataloader import BatchRecord, wrap_get_dataloader
+from .irm_loss import IRMTerm, irm_partial_fc
+from .patches import apply_patches
+
+log = logging.getLogger(__name__)
+
+
+class ArcfacePlan:
+    """What ``prepare`` decided: the checkout, the config, and the hooks to install."""
+
+    def __init__(self, checkout, config_path, cfg, device):
+        self.checkout = checkout
+        self.config_path = config_path
+        self.cfg = cfg
+        self.device = device
+        self.record = BatchRecord()
+        self.stage = None  # ReconstructionStage when facemae.stage == "batch"
+        self.release = None  # provenance of the converted shard when facemae.stage == "offline"
+        self.irm_term = None  # IRMTerm when irm.weight > 0
+
+    def summary(self):
+        cfg = self.cfg
+        return {
+            "arcface_root": self.checkout.root, "arcface_commit": self.checkout.commit,
+            "config": self.config_path, "rec": cfg.rec, "network": cfg.network, "output": cfg.output,
+            "facemae": dict(cfg.facemae) if cfg.get("facemae") else None,
+            "stage": self.stage.provenance() if self.stage else None,
+            "release": self.release,
+            "irm": dict(cfg.irm) if self.irm_term else None,
+            "device": str(self.device),
+        }
+
+
+def default_device():
+    """The device train_v2 will use on this rank."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------- the blocks
+
+def build_stage(block, device, fp16):
+    """The frozen reconstructor for ``stage="batch"`` (same masks as ``facemae convert``)."""
+    autocast = fp16 if block.autocast is None else block.autocast
+    return ReconstructionStage.from_checkpoint(block.checkpoint, mask_ratio=block.mask_ratio,
+                                               output=block.output, seed=block.seed, device=device,
+                                               autocast=bool(autocast))
+
+
+def check_release(rec_dir, block, config_path):
+    """``stage="offline"``: ``rec_dir`` must be a shard that ``facemae convert`` made with this block."""
+    path = os.path.join(rec_dir, PROVENANCE_NAME)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{config_path}: facemae.stage='offline' but {path} does not exist: config.rec must "
+                          f"point at the output of `facemae convert`")
+    with open(path) as f:
+        provenance = json.load(f)
+    made_by = provenance.get("privatizer", {})
+    expected = {"method": "facemae", "checkpoint_sha256": file_sha256(block.checkpoint),
+                "mask_ratio": block.mask_ratio, "output": block.output, "seed": block.seed}
+    for field, value in expected.items():
+        if made_by.get(field) != value:
+            raise ConfigError(f"{config_path}: {path}: the shard was made with {field}={made_by.get(field)!r}, "
+                              f"config.facemae asks for {value!r}"
+                              + (f" ({block.checkpoint})" if field == "checkpoint_sha256" else ""))
+    return provenance
+
+
+def build_irm(cfg, record, device, config_path):
+    from ..models.backbones import load_backbone
+
+    irm = cfg.irm
+    if cfg.get("facemae") is None or cfg.facemae.stage != "batch":
+        raise ConfigError(f"{config_path}: config.irm.weight={irm.weight} needs config.facemae with "
+                          f"stage='batch' (IRM compares originals with their reconstructions)")
+    if not irm.teacher:
+        raise ConfigError(f"{config_path}: config.irm.teacher must name the frozen recogniser (model.pt)")
+    teacher = load_backbone(irm.teacher, irm.network, device=str(device))
+    width = teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1]
+    if width != cfg.embedding_size:
+        raise ConfigError(f"{config_path}: config.irm.teacher {irm.teacher} gives {width}-d embeddings, "
+                          f"config.embedding_size is {cfg.embedding_size}; IRM compares the two")
+    return IRMTerm(teacher, record, irm.weight, irm.variant, irm.temperature)
+
+
+def prepare(arcface_root, config_path, device=None):
+    """Everything up to ``import train_v2``: checks, config, stage, provenance, IRM teacher."""
+    checkout = ArcfaceCheckout(arcface_root)
+    checkout.check_library_modules()
+    checkout.check_train_v2_source()
+    cfg = load_arcface_config(checkout, config_path)
+    plan = ArcfacePlan(checkout, os.path.abspath(config_path), cfg, device or default_device())
+    block = cfg.get("facemae")
+    if block is not None:
+        if not block.checkpoint:
+            raise ConfigError(f"{config_path}: config.facemae.checkpoint must be set")
+        if not os.path.isfile(block.checkpoint):
+            raise ConfigError(f"{config_path}: config.facemae.checkpoint {block.checkpoint} not found")
+        if block.stage == "batch":
+            plan.stage = build_stage(block, plan.device, cfg.fp16)
+        else:
+            plan.release = check_release(cfg.rec, block, config_path)
+    if cfg.get("irm") is not None and cfg.irm.weight:
+        plan.irm_term = build_irm(cfg, plan.record, plan.device, config_path)
+    return plan
+
+
+# ------------------------------------------------------------------------- the run
+
+def install_hooks(plan, train_v2):
+    """Replace the hooked names in ``train_v2`` (a module or namespace); returns what was done."""
+    done = apply_patches(train_v2)
+    if plan.stage is not None:
+        train_v2.get_dataloader = wrap_get_dataloader(train_v2.get_dataloader, plan.stage, plan.record)
+        done.append("train_v2.get_dataloader: batches reconstructed by FaceMAE before the backbone")
+    if plan.irm_term is not None:
+        train_v2.PartialFC_V2 = irm_partial_fc(train_v2.PartialFC_V2, plan.irm_term)
+        done.append(f"train_v2.PartialFC_V2: + {plan.irm_term.weight} * IRM ({plan.irm_term.variant})")
+    for line in done:
+        log.info("facemae: %s", line)
+    return done
+
+
+def run(plan):
+    """Import train_v2 (NCCL starts here), hook it, and train."""
+    if not torch.cuda.is_available():
+        raise ValueError("arcface_torch's train_v2 needs CUDA and NCCL (it starts NCCL when imported); "
+                           "on this machine use --dry-run, or `facemae train` (the plugin's own loop)")
+    train_v2 = plan.checkout.import_module("train_v2")
+    plan.checkout.check_signature(train_v2, "train_v2", "main")
+    install_hooks(plan, train_v2)
+    torch.backends.cudnn.benchmark = True  # what train_v2's __main__ block sets
+    with config_alias(plan.checkout, plan.config_path) as alias:
+        train_v2.main(argparse.Namespace(config=alias))
+    return plan.summary()
+
+
+def dry_run_notes(plan):
+    """The patches and hooks ``run`` would install, worked out on a stand-in for train_v2."""
+    stand_in = types.SimpleNamespace(
+        PolynomialLRWarmup=plan.checkout.import_module("lr_scheduler").PolynomialLRWarmup,
+        get_dataloader=plan.checkout.import_module("dataset").get_dataloader,
+        PartialFC_V2=plan.checkout.import_module("partial_fc_v2").PartialFC_V2)
+    return install_hooks(plan, stand_in)
+
+
+def arcface_train(arcface_root, config_path, dry_run=False):
+    """Prepare, then train (or, with ``dry_run``, report what training would do)."""
+    plan = prepare(arcface_root, config_path)
+    if dry_run:
+        return {**plan.summary(), "hooks": dry_run_notes(plan), "trained": False}
+    return {**run(plan), "trained": True}

@@ -1,0 +1,484 @@
+"""The plugin against a real arcface_torch checkout ($ARCFACE_TORCH_ROOT; skipped, saying so, without).
+
+Oracles: arcface_torch's own code (get_config, MXFaceDataset, get_dataloader, backbones.get_model,
+PartialFC_V2, its scheduler's closed form), real MXNet in the oracle venv, the reconstruction
+stage recomputed from the shard's records, and `facemae convert`'s output. train_v2 itself starts
+NCCL when imported, so it cannot run on a CPU: its CUDA parts (DataLoaderX's streams, DDP) are
+replaced by stand-ins named in each test, and the plugin's own loop runs the batch stage end to end.
+"""
+import json
+import os
+import pickle
+import runpy
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from facemae_plugin.arcface import ArcfaceCheckout, ArcfaceCheckoutError, prepare
+from facemae_plugin.arcface.configs import load_arcface_config
+from facemae_plugin.arcface.dataloader import BatchRecord, wrap_get_dataloader
+from facemae_plugin.arcface.irm_loss import IRMTerm, irm_partial_fc
+from facemae_plugin.arcface.patches import patch_lr_scheduler, scheduler_takes_verbose
+from facemae_plugin.config import ConfigError, merge_config
+from facemae_plugin.data import normalise
+from facemae_plugin.models.backbones import get_backbone
+from facemae_plugin.models.mae import create_facemae
+from facemae_plugin.recordio import IRHeader, RecordWriter, pack_img
+from facemae_plugin.shard import FaceShard
+from facemae_plugin.stage import ReconstructionStage
+from tests.conftest import smooth_image, write_layout_a
+from tests.mxnet_oracle import mxnet_python, run_oracle  # noqa: F401 (fixture)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTH_RECIPE = os.path.join(REPO, "recipes", "arcface_synth_mbf_facemae.py")
+
+
+@pytest.fixture
+def arcface_root():
+    root = os.environ.get("ARCFACE_TORCH_ROOT")
+    if not root:
+        pytest.skip("ARCFACE_TORCH_ROOT is unset: point it at recognition/arcface_torch of an insightface checkout")
+    return root
+
+
+@pytest.fixture
+def checkout(arcface_root):
+    """The checkout, imported fresh for each test (its configs.base edict is mutated by get_config)."""
+    saved = {n: m for n, m in sys.modules.items() if n == "mxnet" or n.startswith("mxnet.")}
+    checkout = ArcfaceCheckout(arcface_root)
+    yield checkout
+    checkout.forget()
+    for name in [n for n in sys.modules if n == "mxnet" or n.startswith("mxnet.")]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+@pytest.fixture
+def shard(tmp_path):
+    """Layout A: 3 identities, 2 + 3 + 4 images."""
+    write_layout_a(tmp_path / "shard", [2, 3, 4])
+    return str(tmp_path / "shard")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("facemae") / "facemae.pt"
+    return create_facemae("tiny", patch_size=8).save_checkpoint(str(path))
+
+
+def write_recipe(path, **blocks):
+    """An arcface_torch config on ``rec`` with the given plugin blocks (dicts)."""
+    lines = ["from easydict import EasyDict as edict", "config = edict()",
+             "config.network = 'mbf'", "config.margin_list = (1.0, 0.0, 0.4)", "config.batch_size = 4",
+             "config.num_classes = 3", "config.num_image = 9", "config.num_epoch = 1", "config.warmup_epoch = 0",
+             "config.val_targets = []", "config.dali = False"]
+    for key, value in blocks.items():
+        lines.append(f"config.{key} = edict({value!r})" if isinstance(value, dict) else f"config.{key} = {value!r}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+# ----------------------------------------------------------------- checkout and configs
+
+def test_checkout_matches_the_hooked_signatures(checkout):
+    modules = checkout.check_library_modules()
+    checkout.check_train_v2_source()
+    assert modules["dataset"].__file__.startswith(checkout.root)
+    assert "train_v2" not in sys.modules  # importing it would start NCCL
+
+
+def test_signature_drift_names_file_and_commit(checkout, monkeypatch):
+    dataset = checkout.import_module("dataset")
+
+    def get_dataloader(root_dir, batch_size, local_rank, dali=False):
+        pass
+
+    monkeypatch.setattr(dataset, "get_dataloader", get_dataloader)
+    with pytest.raises(ArcfaceCheckoutError) as error:
+        checkout.check_library_modules()
+    message = str(error.value)
+    assert os.path.join(checkout.root, "dataset.py") in message and checkout.commit in message
+    assert "get_dataloader(root_dir, batch_size, local_rank, dali)" in message
+
+
+def test_train_v2_drift_is_found_without_importing_it(tmp_path):
+    for name in ("dataset.py", "partial_fc_v2.py", "utils/utils_config.py", "backbones/__init__.py",
+                 "configs/base.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    imports = ("from dataset import get_dataloader\nfrom partial_fc_v2 import PartialFC_V2\n"
+               "from utils.utils_config import get_config\nfrom lr_scheduler import PolynomialLRWarmup\n")
+    (tmp_path / "train_v2.py").write_text(imports + "def main(config, rank):\n    pass\n")
+    with pytest.raises(ArcfaceCheckoutError, match=r"train_v2.py.*expected main\(args\), found main\(config, rank\)"):
+        ArcfaceCheckout(tmp_path).check_train_v2_source()
+    (tmp_path / "train_v2.py").write_text(imports.replace("dataset", "data_v3") + "def main(args):\n    pass\n")
+    with pytest.raises(ArcfaceCheckoutError, match="from dataset import get_dataloader"):
+        ArcfaceCheckout(tmp_path).check_train_v2_source()
+
+
+def test_not_a_checkout_fails_in_one_line(tmp_path):
+    with pytest.raises(ArcfaceCheckoutError, match="not an arcface_torch checkout.*train_v2.py"):
+        ArcfaceCheckout(tmp_path)
+
+
+def test_arcface_get_config_loads_a_plugin_recipe(checkout):
+    cfg = load_arcface_config(checkout, SYNTH_RECIPE)
+    recipe = runpy.run_path(SYNTH_RECIPE)["config"]
+    base = runpy.run_path(os.path.join(checkout.root, "configs", "base.py"))["config"]
+    for key, value in recipe.items():
+        if key != "facemae" and value is not None:
+            assert cfg[key] == value, key
+    for key in set(base) - set(recipe):  # keys only arcface_torch's base.py sets
+        assert cfg[key] == base[key], key
+    assert cfg.output == os.path.join("work_dirs", "arcface_synth_mbf_facemae")  # get_config's own default
+    assert cfg.facemae.checkpoint == recipe.facemae.checkpoint and cfg.facemae.autocast is None
+    assert "configs.arcface_synth_mbf_facemae" not in sys.modules
+
+
+def test_bad_facemae_block_names_the_key(checkout, tmp_path):
+    path = write_recipe(tmp_path / "typo.py", facemae=dict(checkpoint="x.pt", mask_raito=0.5))
+    with pytest.raises(ConfigError, match=r"config.facemae: unknown key 'mask_raito' \(did you mean 'mask_ratio'\?\)"):
+        load_arcface_config(checkout, path)
+
+
+# ------------------------------------------------------------------ data through compat
+
+MXFACE_ORACLE = r"""
+import json, os, sys
+import numpy as np
+import mxnet as mx
+
+# MXFaceDataset's reading rules: key 0 with flag > 0 gives image keys 1..a-1, else every .idx key;
+# an array label contributes its first value; images decode to RGB.
+root, out = sys.argv[1], sys.argv[2]
+rec = mx.recordio.MXIndexedRecordIO(os.path.join(root, "train.idx"), os.path.join(root, "train.rec"), "r")
+header, _ = mx.recordio.unpack(rec.read_idx(0))
+keys = list(range(1, int(header.label[0]))) if header.flag > 0 else list(rec.keys)
+images, labels = [], []
+for key in keys:
+    header, payload = mx.recordio.unpack(rec.read_idx(key))
+    label = header.label if isinstance(header.label, float) else header.label[0]
+    labels.append(int(label))
+    images.append(mx.image.imdecode(payload).asnumpy())
+np.savez(out, images=np.stack(images), labels=np.array(labels), keys=np.array(keys))
+"""
+
+
+def write_layout_b(out_dir, count=5, seed=1):
+    """im2rec's layout: keys from 0, scalar labels, no header record."""
+    os.makedirs(out_dir)
+    rng = np.random.default_rng(seed)
+    with RecordWriter(os.path.join(out_dir, "train.rec"), os.path.join(out_dir, "train.idx")) as writer:
+        for key in range(count):
+            writer.write_idx(key, pack_img(IRHeader(0, float(key % 2), key, 0), smooth_image(rng)))
+    return out_dir
+
+
+def test_mxfacedataset_through_compat_equals_real_mxnet(checkout, shard, tmp_path, mxnet_python, monkeypatch):
+    monkeypatch.setenv("FACEMAE_COMPAT_MXNET", "shim")
+    dataset_module = checkout.import_module("dataset")
+    assert sys.modules["mxnet"].__version__.endswith("facemae.compat")
+    for root in (shard, write_layout_b(str(tmp_path / "layout_b"))):
+        dataset = dataset_module.MXFaceDataset(root_dir=root, local_rank=0)
+        dataset.transform = None  # what its transform receives: the decoded uint8 RGB array
+        samples = [dataset[i] for i in range(len(dataset))]
+        run_oracle(mxnet_python, MXFACE_ORACLE, [root, tmp_path / "mx.npz"], cwd=tmp_path)
+        expected = np.load(tmp_path / "mx.npz")
+        np.testing.assert_array_equal(dataset.imgidx, expected["keys"])
+        np.testing.assert_array_equal(np.stack([s[0] for s in samples]), expected["images"])
+        assert [int(s[1]) for s in samples] == expected["labels"].tolist()
+
+
+LOAD_BIN_ORACLE = r"""
+import pickle, sys
+import numpy as np
+import mxnet as mx
+from mxnet import ndarray as nd
+
+bins, issame = pickle.load(open(sys.argv[1], "rb"))
+out = [[], []]
+for raw in bins:
+    img = mx.image.imdecode(raw)
+    if img.shape[1] != 112:
+        img = mx.image.resize_short(img, 112)
+    img = nd.transpose(img, axes=(2, 0, 1))
+    out[0].append(img.asnumpy())
+    out[1].append(mx.ndarray.flip(data=img, axis=2).asnumpy())
+np.save(sys.argv[2], np.array(out).astype(np.float32))
+"""
+
+
+def test_verification_load_bin_through_compat_equals_real_mxnet(checkout, tmp_path, mxnet_python, monkeypatch):
+    monkeypatch.setenv("FACEMAE_COMPAT_MXNET", "shim")
+    rng = np.random.default_rng(5)
+    sizes = [112, 112, 128, 112]  # a 128x128 image goes through resize_short
+    bins = [cv2.imencode(".jpg", smooth_image(rng, size))[1].tobytes() for size in sizes]
+    with open(tmp_path / "pairs.bin", "wb") as f:
+        pickle.dump((bins, [True, False]), f)
+    verification = checkout.import_module("eval.verification")
+    data_list, issame = verification.load_bin(str(tmp_path / "pairs.bin"), (112, 112))
+    run_oracle(mxnet_python, LOAD_BIN_ORACLE, [tmp_path / "pairs.bin", tmp_path / "mx.npy"], cwd=tmp_path)
+    expected = np.load(tmp_path / "mx.npy")
+    assert issame == [True, False]
+    for flip in (0, 1):
+        np.testing.assert_array_equal(data_list[flip].numpy(), expected[flip])
+
+
+def test_arcface_get_model_loads_our_model_pt_strictly(checkout, tmp_path):
+    backbones = checkout.import_module("backbones")
+    images = torch.randn(2, 3, 112, 112)
+    for name in ("mbf", "r18"):
+        torch.manual_seed(1)
+        ours = get_backbone(name, num_features=512).eval()
+        torch.save(ours.state_dict(), tmp_path / "model.pt")
+        theirs = backbones.get_model(name, dropout=0.0, fp16=False, num_features=512)
+        theirs.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(theirs.eval()(images), ours(images), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the batch stage
+
+def cpu_data_loader(local_rank, **kwargs):
+    """Stand-in for arcface_torch's DataLoaderX, whose CUDA streams need a GPU; same DataLoader args."""
+    return DataLoader(**kwargs)
+
+
+def reconstruct_from_records(stage, shard_dir, keys, flipped):
+    """What the batch must hold, computed apart from the loader: decode, normalise, stage, mirror."""
+    with FaceShard(shard_dir) as faces:
+        originals = torch.stack([normalise(faces.decode(int(k))) for k in keys])
+    out = stage(originals, keys)
+    return torch.where(flipped.view(-1, 1, 1, 1), out.flip(-1), out)
+
+
+def test_wrapped_get_dataloader_yields_stage_output(checkout, shard, checkpoint, monkeypatch):
+    dataset_module = checkout.import_module("dataset")
+    monkeypatch.setattr(dataset_module, "DataLoaderX", cpu_data_loader)
+    stage = ReconstructionStage.from_checkpoint(checkpoint, device="cpu")
+    record = BatchRecord()
+    get_dataloader = wrap_get_dataloader(dataset_module.get_dataloader, stage, record)
+    loader = get_dataloader(shard, 0, 4, False, False, 2048, 0)
+    stock = dataset_module.get_dataloader(shard, 0, 4, False, False, 2048, 0)
+    assert isinstance(loader, DataLoader)  # train_v2 calls sampler.set_epoch only on DataLoaders
+
+    torch.manual_seed(11)
+    staged = [(images, labels, record.keys.clone(), record.flipped.clone(), record.originals.clone())
+              for images, labels in loader]
+    torch.manual_seed(11)
+    plain = list(stock)
+    assert len(staged) == len(plain) == 2  # 9 images, batches of 4, drop_last
+    all_flips = torch.cat([s[3] for s in staged])
+    assert all_flips.any() and not all_flips.all()  # both branches of the flip are exercised
+    for (images, labels, keys, flipped, originals), (plain_images, plain_labels) in zip(staged, plain):
+        # Same order, labels and flips as arcface_torch without the plugin: the flip moved, not changed.
+        torch.testing.assert_close(originals, plain_images, rtol=0, atol=0)
+        assert torch.equal(labels, plain_labels)
+        with FaceShard(shard) as faces:
+            assert [faces.label(int(k)) for k in keys] == labels.tolist()
+        expected = reconstruct_from_records(stage, shard, keys.tolist(), flipped)
+        torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+
+
+def test_batch_stage_equals_facemae_convert_and_offline_checks_it(checkout, shard, checkpoint, tmp_path):
+    from facemae_plugin.convert import convert
+
+    stage = ReconstructionStage.from_checkpoint(checkpoint, device="cpu")
+    released = str(tmp_path / "released")
+    convert(shard, released, stage, workers=0, progress=False)
+    with FaceShard(shard) as faces:
+        keys = list(faces.image_keys)
+        originals = torch.stack([normalise(faces.decode(k)) for k in keys])
+    online = ((stage(originals, keys) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # [N, 3, H, W]
+    with FaceShard(released) as faces:
+        for key, rgb in zip(keys, online.permute(0, 2, 3, 1).numpy()):
+            # convert writes the stage's image as a quality-95 BGR JPEG; nothing else may differ.
+            jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+            np.testing.assert_array_equal(faces.decode(key), cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+    good = write_recipe(tmp_path / "offline.py", rec=released,
+                        facemae=dict(checkpoint=checkpoint, stage="offline"))
+    plan = prepare(checkout.root, good, device="cpu")
+    assert plan.stage is None and plan.release["privatizer"]["checkpoint_sha256"] == stage.checkpoint["sha256"]
+    other_ckpt = create_facemae("tiny", patch_size=8).save_checkpoint(str(tmp_path / "other.pt"))
+    wrong = write_recipe(tmp_path / "wrong.py", rec=released, facemae=dict(checkpoint=other_ckpt, stage="offline"))
+    with pytest.raises(ConfigError, match="made with checkpoint_sha256=.*other.pt"):
+        prepare(checkout.root, wrong, device="cpu")
+    seed = write_recipe(tmp_path / "seed.py", rec=released, facemae=dict(checkpoint=checkpoint, seed=3,
+                                                                          stage="offline"))
+    with pytest.raises(ConfigError, match="made with seed=0, config.facemae asks for 3"):
+        prepare(checkout.root, seed, device="cpu")
+    raw = write_recipe(tmp_path / "raw.py", rec=shard, facemae=dict(checkpoint=checkpoint, stage="offline"))
+    with pytest.raises(ConfigError, match="facemae_provenance.json does not exist"):
+        prepare(checkout.root, raw, device="cpu")
+
+
+# ------------------------------------------------------------------ IRM and patches
+
+@pytest.fixture
+def gloo_world():
+    """A one-process gloo group: PartialFC_V2 asserts a process group exists."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_irm_partial_fc_adds_weighted_irm_to_arcface_loss(checkout, gloo_world, monkeypatch):
+    partial_fc_v2 = checkout.import_module("partial_fc_v2")
+    losses = checkout.import_module("losses")
+    # PartialFC_V2.forward allocates with .cuda(); on a CPU that is the identity (test stand-in only).
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    margin = losses.CombinedMarginLoss(64, 1.0, 0.0, 0.4, 0)
+    torch.manual_seed(2)
+    plain = partial_fc_v2.PartialFC_V2(margin, 512, 5, 1.0, False)
+    teacher = get_backbone("mbf").eval()
+    record = BatchRecord()
+    record.originals = torch.randn(4, 3, 112, 112)
+    term = IRMTerm(teacher, record, weight=0.5)
+    joint_class = irm_partial_fc(partial_fc_v2.PartialFC_V2, term)
+    joint = joint_class(margin, 512, 5, 1.0, False)
+    joint.load_state_dict(plain.state_dict())  # same keys: checkpoints and resume unchanged
+    assert list(joint.state_dict()) == list(plain.state_dict())
+    assert [p.shape for p in joint.parameters()] == [p.shape for p in plain.parameters()]
+
+    embeddings = torch.randn(4, 512, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = joint(embeddings, labels.clone())
+    with torch.no_grad():
+        arcface_loss = plain(embeddings, labels.clone())
+        unit_t = torch.nn.functional.normalize(teacher(record.originals), dim=1)
+        unit_b = torch.nn.functional.normalize(embeddings, dim=1)
+        irm = ((unit_b @ unit_b.T - unit_t @ unit_t.T) ** 2).mean()
+    torch.testing.assert_close(loss.detach(), arcface_loss + 0.5 * irm, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert embeddings.grad is not None and all(p.grad is None for p in teacher.parameters())
+
+
+def test_lr_scheduler_patch_runs_upstream_schedule(checkout):
+    if scheduler_takes_verbose():
+        pytest.skip(f"torch {torch.__version__} still takes LRScheduler(verbose=): no patch needed")
+    lr_scheduler = checkout.import_module("lr_scheduler")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(TypeError, match="verbose"):
+        lr_scheduler.PolynomialLRWarmup(optimizer, warmup_iters=3, total_iters=10)
+    namespace = types.SimpleNamespace(PolynomialLRWarmup=lr_scheduler.PolynomialLRWarmup)
+    assert "verbose" in patch_lr_scheduler(namespace)
+    scheduler = namespace.PolynomialLRWarmup(optimizer, warmup_iters=3, total_iters=10)
+    assert isinstance(scheduler, lr_scheduler.PolynomialLRWarmup)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+        torch.testing.assert_close(scheduler.get_last_lr(), scheduler._get_closed_form_lr())  # upstream's formula
+
+
+# ------------------------------------------------------------------ prepare, CLI, own loop
+
+def test_dry_run_reports_hooks_and_irm_weight_zero_changes_nothing(checkout, shard, checkpoint, tmp_path, capsys):
+    from facemae_plugin.cli import main
+
+    torch.save(get_backbone("mbf").state_dict(), tmp_path / "teacher.pt")
+    irm = dict(weight=0.5, teacher=str(tmp_path / "teacher.pt"), network="mbf")
+    joint = write_recipe(tmp_path / "joint.py", rec=shard, facemae=dict(checkpoint=checkpoint), irm=irm)
+    assert main(["arcface-train", "--arcface-root", checkout.root, joint, "--dry-run", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    hooks = " ".join(result["hooks"])
+    assert "get_dataloader" in hooks and "PartialFC_V2: + 0.5 * IRM" in hooks and not result["trained"]
+    assert result["stage"]["checkpoint_sha256"] and result["arcface_commit"] == checkout.commit
+
+    plain = write_recipe(tmp_path / "plain.py", rec=shard, irm=dict(irm, weight=0.0))
+    plan = prepare(checkout.root, plain, device="cpu")
+    assert plan.stage is None and plan.irm_term is None  # nothing to hook: arcface_torch as shipped
+    no_stage = write_recipe(tmp_path / "no_stage.py", rec=shard, irm=irm)
+    with pytest.raises(ConfigError, match="irm.weight=0.5 needs config.facemae with stage='batch'"):
+        prepare(checkout.root, no_stage, device="cpu")
+    assert main(["arcface-train", "--arcface-root", str(tmp_path), joint, "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("facemae arcface-train: error: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gets")
+def test_training_without_cuda_says_why(checkout, shard, tmp_path, capsys):
+    from facemae_plugin.cli import main
+
+    plain = write_recipe(tmp_path / "plain.py", rec=shard)
+    assert main(["arcface-train", "--arcface-root", checkout.root, plain]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # plugin notes, then one error line
+    assert lines[-1].startswith("facemae arcface-train: error:") and "train_v2 needs CUDA and NCCL" in lines[-1]
+    assert sum("error" in line for line in lines) == 1, lines
+    assert "train_v2" not in sys.modules
+
+
+def test_plugin_loop_runs_the_batch_stage_in_place_of_train_v2(checkout, shard, checkpoint, tmp_path):
+    """CPU stand-in for train_v2's CUDA loop: the plugin's loop with the same stage, then arcface loads it."""
+    from facemae_plugin.train.recognise import train_recogniser
+
+    stage = ReconstructionStage.from_checkpoint(checkpoint, device="cpu")
+    seen = []
+
+    def batch_stage(images, keys):
+        out = stage(images, keys)
+        seen.append((images.clone(), list(map(int, keys)), out))
+        return out
+
+    cfg = merge_config(dict(network="mbf", rec=shard, num_classes=3, batch_size=4, num_epoch=1, lr=0.01,
+                            num_workers=0, output=str(tmp_path / "out"), margin_list=(1.0, 0.0, 0.4),
+                            flip=False))
+    summary = train_recogniser(cfg, device="cpu", progress=False, batch_stage=batch_stage, max_steps=2)
+    assert summary["steps"] == 2 and len(seen) == 2
+    for images, keys, out in seen:
+        expected = reconstruct_from_records(stage, shard, keys, torch.zeros(len(keys), dtype=torch.bool))
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+        with FaceShard(shard) as faces:
+            originals = torch.stack([normalise(faces.decode(k)) for k in keys])
+        torch.testing.assert_close(images, originals, rtol=0, atol=0)
+    backbones = checkout.import_module("backbones")
+    model = backbones.get_model("mbf", dropout=0.0, fp16=False, num_features=512)
+    model.load_state_dict(torch.load(summary["model"], weights_only=True), strict=True)
+
+
+TRAIN_V2_IMPORT = r"""
+import json, sys
+from facemae_plugin.arcface import ArcfaceCheckout
+
+checkout = ArcfaceCheckout(sys.argv[1])
+try:
+    checkout.import_module("train_v2")
+    error = None
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"error": error, "mxnet": sys.modules["mxnet"].__version__,
+                  "imported": sorted(n for n in ("dataset", "partial_fc_v2", "lr_scheduler", "eval.verification",
+                                                 "utils.utils_callbacks", "utils.utils_config") if n in sys.modules)}))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine train_v2 imports fully")
+def test_train_v2_imports_through_compat_up_to_nccl(checkout, tmp_path):
+    """On a CPU, `import train_v2` gets through every import (MXNet via compat) and stops at NCCL."""
+    import socket
+    import subprocess
+
+    pytest.importorskip("tensorboard", reason="train_v2 imports torch.utils.tensorboard (pip install tensorboard)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, "-c", TRAIN_V2_IMPORT, checkout.root], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "NCCL" in result["error"] and "GPU" in result["error"], result["error"]
+    assert result["mxnet"].endswith("facemae.compat")
+    assert result["imported"] == sorted(["dataset", "partial_fc_v2", "lr_scheduler", "eval.verification",
+                                         "utils.utils_callbacks", "utils.utils_config"])
