@@ -134,7 +134,10 @@ def _convert(args):
 
     shard, num_shards, distributed = args.shard, args.num_shards, False
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if num_shards is None and world_size > 1:  # under torchrun: one shard per rank
+    if world_size > 1 and shard is None:  # under torchrun: one shard per rank
+        if num_shards not in (None, world_size):
+            raise ValueError(f"under torchrun --num-shards must equal WORLD_SIZE={world_size} (one shard per "
+                             f"rank), got {num_shards}")
         shard, num_shards, distributed = int(os.environ["RANK"]), world_size, True
     if shard is not None and num_shards is None:
         raise ValueError("--shard I needs --num-shards N")
@@ -155,6 +158,52 @@ def _merge(args):
 
     result = merge(args.out_dir, overwrite=args.overwrite, keep_shards=args.keep_shards)
     return f"merge: {result['shards']} shard(s), {result['records']} records -> {args.out_dir}", result
+
+
+def _arcface_train(args):
+    import logging
+
+    from .arcface import arcface_train
+
+    # The plugin's notes (compat MXNet, patches, hooks) on stderr while the verb runs; train_v2
+    # configures the root logger itself, so these do not propagate there twice.
+    plugin_log = logging.getLogger("facemae_plugin")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    plugin_log.addHandler(handler)
+    plugin_log.setLevel(logging.INFO)
+    plugin_log.propagate = False
+    try:
+        result = arcface_train(args.arcface_root, args.config, dry_run=args.dry_run)
+    finally:
+        plugin_log.removeHandler(handler)
+        plugin_log.propagate = True
+    stage = (result["facemae"] or {}).get("stage", "off")
+    if not result["trained"]:
+        hooks = "; ".join(result["hooks"]) or "none"
+        return (f"arcface-train: checked {result['arcface_root']} ({result['arcface_commit']}), facemae {stage}, "
+                f"hooks: {hooks} (dry run, nothing trained)", result)
+    return f"arcface-train: arcface_torch trained (facemae {stage}) -> {result['output']}", result
+
+
+def _audit(args):
+    import torch
+
+    from .evaluation.audit import audit, check_release
+    from .evaluation.embed import load_embedder
+
+    check_release(args.original, args.released)  # mismatched shards fail before the model loads
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    embedder = load_embedder(args.model, args.network, device=device)
+    report = audit(args.original, args.released, embedder, out_dir=args.out, batch_size=args.batch_size,
+                   device=device, max_impostors=args.max_impostors, seed=args.seed,
+                   progress=not args.quiet, model=args.model)
+    tar = "n/a" if report["tar_at_far"] is None else f"{report['tar_at_far']:.4f}"
+    return (f"audit: {report['queries']} released vs {report['gallery']} originals: instance rank-1 "
+            f"{report['instance_rank1'] * 100:.2f}% rank-5 {report['instance_rank5'] * 100:.2f}%, identity "
+            f"rank-1 {report['identity_rank1'] * 100:.2f}% rank-5 {report['identity_rank5'] * 100:.2f}%, "
+            f"TAR@FAR={report['far_target']:g} {tar}, mean source cosine {report['mean_source_cosine']:.4f} "
+            f"-> {report['report']}"), report
 
 
 def _add_common(parser):
@@ -255,6 +304,25 @@ def build_parser():
     p.add_argument("--no-check", action="store_true", help="skip the insightface / torch agreement check")
     p.set_defaults(run=_export)
 
+    p = verbs.add_parser("audit", help="privacy leakage of a released shard, measured by face retrieval",
+                         description="Embed the original and released shards (same keys and labels) with "
+                                     "an attacker's recogniser (image + flip); every released image queries "
+                                     "all originals. Reports rank-1/5 instance hits (own source record) and "
+                                     "identity hits, TAR@FAR=1e-3 of (released, source) pairs against "
+                                     "impostors and the mean source cosine; writes audit.json, "
+                                     "similarity_histogram.png and leak_examples.png to --out.")
+    p.add_argument("--original", required=True, metavar="IN_DIR", help="the original shard")
+    p.add_argument("--released", required=True, metavar="OUT_DIR", help="its release (convert output)")
+    p.add_argument("--model", required=True, help="attacker: model.pt (arcface_torch state_dict) or model.onnx")
+    p.add_argument("--network", default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")
+    p.add_argument("--out", default=None, help="report folder (default: <released>/audit)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--max-impostors", type=int, default=1_000_000,
+                   help="impostor pairs scored; more are sampled with --seed (default 1000000)")
+    p.add_argument("--seed", type=int, default=0, help="impostor sample seed (default 0)")
+    p.set_defaults(run=_audit)
+
     p = verbs.add_parser("demo", help="run the main job on the embedded synthetic default",
                          description="Synthesise the default dataset in WORK_DIR and inspect it; "
                                      "finished stages are reused when run again.")
@@ -300,6 +368,20 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing train.rec")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
     p.set_defaults(run=_merge)
+
+    p = verbs.add_parser("arcface-train", help="run your arcface_torch checkout's train_v2 with FaceMAE",
+                         description="Import the arcface_torch checkout at --arcface-root (MXNet optional), "
+                                     "check the names the plugin hooks, load CONFIG with its own get_config "
+                                     "and run train_v2.main. A config.facemae block reconstructs each batch "
+                                     "(stage='batch') or checks a converted shard (stage='offline'); a "
+                                     "config.irm block adds IRM to the loss. Needs CUDA; run under torchrun "
+                                     "like train_v2 (torchrun --no-python facemae arcface-train ...).")
+    p.add_argument("config", metavar="CONFIG", help="arcface_torch config file, anywhere (e.g. recipes/arcface_*.py)")
+    p.add_argument("--arcface-root", required=True, metavar="PATH",
+                   help="the recognition/arcface_torch folder of your insightface checkout")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check checkout, config, checkpoint and shard, report the hooks; no training (CPU ok)")
+    p.set_defaults(run=_arcface_train)
 
     for sub in verbs.choices.values():
         _add_common(sub)

@@ -1,0 +1,195 @@
+"""Baseline privatizers with the reconstruction stage's interface, and a factory for all methods.
+
+Every privatizer is a callable ``(images [N, 3, H, W] normalised, keys) -> images`` with
+``variants(images, keys) -> [N, k, 3, H, W]`` and ``provenance()``; ``facemae convert`` treats
+them and ``ReconstructionStage`` alike. Random ones (noise, masked) draw from ``(seed, key, j)``
+only, so they are as reproducible as FaceMAE's masks; blur and pixelate are deterministic, so their
+k variants are identical.
+
+* ``blur``: Gaussian blur, ``sigma`` in pixels (kernel radius ceil(3 sigma), reflected borders).
+* ``pixelate``: mean over ``block_size`` x ``block_size`` blocks (partial blocks at the edges).
+* ``noise``: additive Gaussian noise, ``std`` in grey levels (0..255 scale), then clipped.
+* ``masked``: FaceMAE's mask for (seed, key) with masked patches set to grey, no reconstruction.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .models.mae import mask_noise_for_keys, patchify, random_masking, seed_for_key, unpatchify
+from .stage import ReconstructionStage, as_key_list, variant_key
+
+METHODS = ("facemae", "blur", "pixelate", "noise", "masked")
+
+_NOISE_SALT = 0x6E6F697365  # "noise": keeps noise draws apart from mask draws of the same key
+
+
+class Privatizer:
+    """Base: ``__call__`` is variant 0; ``variants`` stacks variants 0..k-1."""
+
+    method = None
+
+    def __init__(self, k=1, seed=0):
+        if int(k) < 1:
+            raise ValueError(f"k (variants per image) must be >= 1, got {k}")
+        self.k = int(k)
+        self.seed = int(seed)
+
+    def __call__(self, images, keys):
+        return self._apply(images, as_key_list(keys, images.shape[0]), 0)
+
+    def variants(self, images, keys):
+        keys = as_key_list(keys, images.shape[0])
+        return torch.stack([self._apply(images, keys, j) for j in range(self.k)], dim=1)
+
+    def _apply(self, images, keys, j):  # [N, 3, H, W] -> [N, 3, H, W]
+        raise NotImplementedError
+
+    def params(self):
+        return {}
+
+    def provenance(self):
+        return {"method": self.method, **self.params(), "k": self.k}
+
+
+class Identity(Privatizer):
+    """No change: re-encodes the originals (control datasets, copy-only benchmarks)."""
+
+    method = "identity"
+
+    def _apply(self, images, keys, j):
+        return images.float().clone()
+
+
+def gaussian_kernel(sigma):
+    """1-D Gaussian weights [2r + 1], r = ceil(3 sigma), summing to 1 (float64)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-(x ** 2) / (2.0 * sigma ** 2))
+    return weights / weights.sum()
+
+
+class GaussianBlur(Privatizer):
+    method = "blur"
+
+    def __init__(self, sigma=3.0, k=1):
+        super().__init__(k)
+        if not sigma > 0:
+            raise ValueError(f"blur sigma must be > 0 pixels, got {sigma}")
+        self.sigma = float(sigma)
+
+    def params(self):
+        return {"sigma": self.sigma}
+
+    def _apply(self, images, keys, j):
+        n, c, h, w = images.shape
+        kernel = gaussian_kernel(self.sigma).to(images.device, torch.float32)
+        radius = (kernel.numel() - 1) // 2
+        if radius >= min(h, w):
+            raise ValueError(f"blur sigma {self.sigma} needs a {kernel.numel()}-pixel kernel, too wide "
+                             f"for {h}x{w} images")
+        # separable: rows then columns, each channel on its own (groups=c)
+        x = F.pad(images.float(), (radius, radius, radius, radius), mode="reflect")
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # [N, C, H+2r, W]
+        return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # [N, C, H, W]
+
+
+class Pixelate(Privatizer):
+    method = "pixelate"
+
+    def __init__(self, block_size=8, k=1):
+        super().__init__(k)
+        if int(block_size) < 1:
+            raise ValueError(f"pixelate block size must be >= 1 pixel, got {block_size}")
+        self.block_size = int(block_size)
+
+    def params(self):
+        return {"block_size": self.block_size}
+
+    def _apply(self, images, keys, j):
+        b = self.block_size
+        h, w = images.shape[-2:]
+        # ceil_mode: the last row/column of blocks may be partial; their mean counts only real pixels
+        means = F.avg_pool2d(images.float(), b, stride=b, ceil_mode=True)  # [N, C, ceil(H/b), ceil(W/b)]
+        blocks = means.repeat_interleave(b, dim=2).repeat_interleave(b, dim=3)
+        return blocks[..., :h, :w].contiguous()
+
+
+class GaussianNoise(Privatizer):
+    method = "noise"
+
+    def __init__(self, std=25.0, seed=0, k=1):
+        super().__init__(k, seed)
+        if not std >= 0:
+            raise ValueError(f"noise std must be >= 0 grey levels, got {std}")
+        self.std = float(std)
+
+    def params(self):
+        return {"std": self.std, "seed": self.seed}
+
+    def noise(self, keys, shape, j=0):
+        """[N, *shape] standard normal draws, row i from (seed, keys[i], j) alone (CPU)."""
+        rows = []
+        for key in keys:
+            generator = torch.Generator().manual_seed(seed_for_key(self.seed ^ _NOISE_SALT, variant_key(key, j)))
+            rows.append(torch.randn(shape, generator=generator))
+        return torch.stack(rows) if rows else torch.zeros(0, *shape)
+
+    def _apply(self, images, keys, j):
+        noise = self.noise(keys, tuple(images.shape[1:]), j).to(images.device)  # [N, 3, H, W]
+        return (images.float() + noise * (self.std / 127.5)).clamp(-1.0, 1.0)
+
+
+class MaskedOnly(Privatizer):
+    method = "masked"
+
+    def __init__(self, patch_size=8, mask_ratio=0.75, seed=0, k=1):
+        super().__init__(k, seed)
+        if int(patch_size) < 1:
+            raise ValueError(f"patch size must be >= 1 pixel, got {patch_size}")
+        if not 0.0 <= float(mask_ratio) < 1.0:
+            raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+        self.patch_size = int(patch_size)
+        self.mask_ratio = float(mask_ratio)
+
+    def params(self):
+        return {"patch_size": self.patch_size, "mask_ratio": self.mask_ratio, "seed": self.seed}
+
+    def masks(self, keys, num_patches, j=0):
+        """[N, L] FaceMAE masks (1 = masked) for (seed, key, j): the ones reconstruction would use."""
+        noise = mask_noise_for_keys(self.seed, [variant_key(key, j) for key in keys], num_patches)
+        return random_masking(noise, self.mask_ratio)[2]
+
+    def _apply(self, images, keys, j):
+        patches = patchify(images.float(), self.patch_size)  # [N, L, p*p*3]
+        mask = self.masks(keys, patches.shape[1], j).to(images.device)  # [N, L]
+        patches = patches * (1.0 - mask).unsqueeze(-1)  # grey is 0 in the normalised space
+        return unpatchify(patches, self.patch_size, images.shape[1])
+
+
+_BASELINES = {"blur": GaussianBlur, "pixelate": Pixelate, "noise": GaussianNoise, "masked": MaskedOnly}
+
+
+def make_privatizer(method, **params):
+    """``facemae`` (checkpoint=..., mask_ratio, output, seed, k, device, autocast) or a baseline.
+
+    Unknown methods or parameters raise ValueError naming them.
+    """
+    if method == "facemae":
+        checkpoint = params.pop("checkpoint", None)
+        if not checkpoint:
+            raise ValueError("method facemae needs a checkpoint (--checkpoint facemae.pt)")
+        _check_params(method, params, ("mask_ratio", "output", "seed", "k", "device", "autocast"))
+        return ReconstructionStage.from_checkpoint(checkpoint, **params)
+    if method not in _BASELINES:
+        raise ValueError(f"unknown privatization method {method!r}; expected one of {METHODS}")
+    cls = _BASELINES[method]
+    import inspect
+    _check_params(method, params, [p for p in inspect.signature(cls.__init__).parameters if p != "self"])
+    return cls(**params)
+
+
+def _check_params(method, params, allowed):
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"method {method} takes no parameter(s) {unknown}; expected some of {sorted(allowed)}")

@@ -1,0 +1,147 @@
+"""The reconstruction stage: a frozen FaceMAE that turns a batch of faces into released faces.
+
+One object serves every deployment path: offline conversion (``facemae convert``) now and the
+online arcface_torch batch stage later. It takes normalised RGB images ``[N, 3, H, W]`` and their
+record keys and returns reconstructions in the same space, on the device the images came from.
+
+Masks come from ``(seed, key)`` (``mask_noise_for_keys``), never from the batch, so a record's
+result does not depend on which records share its batch, their order, the shard or the device.
+With ``k > 1`` the j-th reconstruction of a record uses the mask of ``variant_key(key, j)``:
+different for every j, still fixed by ``(seed, key, j)``; ``variant_key(key, 0) == key``, so the
+first reconstruction is what ``k = 1`` gives.
+"""
+import hashlib
+import os
+
+import torch
+
+from .models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking, seed_for_key
+from .train.common import autocast as autocast_context
+from .train.common import pick_device
+
+_KEY_BITS = (1 << 63) - 1  # derived keys stay non-negative int64 (torch tensors, JSON)
+
+
+def variant_key(key, j):
+    """Mask key of the j-th reconstruction of record ``key``: ``key`` itself for j = 0."""
+    key, j = int(key), int(j)
+    if j < 0:
+        raise ValueError(f"reconstruction index must be >= 0, got {j}")
+    if j == 0:
+        return key
+    # a 64-bit mix of (key, j): distinct j give unrelated masks (seed_for_key mixes it once more
+    # with the run's seed before it seeds the mask generator)
+    return seed_for_key(key, j) & _KEY_BITS
+
+
+def variant_keys(keys, k):
+    """[N * k] mask keys, record-major: (key0, j=0), (key0, j=1), ..., (key1, j=0), ..."""
+    return [variant_key(key, j) for key in keys for j in range(k)]
+
+
+def as_key_list(keys, batch_size):
+    """Record keys as a list of Python ints, one per image."""
+    if isinstance(keys, torch.Tensor):
+        keys = keys.reshape(-1).tolist()
+    keys = [int(key) for key in keys]
+    if len(keys) != batch_size:
+        raise ValueError(f"got {len(keys)} record keys for a batch of {batch_size} images")
+    return keys
+
+
+def file_sha256(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ReconstructionStage:
+    """Frozen FaceMAE, eval mode, no grad: ``stage(images, keys) -> images``.
+
+    ``output`` is ``full`` (every pixel predicted) or ``paste`` (visible patches kept). ``autocast``
+    runs the model in fp16 on CUDA / bf16 on CPU; results come back as float32.
+    """
+
+    method = "facemae"
+
+    def __init__(self, model, mask_ratio=0.75, output="full", seed=0, k=1, device=None,
+                 autocast=False, checkpoint=None):
+        if not isinstance(model, FaceMAE):
+            raise TypeError(f"ReconstructionStage needs a FaceMAE, got {type(model).__name__}")
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
+        if int(k) < 1:
+            raise ValueError(f"k (reconstructions per image) must be >= 1, got {k}")
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.mask_ratio = float(mask_ratio)
+        random_masking(torch.zeros(1, model.num_patches), self.mask_ratio)  # validates the ratio
+        self.output = output
+        self.seed = int(seed)
+        self.k = int(k)
+        self.autocast = bool(autocast)
+        self.checkpoint = checkpoint  # {"path", "sha256"} when loaded from a file
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs):
+        """Load ``facemae.pt`` (CheckpointError / FileNotFoundError with the path on bad files)."""
+        path = os.path.abspath(os.fspath(path))
+        model = FaceMAE.from_checkpoint(path)
+        return cls(model, checkpoint={"path": path, "sha256": file_sha256(path)}, **kwargs)
+
+    @property
+    def num_patches(self):
+        return self.model.num_patches
+
+    def masks(self, keys, j=0):
+        """[N, L] masks (1 = masked) the j-th reconstruction of each record uses, on the CPU."""
+        keys = [variant_key(key, j) for key in as_key_list(keys, len(keys))]
+        noise = mask_noise_for_keys(self.seed, keys, self.num_patches)  # [N, L]
+        return random_masking(noise, self.mask_ratio)[2]
+
+    def __call__(self, images, keys):
+        """[N, 3, H, W] normalised images -> [N, 3, H, W] reconstructions (first of the k)."""
+        return self._reconstruct(images, as_key_list(keys, images.shape[0]))
+
+    def variants(self, images, keys):
+        """[N, 3, H, W] -> [N, k, 3, H, W]: the k reconstructions of each image, in one pass."""
+        n = images.shape[0]
+        keys = as_key_list(keys, n)
+        repeated = images.repeat_interleave(self.k, dim=0)  # [N * k, 3, H, W], record-major
+        out = self._reconstruct(repeated, variant_keys(keys, self.k))  # [N * k, 3, H, W]
+        return out.reshape(n, self.k, *out.shape[1:])
+
+    @torch.no_grad()
+    def _reconstruct(self, images, mask_keys):
+        """Reconstruct ``images`` with the masks of ``mask_keys`` (already derived per variant)."""
+        if images.shape[0] == 0:
+            return images.float().clone()
+        source_device = images.device
+        images = images.to(self.device, dtype=torch.float32, non_blocking=True)
+        noise = mask_noise_for_keys(self.seed, mask_keys, self.num_patches)  # [N, L] CPU
+        with autocast_context(self.device, self.autocast):
+            pred, mask = self.model(images, self.mask_ratio, noise=noise)  # [N, L, p*p*3], [N, L]
+        out = self.model.compose(images, pred.float(), mask, self.output)  # [N, 3, H, W] fp32
+        return out.to(source_device)
+
+    def provenance(self):
+        """What produced a released dataset: method, checkpoint and its hash, masking, output mode."""
+        dtype = None
+        if self.autocast:
+            dtype = "float16" if self.device.type == "cuda" else "bfloat16"
+        config = {k: v for k, v in self.model.config.items()}
+        return {
+            "method": self.method,
+            "checkpoint": self.checkpoint["path"] if self.checkpoint else None,
+            "checkpoint_sha256": self.checkpoint["sha256"] if self.checkpoint else None,
+            "model": config,
+            "mask_ratio": self.mask_ratio,
+            "output": self.output,
+            "seed": self.seed,
+            "k": self.k,
+            "autocast": dtype,
+            "mask_key_scheme": "mask of reconstruction j of record key: mask_noise_for_keys(seed, "
+                               "[variant_key(key, j)]), variant_key(key, 0) = key",
+        }
