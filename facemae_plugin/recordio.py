@@ -145,7 +145,20 @@ def frame_record(payload):
     return b"".join(parts)
 
 
-class RecordWriter:
+class CommitOnSuccess:
+    """``with`` protocol of the atomic writers: ``close()`` commits, an exception ``abort()``s."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class RecordWriter(CommitOnSuccess):
     """Write a ``.rec`` (and optionally its ``.idx``) atomically.
 
     Bytes go to ``<path>.tmp-<pid>`` files that are renamed over the final names
@@ -215,15 +228,6 @@ class RecordWriter:
         if self._idx is not None:
             files.append((self._idx, self._idx_tmp, self.idx_path))
         return files
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __del__(self):
         # An unclosed writer was abandoned mid-way: its output is incomplete.

@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from .recordio import (
+    CommitOnSuccess,
     IndexedRecordReader,
     IRHeader,
     RecordIOError,
@@ -196,7 +197,7 @@ class FaceShard:
         self.close()
 
 
-class FaceShardWriter:
+class FaceShardWriter(CommitOnSuccess):
     """Write a layout-A shard from identities given in order.
 
     ``add_identity(images)`` takes BGR uint8 arrays (encoded as JPEG, like
@@ -261,15 +262,6 @@ class FaceShardWriter:
 
     def abort(self):
         self._writer.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_property(directory, num_classes, image_size=DEFAULT_IMAGE_SIZE):
