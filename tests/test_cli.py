@@ -9,7 +9,8 @@ import pytest
 from facemae_plugin.binfile import load_bin
 from facemae_plugin.shard import FaceShard
 
-VERBS = ["synth", "inspect", "folder2rec", "rec2folder", "pairs2bin", "pretrain", "train", "demo"]
+VERBS = ["synth", "inspect", "folder2rec", "rec2folder", "pairs2bin", "pretrain", "train", "verify", "export",
+         "audit", "demo", "convert", "merge", "arcface-train"]
 
 
 def facemae(*args, check=True):
