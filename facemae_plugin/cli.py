@@ -67,7 +67,7 @@ def _pretrain(args):
     result = pretrain(load_config(args.config), device=args.device, progress=not args.quiet,
                       resume=args.resume)
     last = result["epochs"][-1] if result["epochs"] else {}
-    parts = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "step", "losses"))
+    parts = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "step", "losses", "parts"))
     return f"pretrain: {result['steps']} steps, {parts} -> {result['checkpoint']}", result
 
 
