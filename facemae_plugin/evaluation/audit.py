@@ -1,0 +1,225 @@
+"""`facemae audit`: how much a released shard leaks its originals, measured by face retrieval.
+
+The released shard holds the same keys and labels as the original (a reconstruction, blur...
+of it, record by record). An attacker's recogniser embeds both (image + flip, as
+arcface_torch evaluates); every released image queries the whole original gallery
+(`retrieval.evaluate_retrieval`). Written to ``out_dir``:
+
+  audit.json                  the metrics, the inputs, the most/least leaking records
+  similarity_histogram.png    source-pair vs impostor cosines, with the TAR@FAR threshold
+  leak_examples.png           original | released of the most and least leaking records
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+from ..data import normalise
+from ..shard import FaceShard
+from .embed import embed_with_flip
+from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval
+
+AUDIT_JSON = "audit.json"
+HISTOGRAM_PNG = "similarity_histogram.png"
+EXAMPLES_PNG = "leak_examples.png"
+
+
+class AuditInputError(ValueError):
+    """The two shards are not an original and its record-by-record release."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def check_same_records(original, released):
+    """Both shards must hold the same image keys; the first key missing on either side is named."""
+    original_keys, released_keys = set(original.image_keys.tolist()), set(released.image_keys.tolist())
+    missing = sorted(original_keys - released_keys)
+    if missing:
+        raise AuditInputError(f"{released.rec_path}: key {missing[0]} of the original {original.rec_path} "
+                              f"is missing ({len(missing)} key(s) missing); expected the same keys")
+    extra = sorted(released_keys - original_keys)
+    if extra:
+        raise AuditInputError(f"{released.rec_path}: key {extra[0]} is not in the original "
+                              f"{original.rec_path} ({len(extra)} extra key(s)); expected the same keys")
+
+
+def check_release(original_dir, released_dir):
+    """Fail fast, before any model loads, when the two shards do not hold the same keys."""
+    with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
+        check_same_records(original, released)
+        return len(original)
+
+
+def check_same_labels(original, original_labels, released, released_labels):
+    """A record must keep its identity label in the release; the first differing key is named."""
+    by_key = dict(zip(original.image_keys.tolist(), original_labels.tolist()))
+    for key, label in zip(released.image_keys.tolist(), released_labels.tolist()):
+        if by_key[key] != label:
+            raise AuditInputError(f"{released.rec_path} key {key}: label {label}, but the original "
+                                  f"{original.rec_path} labels it {by_key[key]}; expected the same labels")
+
+
+def embed_shard(shard, embedder, batch_size=64, device="cpu", progress=False, desc="embed"):
+    """Every image of ``shard`` in ``image_keys`` order -> (embeddings [N, D] float32, labels [N] int64).
+
+    Embeddings are image + flip, not normalised. Images are decoded one batch at a time, so a
+    large shard never sits in memory as floats.
+    """
+    from tqdm import tqdm
+
+    keys = shard.image_keys
+    embeddings, labels = [], np.empty(len(keys), np.int64)
+    for start in tqdm(range(0, len(keys), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = []
+        for i in range(start, min(start + batch_size, len(keys))):
+            labels[i], payload = shard.read(keys[i])
+            batch.append(normalise(shard.decode(keys[i], payload)))  # [3, H, W] RGB
+        images = torch.stack(batch)  # [B, 3, H, W]
+        embeddings.append(embed_with_flip(embedder, images, batch_size, device).astype(np.float32))
+    dim = embeddings[0].shape[1] if embeddings else 0
+    return (np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)), labels
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, device="cpu", ks=DEFAULT_KS,
+          far_target=FAR_TARGET, max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, examples=8, chunk=None,
+          progress=False, model=None, plots=True):
+    """Audit ``released_dir`` against ``original_dir`` with ``embedder``; returns the report dict.
+
+    ``embedder``: a torch recogniser or ``OnnxEmbedder`` (see ``embed.load_embedder``); ``model``
+    only names it in the report. ``out_dir`` defaults to ``<released_dir>/audit``. ``plots=False``
+    writes only audit.json (the figures take seconds; the metrics do not need them).
+    """
+    if batch_size < 1:
+        raise AuditInputError(f"batch size must be a positive integer, got {batch_size}")
+    out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(os.fspath(released_dir), "audit")
+    with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
+        check_same_records(original, released)
+        gallery, gallery_labels = embed_shard(original, embedder, batch_size, device, progress, "original")
+        query, query_labels = embed_shard(released, embedder, batch_size, device, progress, "released")
+        check_same_labels(original, gallery_labels, released, released_labels=query_labels)
+        result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
+                                    gallery_labels, ks=ks, chunk=chunk, device=device, far_target=far_target,
+                                    max_impostors=max_impostors, seed=seed)
+        most, least = leak_ranking(result, released.image_keys, original.image_keys, query_labels, examples)
+        os.makedirs(out_dir, exist_ok=True)
+        figures = {}
+        if plots:
+            figures["histogram"] = plot_similarity_histogram(result, os.path.join(out_dir, HISTOGRAM_PNG))
+            figures["examples"] = save_leak_examples(original, released, most, least,
+                                                     os.path.join(out_dir, EXAMPLES_PNG))
+    report = {"original": os.fspath(original_dir), "released": os.fspath(released_dir), "model": model,
+              "device": str(device), **result.metrics, "most_leaking": most, "least_leaking": least,
+              "plots": figures, "report": os.path.join(out_dir, AUDIT_JSON)}
+    write_json(report, report["report"])
+    return report
+
+
+def leak_ranking(result, query_keys, gallery_keys, query_labels, count):
+    """The ``count`` queries whose source cosine is highest and lowest, as JSON-ready records."""
+    scores = result.search.source_scores.astype(np.float64)  # [Q]
+    order = np.lexsort((np.asarray(query_keys), -scores))  # most leaking first; key breaks ties
+    count = min(count, len(order))
+
+    def record(i):
+        top1 = int(result.search.top_indices[i, 0])
+        return {"key": int(query_keys[i]), "label": int(query_labels[i]), "source_cosine": float(scores[i]),
+                "source_rank": int(result.search.source_ranks[i]), "top1_key": int(gallery_keys[top1])}
+
+    most = [record(i) for i in order[:count]]
+    least = [record(i) for i in order[::-1][:count]]
+    return most, least
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_json(report, path):
+    """Write ``report`` to ``path`` atomically; returns the path."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _new_figure(width, height):
+    # Figure + FigureCanvasAgg directly: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_figure(figure, path):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            figure.savefig(f, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_similarity_histogram(result, path):
+    """Density histograms of source-pair and impostor cosines, the TAR@FAR threshold marked."""
+    metrics = result.metrics
+    figure = _new_figure(6, 4)
+    axes = figure.add_subplot(1, 1, 1)
+    bins = _shared_bins(result.search.source_scores, result.impostor_scores)
+    impostor_label = "impostor pairs" + ("" if metrics["impostors_exhaustive"] else " (sampled)")
+    if len(result.impostor_scores):
+        axes.hist(result.impostor_scores, bins=bins, density=True, alpha=0.55, color="C0",
+                  label=f"{impostor_label}, n={len(result.impostor_scores)}")
+    axes.hist(result.search.source_scores, bins=bins, density=True, alpha=0.55, color="C3",
+              label=f"released vs own source, n={len(result.search.source_scores)}")
+    if metrics["threshold"] is not None and np.isfinite(metrics["threshold"]):
+        axes.axvline(metrics["threshold"], color="k", ls="--", lw=1,
+                     label=f"FAR {metrics['far_target']:g}: TAR {metrics['tar_at_far']:.3f}")
+    axes.set_xlabel("cosine similarity")
+    axes.set_ylabel("density")
+    axes.set_title(f"leakage: instance rank-1 {metrics['instance_rank1'] * 100:.1f}%, "
+                   f"identity rank-1 {metrics['identity_rank1'] * 100:.1f}%", fontsize=10)
+    axes.legend(loc="upper left", fontsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def _shared_bins(*samples, count=60):
+    """Bin edges spanning all samples, so both histograms share bins; [-1, 1] if there is no spread."""
+    values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in samples])
+    low, high = (values.min(), values.max()) if len(values) else (-1.0, 1.0)
+    if high - low < 1e-6:
+        low, high = low - 0.01, high + 0.01
+    return np.linspace(low, high, count + 1)
+
+
+def save_leak_examples(original, released, most, least, path, columns=4):
+    """One panel per record: original | released side by side, titled with cosine and rank."""
+    sections = [("most leaking", most), ("least leaking", least)]
+    rows_per_section = [max(1, -(-len(records) // columns)) for _, records in sections]
+    figure = _new_figure(2.6 * columns, 1.75 * sum(rows_per_section) + 0.4)
+    grid = figure.add_gridspec(sum(rows_per_section), columns)
+    first_row = 0
+    for (title, records), rows in zip(sections, rows_per_section):
+        for i, record in enumerate(records):
+            axes = figure.add_subplot(grid[first_row + i // columns, i % columns])
+            pair = np.concatenate([original.decode(record["key"]), released.decode(record["key"])], axis=1)
+            axes.imshow(pair)  # [H, 2W, 3] RGB
+            axes.set_title(f"{title}: key {record['key']}\ncos {record['source_cosine']:.3f}  "
+                           f"rank {record['source_rank']}", fontsize=7)
+            axes.axis("off")
+        first_row += rows
+    figure.suptitle("original | released", fontsize=9)
+    figure.tight_layout()
+    return _save_figure(figure, path)

@@ -1,0 +1,341 @@
+"""Privacy audit: chunked retrieval against brute-force numpy, hit definitions by hand, audits of real shards."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facemae_plugin.evaluation.audit import AuditInputError, audit
+from facemae_plugin.evaluation.retrieval import (RetrievalInputError, chunked_search, chunked_topk,
+                                                 count_impostor_pairs, impostor_scores, retrieval_metrics,
+                                                 tar_at_far)
+from facemae_plugin.shard import FaceShard, FaceShardWriter
+from facemae_plugin.synthdata import make_synthetic_dataset
+
+POOL = 8  # the pixel attacker averages 8x8 blocks: 112x112 -> 14x14
+
+
+# ----------------------------------------------------------------------------- numpy oracles
+
+
+def brute_force_ranking(query, gallery):
+    """Full score matrix [Q, G] (float64) and every row's gallery order (score desc, index asc)."""
+    scores = np.asarray(query, np.float64) @ np.asarray(gallery, np.float64).T
+    return scores, np.argsort(-scores, axis=1, kind="stable")
+
+
+def unit_rows(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force_metrics(query, gallery, query_keys, gallery_keys, query_labels, gallery_labels, ks, far):
+    """Every metric from the full Q x G cosine matrix, with a threshold sweep for TAR@FAR."""
+    scores, order = brute_force_ranking(unit_rows(query), unit_rows(gallery))
+    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
+    source = np.array([list(gallery_keys).index(k) for k in query_keys])
+    out = {}
+    for k in ks:
+        out[f"instance_rank{k}"] = np.mean([source[i] in order[i, :k] for i in range(len(query))])
+        out[f"identity_rank{k}"] = np.mean([np.any(gallery_labels[order[i, :k]] == query_labels[i])
+                                            for i in range(len(query))])
+    genuine = scores[np.arange(len(query)), source]
+    impostor = scores[query_labels[:, None] != gallery_labels[None, :]]
+    out["mean_source_cosine"] = genuine.mean()
+    out["median_source_rank"] = np.median([(scores[i] > genuine[i]).sum() for i in range(len(query))])
+    out["tar_at_far"] = threshold_sweep_tar(genuine, impostor, far)
+    out["impostor_pairs"] = impostor.size
+    return out
+
+
+def threshold_sweep_tar(genuine, impostor, far):
+    """Try every observed score as threshold (accept: score > t); the lowest meeting FAR wins."""
+    for t in np.unique(np.concatenate([[-np.inf], genuine, impostor])):
+        if np.mean(impostor > t) <= far:
+            return np.mean(genuine > t)
+    raise AssertionError("unreachable: the largest score always meets any FAR")
+
+
+class PixelProjection(torch.nn.Module):
+    """A fixed raw-pixel attacker: 8x8 average pooling, then a seeded random linear map."""
+
+    def __init__(self, dim=64, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("weight", torch.randn(dim, 3 * (112 // POOL) ** 2, generator=generator))
+
+    def forward(self, x):  # [N, 3, 112, 112] -> [N, dim]
+        return F.avg_pool2d(x, POOL).flatten(1) @ self.weight.T
+
+
+def numpy_pixel_embeddings(shard, weight):
+    """What PixelProjection gives for image + flip, computed in numpy from the decoded pixels."""
+    rows, labels = [], []
+    for key in shard.image_keys:
+        label, payload = shard.read(key)
+        rgb = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        x = rgb.astype(np.float64).transpose(2, 0, 1) / 127.5 - 1.0  # [3, 112, 112]
+        pooled = [v.reshape(3, 14, POOL, 14, POOL).mean(axis=(2, 4)).ravel() for v in (x, x[:, :, ::-1])]
+        rows.append(weight @ pooled[0] + weight @ pooled[1])
+        labels.append(label)
+    return np.array(rows), np.array(labels)
+
+
+# ----------------------------------------------------------------------------- chunked top-k
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 37, 1000])
+@pytest.mark.parametrize("k", [1, 5, 23])
+def test_chunked_topk_equals_stable_argsort_with_ties(chunk, k):
+    rng = np.random.default_rng(chunk * 100 + k)
+    # Small integer vectors: dot products are exact in float32 and ties are everywhere.
+    query = rng.integers(-1, 2, size=(37, 3)).astype(np.float32)
+    gallery = rng.integers(-1, 2, size=(23, 3)).astype(np.float32)
+    scores, indices = chunked_topk(query, gallery, k, chunk=chunk)
+    expected_scores, expected_order = brute_force_ranking(query, gallery)
+    assert np.array_equal(indices, expected_order[:, :k])
+    assert np.array_equal(scores, np.take_along_axis(expected_scores, expected_order[:, :k], 1))
+
+
+def test_chunked_topk_on_random_floats_and_k_beyond_gallery():
+    rng = np.random.default_rng(3)
+    query, gallery = rng.normal(size=(50, 16)).astype(np.float32), rng.normal(size=(200, 16)).astype(np.float32)
+    _, indices = chunked_topk(query, gallery, 5, chunk=13)
+    assert np.array_equal(indices, brute_force_ranking(query, gallery)[1][:, :5])
+    _, indices = chunked_topk(query[:3], gallery[:4], 10, chunk=2)  # k clamps to the gallery size
+    assert np.array_equal(indices, brute_force_ranking(query[:3], gallery[:4])[1])
+
+
+def test_source_scores_and_ranks_count_strictly_better_rows():
+    rng = np.random.default_rng(4)
+    query = rng.integers(-2, 3, size=(29, 4)).astype(np.float32)
+    gallery = rng.integers(-2, 3, size=(31, 4)).astype(np.float32)
+    source = rng.integers(31, size=29)
+    result = chunked_search(query, gallery, 3, source_index=source, chunk=6)
+    scores, _ = brute_force_ranking(query, gallery)
+    own = scores[np.arange(29), source]
+    assert np.array_equal(result.source_scores, own)
+    assert np.array_equal(result.source_ranks, (scores > own[:, None]).sum(1))
+
+
+# ----------------------------------------------------------------------------- metric definitions
+
+
+def at_degrees(*angles, norm=1.0):
+    radians = np.deg2rad(angles)
+    return norm * np.stack([np.cos(radians), np.sin(radians)], axis=1)
+
+
+def test_instance_and_identity_hits_on_hand_made_embeddings():
+    # Gallery keys 10, 11 (identity 0) at 0 and 20 degrees; 12, 13 (identity 1) at 90 and 110.
+    gallery = at_degrees(0, 20, 90, 110, norm=3.0)  # norms differ from 1: metrics must normalise
+    query_keys = [12, 10, 13, 11]
+    # 12 -> nearest is itself.  10 -> 11 first (same identity), itself second.
+    # 13 -> 10 then 11 (both identity 0), itself far away.  11 -> 12 (other identity) first, itself second.
+    query = at_degrees(88, 22, 2, 60, norm=0.5)
+    m = retrieval_metrics(query, gallery, query_keys, [10, 11, 12, 13], [1, 0, 1, 0], [0, 0, 1, 1], ks=(1, 2))
+    assert m["instance_rank1"] == 1 / 4 and m["instance_rank2"] == 3 / 4
+    assert m["identity_rank1"] == 2 / 4 and m["identity_rank2"] == 3 / 4
+    own_angles = np.deg2rad([2, 22, 108, 40])
+    assert m["mean_source_cosine"] == pytest.approx(np.cos(own_angles).mean(), abs=1e-6)
+    assert m["median_source_rank"] == 1.0  # source ranks 0, 1, 3, 1
+
+
+def test_tar_at_far_equals_a_threshold_sweep():
+    rng = np.random.default_rng(5)
+    for n_impostors, far in [(5000, 1e-3), (700, 1e-2), (999, 1e-3), (50, 0.1)]:
+        genuine = np.round(rng.normal(0.5, 0.2, size=300), 2)  # rounded: many ties
+        impostor = np.round(rng.normal(0.0, 0.2, size=n_impostors), 2)
+        result = tar_at_far(genuine, impostor, far)
+        assert result["tar"] == pytest.approx(threshold_sweep_tar(genuine, impostor, far))
+        assert result["far"] <= far and result["far"] == np.mean(impostor > result["threshold"])
+
+
+def test_retrieval_metrics_equal_brute_force_on_clustered_data():
+    rng = np.random.default_rng(6)
+    labels = np.repeat(np.arange(12), 5)  # 60 originals, 12 identities
+    centres = rng.normal(size=(12, 32))
+    gallery = centres[labels] + 0.8 * rng.normal(size=(60, 32))
+    keys = np.arange(1, 61) * 3  # keys need not be 0..N-1
+    order = rng.permutation(60)  # queries in another order than the gallery
+    query = gallery[order] + 3.0 * rng.normal(size=(60, 32))  # noisy enough that some queries miss
+    got = retrieval_metrics(query, gallery, keys[order], keys, labels[order], labels, ks=(1, 5, 10),
+                            chunk=7, far_target=1e-2)
+    want = brute_force_metrics(query, gallery, keys[order], keys, labels[order], labels, (1, 5, 10), 1e-2)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+    assert got["impostors_exhaustive"] and 0 < got["instance_rank1"] < got["instance_rank10"] < 1  # not trivial
+    assert 0 < got["tar_at_far"] < 1 and got["median_source_rank"] > 0
+
+
+def test_impostors_are_sampled_deterministically_and_never_same_identity():
+    rng = np.random.default_rng(7)
+    labels = np.repeat(np.arange(20), 4)
+    directions = unit_rows(rng.normal(size=(20, 64)))  # random 64-d directions: cosines near 0
+    embeddings = unit_rows(directions[labels] + 0.01 * rng.normal(size=(80, 64)))  # same identity: ~1
+    assert count_impostor_pairs(labels, labels) == 80 * 80 - 20 * 16
+    first, exhaustive = impostor_scores(embeddings, embeddings, labels, labels, max_pairs=500, seed=1, chunk=7)
+    again, _ = impostor_scores(embeddings, embeddings, labels, labels, max_pairs=500, seed=1, chunk=80)
+    other_seed, _ = impostor_scores(embeddings, embeddings, labels, labels, max_pairs=500, seed=2)
+    # The chunk size does not change the sample (matmul blocking may change the last bit of a score).
+    assert not exhaustive and len(first) == len(again) and np.allclose(first, again, atol=1e-6)
+    assert not np.array_equal(first, other_seed)
+    # 7 draws per query (ceil(500 / 80)); about 4 in 80 land on the query's own identity and are dropped.
+    assert 480 <= len(first) < 80 * 7
+    assert first.max() < 0.8  # every same-identity pair scores > 0.99, so none was kept
+    everything, exhaustive = impostor_scores(embeddings, embeddings, labels, labels, max_pairs=10 ** 6, chunk=9)
+    scores = embeddings @ embeddings.T
+    assert exhaustive and np.allclose(everything, scores[labels[:, None] != labels[None, :]], atol=1e-6)
+
+
+def test_query_key_without_source_is_named():
+    with pytest.raises(RetrievalInputError, match="query key 99 has no source"):
+        retrieval_metrics(np.eye(2), np.eye(2), [1, 99], [1, 2], [0, 1], [0, 1])
+
+
+# ----------------------------------------------------------------------------- audits of shards
+
+
+def blurred_copy(original_dir, out_dir, sigma):
+    """A release made record by record: same identities in order, hence the same keys and labels."""
+    shard = FaceShard(original_dir)
+    with FaceShardWriter(out_dir) as writer:
+        for start, end in shard.identity_ranges().values():
+            writer.add_identity([cv2.GaussianBlur(shard.decode(k, rgb=False), (0, 0), sigma)
+                                 for k in range(start, end)])
+
+
+@pytest.fixture(scope="module")
+def synthetic_faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    make_synthetic_dataset(root / "original", identities=10, images_per_identity=4, holdout_identities=2,
+                           num_pairs=10, progress=False)
+    blurred_copy(root / "original", root / "blurred", sigma=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def few_faces(tmp_path_factory):
+    """18 faces (6 identities x 3): enough for a random mbf attacker on a shared CPU."""
+    root = tmp_path_factory.mktemp("few")
+    make_synthetic_dataset(root, identities=6, images_per_identity=3, holdout_identities=2, num_pairs=10,
+                           progress=False)
+    return root
+
+
+def test_originals_audited_against_themselves_retrieve_every_source(layout_a_shard, tmp_path):
+    shard_dir, _ = layout_a_shard
+    report = audit(shard_dir, shard_dir, PixelProjection(), out_dir=tmp_path / "self", batch_size=4, plots=False)
+    assert report["instance_rank1"] == 1.0 and report["identity_rank1"] == 1.0
+    assert report["mean_source_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert report["median_source_rank"] == 0
+    with open(tmp_path / "self" / "audit.json") as f:
+        assert json.load(f)["instance_rank1"] == 1.0
+
+
+def test_audit_of_a_blurred_copy_matches_numpy(synthetic_faces, tmp_path):
+    attacker = PixelProjection()
+    original, blurred = synthetic_faces / "original", synthetic_faces / "blurred"
+    report = audit(original, blurred, attacker, out_dir=tmp_path, batch_size=16, examples=5, plots=False)
+    gallery, gallery_labels = numpy_pixel_embeddings(FaceShard(original), attacker.weight.double().numpy())
+    query, query_labels = numpy_pixel_embeddings(FaceShard(blurred), attacker.weight.double().numpy())
+    keys = FaceShard(original).image_keys
+    want = brute_force_metrics(query, gallery, keys, keys, query_labels, gallery_labels, (1, 5), 1e-3)
+    for name, value in want.items():
+        assert report[name] == pytest.approx(value, abs=1e-5), name
+    # Examples are ranked by source cosine: the 5 highest and the 5 lowest, in order.
+    cosines = np.sum(unit_rows(query) * unit_rows(gallery), axis=1)  # same keys, same order
+    assert [r["source_cosine"] for r in report["most_leaking"]] == pytest.approx(np.sort(cosines)[::-1][:5])
+    assert [r["source_cosine"] for r in report["least_leaking"]] == pytest.approx(np.sort(cosines)[:5])
+    assert report["plots"] == {} and os.listdir(tmp_path) == ["audit.json"]
+
+
+def test_heavy_blur_leaks_less_than_the_originals_to_a_random_mbf(few_faces, tmp_path):
+    from facemae_plugin.models.backbones import get_backbone
+
+    torch.manual_seed(0)
+    attacker = get_backbone("mbf").eval()
+    blurred_copy(few_faces, tmp_path / "heavy", sigma=12)
+    identical = audit(few_faces, few_faces, attacker, out_dir=tmp_path / "a", batch_size=18, plots=False)
+    heavy = audit(few_faces, tmp_path / "heavy", attacker, out_dir=tmp_path / "b", batch_size=18, plots=False)
+    assert identical["instance_rank1"] == 1.0 and identical["mean_source_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert heavy["instance_rank1"] <= 0.9 and heavy["mean_source_cosine"] < 0.97
+    assert heavy["tar_at_far"] < identical["tar_at_far"] == 1.0
+
+
+def test_audit_names_a_key_missing_from_the_release(synthetic_faces, tmp_path):
+    shard = FaceShard(synthetic_faces / "original")
+    with FaceShardWriter(tmp_path / "short") as writer:  # one identity fewer: the last 4 keys are gone
+        for start, end in list(shard.identity_ranges().values())[:-1]:
+            writer.add_identity([shard.read(k)[1] for k in range(start, end)])
+    with pytest.raises(AuditInputError, match=r"key 37 of the original .* is missing"):
+        audit(synthetic_faces / "original", tmp_path / "short", PixelProjection(), out_dir=tmp_path / "out")
+    with pytest.raises(AuditInputError, match=r"key 37 is not in the original"):
+        audit(tmp_path / "short", synthetic_faces / "original", PixelProjection(), out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_audit_names_a_record_whose_label_changed(layout_a_shard, tmp_path):
+    shard_dir, groups = layout_a_shard
+    with FaceShardWriter(tmp_path / "relabelled") as writer:  # identities 2 and 3 images, swapped sizes
+        writer.add_identity(groups[0] + groups[1][:1])
+        writer.add_identity(groups[1][1:])
+        writer.add_identity(groups[2])
+    with pytest.raises(AuditInputError, match=r"key 3: label 0, but the original .* labels it 1"):
+        audit(shard_dir, tmp_path / "relabelled", PixelProjection(), out_dir=tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def facemae(*args):
+    return subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_audit_end_to_end_with_a_random_mbf(few_faces, tmp_path):
+    from facemae_plugin.models.backbones import get_backbone
+
+    torch.manual_seed(0)
+    torch.save(get_backbone("mbf").state_dict(), tmp_path / "model.pt")
+    released = tmp_path / "released"
+    blurred_copy(few_faces, released, sigma=3)
+    result = facemae("audit", "--original", few_faces, "--released", released,
+                     "--model", tmp_path / "model.pt", "--network", "mbf", "--batch-size", 18,
+                     "--device", "cpu", "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary, last = result.stdout.strip().splitlines()[-2:]
+    report = json.loads(last)
+    assert summary.startswith("audit: 18 released vs 18 originals: instance rank-1")
+    out_dir = released / "audit"  # the default report folder
+    with open(out_dir / "audit.json") as f:
+        assert json.load(f) == report
+    assert report["queries"] == 18 and report["impostor_pairs"] == 18 * 15 and report["dim"] == 512
+    for name in ("similarity_histogram.png", "leak_examples.png"):
+        image = cv2.imread(os.fspath(out_dir / name))
+        assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
+    assert sorted(os.listdir(out_dir)) == ["audit.json", "leak_examples.png", "similarity_histogram.png"]
+
+
+def test_cli_audit_mismatched_shards_is_one_error_line(synthetic_faces, tmp_path):
+    from facemae_plugin.models.backbones import get_backbone
+
+    with FaceShardWriter(tmp_path / "other") as writer:  # keys 1, 2 only
+        writer.add_identity([np.zeros((112, 112, 3), np.uint8)] * 2)
+    torch.save(get_backbone("mbf").state_dict(), tmp_path / "model.pt")
+    result = facemae("audit", "--original", synthetic_faces / "original", "--released", tmp_path / "other",
+                     "--model", tmp_path / "model.pt", "--network", "mbf", "--quiet")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("facemae audit: error:")
+    assert "key 3 of the original" in lines[0] and "is missing" in lines[0]
+
+
+def test_cli_audit_help():
+    out = facemae("audit", "--help").stdout
+    assert out.startswith("usage: facemae audit") and "--original" in out and "--json" in out
