@@ -18,6 +18,7 @@ import torch
 from ..data import normalise
 from ..shard import FaceShard
 from .embed import embed_with_flip
+from .plots import new_figure, save_figure
 from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval
 
 AUDIT_JSON = "audit.json"
@@ -148,32 +149,10 @@ def write_json(report, path):
     return path
 
 
-def _new_figure(width, height):
-    # Figure + FigureCanvasAgg directly: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_figure(figure, path):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            figure.savefig(f, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def plot_similarity_histogram(result, path):
     """Density histograms of source-pair and impostor cosines, the TAR@FAR threshold marked."""
     metrics = result.metrics
-    figure = _new_figure(6, 4)
+    figure = new_figure(6, 4)
     axes = figure.add_subplot(1, 1, 1)
     bins = _shared_bins(result.search.source_scores, result.impostor_scores)
     impostor_label = "impostor pairs" + ("" if metrics["impostors_exhaustive"] else " (sampled)")
@@ -192,7 +171,7 @@ def plot_similarity_histogram(result, path):
     axes.legend(loc="upper left", fontsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def _shared_bins(*samples, count=60):
@@ -208,7 +187,7 @@ def save_leak_examples(original, released, most, least, path, columns=4):
     """One panel per record: original | released side by side, titled with cosine and rank."""
     sections = [("most leaking", most), ("least leaking", least)]
     rows_per_section = [max(1, -(-len(records) // columns)) for _, records in sections]
-    figure = _new_figure(2.6 * columns, 1.75 * sum(rows_per_section) + 0.4)
+    figure = new_figure(2.6 * columns, 1.75 * sum(rows_per_section) + 0.4)
     grid = figure.add_gridspec(sum(rows_per_section), columns)
     first_row = 0
     for (title, records), rows in zip(sections, rows_per_section):
@@ -222,4 +201,4 @@ def save_leak_examples(original, released, most, least, path, columns=4):
         first_row += rows
     figure.suptitle("original | released", fontsize=9)
     figure.tight_layout()
-    return _save_figure(figure, path)
+    return save_figure(figure, path)

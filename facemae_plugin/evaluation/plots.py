@@ -4,20 +4,41 @@ import os
 import numpy as np
 
 
+def new_figure(width, height):
+    """A matplotlib Figure on the Agg canvas (inches)."""
+    # Figure + FigureCanvasAgg directly: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path):
+    """Write ``figure`` as a PNG under a temporary name, then rename; returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            figure.savefig(f, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def plot_roc(fpr, tpr, path, title="ROC", operating_point=None):
     """Write a ROC curve PNG atomically; returns the path.
 
     fpr, tpr: [T] rates per threshold (e.g. VerificationResult.fpr / .tpr).
     operating_point: optional (far, tar) marked on the curve, e.g. TAR@FAR=1e-3.
     """
-    # Figure + FigureCanvasAgg directly: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
     order = np.argsort(fpr, kind="stable")
-    figure = Figure(figsize=(5, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(5, 4.5)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot(fpr[order], tpr[order], lw=1.5, label="10-fold mean ROC")
     axes.plot([0, 1], [0, 1], ls=":", lw=0.8, color="grey", label="chance")
@@ -32,15 +53,4 @@ def plot_roc(fpr, tpr, path, title="ROC", operating_point=None):
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            figure.savefig(f, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_figure(figure, path)
