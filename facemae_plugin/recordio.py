@@ -145,6 +145,16 @@ def frame_record(payload):
     return b"".join(parts)
 
 
+class ClosedOnExit:
+    """``with`` protocol of the readers: ``close()`` when the block ends, however it ends."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class CommitOnSuccess:
     """``with`` protocol of the atomic writers: ``close()`` commits, an exception ``abort()``s."""
 
@@ -330,7 +340,7 @@ def _read_record_at(file, offset, key=None):
             return MAGIC_BYTES.join(parts), pos
 
 
-class RecordReader:
+class RecordReader(ClosedOnExit):
     """Sequential reader over every record of a ``.rec`` file."""
 
     def __init__(self, rec_path):
@@ -359,12 +369,6 @@ class RecordReader:
 
     def close(self):
         self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def read_index(idx_path, rec_size=None):
@@ -419,7 +423,7 @@ def default_idx_path(rec_path):
     return root + ".idx"
 
 
-class IndexedRecordReader:
+class IndexedRecordReader(ClosedOnExit):
     """Random access to a ``.rec`` through its ``.idx`` (MXNet's ``MXIndexedRecordIO`` read side)."""
 
     def __init__(self, rec_path, idx_path=None):
@@ -446,9 +450,3 @@ class IndexedRecordReader:
 
     def close(self):
         self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

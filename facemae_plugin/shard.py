@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from .recordio import (
+    ClosedOnExit,
     CommitOnSuccess,
     IndexedRecordReader,
     IRHeader,
@@ -91,7 +92,7 @@ def _range_label(header, where):
     return start, end
 
 
-class FaceShard:
+class FaceShard(ClosedOnExit):
     """Read-only view of an InsightFace shard directory (layout A or B).
 
     Safe to hand to DataLoader worker processes: the underlying reader maps
@@ -189,12 +190,6 @@ class FaceShard:
 
     def close(self):
         self.reader.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class FaceShardWriter(CommitOnSuccess):
