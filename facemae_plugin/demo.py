@@ -1,41 +1,65 @@
-"""``facemae demo``: the main job on the embedded synthetic default, stage by stage.
+"""``facemae demo``: the whole FaceMAE pipeline on the embedded synthetic default.
 
-Each stage writes its outputs under ``WORK_DIR`` and a ``<stage>.done.json``
-marker last; a re-run skips stages whose marker exists.
+synthesise -> teacher on split A -> FaceMAE tiny + IRM on split A -> release split B
+(unseen identities) -> recogniser trained on the release -> verify on held-out identities
+-> audit the release against the original split B. Every artefact lands in ``WORK_DIR``;
+a re-run reuses finished stages (see ``experiment.Experiment``).
 """
-import json
 import os
 
-from .inspection import format_inspection, inspect_path
-from .synthdata import HOLDOUT_BIN, make_synthetic_dataset
+from .experiment import Experiment, load_python_config
+from .report import COLUMNS, save_release_samples, spread_keys, write_json
 
-DEMO_DATASET = dict(identities=200, images_per_identity=20, holdout_identities=50, num_pairs=1000, seed=0)
-
-
-def run_stage(work_dir, name, build):
-    """Run ``build()`` unless ``<name>.done.json`` exists; return its (saved) result."""
-    marker = os.path.join(work_dir, f"{name}.done.json")
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            print(f"[{name}] reusing finished stage ({marker})")
-            return json.load(f)
-    print(f"[{name}] running")
-    result = build()
-    with open(marker + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(marker + ".tmp", marker)
-    return result
+FACEMAE_FULL = {"name": "FaceMAE full", "method": "facemae", "output": "full", "irm": True}
+ORIGINAL = {"name": "original", "method": "original"}
+SAMPLE_FACES = 8
 
 
-def run_demo(work_dir, progress=True):
-    os.makedirs(work_dir, exist_ok=True)
-    data_dir = os.path.join(work_dir, "synth")
-    run_stage(work_dir, "synth", lambda: make_synthetic_dataset(data_dir, progress=progress, **DEMO_DATASET))
-    report = {}
-    for name, path in (("shard", data_dir), ("holdout", os.path.join(data_dir, HOLDOUT_BIN))):
-        info = inspect_path(path, progress=progress)
-        print(format_inspection(info))
-        report[name] = info
-    with open(os.path.join(work_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+def run_demo(work_dir, protocol=None, progress=True, compare_original=False):
+    """Run the pipeline; returns the report (also ``WORK_DIR/report.json``)."""
+    experiment = Experiment(work_dir, protocol, progress)
+    variants = [FACEMAE_FULL] + ([ORIGINAL] if compare_original else [])
+    rows = [experiment.row(variant, seed=0) for variant in variants]
+    released = experiment.release(FACEMAE_FULL, 0)["released"]
+    masked = experiment.release({"name": "masked", "method": "masked"}, 0)["released"]
+    samples = save_release_samples(
+        experiment.path("samples.png"),
+        [("original", experiment.path("data", "release")), ("FaceMAE input\n(masked)", masked),
+         ("FaceMAE\nreleased", released)],
+        spread_keys(experiment.path("data", "release"), SAMPLE_FACES))
+    report = {"work_dir": experiment.work_dir, "protocol": experiment.protocol, "rows": rows,
+              "stages": stage_seconds(experiment), "samples_png": samples,
+              "roc_png": rows[0]["roc_png"], "audit": rows[0]["audit"]}
+    write_json(report, experiment.path("report.json"))
+    print(format_rows(rows))
+    print(f"stage time: {sum(report['stages'].values()) / 60:.1f} min; samples {samples}; "
+          f"ROC {report['roc_png']}; report {experiment.path('report.json')}")
     return report
+
+
+def stage_seconds(experiment):
+    """Seconds each finished stage took when it ran (reused stages keep their first timing)."""
+    import json
+
+    stages_dir = experiment.path("stages")
+    seconds = {}
+    for name in sorted(os.listdir(stages_dir)):
+        with open(os.path.join(stages_dir, name)) as f:
+            seconds[name[:-len(".done.json")]] = json.load(f).get("seconds", 0.0)
+    return seconds
+
+
+def format_rows(rows):
+    header = f"{'variant':<16}" + "".join(f"{h:>26}" for _, h, _ in COLUMNS)
+    lines = [header]
+    for row in rows:
+        lines.append(f"{row['variant']:<16}" + "".join(f"{fmt.format(100 * row[k]):>26}" for k, _, fmt in COLUMNS))
+    return "\n".join(lines)
+
+
+def load_protocol_file(path):
+    """The ``protocol`` dict of a config file (``None`` -> the embedded default)."""
+    if path is None:
+        return None
+    (protocol,) = load_python_config(path, ["protocol"])
+    return protocol

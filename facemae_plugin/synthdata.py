@@ -47,15 +47,26 @@ def write_holdout_bin(path, seed, identities, images_per_identity, num_pairs, qu
     return len(pairs)
 
 
+def write_identity_shard(out_dir, seed, identities, images_per_identity, quality=95, progress=True,
+                         desc="synth"):
+    """Write a layout-A shard of the synthetic ``identities``; labels are their positions ``0..n-1``.
+
+    Rendering depends only on ``(seed, identity)``, so disjoint identity ranges give disjoint
+    people: a shard of ids 100..199 shares no one with a shard of ids 0..99.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    with FaceShardWriter(out_dir, quality=quality) as writer:
+        for identity in tqdm(identities, desc=desc, unit="id", disable=not progress):
+            writer.add_identity(identity_images(seed, identity, images_per_identity))
+    return len(identities) * images_per_identity
+
+
 def make_synthetic_dataset(out_dir, identities=200, images_per_identity=20, holdout_identities=50,
                            seed=0, num_pairs=1000, quality=95, progress=True):
     """Write ``out_dir/train.rec|idx|property`` and ``out_dir/holdout.bin``; returns a summary dict."""
     if identities < 2 or images_per_identity < 2 or holdout_identities < 2:
         raise ValueError("synth needs at least 2 identities, 2 images per identity and 2 held-out identities")
-    os.makedirs(out_dir, exist_ok=True)
-    with FaceShardWriter(out_dir, quality=quality) as writer:
-        for identity in tqdm(range(identities), desc="synth", unit="id", disable=not progress):
-            writer.add_identity(identity_images(seed, identity, images_per_identity))
+    write_identity_shard(out_dir, seed, range(identities), images_per_identity, quality, progress)
     holdout = list(range(identities, identities + holdout_identities))
     pairs = write_holdout_bin(os.path.join(out_dir, HOLDOUT_BIN), seed, holdout, images_per_identity,
                               num_pairs, quality, progress)

@@ -1,0 +1,312 @@
+"""The privacy-utility protocol: one work directory, stages that resume, one row per released variant.
+
+    data       synthetic split A (teacher + FaceMAE training), split B (to release), held-out .bin
+    teacher    recogniser trained on A: the frozen IRM teacher and, never having seen B, the attacker
+    facemae    FaceMAE pretrained on A (with IRM, and without it for the ablation)
+    release    split B passed through a privatizer (FaceMAE, blur, pixelate, noise, masked-only)
+    recogniser trained on the released B only, then verified on the held-out identities
+    audit      released B against original B: how often a reconstruction retrieves its source
+
+Every stage writes its outputs and then ``<stage>.done.json``; a re-run reuses finished stages.
+Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives its privatizer
+(masks, noise) and its recogniser's initialisation and batch order.
+"""
+import copy
+import importlib.util
+import json
+import os
+import re
+import time
+
+from easydict import EasyDict as edict
+
+from .config import merge_config
+from .synthdata import write_holdout_bin, write_identity_shard
+
+PROTOCOL_DEFAULTS = {
+    "seed": 0,
+    "data": {"train_identities": 100, "train_images_per_identity": 20, "release_identities": 100,
+             "release_images_per_identity": 10, "holdout_identities": 50, "holdout_images_per_identity": 20,
+             "num_pairs": 1000},
+    # CosFace margins: converge faster than ArcFace's on a few hundred identities.
+    "teacher": {"network": "mbf", "num_epoch": 4, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
+                "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
+    "facemae": {"preset": "tiny", "patch_size": 8, "mask_ratio": 0.75, "output": "full", "irm_weight": 1.0,
+                "num_epoch": 5, "warmup_epoch": 1, "batch_size": 64, "lr": 1e-3},
+    # Every released variant trains this same recogniser with the same budget.
+    "recogniser": {"network": "mbf", "num_epoch": 3, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
+                   "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
+    "release": {"quality": 95, "batch_size": 64},
+    "device": None,  # None: CUDA when available, else CPU
+    "mixed_precision": True,  # bf16 autocast on CPU, fp16 on CUDA
+    "num_workers": 2,
+}
+
+# Privatizers whose output does not depend on a seed: one release serves every seed of their row.
+DETERMINISTIC_METHODS = ("original", "blur", "pixelate")
+VARIANT_KEYS = {"name", "method", "sigma", "block_size", "std", "mask_ratio", "output", "irm"}
+
+
+def slug(name):
+    """A variant name as a file name: ``FaceMAE full 0.75`` -> ``facemae_full_0.75``."""
+    return re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_")
+
+
+class ProtocolError(ValueError):
+    """A protocol or variant that cannot run; the message names the key."""
+
+
+def merge_protocol(given, defaults=PROTOCOL_DEFAULTS, where="protocol"):
+    """``defaults`` updated by ``given``, recursively; an unknown key is an error naming it."""
+    merged = copy.deepcopy(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            raise ProtocolError(f"{where}: unknown key {key!r}; expected one of {', '.join(defaults)}")
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ProtocolError(f"{where}.{key} must be a dict, got {type(value).__name__}")
+            merged[key] = merge_protocol(value, defaults[key], f"{where}.{key}")
+        else:
+            merged[key] = value
+    return edict(merged)
+
+
+def load_python_config(path, names):
+    """Import a config file and return its module-level ``names`` (missing ones as None)."""
+    if not os.path.isfile(path):
+        raise ProtocolError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location("facemae_protocol_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [getattr(module, name, None) for name in names]
+
+
+def check_variant(variant):
+    unknown = set(variant) - VARIANT_KEYS
+    if unknown or "name" not in variant or "method" not in variant:
+        raise ProtocolError(f"variant {variant}: needs name and method; unknown keys {sorted(unknown)}")
+    if variant["method"] == "facemae" and variant.get("irm", True) not in (True, False):
+        raise ProtocolError(f"variant {variant['name']}: irm must be True or False")
+    return variant
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class Experiment:
+    """Paths and resumable stages of one protocol in one work directory."""
+
+    def __init__(self, work_dir, protocol=None, progress=True):
+        self.work_dir = os.path.abspath(os.fspath(work_dir))
+        self.protocol = merge_protocol(protocol)
+        self.progress = progress
+        self.reused = set()  # stages already announced as reused, so a re-run prints each once
+        os.makedirs(self.work_dir, exist_ok=True)
+
+    def path(self, *parts):
+        return os.path.join(self.work_dir, *parts)
+
+    @property
+    def holdout_bin(self):
+        return self.path("data", "holdout.bin")
+
+    def run_stage(self, name, build):
+        """Run ``build()`` unless ``<name>.done.json`` exists; returns its (saved) result with seconds."""
+        marker = self.path("stages", f"{name}.done.json")
+        if os.path.isfile(marker):
+            if name not in self.reused:
+                print(f"[{name}] reusing finished stage")
+                self.reused.add(name)
+            with open(marker) as f:
+                return json.load(f)
+        print(f"[{name}] running")
+        started = time.perf_counter()
+        result = build()
+        result = {**result, "seconds": round(time.perf_counter() - started, 1)}
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(marker + ".tmp", marker)
+        return result
+
+    # --- data -----------------------------------------------------------------------------
+
+    def data(self):
+        """Split A, split B and the held-out pairs: three disjoint ranges of synthetic identities."""
+        p = self.protocol
+        d = p.data
+        a = range(d.train_identities)
+        b = range(a.stop, a.stop + d.release_identities)
+        held = list(range(b.stop, b.stop + d.holdout_identities))
+
+        def build():
+            write_identity_shard(self.path("data", "train"), p.seed, a, d.train_images_per_identity,
+                                 progress=self.progress, desc="split A")
+            write_identity_shard(self.path("data", "release"), p.seed, b, d.release_images_per_identity,
+                                 progress=self.progress, desc="split B")
+            pairs = write_holdout_bin(self.holdout_bin, p.seed, held, d.holdout_images_per_identity,
+                                      d.num_pairs, progress=self.progress)
+            return {"train": self.path("data", "train"), "release": self.path("data", "release"),
+                    "holdout": self.holdout_bin, "pairs": pairs,
+                    "identities": {"train": [a.start, a.stop], "release": [b.start, b.stop],
+                                   "holdout": [held[0], held[-1] + 1]}}
+
+        return self.run_stage("data", build)
+
+    # --- models trained on split A ----------------------------------------------------------------
+
+    def recognition_config(self, recipe, rec, num_classes, output, seed):
+        p = self.protocol
+        return merge_config({
+            "network": recipe.network, "embedding_size": 512, "margin_list": tuple(recipe.margin_list),
+            "rec": rec, "num_classes": num_classes, "val_targets": [self.holdout_bin],
+            "batch_size": recipe.batch_size, "lr": recipe.lr, "num_epoch": recipe.num_epoch,
+            "warmup_epoch": recipe.warmup_epoch, "num_workers": p.num_workers, "fp16": p.mixed_precision,
+            "seed": seed, "output": output})
+
+    def teacher(self):
+        from .train.recognise import train_recogniser
+
+        self.data()
+        p = self.protocol
+        out = self.path("teacher")
+        cfg = self.recognition_config(p.teacher, self.path("data", "train"), p.data.train_identities, out,
+                                      p.teacher.seed)
+        return self.run_stage("teacher", lambda: summarise_training(
+            train_recogniser(cfg, device=p.device, progress=self.progress)))
+
+    def facemae(self, irm=True):
+        """FaceMAE pretrained on split A; ``irm=False`` is the ablation without the teacher."""
+        from .train.pretrain import pretrain
+
+        p = self.protocol
+        f = p.facemae
+        name = "facemae" if irm else "facemae_no_irm"
+        if irm and f.irm_weight > 0:
+            self.teacher()
+        else:
+            self.data()
+        irm_block = {"weight": f.irm_weight if irm else 0.0, "teacher": self.path("teacher", "model.pt"),
+                     "network": p.teacher.network}
+        cfg = merge_config({
+            "rec": self.path("data", "train"), "batch_size": f.batch_size, "optimizer": "adamw", "lr": f.lr,
+            "weight_decay": 0.05, "num_epoch": f.num_epoch, "warmup_epoch": f.warmup_epoch,
+            "num_workers": p.num_workers, "fp16": p.mixed_precision, "seed": p.seed, "output": self.path(name),
+            "mae": {"preset": f.preset, "patch_size": f.patch_size, "mask_ratio": f.mask_ratio,
+                    "output": f.output},
+            "irm": irm_block})
+        return self.run_stage(name, lambda: summarise_training(
+            pretrain(cfg, device=p.device, progress=self.progress)))
+
+    # --- one released variant -------------------------------------------------------------------
+
+    def release_name(self, variant, seed):
+        name = slug(variant["name"])
+        return name if variant["method"] in DETERMINISTIC_METHODS else f"{name}-s{seed}"
+
+    def release(self, variant, seed):
+        """Split B through the variant's privatizer; ``original`` releases split B itself."""
+        from .convert import convert
+
+        self.data()
+        if variant["method"] == "original":
+            return {"released": self.path("data", "release"), "method": "original"}
+        name = self.release_name(variant, seed)
+        privatizer = self.privatizer(variant, seed)
+        out = self.path("released", name)
+
+        def build():
+            summary = convert(self.path("data", "release"), out, privatizer, quality=self.protocol.release.quality,
+                              batch_size=self.protocol.release.batch_size, overwrite=True,
+                              progress=self.progress)
+            return {"released": out, "method": summary["method"], "images_per_s": summary["images_per_s"]}
+
+        return self.run_stage(f"release-{name}", build)
+
+    def privatizer(self, variant, seed):
+        from .privatize import make_privatizer
+
+        method, f = variant["method"], self.protocol.facemae
+        if method == "facemae":
+            irm = variant.get("irm", True)
+            checkpoint = self.facemae(irm=irm)["checkpoint"]
+            return make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=variant.get("mask_ratio", f.mask_ratio),
+                                   output=variant.get("output", f.output), seed=seed, device=self.protocol.device,
+                                   autocast=self.protocol.mixed_precision)
+        params = {"blur": ("sigma",), "pixelate": ("block_size",), "noise": ("std",),
+                  "masked": ("mask_ratio",)}[method]
+        kwargs = {key: variant[key] for key in params if key in variant}
+        if method in ("noise", "masked"):
+            kwargs["seed"] = seed
+        if method == "masked":
+            kwargs["patch_size"] = f.patch_size
+        return make_privatizer(method, **kwargs)
+
+    def recogniser(self, variant, seed):
+        """The shared recogniser recipe trained on the released split B, verified on held-out ids."""
+        from .train.recognise import train_recogniser
+
+        released = self.release(variant, seed)["released"]
+        p = self.protocol
+        out = self.path("recognisers", f"{slug(variant['name'])}-s{seed}")
+        cfg = self.recognition_config(p.recogniser, released, p.data.release_identities, out,
+                                      p.recogniser.seed + seed)
+        return self.run_stage(f"recogniser-{slug(variant['name'])}-s{seed}", lambda: summarise_training(
+            train_recogniser(cfg, device=p.device, progress=self.progress)))
+
+    def verify(self, variant, seed):
+        from .evaluation.embed import load_embedder
+        from .evaluation.verify import verify_bin
+
+        model = self.recogniser(variant, seed)["model"]
+        out = self.path("recognisers", f"{slug(variant['name'])}-s{seed}")
+
+        def build():
+            embedder = load_embedder(model, self.protocol.recogniser.network, device=self.device)
+            report = verify_bin(embedder, self.holdout_bin, device=self.device, roc_dir=out)
+            return {key: report[key] for key in ("accuracy_flip", "accuracy_std", "tar_at_far", "far_target",
+                                                 "roc_png")}
+
+        return self.run_stage(f"verify-{slug(variant['name'])}-s{seed}", build)
+
+    def audit(self, variant, seed):
+        """Leakage of the release, measured with the teacher (trained on A, never saw B) as attacker."""
+        from .evaluation.audit import audit
+        from .evaluation.embed import load_embedder
+
+        released = self.release(variant, seed)["released"]
+        teacher = self.teacher()["model"]
+        name = self.release_name(variant, seed)
+
+        def build():
+            embedder = load_embedder(teacher, self.protocol.teacher.network, device=self.device)
+            report = audit(self.path("data", "release"), released, embedder, out_dir=self.path("audits", name),
+                           device=self.device, progress=self.progress, model=teacher)
+            return {key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
+                                                 "mean_source_cosine", "report")}
+
+        return self.run_stage(f"audit-{name}", build)
+
+    def row(self, variant, seed):
+        """Every stage of one (variant, seed): released, trained, verified, audited."""
+        check_variant(variant)
+        verified = self.verify(variant, seed)
+        leaked = self.audit(variant, seed)
+        return {"variant": variant["name"], "method": variant["method"], "seed": seed,
+                "accuracy": verified["accuracy_flip"], "error": 1.0 - verified["accuracy_flip"],
+                "tar_at_far": verified["tar_at_far"], "instance_rank1": leaked["instance_rank1"],
+                "identity_rank1": leaked["identity_rank1"], "source_tar_at_far": leaked["tar_at_far"],
+                "roc_png": verified["roc_png"], "audit": leaked["report"]}
+
+    @property
+    def device(self):
+        from .train.common import pick_device
+
+        return pick_device(self.protocol.device)
+
+
+def summarise_training(summary):
+    """The JSON-worthy part of a training summary: outputs, speed and per-epoch losses/accuracy."""
+    keep = ("model", "checkpoint", "steps", "images_per_s", "device")
+    epochs = [{k: v for k, v in e.items() if k not in ("losses", "parts")} for e in summary["epochs"]]
+    return {**{k: summary[k] for k in keep if k in summary}, "epochs": epochs}

@@ -1,0 +1,97 @@
+"""What a person reads after a protocol run: the results table, sample releases, the trade-off plot."""
+import json
+import os
+
+import numpy as np
+
+from .evaluation.plots import new_figure, save_figure
+from .shard import FaceShard
+
+COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.row`` returns
+    ("accuracy", "verification acc. %", "{:.2f}"),
+    ("error", "error %", "{:.2f}"),
+    ("tar_at_far", "TAR@FAR=1e-3 %", "{:.1f}"),
+    ("instance_rank1", "rank-1 instance leak %", "{:.1f}"),
+    ("identity_rank1", "rank-1 identity leak %", "{:.1f}"),
+    ("source_tar_at_far", "source TAR@FAR=1e-3 %", "{:.1f}"),
+)
+
+
+def aggregate(rows):
+    """Rows grouped by variant (first-seen order): ``{variant, seeds, <key>: (mean, std)}``."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["variant"], []).append(row)
+    summary = []
+    for variant, members in groups.items():
+        entry = {"variant": variant, "method": members[0]["method"], "seeds": [m["seed"] for m in members]}
+        for key, _, _ in COLUMNS:
+            values = np.array([m[key] for m in members], dtype=np.float64)
+            entry[key] = (float(values.mean()), float(values.std()))
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(summary):
+    """A Markdown table, ``mean ± std`` where a row has more than one seed."""
+    lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|---|---:|" + "---:|" * len(COLUMNS)]
+    for entry in summary:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            mean, std = entry[key]
+            cell = fmt.format(100 * mean)
+            cells.append(cell + (" ± " + fmt.format(100 * std) if len(entry["seeds"]) > 1 else ""))
+        lines.append(f"| {entry['variant']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(value, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def plot_tradeoff(summary, path, title="Utility vs privacy leakage"):
+    """Verification accuracy against rank-1 instance leakage, one labelled point per variant."""
+    figure = new_figure(7.5, 5.5)
+    axes = figure.add_subplot(1, 1, 1)
+    for entry in summary:
+        (x, x_std), (y, y_std) = entry["instance_rank1"], entry["accuracy"]
+        colour = "tab:red" if entry["method"] == "facemae" else "tab:grey" if entry["method"] == "original" \
+            else "tab:blue"
+        axes.errorbar(100 * x, 100 * y, xerr=100 * x_std, yerr=100 * y_std, fmt="o", color=colour, capsize=3)
+        axes.annotate(entry["variant"], (100 * x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    axes.set_xlabel("rank-1 instance leakage % (released image retrieves its source; lower is better)")
+    axes.set_ylabel("verification accuracy % on held-out identities")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def spread_keys(shard_dir, count):
+    """``count`` image keys spread evenly over a shard (so over its identities)."""
+    with FaceShard(shard_dir) as shard:
+        keys = shard.image_keys
+        picks = np.linspace(0, len(keys) - 1, num=min(count, len(keys))).round().astype(int)
+        return [int(keys[i]) for i in picks]
+
+
+def save_release_samples(path, sources, keys):
+    """One row per released set (``[(label, shard_dir)]``), one column per record key: the same faces."""
+    figure = new_figure(1.1 * len(keys) + 1.6, 1.15 * len(sources) + 0.3)
+    for r, (label, shard_dir) in enumerate(sources):
+        with FaceShard(shard_dir) as shard:
+            for c, key in enumerate(keys):
+                axes = figure.add_subplot(len(sources), len(keys), r * len(keys) + c + 1)
+                axes.imshow(shard.decode(key))
+                axes.set_xticks([])
+                axes.set_yticks([])
+                if c == 0:
+                    axes.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    figure.subplots_adjust(left=1.5 / (1.1 * len(keys) + 1.6), right=0.99, top=0.98, bottom=0.02,
+                           wspace=0.04, hspace=0.04)
+    return save_figure(figure, path)
