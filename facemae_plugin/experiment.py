@@ -102,6 +102,23 @@ class Experiment:
         self.progress = progress
         self.reused = set()  # stages already announced as reused, so a re-run prints each once
         os.makedirs(self.work_dir, exist_ok=True)
+        self._pin_protocol()
+
+    def _pin_protocol(self):
+        """Finished stages are only valid for the protocol that made them: refuse to mix two."""
+        path = self.path("protocol.json")
+        current = json.loads(json.dumps(self.protocol))  # tuples -> lists, as stored
+        if os.path.isfile(path):
+            with open(path) as f:
+                stored = json.load(f)
+            if stored != current:
+                changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+                raise ProtocolError(f"{self.work_dir} holds stages of another protocol (differs in "
+                                    f"{', '.join(changed)}); use a new work directory")
+            return
+        with open(path + ".tmp", "w") as f:
+            json.dump(current, f, indent=2)
+        os.replace(path + ".tmp", path)
 
     def path(self, *parts):
         return os.path.join(self.work_dir, *parts)
@@ -155,11 +172,12 @@ class Experiment:
 
     # --- models trained on split A ----------------------------------------------------------------
 
-    def recognition_config(self, recipe, rec, num_classes, output, seed):
+    def recognition_config(self, recipe, rec, num_classes, output, seed, verify_each_epoch=True):
         p = self.protocol
         return merge_config({
             "network": recipe.network, "embedding_size": 512, "margin_list": tuple(recipe.margin_list),
-            "rec": rec, "num_classes": num_classes, "val_targets": [self.holdout_bin],
+            "rec": rec, "num_classes": num_classes,
+            "val_targets": [self.holdout_bin] if verify_each_epoch else [],
             "batch_size": recipe.batch_size, "lr": recipe.lr, "num_epoch": recipe.num_epoch,
             "warmup_epoch": recipe.warmup_epoch, "num_workers": p.num_workers, "fp16": p.mixed_precision,
             "seed": seed, "output": output})
@@ -249,8 +267,9 @@ class Experiment:
         released = self.release(variant, seed)["released"]
         p = self.protocol
         out = self.path("recognisers", f"{slug(variant['name'])}-s{seed}")
+        # The verify stage evaluates the final model once; per-epoch checks would only cost time.
         cfg = self.recognition_config(p.recogniser, released, p.data.release_identities, out,
-                                      p.recogniser.seed + seed)
+                                      p.recogniser.seed + seed, verify_each_epoch=False)
         return self.run_stage(f"recogniser-{slug(variant['name'])}-s{seed}", lambda: summarise_training(
             train_recogniser(cfg, device=p.device, progress=self.progress)))
 

@@ -95,3 +95,36 @@ def save_release_samples(path, sources, keys):
     figure.subplots_adjust(left=1.5 / (1.1 * len(keys) + 1.6), right=0.99, top=0.98, bottom=0.02,
                            wspace=0.04, hspace=0.04)
     return save_figure(figure, path)
+
+
+def tradeoff_verdict(summary, facemae="FaceMAE full 0.75", paste="FaceMAE paste 0.75",
+                     baselines=("blur", "pixelate", "noise", "masked")):
+    """FaceMAE's claim checked on the table (means over seeds).
+
+    Holds when ``facemae`` has at most half the verification error of the most accurate baseline
+    that leaks at least as much (so FaceMAE is compared at equal or lower leakage), and leaks less
+    than ``paste``. Returns ``{"holds", "text", ...}``; ``holds`` is None when rows are missing.
+    """
+    by_name = {entry["variant"]: entry for entry in summary}
+    ours = by_name.get(facemae)
+    rivals = [e for e in summary if e["method"] in baselines]
+    if ours is None or not rivals:
+        return {"holds": None, "text": f"verdict: needs the {facemae!r} row and at least one baseline row"}
+    error, leak = ours["error"][0], ours["instance_rank1"][0]
+    comparable = [e for e in rivals if e["instance_rank1"][0] >= leak]
+    best = min(comparable or rivals, key=lambda e: e["error"][0])
+    ratio = error / best["error"][0] if best["error"][0] > 0 else float("inf")
+    half_error = ratio <= 0.5 and bool(comparable)
+    text = (f"{facemae}: error {100 * error:.2f}% at rank-1 instance leakage {100 * leak:.1f}%; best baseline "
+            f"{'leaking at least as much' if comparable else '(none leaks as much; all shown)'}: {best['variant']} "
+            f"error {100 * best['error'][0]:.2f}% at leakage {100 * best['instance_rank1'][0]:.1f}% -> error ratio "
+            f"{ratio:.2f} (claim: <= 0.50).")
+    paste_entry = by_name.get(paste)
+    less_than_paste = None
+    if paste_entry is not None:
+        less_than_paste = leak < paste_entry["instance_rank1"][0]
+        text += (f" {paste}: leakage {100 * paste_entry['instance_rank1'][0]:.1f}% "
+                 f"({'higher' if less_than_paste else 'not higher'} than full).")
+    holds = half_error and less_than_paste is not False
+    return {"holds": holds, "text": text + (" Claim holds." if holds else " Claim does not hold here."),
+            "error_ratio": ratio, "best_baseline": best["variant"], "leaks_less_than_paste": less_than_paste}

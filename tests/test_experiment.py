@@ -1,0 +1,86 @@
+"""The protocol behind `facemae demo` and the privacy-utility benchmark: splits, resumable stages, report."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from facemae_plugin import synth
+from facemae_plugin.binfile import load_bin
+from facemae_plugin.demo import run_demo
+from facemae_plugin.experiment import Experiment, ProtocolError, merge_protocol, slug
+from facemae_plugin.recordio import decode_image
+from facemae_plugin.shard import FaceShard
+
+TOY = dict(
+    data=dict(train_identities=6, train_images_per_identity=4, release_identities=5, release_images_per_identity=3,
+              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20),
+    teacher=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
+    facemae=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
+    recogniser=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
+    num_workers=0,
+)
+
+
+def test_protocol_overrides_nest_and_unknown_keys_are_named():
+    p = merge_protocol({"teacher": {"num_epoch": 9}, "seed": 3})
+    assert p.teacher.num_epoch == 9 and p.teacher.network == "mbf" and p.seed == 3
+    with pytest.raises(ProtocolError, match="protocol.teacher: unknown key 'epochs'"):
+        merge_protocol({"teacher": {"epochs": 9}})
+    with pytest.raises(ProtocolError, match="protocol.data must be a dict"):
+        merge_protocol({"data": 5})
+
+
+def test_a_work_dir_refuses_a_second_protocol(tmp_path):
+    Experiment(tmp_path, TOY, progress=False)
+    Experiment(tmp_path, TOY, progress=False)  # the same protocol reopens
+    with pytest.raises(ProtocolError, match="differs in seed"):
+        Experiment(tmp_path, {**TOY, "seed": 1}, progress=False)
+
+
+def test_slug_makes_file_names():
+    assert slug("FaceMAE no-IRM full 0.75") == "facemae_no_irm_full_0.75"
+
+
+def mean_abs_difference(encoded, bgr):
+    return float(np.abs(decode_image(encoded, iscolor=1).astype(np.float64) - bgr).mean())
+
+
+def test_splits_hold_disjoint_identities_rendered_from_the_seed(tmp_path):
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    result = experiment.data()
+    assert result["identities"] == {"train": [0, 6], "release": [6, 11], "holdout": [11, 15]}
+    with FaceShard(experiment.path("data", "release")) as release, \
+            FaceShard(experiment.path("data", "train")) as train:
+        assert len(release) == 15 and release.property[0] == 5 and len(train) == 24 and train.property[0] == 6
+        first_b = synth.identity_images(0, 6, 3)[0]  # split B's label 0 is synthetic identity 6
+        label, payload = release.read(release.image_keys[0])
+        assert label == 0 and mean_abs_difference(payload, first_b) < 4  # JPEG-close to identity 6's face
+        assert mean_abs_difference(train.read(train.image_keys[0])[1], first_b) > 20  # not identity 0's
+    images, issame = load_bin(experiment.holdout_bin)
+    assert len(images) == 40 and len(issame) == 20
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_writes_its_report_and_reuses_stages(tmp_path, capsys):
+    report = run_demo(tmp_path, TOY, progress=False, compare_original=True)
+    assert [r["variant"] for r in report["rows"]] == ["FaceMAE full", "original"]
+    for r in report["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["instance_rank1"] <= 1.0
+        assert r["error"] == pytest.approx(1.0 - r["accuracy"])
+    for path in (report["samples_png"], report["roc_png"], report["audit"], tmp_path / "report.json"):
+        assert os.path.isfile(path)
+    with open(tmp_path / "report.json") as f:
+        assert json.load(f)["rows"] == report["rows"]
+    with FaceShard(tmp_path / "data" / "release") as original, \
+            FaceShard(tmp_path / "released" / "facemae_full-s0") as released:
+        assert list(released.image_keys) == list(original.image_keys)
+        assert np.array_equal(released.labels(), original.labels())
+    expected = {"data", "teacher", "facemae", "release-facemae_full-s0", "recogniser-facemae_full-s0",
+                "verify-facemae_full-s0", "audit-facemae_full-s0", "release-masked-s0",
+                "recogniser-original-s0", "verify-original-s0", "audit-original"}
+    assert set(report["stages"]) == expected
+    capsys.readouterr()
+    again = run_demo(tmp_path, TOY, progress=False, compare_original=True)
+    assert "running" not in capsys.readouterr().out  # every stage reused
+    assert again["rows"] == report["rows"]

@@ -1,0 +1,91 @@
+"""Results tables, the trade-off verdict and the benchmark's row plan, against hand-computed values."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from facemae_plugin.report import aggregate, markdown_table, plot_tradeoff, tradeoff_verdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def row(variant, method, seed, accuracy, leak):
+    return {"variant": variant, "method": method, "seed": seed, "accuracy": accuracy, "error": 1 - accuracy,
+            "tar_at_far": accuracy / 2, "instance_rank1": leak, "identity_rank1": min(1.0, leak * 2),
+            "source_tar_at_far": leak / 2}
+
+
+def entry(variant, method, error, leak):
+    return {"variant": variant, "method": method, "seeds": [0], "error": (error, 0.0),
+            "instance_rank1": (leak, 0.0), "accuracy": (1 - error, 0.0)}
+
+
+def test_aggregate_is_numpy_mean_and_population_std_per_variant_in_first_seen_order():
+    rows = [row("b", "blur", 0, 0.80, 0.9), row("a", "facemae", 0, 0.90, 0.2), row("b", "blur", 1, 0.70, 0.7),
+            row("b", "blur", 2, 0.75, 0.8)]
+    summary = aggregate(rows)
+    assert [e["variant"] for e in summary] == ["b", "a"]
+    assert summary[0]["seeds"] == [0, 1, 2]
+    assert summary[0]["accuracy"] == pytest.approx((np.mean([0.8, 0.7, 0.75]), np.std([0.8, 0.7, 0.75])))
+    assert summary[1]["instance_rank1"] == pytest.approx((0.2, 0.0))
+
+
+def test_markdown_table_shows_std_only_for_repeated_rows():
+    table = markdown_table(aggregate([row("b", "blur", 0, 0.8, 0.9), row("b", "blur", 1, 0.7, 0.7),
+                                      row("a", "facemae", 0, 0.9, 0.25)]))
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| variant | seeds |")
+    assert "| b | 2 | 75.00 ± 5.00 |" in lines[2]
+    assert "| a | 1 | 90.00 | 10.00 |" in lines[3] and "±" not in lines[3]
+
+
+def test_verdict_holds_at_half_the_error_of_the_best_baseline_that_leaks_as_much():
+    summary = [entry("FaceMAE full 0.75", "facemae", 0.10, 0.20), entry("FaceMAE paste 0.75", "facemae", 0.08, 0.40),
+               entry("blur", "blur", 0.25, 0.95), entry("noise", "noise", 0.21, 0.50),
+               entry("masked", "masked", 0.05, 0.10)]  # more accurate but leaks less: not comparable
+    verdict = tradeoff_verdict(summary)
+    assert verdict["best_baseline"] == "noise"
+    assert verdict["error_ratio"] == pytest.approx(0.10 / 0.21)
+    assert verdict["holds"] is True and verdict["leaks_less_than_paste"] is True
+
+
+def test_verdict_fails_when_error_is_not_halved_or_paste_leaks_less():
+    base = [entry("blur", "blur", 0.15, 0.95)]
+    not_halved = tradeoff_verdict([entry("FaceMAE full 0.75", "facemae", 0.10, 0.2)] + base)
+    assert not_halved["holds"] is False and not_halved["error_ratio"] == pytest.approx(0.10 / 0.15)
+    paste_better = tradeoff_verdict([entry("FaceMAE full 0.75", "facemae", 0.05, 0.3),
+                                     entry("FaceMAE paste 0.75", "facemae", 0.05, 0.2)] + base)
+    assert paste_better["holds"] is False and paste_better["leaks_less_than_paste"] is False
+    assert tradeoff_verdict(base)["holds"] is None
+
+
+def test_tradeoff_plot_is_a_png(tmp_path):
+    summary = aggregate([row("a", "facemae", 0, 0.9, 0.2), row("o", "original", 0, 0.95, 1.0)])
+    path = plot_tradeoff(summary, str(tmp_path / "t.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("privacy_utility", os.path.join(ROOT, "benchmarks",
+                                                                                  "privacy_utility.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_every_variants_first_seed_before_any_repeat():
+    bench = load_benchmark()
+    a, b, c = ({"name": n, "seeds": s} for n, s in (("a", [0, 1, 2]), ("b", [0]), ("c", [5, 6])))
+    plan = [(v["name"], seed) for v, seed in bench.planned_rows([a, b, c])]
+    assert plan == [("a", 0), ("b", 0), ("c", 5), ("a", 1), ("c", 6), ("a", 2)]
+    assert [(v["name"], s) for v, s in bench.planned_rows([a, b, c], only=["c"])] == [("c", 5), ("c", 6)]
+
+
+@pytest.mark.parametrize("name", ["privacy_utility_synth.py", "privacy_utility_smoke.py"])
+def test_shipped_benchmark_configs_load_and_name_known_methods(name):
+    bench = load_benchmark()
+    protocol, variants = bench.load_benchmark_config(os.path.join(ROOT, "benchmarks", "configs", name))
+    names = [v["name"] for v in variants]
+    assert len(names) == len(set(names)) and "FaceMAE full 0.75" in names and "original" in names
