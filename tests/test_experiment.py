@@ -64,7 +64,7 @@ def test_splits_hold_disjoint_identities_rendered_from_the_seed(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_every_stage_writes_its_report_and_reuses_stages(tmp_path, capsys):
     report = run_demo(tmp_path, TOY, progress=False, compare_original=True)
-    assert [r["variant"] for r in report["rows"]] == ["FaceMAE full", "original"]
+    assert [r["variant"] for r in report["rows"]] == ["FaceMAE full 0.75", "original"]
     for r in report["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["instance_rank1"] <= 1.0
         assert r["error"] == pytest.approx(1.0 - r["accuracy"])
@@ -73,11 +73,11 @@ def test_demo_runs_every_stage_writes_its_report_and_reuses_stages(tmp_path, cap
     with open(tmp_path / "report.json") as f:
         assert json.load(f)["rows"] == report["rows"]
     with FaceShard(tmp_path / "data" / "release") as original, \
-            FaceShard(tmp_path / "released" / "facemae_full-s0") as released:
+            FaceShard(tmp_path / "released" / "facemae_full_0.75-s0") as released:
         assert list(released.image_keys) == list(original.image_keys)
         assert np.array_equal(released.labels(), original.labels())
-    expected = {"data", "teacher", "facemae", "release-facemae_full-s0", "recogniser-facemae_full-s0",
-                "verify-facemae_full-s0", "audit-facemae_full-s0", "release-masked-s0",
+    expected = {"data", "teacher", "facemae", "release-facemae_full_0.75-s0", "recogniser-facemae_full_0.75-s0",
+                "verify-facemae_full_0.75-s0", "audit-facemae_full_0.75-s0", "release-masked-s0",
                 "recogniser-original-s0", "verify-original-s0", "audit-original"}
     assert set(report["stages"]) == expected
     capsys.readouterr()
