@@ -5,14 +5,13 @@ synthesise -> teacher on split A -> FaceMAE tiny + IRM on split A -> release spl
 -> audit the release against the original split B. Every artefact lands in ``WORK_DIR``;
 a re-run reuses finished stages (see ``experiment.Experiment``).
 """
-import os
+import json
 
-from .experiment import Experiment, load_python_config
-from .report import COLUMNS, save_release_samples, spread_keys, write_json
+from .experiment import ORIGINAL, Experiment, load_python_config
+from .report import aggregate, markdown_table, save_release_samples, spread_keys, write_json
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's stages.
 FACEMAE_FULL = {"name": "FaceMAE full 0.75", "method": "facemae", "output": "full", "mask_ratio": 0.75, "irm": True}
-ORIGINAL = {"name": "original", "method": "original"}
 SAMPLE_FACES = 8
 
 
@@ -22,7 +21,7 @@ def run_demo(work_dir, protocol=None, progress=True, compare_original=False):
     variants = [FACEMAE_FULL] + ([ORIGINAL] if compare_original else [])
     rows = [experiment.row(variant, seed=0) for variant in variants]
     released = experiment.release(FACEMAE_FULL, 0)["released"]
-    masked = experiment.release({"name": "masked", "method": "masked"}, 0)["released"]
+    masked = experiment.release({"name": "masked 0.75", "method": "masked", "mask_ratio": 0.75}, 0)["released"]
     samples = save_release_samples(
         experiment.path("samples.png"),
         [("original", experiment.path("data", "release")), ("FaceMAE input\n(masked)", masked),
@@ -32,30 +31,19 @@ def run_demo(work_dir, protocol=None, progress=True, compare_original=False):
               "stages": stage_seconds(experiment), "samples_png": samples,
               "roc_png": rows[0]["roc_png"], "audit": rows[0]["audit"]}
     write_json(report, experiment.path("report.json"))
-    print(format_rows(rows))
+    print(markdown_table(aggregate(rows)))
     print(f"stage time: {sum(report['stages'].values()) / 60:.1f} min; samples {samples}; "
           f"ROC {report['roc_png']}; report {experiment.path('report.json')}")
     return report
 
 
 def stage_seconds(experiment):
-    """Seconds each finished stage took when it ran (reused stages keep their first timing)."""
-    import json
-
-    stages_dir = experiment.path("stages")
+    """Seconds each stage this run used took when it ran (a reused stage keeps its first timing)."""
     seconds = {}
-    for name in sorted(os.listdir(stages_dir)):
-        with open(os.path.join(stages_dir, name)) as f:
-            seconds[name[:-len(".done.json")]] = json.load(f).get("seconds", 0.0)
+    for name in sorted(experiment.used_stages):
+        with open(experiment.path("stages", f"{name}.done.json")) as f:
+            seconds[name] = json.load(f).get("seconds", 0.0)
     return seconds
-
-
-def format_rows(rows):
-    header = f"{'variant':<16}" + "".join(f"{h:>26}" for _, h, _ in COLUMNS)
-    lines = [header]
-    for row in rows:
-        lines.append(f"{row['variant']:<16}" + "".join(f"{fmt.format(100 * row[k]):>26}" for k, _, fmt in COLUMNS))
-    return "\n".join(lines)
 
 
 def load_protocol_file(path):

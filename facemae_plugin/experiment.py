@@ -46,6 +46,7 @@ PROTOCOL_DEFAULTS = {
 
 # Privatizers whose output does not depend on a seed: one release serves every seed of their row.
 DETERMINISTIC_METHODS = ("original", "blur", "pixelate")
+ORIGINAL = {"name": "original", "method": "original"}
 VARIANT_KEYS = {"name", "method", "sigma", "block_size", "std", "mask_ratio", "output", "irm"}
 
 
@@ -103,6 +104,7 @@ class Experiment:
         self.protocol = merge_protocol(protocol)
         self.progress = progress
         self.reused = set()  # stages already announced as reused, so a re-run prints each once
+        self.used_stages = set()  # every stage this object ran or reused
         os.makedirs(self.work_dir, exist_ok=True)
         self._pin_protocol()
 
@@ -132,6 +134,7 @@ class Experiment:
     def run_stage(self, name, build):
         """Run ``build()`` unless ``<name>.done.json`` exists; returns its (saved) result with seconds."""
         marker = self.path("stages", f"{name}.done.json")
+        self.used_stages.add(name)
         if os.path.isfile(marker):
             if name not in self.reused:
                 print(f"[{name}] reusing finished stage")
@@ -190,10 +193,19 @@ class Experiment:
         self.data()
         p = self.protocol
         out = self.path("teacher")
+        # Verified once at the end, not per epoch: four held-out passes cost a minute on 2 cores.
         cfg = self.recognition_config(p.teacher, self.path("data", "train"), p.data.train_identities, out,
-                                      p.teacher.seed)
-        return self.run_stage("teacher", lambda: summarise_training(
-            train_recogniser(cfg, device=p.device, progress=self.progress)))
+                                      p.teacher.seed, verify_each_epoch=False)
+        def build():
+            from .evaluation.embed import load_embedder
+            from .evaluation.verify import verify_bin
+
+            summary = summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))
+            embedder = load_embedder(summary["model"], p.teacher.network, device=self.device)
+            summary["holdout_accuracy"] = verify_bin(embedder, self.holdout_bin, device=self.device)["accuracy_flip"]
+            return summary
+
+        return self.run_stage("teacher", build)
 
     def facemae(self, irm=True):
         """FaceMAE pretrained on split A; ``irm=False`` is the ablation without the teacher."""
@@ -290,33 +302,56 @@ class Experiment:
 
         return self.run_stage(f"verify-{slug(variant['name'])}-s{seed}", build)
 
-    def audit(self, variant, seed):
-        """Leakage of the release, measured with the teacher (trained on A, never saw B) as attacker."""
+    def attacker(self, kind):
+        """``(model.pt, network)`` of an attacker recogniser.
+
+        ``teacher``: trained on split A, never saw split B; it is also IRM's teacher, so FaceMAE was
+        trained to keep exactly its similarity structure. ``informed``: the protocol's recogniser
+        trained on the original split B (seed 0), a different network state that knows the people.
+        """
+        if kind == "teacher":
+            return self.teacher()["model"], self.protocol.teacher.network
+        if kind == "informed":
+            return self.recogniser(ORIGINAL, 0)["model"], self.protocol.recogniser.network
+        raise ProtocolError(f"unknown attacker {kind!r}; expected teacher or informed")
+
+    def audit(self, variant, seed, attacker="teacher"):
+        """Leakage of the release: each released image queries the original split B."""
         from .evaluation.audit import audit
         from .evaluation.embed import load_embedder
 
         released = self.release(variant, seed)["released"]
-        teacher = self.teacher()["model"]
+        model, network = self.attacker(attacker)
         name = self.release_name(variant, seed)
+        stage = f"audit-{name}" if attacker == "teacher" else f"audit-{attacker}-{name}"
 
         def build():
-            embedder = load_embedder(teacher, self.protocol.teacher.network, device=self.device)
-            report = audit(self.path("data", "release"), released, embedder, out_dir=self.path("audits", name),
-                           device=self.device, progress=self.progress, model=teacher)
+            embedder = load_embedder(model, network, device=self.device)
+            report = audit(self.path("data", "release"), released, embedder, device=self.device,
+                           out_dir=self.path("audits", name if attacker == "teacher" else f"{attacker}-{name}"),
+                           progress=self.progress, model=model, plots=attacker == "teacher")
             return {key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
                                                  "mean_source_cosine", "report")}
 
-        return self.run_stage(f"audit-{name}", build)
+        return self.run_stage(stage, build)
 
-    def row(self, variant, seed):
-        """Every stage of one (variant, seed): released, trained, verified, audited."""
+    def row(self, variant, seed, informed_attacker=False):
+        """Every stage of one (variant, seed): released, trained, verified, audited.
+
+        ``informed_attacker`` adds the audit by the recogniser trained on the original split B
+        (one more training if the ``original`` row has not run yet).
+        """
         check_variant(variant)
         verified = self.verify(variant, seed)
         leaked = self.audit(variant, seed)
+        informed = self.audit(variant, seed, attacker="informed") if informed_attacker else \
+            dict.fromkeys(("instance_rank1", "identity_rank1"))
         return {"variant": variant["name"], "method": variant["method"], "seed": seed,
                 "accuracy": verified["accuracy_flip"], "error": 1.0 - verified["accuracy_flip"],
                 "tar_at_far": verified["tar_at_far"], "instance_rank1": leaked["instance_rank1"],
                 "identity_rank1": leaked["identity_rank1"], "source_tar_at_far": leaked["tar_at_far"],
+                "informed_instance_rank1": informed["instance_rank1"],
+                "informed_identity_rank1": informed["identity_rank1"],
                 "roc_png": verified["roc_png"], "audit": leaked["report"]}
 
     @property
