@@ -30,6 +30,8 @@ def parse_args(argv=None):
                         help="stages live here; the default shares the finished stages of `facemae demo`")
     parser.add_argument("--out", default=None, help="results directory (default WORK_DIR/results)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant names")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="report only rows whose stages are all finished; train nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -79,6 +81,10 @@ def main(argv=None):
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:]))
     rows = []
     plan = planned_rows(variants, args.only)
+    if args.finished_only:
+        plan = [(v, seed) for v, seed in plan if experiment.row_finished(v, seed, informed_attacker=True)]
+    if not plan:
+        raise SystemExit("no rows to run" + (" are finished yet" if args.finished_only else ""))
     for n, (variant, seed) in enumerate(plan, 1):
         print(f"=== row {n}/{len(plan)}: {variant['name']} seed {seed}", flush=True)
         rows.append(experiment.row({k: v for k, v in variant.items() if k != "seeds"}, seed,
@@ -86,13 +92,16 @@ def main(argv=None):
         summary, verdicts, table = write_results(experiment, rows, out_dir, command)
     print(table)
     print("\n".join(v["text"] for v in verdicts))
-    first_seed = [v for v in variants if not args.only or v["name"] in args.only]
+    first_rows = {}  # each variant's first planned seed, in plan order
+    for variant, seed in plan:
+        first_rows.setdefault(variant["name"], (variant, seed))
     sources = [("original", experiment.path("data", "release"))] + [
-        (v["name"], experiment.release({k: x for k, x in v.items() if k != "seeds"}, v["seeds"][0])["released"])
-        for v in first_seed if v["method"] != "original"]
+        (v["name"], experiment.release({k: x for k, x in v.items() if k != "seeds"}, seed)["released"])
+        for v, seed in first_rows.values() if v["method"] != "original"]
     save_release_samples(os.path.join(out_dir, "samples.png"), sources,
                          spread_keys(experiment.path("data", "release"), SAMPLE_FACES))
-    print(json.dumps({"benchmark": "privacy_utility", "rows": len(rows), "verdict": verdicts[0]["holds"], "verdict_informed": verdicts[1]["holds"],
+    print(json.dumps({"benchmark": "privacy_utility", "rows": len(rows), "verdict": verdicts[0]["holds"],
+                      "verdict_informed": verdicts[1]["holds"],
                       "summary": {e["variant"]: {k: e[k][0] for k in ("accuracy", "instance_rank1")}
                                   for e in summary}}))
 

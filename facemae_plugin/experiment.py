@@ -354,6 +354,12 @@ class Experiment:
                 "informed_identity_rank1": informed["identity_rank1"],
                 "roc_png": verified["roc_png"], "audit": leaked["report"]}
 
+    def row_finished(self, variant, seed, informed_attacker=False):
+        """Whether ``row`` would only reuse finished stages (nothing to train or convert)."""
+        row_name, release = f"{slug(variant['name'])}-s{seed}", self.release_name(variant, seed)
+        stages = [f"verify-{row_name}", f"audit-{release}"] + ([f"audit-informed-{release}"] if informed_attacker else [])
+        return all(os.path.isfile(self.path("stages", f"{stage}.done.json")) for stage in stages)
+
     @property
     def device(self):
         from .train.common import pick_device
