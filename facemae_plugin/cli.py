@@ -60,6 +60,16 @@ def _pairs2bin(args):
     return f"pairs2bin: {result['pairs']} pairs ({result['same']} same) -> {args.out_bin}", result
 
 
+def _split(args):
+    from .split import split_by_identity
+
+    result = split_by_identity(args.in_dir, args.out_a, args.out_b, fraction=args.fraction, seed=args.seed,
+                               overwrite=args.overwrite, progress=not args.quiet)
+    a, b = result["a"], result["b"]
+    return (f"split: {a['identities']} identities ({a['images']} images) -> {args.out_a}, "
+            f"{b['identities']} identities ({b['images']} images) -> {args.out_b}", result)
+
+
 def _pretrain(args):
     from .config import load_config
     from .train.pretrain import pretrain
@@ -263,6 +273,19 @@ def build_parser():
     p.add_argument("out_bin", metavar="OUT.bin")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality for non-JPEG inputs (default 95)")
     p.set_defaults(run=_pairs2bin)
+
+    p = verbs.add_parser("split", help="shard -> two shards of disjoint identities",
+                         description="Split IN_DIR by identity: a seeded random FRACTION of the identities goes "
+                                     "to OUT_A (e.g. FaceMAE and teacher training), the rest to OUT_B (the set "
+                                     "to release, identities FaceMAE never saw). Labels are renumbered 0..n-1 "
+                                     "in original order; image bytes are copied unchanged.")
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_a", metavar="OUT_A")
+    p.add_argument("out_b", metavar="OUT_B")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of identities in OUT_A (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="which identities are drawn (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(run=_split)
 
     p = verbs.add_parser("pretrain", help="stage 1: train the FaceMAE reconstructor (pixel loss + IRM)",
                          description="Train FaceMAE from a recipe with a config.mae block (and config.irm "

@@ -9,7 +9,7 @@ import pytest
 from facemae_plugin.binfile import load_bin
 from facemae_plugin.shard import FaceShard
 
-VERBS = ["synth", "inspect", "folder2rec", "rec2folder", "pairs2bin", "pretrain", "train", "verify", "export",
+VERBS = ["synth", "inspect", "folder2rec", "rec2folder", "pairs2bin", "split", "pretrain", "train", "verify", "export",
          "audit", "demo", "convert", "merge", "arcface-train"]
 
 

@@ -1,0 +1,54 @@
+"""Split a face shard by identity: FaceMAE trains on one part and releases the other.
+
+The paper's protocol needs identities the reconstructor never saw. ``split_by_identity``
+draws a seeded random subset of identities, writes them to ``out_a`` and the rest to
+``out_b`` as layout-A shards, labels renumbered ``0..n-1`` in original label order. Image
+records are copied as they are: the JPEG bytes do not change.
+"""
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from .shard import FaceShard, FaceShardWriter
+
+
+class SplitError(ValueError):
+    """The split cannot be made as asked."""
+
+
+def group_keys_by_label(shard, progress=False):
+    """``{label: [image keys]}`` in key order, for either layout."""
+    groups = {}
+    for key, label in zip(shard.image_keys.tolist(), shard.labels(progress=progress).tolist()):
+        groups.setdefault(label, []).append(key)
+    return groups
+
+
+def choose_identities(labels, fraction, seed):
+    """The sorted labels of part A: ``round(fraction * n)`` drawn without replacement."""
+    count = int(round(fraction * len(labels)))
+    if not 0 < count < len(labels):
+        raise SplitError(f"fraction {fraction} of {len(labels)} identities leaves a part empty")
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(sorted(labels), size=count, replace=False).tolist())
+
+
+def split_by_identity(in_dir, out_a, out_b, fraction=0.5, seed=0, overwrite=False, progress=True):
+    """Write parts A and B; returns a summary with each part's original labels."""
+    for out in (out_a, out_b):
+        if os.path.exists(os.path.join(os.fspath(out), "train.rec")) and not overwrite:
+            raise SplitError(f"{out}/train.rec exists; pass --overwrite to replace it")
+    with FaceShard(in_dir) as shard:
+        groups = group_keys_by_label(shard, progress)
+        part_a = set(choose_identities(list(groups), fraction, seed))
+        parts = {"a": sorted(part_a), "b": sorted(set(groups) - part_a)}
+        for name, out in (("a", out_a), ("b", out_b)):
+            with FaceShardWriter(out, image_size=shard.image_size) as writer:
+                for label in tqdm(parts[name], desc=f"part {name.upper()}", unit="id", disable=not progress):
+                    writer.add_identity([shard.read(key)[1] for key in groups[label]])
+    return {"in_dir": os.fspath(in_dir), "fraction": fraction, "seed": seed,
+            "a": {"out_dir": os.fspath(out_a), "identities": len(parts["a"]),
+                  "images": sum(len(groups[label]) for label in parts["a"]), "original_labels": parts["a"]},
+            "b": {"out_dir": os.fspath(out_b), "identities": len(parts["b"]),
+                  "images": sum(len(groups[label]) for label in parts["b"]), "original_labels": parts["b"]}}
