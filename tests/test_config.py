@@ -73,3 +73,13 @@ def test_merge_keeps_blocks_independent():
     a = merge_config({"facemae": {"checkpoint": "a.pt"}})
     b = merge_config({"facemae": {"checkpoint": "b.pt"}})
     assert a.facemae.checkpoint == "a.pt" and b.facemae.checkpoint == "b.pt"
+
+
+SHIPPED_RECIPES = sorted(p for p in os.listdir(os.path.join(os.path.dirname(__file__), "..", "recipes"))
+                         if p.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_RECIPES)
+def test_every_shipped_recipe_loads(name):
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "recipes", name))
+    assert cfg.output and (cfg.rec or cfg.get("facemae"))
