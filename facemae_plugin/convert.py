@@ -9,6 +9,12 @@ Batches ahead are decoded and batches behind are encoded in a process pool while
 on the current one, so a conversion runs about as fast as its slowest stage. At most
 ``2 * ahead`` batches are in flight, so memory stays flat whatever the dataset size.
 
+Cheap per-image privatizers (identity, blur, pixelate, masked: pure functions of image, key and
+seed) have a torch-free twin (``Privatizer.worker_op()``, module ``pixelops``) with the same output
+bytes; then each batch is a single worker task, read -> decode -> privatize -> encode, and this
+process only writes. No pixels cross processes and no model thread competes with the codecs.
+Model stages (FaceMAE) and noise (torch's Gaussian sampler has no bit-exact numpy twin) run here.
+
 What is kept (FORMATS.md): the layout (A or B), every image key, each image's IRHeader bytes
 (flag, scalar or array label, id, id2), the header record (key 0), the identity records and the
 ``property`` file. Only image payloads change (JPEG, quality 95 by default).
@@ -125,6 +131,13 @@ def _encode_batch(prefixes, rgb, quality):
             for prefix, image in zip(prefixes, rgb)]
 
 
+def _convert_batch(keys, op, k, quality):
+    """Worker: read, decode, privatize with a torch-free ``pixelops`` op, encode -> records [B * k]."""
+    prefixes, rgb = _decode_batch(keys)
+    out_prefixes = [prefix for prefix in prefixes for _ in range(k)]
+    return _encode_batch(out_prefixes, op(rgb, keys), quality)
+
+
 class _InlineExecutor:
     """``workers=0``: every task runs in this process at submit time (debugging, tiny inputs)."""
 
@@ -154,9 +167,13 @@ def _make_executor(in_dir, workers):
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(in_dir,))
 
 
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers():
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)  # one core stays with the model process
+    return max(1, _cores() - 1)  # one core stays with the model process
+
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -173,6 +190,14 @@ def privatize_batch(privatizer, rgb, keys):
     return denormalise(out.reshape(-1, *out.shape[2:]))
 
 
+def _write_oldest(encoding, writer, bar, k):
+    """Wait for the oldest batch's packed records and write them under their output keys."""
+    keys, future = encoding.popleft()
+    for key, payload in zip(keys, future.result()):
+        writer.write_idx(key, payload)
+    bar.update(len(keys) // k)
+
+
 def _convert_range(executor, privatizer, plan, start, end, batch_size, quality, writer, ahead, bar):
     """Convert image positions [start, end) into ``writer``, keeping at most 2*ahead batches in flight."""
     firsts = iter(range(start, end, batch_size))
@@ -185,12 +210,6 @@ def _convert_range(executor, privatizer, plan, start, end, batch_size, quality, 
             keys = plan.image_keys[first:min(first + batch_size, end)].tolist()
             decoding.append((first, keys, executor.submit(_decode_batch, keys)))
 
-    def write_oldest():
-        keys, future = encoding.popleft()
-        for key, payload in zip(keys, future.result()):
-            writer.write_idx(key, payload)
-        bar.update(len(keys) // plan.k)
-
     for _ in range(ahead):
         submit_decode()
     while decoding:
@@ -202,9 +221,23 @@ def _convert_range(executor, privatizer, plan, start, end, batch_size, quality, 
         encoding.append((plan.output_keys(first, len(keys)),
                          executor.submit(_encode_batch, out_prefixes, out_rgb, quality)))
         while encoding and (len(encoding) > ahead or encoding[0][1].done()):
-            write_oldest()
+            _write_oldest(encoding, writer, bar, plan.k)
     while encoding:
-        write_oldest()
+        _write_oldest(encoding, writer, bar, plan.k)
+
+
+def _convert_range_in_workers(executor, op, plan, start, end, batch_size, quality, writer, ahead, bar):
+    """Like ``_convert_range`` for a privatizer with a worker op: each batch is one worker task
+    (read, decode, privatize, encode), so no pixels cross processes and this process only writes."""
+    pending = deque()  # (output keys, future) in order
+    for first in range(start, end, batch_size):
+        keys = plan.image_keys[first:min(first + batch_size, end)].tolist()
+        pending.append((plan.output_keys(first, len(keys)),
+                        executor.submit(_convert_batch, keys, op, plan.k, quality)))
+        if len(pending) >= 2 * ahead:
+            _write_oldest(pending, writer, bar, plan.k)
+    while pending:
+        _write_oldest(pending, writer, bar, plan.k)
 
 
 # --------------------------------------------------------------------------- small file helpers
@@ -257,6 +290,10 @@ class Conversion:
         self.num_shards = int(num_shards)
         self.progress = progress
         self.plan = KeyPlan(self.shard, self.k)
+        # cheap per-image privatizers (pure functions of image, key, seed) run in the decode workers
+        # as torch-free pixelops with the same bytes; model stages (FaceMAE) have none and run here
+        worker_op = getattr(privatizer, "worker_op", None)
+        self.worker_op = worker_op() if worker_op is not None else None
         self.shards_dir = os.path.join(self.out_dir, SHARDS_DIR)
         self._check_input()
         self.idx_sha256 = _file_sha256(self.shard.idx_path)
@@ -384,8 +421,12 @@ class Conversion:
         start, end = self.range(i)
         ahead = max(2, 2 * self.workers)
         with RecordWriter(rec, idx) as writer:
-            _convert_range(executor, self.privatizer, self.plan, start, end, self.batch_size, self.quality,
-                           writer, ahead, bar)
+            if self.worker_op is not None:
+                _convert_range_in_workers(executor, self.worker_op, self.plan, start, end, self.batch_size,
+                                          self.quality, writer, ahead, bar)
+            else:
+                _convert_range(executor, self.privatizer, self.plan, start, end, self.batch_size, self.quality,
+                               writer, ahead, bar)
         if i == self.num_shards - 1:
             self._write_tail()
         sizes = {"rec": os.path.getsize(rec), "idx": os.path.getsize(idx)}

@@ -45,6 +45,11 @@ class Privatizer:
     def _apply(self, images, keys, j):  # [N, 3, H, W] -> [N, 3, H, W]
         raise NotImplementedError
 
+    def worker_op(self):
+        """A torch-free ``pixelops`` op with the same output bytes, or None (the converter then
+        runs this privatizer in its own process). Cheap ops run in the decode workers."""
+        return None
+
     def params(self):
         return {}
 
@@ -59,6 +64,11 @@ class Identity(Privatizer):
 
     def _apply(self, images, keys, j):
         return images.float().clone()
+
+    def worker_op(self):
+        from .pixelops import IdentityOp
+
+        return IdentityOp(self.k)
 
 
 def gaussian_kernel(sigma):
@@ -88,10 +98,30 @@ class GaussianBlur(Privatizer):
         if radius >= min(h, w):
             raise ValueError(f"blur sigma {self.sigma} needs a {kernel.numel()}-pixel kernel, too wide "
                              f"for {h}x{w} images")
-        # separable: rows then columns, each channel on its own (groups=c)
-        x = F.pad(images.float(), (radius, radius, radius, radius), mode="reflect")
-        x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # [N, C, H+2r, W]
-        return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # [N, C, H, W]
+        x = _blur_axis(images.float(), kernel, 3)  # along W first, then H, as pixelops.BlurOp
+        return _blur_axis(x, kernel, 2)
+
+    def worker_op(self):
+        from .pixelops import BlurOp
+
+        return BlurOp(gaussian_kernel(self.sigma).float().numpy(), self.k)
+
+
+def _blur_axis(x, kernel, dim):
+    """1-D symmetric filter along ``dim`` with reflected borders, summed in a fixed order.
+
+    Not F.conv2d: its summation order is the backend's, and the converter's workers run the same
+    blur in numpy (pixelops.blur_axis); elementwise ops in one written order give the same float32
+    bits in both, so a record's bytes do not depend on where it was blurred.
+    """
+    radius = (kernel.numel() - 1) // 2
+    n = x.shape[dim]
+    pad = (radius, radius, 0, 0) if dim == 3 else (0, 0, radius, radius)
+    padded = F.pad(x, pad, mode="reflect")
+    acc = padded.narrow(dim, radius, n) * kernel[radius]
+    for t in range(1, radius + 1):
+        acc += (padded.narrow(dim, radius - t, n) + padded.narrow(dim, radius + t, n)) * kernel[radius + t]
+    return acc
 
 
 class Pixelate(Privatizer):
@@ -113,6 +143,11 @@ class Pixelate(Privatizer):
         means = F.avg_pool2d(images.float(), b, stride=b, ceil_mode=True)  # [N, C, ceil(H/b), ceil(W/b)]
         blocks = means.repeat_interleave(b, dim=2).repeat_interleave(b, dim=3)
         return blocks[..., :h, :w].contiguous()
+
+    def worker_op(self):
+        from .pixelops import PixelateOp
+
+        return PixelateOp(self.block_size, self.k)
 
 
 class GaussianNoise(Privatizer):
@@ -165,6 +200,11 @@ class MaskedOnly(Privatizer):
         mask = self.masks(keys, patches.shape[1], j).to(images.device)  # [N, L]
         patches = patches * (1.0 - mask).unsqueeze(-1)  # grey is 0 in the normalised space
         return unpatchify(patches, self.patch_size, images.shape[1])
+
+    def worker_op(self):
+        from .pixelops import MaskOp
+
+        return MaskOp(self.patch_size, self.mask_ratio, self.seed, self.k)
 
 
 _BASELINES = {"blur": GaussianBlur, "pixelate": Pixelate, "noise": GaussianNoise, "masked": MaskedOnly}

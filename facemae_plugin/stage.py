@@ -15,23 +15,10 @@ import os
 
 import torch
 
-from .models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking, seed_for_key
+from .keyseed import variant_key  # noqa: F401  (re-exported: stage.variant_key is public)
+from .models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
 from .train.common import autocast as autocast_context
 from .train.common import pick_device
-
-_KEY_BITS = (1 << 63) - 1  # derived keys stay non-negative int64 (torch tensors, JSON)
-
-
-def variant_key(key, j):
-    """Mask key of the j-th reconstruction of record ``key``: ``key`` itself for j = 0."""
-    key, j = int(key), int(j)
-    if j < 0:
-        raise ValueError(f"reconstruction index must be >= 0, got {j}")
-    if j == 0:
-        return key
-    # a 64-bit mix of (key, j): distinct j give unrelated masks (seed_for_key mixes it once more
-    # with the run's seed before it seeds the mask generator)
-    return seed_for_key(key, j) & _KEY_BITS
 
 
 def variant_keys(keys, k):

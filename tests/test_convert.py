@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from facemae_plugin.cli import main
-from facemae_plugin.convert import convert, shard_range
+from facemae_plugin.convert import _convert_batch, _make_executor, convert, shard_range
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.privatize import MaskedOnly
+from facemae_plugin.privatize import GaussianBlur, Identity, MaskedOnly, Pixelate
 from facemae_plugin.recordio import IndexedRecordReader, IRHeader, RecordWriter, encode_image, pack, unpack
 from facemae_plugin.stage import ReconstructionStage, variant_key
 from tests.conftest import smooth_image, write_layout_a
@@ -447,3 +447,43 @@ def test_torchrun_ranks_write_one_shard_each_and_rank0_merges(shard_a, checkpoin
     assert sorted(s["shards_run"][0] for s in summaries) == [0, 1]
     assert all(s["num_shards"] == 2 for s in summaries)
     assert output_bytes(out) == output_bytes(tmp_path / "whole")
+
+
+# --------------------------------------------------------------------------- privatizers in the workers
+
+
+class InProcess:
+    """A privatizer without its worker op: the converter runs it in its own process with torch."""
+
+    def __init__(self, privatizer):
+        self.inner = privatizer
+        self.k = privatizer.k
+
+    def variants(self, images, keys):
+        return self.inner.variants(images, keys)
+
+    def provenance(self):
+        return self.inner.provenance()
+
+
+@pytest.mark.parametrize("privatizer", [
+    Identity(k=2), GaussianBlur(2.0, k=2), Pixelate(5), MaskedOnly(patch_size=8, mask_ratio=0.75, seed=SEED, k=2),
+], ids=lambda p: p.method)
+def test_worker_path_and_in_process_path_write_the_same_bytes(privatizer, tmp_path):
+    source = tmp_path / "b"
+    write_layout_b(source, [9, 4, 30, 2, 17], [1.0, [2.0, 0.5], 0.0, 3.0, [1.0, 4.0]], seed=2)
+    run_convert(source, tmp_path / "workers", privatizer, batch_size=2, workers=1)
+    run_convert(source, tmp_path / "parent", InProcess(privatizer), batch_size=2, workers=1)
+    workers, parent = output_bytes(tmp_path / "workers"), output_bytes(tmp_path / "parent")
+    assert workers["train.rec"] and workers == parent
+
+
+def test_decode_workers_never_import_torch(shard_a):
+    executor = _make_executor(str(shard_a), 1)
+    try:
+        keys = [1, 2, 3]
+        executor.submit(_convert_batch, keys, MaskedOnly(seed=SEED).worker_op(), 1, 95).result()
+        assert executor.submit(eval, "'torch' in __import__('sys').modules").result() is False
+    finally:
+        executor.shutdown()
+

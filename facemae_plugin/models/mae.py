@@ -22,6 +22,7 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from ..keyseed import _splitmix64, seed_for_key  # noqa: F401  (re-exported)
 from ..losses import masked_mse
 
 __all__ = [
@@ -144,21 +145,6 @@ def mask_from_ids(ids_shuffle: torch.Tensor, len_keep: int) -> torch.Tensor:
     """[N, L] float mask, 1 = masked, from the first len_keep ids of ids_shuffle being visible."""
     mask = torch.ones(ids_shuffle.shape, device=ids_shuffle.device)  # [N, L]
     return mask.scatter(1, ids_shuffle[:, :len_keep], 0.0)
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def seed_for_key(seed: int, key: int) -> int:
-    """A 64-bit generator seed from (seed, record key); stable across runs and machines."""
-    return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ (int(key) & _MASK64))
 
 
 def mask_noise_for_keys(seed: int, keys: Iterable[int], num_patches: int) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""Torch-free twins of the cheap privatizers, run by the converter's decode worker processes.
+
+Each op maps RGB uint8 ``[B, H, W, 3]`` and the records' keys to RGB uint8 ``[B * k, H, W, 3]``
+(record-major) with exactly the bytes ``convert.privatize_batch`` gives with the torch privatizer:
+the same float32 operations in the same order, the same rounding. ``Privatizer.worker_op()``
+builds them (with parameters the torch side computed, e.g. blur weights), so converting with
+them in the workers or with torch in the parent writes identical files (tests/test_pixelops.py).
+The converter's workers import this module and numpy only; torch stays in the parent.
+"""
+import numpy as np
+
+from .keyseed import seed_for_key, variant_key
+
+_GREY = 128  # normalised 0.0 after data.denormalise: round(127.5) to even
+
+
+def normalise(rgb):
+    """uint8 -> float32 in [-1, 1], as convert.privatize_batch does it (divide, then subtract)."""
+    return rgb.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def denormalise(images):
+    """float32 -> uint8 like data.denormalise: (x + 1) * 127.5, round half to even, clip."""
+    pixels = (images + np.float32(1.0)) * np.float32(127.5)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+class IdentityOp:
+    """(x / 127.5 - 1 + 1) * 127.5 rounds back to x for every uint8 x, so no float math is needed."""
+
+    def __init__(self, k=1):
+        self.k = int(k)
+
+    def __call__(self, rgb, keys):
+        return np.repeat(rgb, self.k, axis=0)
+
+
+class BlurOp:
+    """Separable Gaussian blur with reflected borders; ``weights`` float32 [2r + 1], symmetric.
+
+    The torch side (privatize.GaussianBlur) runs the same sums: per pass, the centre tap times its
+    weight, then for t = 1..r the pair (x[i - t] + x[i + t]) times weight r + t, added in order.
+    """
+
+    def __init__(self, weights, k=1):
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.k = int(k)
+
+    def __call__(self, rgb, keys):
+        # image by image: the working arrays stay in cache; elementwise results do not depend on it
+        out = np.stack([denormalise(self.blur(normalise(image))) for image in rgb]) if len(rgb) else rgb
+        return np.repeat(out, self.k, axis=0)
+
+    def blur(self, image):
+        """float32 [H, W, C] -> [H, W, C]: columns (along W) first, then rows, like the torch side."""
+        return blur_axis(blur_axis(image, self.weights, 1), self.weights, 0)
+
+
+def blur_axis(image, weights, axis):
+    """1-D symmetric filter along ``axis`` with reflect-101 padding, fixed summation order."""
+    radius = (len(weights) - 1) // 2
+    n = image.shape[axis]
+    if radius >= n:  # np.pad would reflect more than once; torch refuses, and so does GaussianBlur
+        raise ValueError(f"a {len(weights)}-pixel blur kernel is too wide for {n}-pixel images")
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (radius, radius)
+    padded = np.pad(image, pad, mode="reflect")
+
+    def shifted(offset):  # padded[i + radius + offset] for i in 0..n-1, a view
+        return padded[(slice(None),) * axis + (slice(radius + offset, radius + offset + n),)]
+
+    acc = shifted(0) * weights[radius]
+    for t in range(1, radius + 1):
+        acc += (shifted(-t) + shifted(t)) * weights[radius + t]
+    return acc
+
+
+class PixelateOp:
+    """Block means (partial edge blocks average their real pixels), summed like avg_pool2d: row-major."""
+
+    def __init__(self, block_size, k=1):
+        self.block_size = int(block_size)
+        self.k = int(k)
+
+    def __call__(self, rgb, keys):
+        b = self.block_size
+        n, h, w, c = rgb.shape
+        gh, gw = -(-h // b), -(-w // b)
+        x = np.zeros((n, gh * b, gw * b, c), np.float32)  # zeros past the edge add exactly nothing
+        x[:, :h, :w] = normalise(rgb)
+        blocks = x.reshape(n, gh, b, gw, b, c)
+        sums = np.zeros((n, gh, gw, c), np.float32)
+        for row in range(b):
+            for col in range(b):
+                sums += blocks[:, :, row, :, col, :]
+        means = sums / _block_counts(h, w, b)[None, :, :, None]
+        out = denormalise(np.repeat(np.repeat(means, b, axis=1), b, axis=2)[:, :h, :w])
+        return np.repeat(out, self.k, axis=0)
+
+
+def _block_counts(h, w, b):
+    """float32 [ceil(h/b), ceil(w/b)]: real pixels in each block."""
+    rows = np.minimum(b, h - np.arange(0, h, b))
+    cols = np.minimum(b, w - np.arange(0, w, b))
+    return np.outer(rows, cols).astype(np.float32)
+
+
+class MaskOp:
+    """FaceMAE's mask for (seed, variant key) with masked patches grey: masked-only baseline.
+
+    A visible pixel round-trips exactly (see IdentityOp) and a masked one becomes normalised 0.0,
+    i.e. 128, so the op works on uint8 directly. The mask needs torch's ``torch.rand`` draws for
+    the key's seed, reproduced by ``torch_rand_bits``.
+    """
+
+    def __init__(self, patch_size, mask_ratio, seed=0, k=1):
+        self.patch_size = int(patch_size)
+        self.mask_ratio = float(mask_ratio)
+        self.seed = int(seed)
+        self.k = int(k)
+
+    def __call__(self, rgb, keys):
+        p = self.patch_size
+        n, h, w, c = rgb.shape
+        mask_keys = [variant_key(key, j) for key in keys for j in range(self.k)]
+        masks = self.masks(mask_keys, (h // p) * (w // p))  # [n * k, L] bool, True = masked
+        out = np.repeat(rgb, self.k, axis=0)
+        patches = out.reshape(n * self.k, h // p, p, w // p, p, c)  # a view of out
+        grid = masks.reshape(n * self.k, h // p, 1, w // p, 1, 1)
+        np.copyto(patches, np.uint8(_GREY), where=np.broadcast_to(grid, patches.shape))
+        return out
+
+    def masks(self, mask_keys, num_patches):
+        """[N, L] bool: the L - len_keep patches of highest noise (stable order on ties) are masked."""
+        bits = torch_rand_bits([seed_for_key(self.seed, key) for key in mask_keys], num_patches)
+        len_keep = max(1, int(num_patches * (1 - self.mask_ratio)))  # models.mae.num_visible
+        order = np.argsort(bits, axis=1, kind="stable")  # the float noise is bits / 2**24: same order
+        masks = np.ones(bits.shape, dtype=bool)
+        np.put_along_axis(masks, order[:, :len_keep], False, axis=1)
+        return masks
+
+
+def torch_rand_bits(seeds, count):
+    """uint32 [N, count]: the 24-bit integers behind ``torch.rand(count, generator=g)``, ``g`` seeded
+    with ``seeds[i]`` (``torch.rand`` = bits / 2**24).
+
+    torch's CPU generator is MT19937 seeded with the low 32 bits of the seed (the reference
+    init_genrand), and a float32 uniform keeps the low 24 bits of one 32-bit draw.
+    """
+    out = np.empty((len(seeds), count), dtype=np.uint32)
+    for i, state in enumerate(_mt19937_states(seeds)):
+        generator = np.random.MT19937()
+        generator.state = {"bit_generator": "MT19937", "state": {"key": state, "pos": 624}}
+        out[i] = generator.random_raw(count) & 0xFFFFFF
+    return out
+
+
+def _mt19937_states(seeds):
+    """uint32 [N, 624] init_genrand states, computed for all seeds at once."""
+    state = np.empty((len(seeds), 624), dtype=np.uint64)
+    state[:, 0] = [int(s) & 0xFFFFFFFF for s in seeds]
+    for i in range(1, 624):
+        prev = state[:, i - 1]
+        state[:, i] = (np.uint64(1812433253) * (prev ^ (prev >> np.uint64(30))) + np.uint64(i)) & np.uint64(0xFFFFFFFF)
+    return state.astype(np.uint32)

@@ -1,0 +1,57 @@
+"""pixelops: the converter's torch-free worker ops give the torch privatizers' exact bytes."""
+import numpy as np
+import pytest
+import torch
+
+from facemae_plugin.convert import privatize_batch
+from facemae_plugin.keyseed import seed_for_key, variant_key
+from facemae_plugin.models import mae
+from facemae_plugin.pixelops import torch_rand_bits
+from facemae_plugin.privatize import GaussianBlur, GaussianNoise, Identity, MaskedOnly, Pixelate
+from facemae_plugin.stage import variant_key as stage_variant_key
+
+
+def random_rgb(n=6, size=112, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("privatizer", [
+    Identity(k=2), GaussianBlur(3.0), GaussianBlur(0.8, k=2), Pixelate(8), Pixelate(5, k=2),
+    MaskedOnly(8, 0.75, seed=3), MaskedOnly(16, 0.5, seed=0, k=3),
+], ids=lambda p: f"{p.method}-{p.params()}-k{p.k}")
+def test_worker_op_gives_the_torch_privatizers_bytes(privatizer):
+    rgb, keys = random_rgb(), [1, 2, 3, 500, 2 ** 40, 7]
+    expected = privatize_batch(privatizer, rgb, keys)  # the converter's in-process path
+    np.testing.assert_array_equal(privatizer.worker_op()(rgb, keys), expected)
+
+
+def test_blur_float_values_match_bit_for_bit():
+    """Same summation order on both sides, not merely the same rounded bytes."""
+    blur, rgb = GaussianBlur(3.0), random_rgb(2, seed=1)
+    images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    expected = blur(images, [1, 2]).permute(0, 2, 3, 1).numpy()
+    op = blur.worker_op()
+    from facemae_plugin.pixelops import normalise
+
+    assert np.array_equal(np.stack([op.blur(normalise(image)) for image in rgb]), expected)
+
+
+def test_blur_too_wide_for_the_image_is_refused_like_torch():
+    with pytest.raises(ValueError, match="too wide"):
+        GaussianBlur(3.0).worker_op()(random_rgb(1, size=8), [1])
+
+
+def test_torch_rand_is_reproduced_for_any_64_bit_seed():
+    seeds = [seed_for_key(3, key) for key in range(64)] + [0, 1, 2 ** 32 + 5, 2 ** 64 - 1]
+    expected = np.stack([torch.rand(196, generator=torch.Generator().manual_seed(s)).numpy() for s in seeds])
+    assert np.array_equal(torch_rand_bits(seeds, 196).astype(np.float32) / np.float32(2 ** 24), expected)
+
+
+def test_key_seeds_are_the_models_and_the_stages():
+    assert mae.seed_for_key is seed_for_key and stage_variant_key is variant_key
+    assert variant_key(5, 0) == 5 and variant_key(5, 1) != variant_key(5, 2)
+
+
+def test_noise_and_models_have_no_worker_op():
+    """torch.randn's CPU kernel (vectorised log/sin/cos) has no bit-exact numpy twin."""
+    assert GaussianNoise(25.0).worker_op() is None
