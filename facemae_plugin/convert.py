@@ -36,6 +36,7 @@ rewrites the offsets of ``OUT/train.idx`` (no re-encoding); ``train.rec`` is ren
 last, so it exists only when the output is whole. A rerun skips the shards already marked done.
 """
 import contextlib
+import functools
 import glob
 import json
 import multiprocessing as mp
@@ -241,8 +242,30 @@ def _convert_range(executor, privatizer, plan, start, end, batch_size, quality, 
                          executor.submit(_encode_batch, out_prefixes, out_rgb, quality)))
         while encoding and (len(encoding) > ahead or encoding[0][1].done()):
             _write_oldest(encoding, writer, bar, plan.k)
+        _release_free_memory()
     while encoding:
         _write_oldest(encoding, writer, bar, plan.k)
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None on other C libraries (musl, macOS)."""
+    import ctypes
+
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def _release_free_memory():
+    """Hand the heap pages freed by the last batch back to the OS.
+
+    Each batch allocates and frees a few MB-sized buffers (pixels, float tensors, pickles). glibc
+    serves them from its heap once its dynamic mmap threshold has risen past their size, and the
+    freed chunks fragment; without this the converter's RSS crept up with the number of batches
+    (copy through this process, 2 workers: peak 867 / 893-1077 MB at 1000 / 4000 images).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _convert_range_in_workers(executor, op, plan, start, end, batch_size, quality, writer, ahead, bar):
