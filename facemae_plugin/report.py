@@ -86,7 +86,9 @@ def spread_keys(shard_dir, count):
 
 def save_release_samples(path, sources, keys):
     """One row per released set (``[(label, shard_dir)]``), one column per record key: the same faces."""
-    figure = new_figure(1.1 * len(keys) + 1.6, 1.15 * len(sources) + 0.3)
+    label_width = 2.3  # inches for row labels such as "FaceMAE no-IRM full 0.75"
+    width = 1.1 * len(keys) + label_width
+    figure = new_figure(width, 1.15 * len(sources) + 0.3)
     for r, (label, shard_dir) in enumerate(sources):
         with FaceShard(shard_dir) as shard:
             for c, key in enumerate(keys):
@@ -96,7 +98,7 @@ def save_release_samples(path, sources, keys):
                 axes.set_yticks([])
                 if c == 0:
                     axes.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    figure.subplots_adjust(left=1.5 / (1.1 * len(keys) + 1.6), right=0.99, top=0.98, bottom=0.02,
+    figure.subplots_adjust(left=(label_width - 0.1) / width, right=0.99, top=0.98, bottom=0.02,
                            wspace=0.04, hspace=0.04)
     return save_figure(figure, path)
 
