@@ -16,8 +16,9 @@ import shlex
 import sys
 
 from facemae_plugin.experiment import Experiment, check_variant, load_python_config
-from facemae_plugin.report import (aggregate, markdown_table, plot_tradeoff, save_release_samples,
-                                   spread_keys, tradeoff_verdict, write_json)
+from facemae_plugin.evaluation.audit import write_json
+from facemae_plugin.report import (aggregate, markdown_table, plot_tradeoff, save_release_samples, spread_keys,
+                                   tradeoff_verdict)
 
 SAMPLE_FACES = 8
 
@@ -80,15 +81,16 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:]))
     rows = []
-    plan = planned_rows(variants, args.only)
+    # Rows take the variant without its seed list.
+    plan = [({k: v for k, v in variant.items() if k != "seeds"}, seed)
+            for variant, seed in planned_rows(variants, args.only)]
     if args.finished_only:
         plan = [(v, seed) for v, seed in plan if experiment.row_finished(v, seed, informed_attacker=True)]
     if not plan:
         raise SystemExit("no rows to run" + (" are finished yet" if args.finished_only else ""))
     for n, (variant, seed) in enumerate(plan, 1):
         print(f"=== row {n}/{len(plan)}: {variant['name']} seed {seed}", flush=True)
-        rows.append(experiment.row({k: v for k, v in variant.items() if k != "seeds"}, seed,
-                                   informed_attacker=True))
+        rows.append(experiment.row(variant, seed, informed_attacker=True))
         summary, verdicts, table = write_results(experiment, rows, out_dir, command)
     print(table)
     print("\n".join(v["text"] for v in verdicts))
@@ -96,7 +98,7 @@ def main(argv=None):
     for variant, seed in plan:
         first_rows.setdefault(variant["name"], (variant, seed))
     sources = [("original", experiment.path("data", "release"))] + [
-        (v["name"], experiment.release({k: x for k, x in v.items() if k != "seeds"}, seed)["released"])
+        (v["name"], experiment.release(v, seed)["released"])
         for v, seed in first_rows.values() if v["method"] != "original"]
     save_release_samples(os.path.join(out_dir, "samples.png"), sources,
                          spread_keys(experiment.path("data", "release"), SAMPLE_FACES))

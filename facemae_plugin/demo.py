@@ -8,7 +8,8 @@ a re-run reuses finished stages (see ``experiment.Experiment``).
 import json
 
 from .experiment import ORIGINAL, Experiment, load_python_config
-from .report import aggregate, markdown_table, save_release_samples, spread_keys, write_json
+from .evaluation.audit import write_json
+from .report import aggregate, markdown_table, save_release_samples, spread_keys
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's stages.
 FACEMAE_FULL = {"name": "FaceMAE full 0.75", "method": "facemae", "output": "full", "mask_ratio": 0.75, "irm": True}

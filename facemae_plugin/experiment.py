@@ -21,6 +21,7 @@ import time
 from easydict import EasyDict as edict
 
 from .config import merge_config
+from .evaluation.audit import write_json
 from .synthdata import write_holdout_bin, write_identity_shard
 
 PROTOCOL_DEFAULTS = {
@@ -120,9 +121,7 @@ class Experiment:
                 raise ProtocolError(f"{self.work_dir} holds stages of another protocol (differs in "
                                     f"{', '.join(changed)}); use a new work directory")
             return
-        with open(path + ".tmp", "w") as f:
-            json.dump(current, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(current, path)
 
     def path(self, *parts):
         return os.path.join(self.work_dir, *parts)
@@ -145,10 +144,7 @@ class Experiment:
         started = time.perf_counter()
         result = build()
         result = {**result, "seconds": round(time.perf_counter() - started, 1)}
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        with open(marker + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(marker + ".tmp", marker)
+        write_json(result, marker)
         return result
 
     # --- data -----------------------------------------------------------------------------
@@ -232,6 +228,11 @@ class Experiment:
 
     # --- one released variant -------------------------------------------------------------------
 
+    @staticmethod
+    def row_name(variant, seed):
+        """Names the recogniser trained on a (variant, seed) release and its stages."""
+        return f"{slug(variant['name'])}-s{seed}"
+
     def release_name(self, variant, seed):
         name = slug(variant["name"])
         return name if variant["method"] in DETERMINISTIC_METHODS else f"{name}-s{seed}"
@@ -280,11 +281,11 @@ class Experiment:
 
         released = self.release(variant, seed)["released"]
         p = self.protocol
-        out = self.path("recognisers", f"{slug(variant['name'])}-s{seed}")
+        out = self.path("recognisers", self.row_name(variant, seed))
         # The verify stage evaluates the final model once; per-epoch checks would only cost time.
         cfg = self.recognition_config(p.recogniser, released, p.data.release_identities, out,
                                       p.recogniser.seed + seed, verify_each_epoch=False)
-        return self.run_stage(f"recogniser-{slug(variant['name'])}-s{seed}", lambda: summarise_training(
+        return self.run_stage(f"recogniser-{self.row_name(variant, seed)}", lambda: summarise_training(
             train_recogniser(cfg, device=p.device, progress=self.progress)))
 
     def verify(self, variant, seed):
@@ -292,7 +293,7 @@ class Experiment:
         from .evaluation.verify import verify_bin
 
         model = self.recogniser(variant, seed)["model"]
-        out = self.path("recognisers", f"{slug(variant['name'])}-s{seed}")
+        out = self.path("recognisers", self.row_name(variant, seed))
 
         def build():
             embedder = load_embedder(model, self.protocol.recogniser.network, device=self.device)
@@ -300,7 +301,7 @@ class Experiment:
             return {key: report[key] for key in ("accuracy_flip", "accuracy_std", "tar_at_far", "far_target",
                                                  "roc_png")}
 
-        return self.run_stage(f"verify-{slug(variant['name'])}-s{seed}", build)
+        return self.run_stage(f"verify-{self.row_name(variant, seed)}", build)
 
     def attacker(self, kind):
         """``(model.pt, network)`` of an attacker recogniser.
@@ -322,18 +323,21 @@ class Experiment:
 
         released = self.release(variant, seed)["released"]
         model, network = self.attacker(attacker)
-        name = self.release_name(variant, seed)
-        stage = f"audit-{name}" if attacker == "teacher" else f"audit-{attacker}-{name}"
+        name = self.audit_name(self.release_name(variant, seed), attacker)
 
         def build():
             embedder = load_embedder(model, network, device=self.device)
             report = audit(self.path("data", "release"), released, embedder, device=self.device,
-                           out_dir=self.path("audits", name if attacker == "teacher" else f"{attacker}-{name}"),
+                           out_dir=self.path("audits", name),
                            progress=self.progress, model=model, plots=attacker == "teacher")
             return {key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
                                                  "mean_source_cosine", "report")}
 
-        return self.run_stage(stage, build)
+        return self.run_stage(f"audit-{name}", build)
+
+    @staticmethod
+    def audit_name(release_name, attacker):
+        return release_name if attacker == "teacher" else f"{attacker}-{release_name}"
 
     def row(self, variant, seed, informed_attacker=False):
         """Every stage of one (variant, seed): released, trained, verified, audited.
@@ -356,8 +360,9 @@ class Experiment:
 
     def row_finished(self, variant, seed, informed_attacker=False):
         """Whether ``row`` would only reuse finished stages (nothing to train or convert)."""
-        row_name, release = f"{slug(variant['name'])}-s{seed}", self.release_name(variant, seed)
-        stages = [f"verify-{row_name}", f"audit-{release}"] + ([f"audit-informed-{release}"] if informed_attacker else [])
+        release = self.release_name(variant, seed)
+        attackers = ["teacher"] + (["informed"] if informed_attacker else [])
+        stages = [f"verify-{self.row_name(variant, seed)}"] + [f"audit-{self.audit_name(release, a)}" for a in attackers]
         return all(os.path.isfile(self.path("stages", f"{stage}.done.json")) for stage in stages)
 
     @property

@@ -1,6 +1,4 @@
 """What a person reads after a protocol run: the results table, sample releases, the trade-off plot."""
-import json
-import os
 
 import numpy as np
 
@@ -48,14 +46,6 @@ def markdown_table(summary):
             cells.append(cell + (" ± " + fmt.format(100 * std) if len(entry["seeds"]) > 1 else ""))
         lines.append(f"| {entry['variant']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_json(value, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
 
 
 def plot_tradeoff(summary, path, title="Utility vs privacy leakage"):

@@ -140,7 +140,8 @@ def leak_ranking(result, query_keys, gallery_keys, query_labels, count):
 
 
 def write_json(report, path):
-    """Write ``report`` to ``path`` atomically; returns the path."""
+    """Write ``report`` to ``path`` atomically (creating its folder); returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2, default=str)
