@@ -34,8 +34,9 @@ PROTOCOL_DEFAULTS = {
                 "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
     # Batch 32: twice the updates of 64 for the same CPU time, which a short run needs more than
     # gradient precision.
+    # w_visible: weight of the pixel loss on visible patches (0 is MAE's masked-only loss).
     "facemae": {"preset": "tiny", "patch_size": 8, "mask_ratio": 0.75, "output": "full", "irm_weight": 1.0,
-                "num_epoch": 10, "warmup_epoch": 1, "batch_size": 32, "lr": 1e-3},
+                "w_visible": 1.0, "num_epoch": 10, "warmup_epoch": 1, "batch_size": 32, "lr": 1e-3},
     # Every released variant trains this same recogniser with the same budget.
     "recogniser": {"network": "mbf", "num_epoch": 3, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
                    "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
@@ -48,7 +49,7 @@ PROTOCOL_DEFAULTS = {
 # Privatizers whose output does not depend on a seed: one release serves every seed of their row.
 DETERMINISTIC_METHODS = ("original", "blur", "pixelate")
 ORIGINAL = {"name": "original", "method": "original"}
-VARIANT_KEYS = {"name", "method", "sigma", "block_size", "std", "mask_ratio", "output", "irm"}
+VARIANT_KEYS = {"name", "method", "sigma", "block_size", "std", "mask_ratio", "output", "irm", "pretrain"}
 
 
 def slug(name):
@@ -91,7 +92,19 @@ def check_variant(variant):
         raise ProtocolError(f"variant {variant}: needs name and method; unknown keys {sorted(unknown)}")
     if variant["method"] == "facemae" and variant.get("irm", True) not in (True, False):
         raise ProtocolError(f"variant {variant['name']}: irm must be True or False")
+    if "pretrain" in variant:
+        if variant["method"] != "facemae":
+            raise ProtocolError(f"variant {variant['name']}: pretrain overrides need method facemae")
+        merge_protocol(variant["pretrain"], PROTOCOL_DEFAULTS["facemae"], f"variant {variant['name']}.pretrain")
     return variant
+
+
+def facemae_stage_name(irm=True, overrides=None):
+    """``facemae``, ``facemae_no_irm`` or ``facemae-<key><value>...`` for a model trained with overrides."""
+    name = "facemae" if irm else "facemae_no_irm"
+    for key, value in sorted((overrides or {}).items()):
+        name += f"-{key}{value}"
+    return name
 
 
 # --------------------------------------------------------------------------- stages
@@ -203,13 +216,17 @@ class Experiment:
 
         return self.run_stage("teacher", build)
 
-    def facemae(self, irm=True):
-        """FaceMAE pretrained on split A; ``irm=False`` is the ablation without the teacher."""
+    def facemae(self, irm=True, overrides=None):
+        """FaceMAE pretrained on split A; ``irm=False`` is the ablation without the teacher.
+
+        ``overrides`` (keys of the protocol's ``facemae`` block, e.g. ``{"irm_weight": 0.3}``) train
+        another model in its own stage, for sweeps of the training recipe.
+        """
         from .train.pretrain import pretrain
 
         p = self.protocol
-        f = p.facemae
-        name = "facemae" if irm else "facemae_no_irm"
+        f = merge_protocol(overrides, p.facemae, "pretrain")
+        name = facemae_stage_name(irm, overrides)
         if irm and f.irm_weight > 0:
             self.teacher()
         else:
@@ -221,7 +238,7 @@ class Experiment:
             "weight_decay": 0.05, "num_epoch": f.num_epoch, "warmup_epoch": f.warmup_epoch,
             "num_workers": p.num_workers, "fp16": p.mixed_precision, "seed": p.seed, "output": self.path(name),
             "mae": {"preset": f.preset, "patch_size": f.patch_size, "mask_ratio": f.mask_ratio,
-                    "output": f.output},
+                    "output": f.output, "w_visible": f.w_visible},
             "irm": irm_block})
         return self.run_stage(name, lambda: summarise_training(
             pretrain(cfg, device=p.device, progress=self.progress)))
@@ -261,8 +278,7 @@ class Experiment:
 
         method, f = variant["method"], self.protocol.facemae
         if method == "facemae":
-            irm = variant.get("irm", True)
-            checkpoint = self.facemae(irm=irm)["checkpoint"]
+            checkpoint = self.facemae(irm=variant.get("irm", True), overrides=variant.get("pretrain"))["checkpoint"]
             return make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=variant.get("mask_ratio", f.mask_ratio),
                                    output=variant.get("output", f.output), seed=seed, device=self.protocol.device,
                                    autocast=self.protocol.mixed_precision)

@@ -8,7 +8,8 @@ import pytest
 from facemae_plugin import synth
 from facemae_plugin.binfile import load_bin
 from facemae_plugin.demo import run_demo
-from facemae_plugin.experiment import Experiment, ProtocolError, merge_protocol, slug
+from facemae_plugin.experiment import Experiment, ProtocolError, check_variant, merge_protocol, slug
+from facemae_plugin.models.mae import FaceMAE
 from facemae_plugin.recordio import decode_image
 from facemae_plugin.shard import FaceShard
 
@@ -36,6 +37,25 @@ def test_a_work_dir_refuses_a_second_protocol(tmp_path):
     Experiment(tmp_path, TOY, progress=False)  # the same protocol reopens
     with pytest.raises(ProtocolError, match="differs in seed"):
         Experiment(tmp_path, {**TOY, "seed": 1}, progress=False)
+
+
+def test_pretrain_overrides_train_their_own_model_with_their_settings(tmp_path):
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    plain = experiment.facemae(irm=False)
+    swept = experiment.facemae(irm=False, overrides={"w_visible": 0.0})
+    assert os.path.dirname(plain["checkpoint"]) != os.path.dirname(swept["checkpoint"])
+    assert os.path.isfile(tmp_path / "stages" / "facemae_no_irm-w_visible0.0.done.json")
+    assert FaceMAE.from_checkpoint(plain["checkpoint"]).extra_config["w_visible"] == 1.0
+    assert FaceMAE.from_checkpoint(swept["checkpoint"]).extra_config["w_visible"] == 0.0
+
+
+def test_pretrain_overrides_are_checked_before_anything_runs():
+    good = dict(name="x", method="facemae", pretrain={"irm_weight": 0.3})
+    assert check_variant(good) is good
+    with pytest.raises(ProtocolError, match=r"x.pretrain: unknown key 'irm'"):
+        check_variant(dict(name="x", method="facemae", pretrain={"irm": 0.3}))
+    with pytest.raises(ProtocolError, match="pretrain overrides need method facemae"):
+        check_variant(dict(name="x", method="blur", pretrain={"irm_weight": 0.3}))
 
 
 def test_slug_makes_file_names():

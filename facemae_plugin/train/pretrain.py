@@ -166,7 +166,8 @@ def end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, parts):
     if not process.is_main:
         return record
     extra = {"recipe": os.path.basename(cfg.get("config_path", "")), "mask_ratio": cfg.mae.mask_ratio,
-             "output": cfg.mae.output, "irm_weight": cfg.irm.weight if cfg.get("irm") else 0.0}
+             "output": cfg.mae.output, "w_visible": cfg.mae.w_visible,
+             "irm_weight": cfg.irm.weight if cfg.get("irm") else 0.0}
     mae.save_checkpoint(os.path.join(cfg.output, CHECKPOINT_NAME), step=step, extra_config=extra)
     atomic_save({"model": mae.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                  "step": step}, os.path.join(cfg.output, RESUME_NAME))
