@@ -12,6 +12,7 @@ import numpy as np
 from .keyseed import seed_for_key, variant_key
 
 _GREY = 128  # normalised 0.0 after data.denormalise: round(127.5) to even
+_NOISE_SALT = 0x6E6F697365  # "noise": keeps noise draws apart from mask draws of the same key
 
 
 def normalise(rgb):
@@ -103,6 +104,34 @@ def _block_counts(h, w, b):
     rows = np.minimum(b, h - np.arange(0, h, b))
     cols = np.minimum(b, w - np.arange(0, w, b))
     return np.outer(rows, cols).astype(np.float32)
+
+
+def gaussian_draws(seed, keys, shape, j=0):
+    """float32 [N, *shape] standard normal draws, row i from (seed, keys[i], j) alone.
+
+    numpy's generator, not torch's, so the noise baseline's torch side (privatize.GaussianNoise)
+    and its worker op share one source: torch.randn's vectorised log/sin/cos has no bit-exact
+    numpy twin.
+    """
+    rows = [np.random.Generator(np.random.PCG64(seed_for_key(int(seed) ^ _NOISE_SALT, variant_key(key, j))))
+            .standard_normal(shape, dtype=np.float32) for key in keys]
+    return np.stack(rows) if rows else np.zeros((0, *shape), np.float32)
+
+
+class NoiseOp:
+    """Additive Gaussian noise, ``std`` in grey levels, clipped: privatize.GaussianNoise's float32 steps."""
+
+    def __init__(self, std, seed=0, k=1):
+        self.scale = np.float32(float(std) / 127.5)  # torch multiplies a float32 tensor by it in float32
+        self.seed = int(seed)
+        self.k = int(k)
+
+    def __call__(self, rgb, keys):
+        n, h, w, c = rgb.shape
+        images = np.repeat(normalise(rgb), self.k, axis=0)  # [n * k, H, W, C]
+        noise = np.stack([gaussian_draws(self.seed, keys, (c, h, w), j) for j in range(self.k)], axis=1)
+        noise = noise.reshape(n * self.k, c, h, w).transpose(0, 2, 3, 1)  # drawn as CHW, like the images there
+        return denormalise(np.clip(images + noise * self.scale, np.float32(-1.0), np.float32(1.0)))
 
 
 class MaskOp:

@@ -16,12 +16,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .models.mae import mask_noise_for_keys, patchify, random_masking, seed_for_key, unpatchify
+from .models.mae import mask_noise_for_keys, patchify, random_masking, unpatchify
+from .pixelops import gaussian_draws
 from .stage import ReconstructionStage, as_key_list, variant_key
 
 METHODS = ("facemae", "blur", "pixelate", "noise", "masked")
-
-_NOISE_SALT = 0x6E6F697365  # "noise": keeps noise draws apart from mask draws of the same key
 
 
 class Privatizer:
@@ -164,15 +163,16 @@ class GaussianNoise(Privatizer):
 
     def noise(self, keys, shape, j=0):
         """[N, *shape] standard normal draws, row i from (seed, keys[i], j) alone (CPU)."""
-        rows = []
-        for key in keys:
-            generator = torch.Generator().manual_seed(seed_for_key(self.seed ^ _NOISE_SALT, variant_key(key, j)))
-            rows.append(torch.randn(shape, generator=generator))
-        return torch.stack(rows) if rows else torch.zeros(0, *shape)
+        return torch.from_numpy(gaussian_draws(self.seed, keys, tuple(shape), j))
 
     def _apply(self, images, keys, j):
         noise = self.noise(keys, tuple(images.shape[1:]), j).to(images.device)  # [N, 3, H, W]
         return (images.float() + noise * (self.std / 127.5)).clamp(-1.0, 1.0)
+
+    def worker_op(self):
+        from .pixelops import NoiseOp
+
+        return NoiseOp(self.std, self.seed, self.k)
 
 
 class MaskedOnly(Privatizer):

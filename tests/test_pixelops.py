@@ -18,6 +18,7 @@ def random_rgb(n=6, size=112, seed=0):
 @pytest.mark.parametrize("privatizer", [
     Identity(k=2), GaussianBlur(3.0), GaussianBlur(0.8, k=2), Pixelate(8), Pixelate(5, k=2),
     MaskedOnly(8, 0.75, seed=3), MaskedOnly(16, 0.5, seed=0, k=3),
+    GaussianNoise(25.0, seed=1), GaussianNoise(60.0, seed=0, k=2),
 ], ids=lambda p: f"{p.method}-{p.params()}-k{p.k}")
 def test_worker_op_gives_the_torch_privatizers_bytes(privatizer):
     rgb, keys = random_rgb(), [1, 2, 3, 500, 2 ** 40, 7]
@@ -52,6 +53,13 @@ def test_key_seeds_are_the_models_and_the_stages():
     assert variant_key(5, 0) == 5 and variant_key(5, 1) != variant_key(5, 2)
 
 
-def test_noise_and_models_have_no_worker_op():
-    """torch.randn's CPU kernel (vectorised log/sin/cos) has no bit-exact numpy twin."""
-    assert GaussianNoise(25.0).worker_op() is None
+def test_noise_float_values_match_bit_for_bit():
+    noise, rgb, keys = GaussianNoise(25.0, seed=4), random_rgb(2, seed=2), [9, 10]
+    images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    expected = noise(images, keys).permute(0, 2, 3, 1).numpy()
+    op = noise.worker_op()
+    from facemae_plugin.pixelops import gaussian_draws, normalise
+
+    drawn = gaussian_draws(op.seed, keys, (3, 112, 112)).transpose(0, 2, 3, 1)
+    assert np.array_equal(np.clip(normalise(rgb) + drawn * op.scale, -1, 1), expected)
+
