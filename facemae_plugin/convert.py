@@ -9,11 +9,13 @@ Batches ahead are decoded and batches behind are encoded in a process pool while
 on the current one, so a conversion runs about as fast as its slowest stage. At most
 ``2 * ahead`` batches are in flight, so memory stays flat whatever the dataset size.
 
-Cheap per-image privatizers (identity, blur, pixelate, masked: pure functions of image, key and
-seed) have a torch-free twin (``Privatizer.worker_op()``, module ``pixelops``) with the same output
+Cheap per-image privatizers (identity, blur, pixelate, noise, masked: pure functions of image, key
+and seed) have a torch-free twin (``Privatizer.worker_op()``, module ``pixelops``) with the same output
 bytes; then each batch is a single worker task, read -> decode -> privatize -> encode, and this
 process only writes. No pixels cross processes and no model thread competes with the codecs.
-Model stages (FaceMAE) and noise (torch's Gaussian sampler has no bit-exact numpy twin) run here.
+Model stages (FaceMAE) run here, with all of torch's threads: the codec work beside a model is a
+few percent of its time (measured on 2 cores: capping torch at the cores the workers leave made
+FaceMAE tiny 92 img/s instead of 144).
 
 What is kept (FORMATS.md): the layout (A or B), every image key, each image's IRHeader bytes
 (flag, scalar or array label, id, id2), the header record (key 0), the identity records and the
@@ -35,7 +37,6 @@ marker ``shard-IofN.done.json``; the last shard also writes the tail (identity a
 rewrites the offsets of ``OUT/train.idx`` (no re-encoding); ``train.rec`` is renamed into place
 last, so it exists only when the output is whole. A rerun skips the shards already marked done.
 """
-import contextlib
 import functools
 import glob
 import json
@@ -177,25 +178,6 @@ def default_workers():
     return max(1, _cores() - 1)  # one core stays with the model process
 
 
-@contextlib.contextmanager
-def _model_threads(workers):
-    """Cap torch's intra-op threads at the cores the codec workers leave (at least one) meanwhile.
-
-    torch defaults to one OpenMP thread per core; with the workers busy on the same cores the
-    threads oversubscribe them and spin-wait at every barrier. Measured on 2 cores (FaceMAE tiny
-    full, 1000 images, 2 workers, load ~3.5 from another job): 42-43 img/s with 2 threads, 73-84
-    with 1; with 1 worker 41 vs 89. A smaller setting made by the caller is kept.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, max(1, _cores() - workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -242,9 +224,13 @@ def _convert_range(executor, privatizer, plan, start, end, batch_size, quality, 
                          executor.submit(_encode_batch, out_prefixes, out_rgb, quality)))
         while encoding and (len(encoding) > ahead or encoding[0][1].done()):
             _write_oldest(encoding, writer, bar, plan.k)
-        _release_free_memory()
+        if (first - start) // batch_size % TRIM_EVERY == TRIM_EVERY - 1:
+            _release_free_memory()
     while encoding:
         _write_oldest(encoding, writer, bar, plan.k)
+
+
+TRIM_EVERY = 8  # batches between heap trims: each costs ~20 ms, 5% of a FaceMAE tiny batch on 2 cores
 
 
 @functools.lru_cache(maxsize=None)
@@ -437,11 +423,9 @@ class Conversion:
 
         bar = tqdm(total=self.count(todo), desc="convert", unit="img", disable=not self.progress, smoothing=0.1)
         executor = _make_executor(self.in_dir, self.workers) if todo else None
-        in_parent = self.worker_op is None and self.workers > 0  # the privatizer shares cores with the pool
         try:
-            with _model_threads(self.workers) if in_parent else contextlib.nullcontext():
-                for i in todo:
-                    self._run_shard(i, executor, bar)
+            for i in todo:
+                self._run_shard(i, executor, bar)
         except BaseException:
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)

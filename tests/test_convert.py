@@ -487,23 +487,3 @@ def test_decode_workers_never_import_torch(shard_a):
     finally:
         executor.shutdown()
 
-
-class ThreadProbe(InProcess):
-    """Records torch's intra-op thread count while the converter runs the privatizer."""
-
-    def __init__(self, privatizer):
-        super().__init__(privatizer)
-        self.seen = []
-
-    def variants(self, images, keys):
-        self.seen.append(torch.get_num_threads())
-        return super().variants(images, keys)
-
-
-def test_model_threads_leave_the_workers_their_cores_and_are_restored(shard_a, tmp_path):
-    before = torch.get_num_threads()
-    probe = ThreadProbe(Identity())
-    run_convert(shard_a, tmp_path / "out", probe, workers=1)
-    cores = len(os.sched_getaffinity(0))
-    assert probe.seen and set(probe.seen) == {min(before, max(1, cores - 1))}
-    assert torch.get_num_threads() == before
