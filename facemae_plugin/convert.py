@@ -242,7 +242,7 @@ def _malloc_trim():
 
 
 def _release_free_memory():
-    """Hand the heap pages freed by the last batch back to the OS.
+    """Hand the heap pages freed by the batches since the last trim back to the OS.
 
     Each batch allocates and frees a few MB-sized buffers (pixels, float tensors, pickles). glibc
     serves them from its heap once its dynamic mmap threshold has risen past their size, and the
