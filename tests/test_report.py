@@ -60,6 +60,18 @@ def test_verdict_fails_when_error_is_not_halved_or_paste_leaks_less():
     assert tradeoff_verdict(base)["holds"] is None
 
 
+def test_verdict_says_when_even_the_originals_cannot_reach_the_bar():
+    rows = [entry("FaceMAE full 0.75", "facemae", 0.214, 0.75), entry("pixelate 8", "pixelate", 0.156, 0.926),
+            entry("blur s6", "blur", 0.23, 0.449)]
+    ceiling = tradeoff_verdict(rows + [entry("original", "original", 0.128, 1.0)])
+    assert ceiling["best_baseline"] == "pixelate 8"
+    assert ceiling["original_ratio"] == pytest.approx(0.128 / 0.156)
+    assert "no release can reach 0.50" in ceiling["text"]
+    room = tradeoff_verdict(rows + [entry("original", "original", 0.05, 1.0)])
+    assert room["original_ratio"] == pytest.approx(0.05 / 0.156) and "no release" not in room["text"]
+    assert tradeoff_verdict(rows)["original_ratio"] is None
+
+
 def test_tradeoff_plot_is_a_png(tmp_path):
     summary = aggregate([row("a", "facemae", 0, 0.9, 0.2), row("o", "original", 0, 0.95, 1.0)])
     path = plot_tradeoff(summary, str(tmp_path / "t.png"))
