@@ -351,7 +351,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="impostor sample seed (default 0)")
     p.set_defaults(run=_audit)
 
-    p = verbs.add_parser("demo", help="the whole pipeline on the embedded synthetic default (CPU, ~15 min)",
+    p = verbs.add_parser("demo", help="the whole pipeline on the embedded synthetic default (CPU, 20-60 min)",
                          description="Synthesise disjoint identity splits, train a teacher and FaceMAE tiny + IRM "
                                      "on split A, release split B through FaceMAE, train a recogniser on the "
                                      "release, verify it on held-out identities and audit the release's leakage. "
