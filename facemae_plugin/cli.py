@@ -7,7 +7,9 @@ stderr and exit status 2 (``FACEMAE_DEBUG=1`` shows the traceback instead).
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 
@@ -18,7 +20,7 @@ def _synth(args):
     result = make_synthetic_dataset(
         args.out_dir, identities=args.identities, images_per_identity=args.images_per_identity,
         holdout_identities=args.holdout_identities, seed=args.seed, num_pairs=args.pairs,
-        progress=not args.quiet,
+        progress=not args.quiet, detail=args.detail,
     )
     summary = (f"synth: {result['images']} images of {result['identities']} identities and "
                f"{result['pairs']} held-out pairs written to {args.out_dir}")
@@ -244,6 +246,10 @@ def build_parser():
                    help="identities used only in holdout.bin (default 50)")
     p.add_argument("--pairs", type=int, default=1000, help="verification pairs, half same (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    p.add_argument("--detail", type=float, default=0.0,
+                   help="0..1: how much identity lives in fine features (freckles, skin texture) rather "
+                        "than in head shape and colours; fine features are what blur and pixelation "
+                        "remove (default 0)")
     p.set_defaults(run=_synth)
 
     p = verbs.add_parser("inspect", help="describe a shard directory or a .bin",
@@ -424,8 +430,24 @@ def build_parser():
     return parser
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, docker stop, a scheduler's time limit) ends the command like Ctrl-C: cleanup
+    # runs, worker pools are shut down and temp files removed, instead of leaving orphans behind.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args):
     try:
         summary, result = args.run(args)
     except (ValueError, OSError) as exc:

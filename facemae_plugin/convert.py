@@ -43,6 +43,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -106,12 +107,33 @@ def shard_range(num_images, batch_size, num_shards, shard):
 _WORKER_SHARD = None  # the input shard, opened once per worker process
 
 
-def _init_worker(in_dir):
+_PARENT_POLL_S = 1.0
+
+
+def _init_worker(in_dir, converter_pid=None):
     global _WORKER_SHARD
     import cv2
 
     cv2.setNumThreads(1)  # one JPEG per task; the pool gives the parallelism
     _WORKER_SHARD = FaceShard(in_dir)
+    if converter_pid is not None:
+        threading.Thread(target=_exit_when_gone, args=(converter_pid,), daemon=True).start()
+
+
+def _exit_when_gone(pid):
+    """Exit this worker once the converter process `pid` is gone.
+
+    A worker's parent is the forkserver, not the converter, and it holds the write end of its own task
+    queue, so nothing else wakes it when the converter is killed outright: it would wait forever.
+    """
+    while True:
+        time.sleep(_PARENT_POLL_S)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass  # exists, owned by someone else: cannot be our converter's pid reused yet
 
 
 def _decode_batch(keys):
@@ -167,7 +189,8 @@ def _make_executor(in_dir, workers):
     context = mp.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(in_dir,))
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(in_dir, os.getpid()))
 
 
 def _cores():

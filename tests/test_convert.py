@@ -360,6 +360,55 @@ def test_killed_conversion_leaves_nothing_whole_and_resumes_to_the_same_bytes(ch
     assert output_bytes(out) == output_bytes(tmp_path / "reference")
 
 
+def _session_processes(session_id):
+    """``{pid: command line}`` of the live processes in session ``session_id`` (Linux /proc)."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _, _, session = f.read().rsplit(")", 1)[1].split()[:4]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # exited while we looked
+        if int(session) == session_id and state != "Z":
+            found[int(entry)] = cmdline
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="lists processes through /proc (Linux only)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_converter_killed_alone_leaves_no_worker_running(checkpoint, tmp_path, sig):
+    """``kill PID`` or ``docker stop`` signal the converter only, not its forkserver and workers."""
+    source = tmp_path / "in"
+    write_layout_a(source, [20] * 40, seed=5)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "facemae_plugin.cli", "convert", str(source), str(out), "--checkpoint",
+               str(checkpoint), "--batch-size", "8", "--workers", "2", "--num-shards", "4", "--quiet"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first_marker = out / "shards" / "shard-0of4.done.json"
+        deadline = time.monotonic() + 300
+        while not first_marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process.poll() is None, "the conversion finished before it could be killed"
+        process.send_signal(sig)
+        returncode = process.wait(timeout=60)
+        deadline = time.monotonic() + 3 * 10
+        while _session_processes(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _session_processes(process.pid), "left running after the converter ended"
+    finally:
+        if _session_processes(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not (out / "train.rec").exists()
+    if sig == signal.SIGTERM:  # a clean stop: exit status 128 + 15, no half-written file left
+        assert returncode == 143, process.stderr.read().decode()
+        assert not list((out / "shards").glob("*.tmp*"))
+    assert (out / "shards" / "shard-0of4.done.json").exists(), "finished shards are kept for the resume"
+
+
 # --------------------------------------------------------------------------- refusals
 
 
