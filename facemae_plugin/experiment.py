@@ -28,7 +28,7 @@ PROTOCOL_DEFAULTS = {
     "seed": 0,
     "data": {"train_identities": 100, "train_images_per_identity": 20, "release_identities": 100,
              "release_images_per_identity": 15, "holdout_identities": 50, "holdout_images_per_identity": 20,
-             "num_pairs": 1000},
+             "num_pairs": 1000, "detail": 0.0},
     # CosFace margins: converge faster than ArcFace's on a few hundred identities.
     "teacher": {"network": "mbf", "num_epoch": 4, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
                 "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
@@ -129,6 +129,8 @@ class Experiment:
         if os.path.isfile(path):
             with open(path) as f:
                 stored = json.load(f)
+            # A key added to the protocol after these stages ran had its default then too.
+            stored = json.loads(json.dumps(merge_protocol(stored)))
             if stored != current:
                 changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
                 raise ProtocolError(f"{self.work_dir} holds stages of another protocol (differs in "
@@ -172,11 +174,11 @@ class Experiment:
 
         def build():
             write_identity_shard(self.path("data", "train"), p.seed, a, d.train_images_per_identity,
-                                 progress=self.progress, desc="split A")
+                                 progress=self.progress, desc="split A", detail=d.detail)
             write_identity_shard(self.path("data", "release"), p.seed, b, d.release_images_per_identity,
-                                 progress=self.progress, desc="split B")
+                                 progress=self.progress, desc="split B", detail=d.detail)
             pairs = write_holdout_bin(self.holdout_bin, p.seed, held, d.holdout_images_per_identity,
-                                      d.num_pairs, progress=self.progress)
+                                      d.num_pairs, progress=self.progress, detail=d.detail)
             return {"train": self.path("data", "train"), "release": self.path("data", "release"),
                     "holdout": self.holdout_bin, "pairs": pairs,
                     "identities": {"train": [a.start, a.stop], "release": [b.start, b.stop],

@@ -8,6 +8,12 @@ cast, background, blur and noise. Faces sit roughly where InsightFace's 5-point 
 
 The layer with the face is drawn in a padded canonical frame, then posed by one affine warp
 and composited over the background; lighting and noise act on the composite.
+
+`detail` (0..1) moves identity from coarse to fine structure. At 0 (the default) identities differ
+mostly in head geometry and colours, which survive blur and pixelation. Raising it narrows the
+spread of those coarse traits and gives each identity freckles and a fine skin texture, features a
+few pixels across, as in real faces, where low-pass filters remove much of what tells people apart.
+Detail is drawn from its own stream, so detail 0 gives the same bytes as before the knob existed.
 """
 from dataclasses import dataclass
 
@@ -27,6 +33,8 @@ _AA = cv2.LINE_AA
 # sequences [seed, identity] and [seed, identity, 0] would give the same stream.
 _TRAIT_STREAM = 0x7A1
 _IMAGE_STREAM = 0x1A6
+_DETAIL_STREAM = 0xDE7
+_MAX_COARSE_NARROWING = 0.75  # at detail 1 coarse traits keep a quarter of their spread
 
 _SKIN_TONES = np.array([[196, 214, 246], [150, 180, 225], [110, 145, 195], [70, 100, 145], [45, 65, 100]],
                        dtype=np.float64)  # BGR, light to dark
@@ -77,6 +85,7 @@ class FaceTraits:
     hair_volume: float
     ear_size: float
     moles: tuple  # ((across, down, radius), ...): offsets from the head centre in head half-axes
+    freckles: tuple  # ((across, down, radius, darkness), ...): like moles, smaller and many
     skin_pattern: np.ndarray  # [C, C, 4] uint8 gain map (scale 1/128) over the canonical canvas
     glasses: bool
     glasses_round: bool
@@ -98,31 +107,39 @@ class _Variation:
     gaze: tuple
 
 
-def identity_traits(seed: int, identity: int) -> FaceTraits:
+def identity_traits(seed: int, identity: int, detail: float = 0.0) -> FaceTraits:
     """Fixed traits of `identity` under `seed`; the same pair always gives the same face."""
     _check_non_negative(seed=seed, identity=identity)
+    check_detail(detail)
     rng = np.random.default_rng([_TRAIT_STREAM, seed, identity])
-    u = rng.uniform
-    skin = _palette_colour(_SKIN_TONES, u(0, 1), rng, jitter=10)
-    hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] + rng.normal(0, 8, 3)
-    head_half_width = u(36, 46)
-    return FaceTraits(
-        skin=_bgr(skin), head_half_width=head_half_width, head_half_height=u(52, 62),
-        head_centre_y=u(56, 62), jaw_narrowing=u(0.0, 0.35),
-        eye_spacing=u(14.5, 20.5), eye_half_width=u(5.0, 8.5), eye_aspect=u(0.3, 0.62),
-        eye_tilt=u(-10, 10), iris=_bgr(_IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))] + rng.normal(0, 10, 3)),
-        brow_height=u(7, 12), brow_arch=u(0, 4.5), brow_thickness=u(1.5, 4.5), brow_length=u(11, 17),
-        brow_tilt=u(-3, 3), nose_length=u(15, 25), nose_half_width=u(5, 10),
-        mouth_y=u(87, 97), mouth_half_width=u(10, 17), lip_thickness=u(1.5, 5),
-        lip=_bgr(skin * np.array([0.7, 0.65, 0.95]) + rng.normal(0, 8, 3)), mouth_curve=u(-2, 2.5),
+    u = rng.uniform  # Bernoulli and layout draws, never narrowed
+    spread = 1.0 - _MAX_COARSE_NARROWING * detail
+    g = _narrowed_uniform(rng, spread)  # coarse traits: geometry and tones
+    skin = _palette_colour(_SKIN_TONES, g(0, 1), rng, jitter=10 * spread)
+    hair = _toward_mean(_HAIR_COLOURS, _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] + rng.normal(0, 8, 3), spread)
+    head_half_width = g(36, 46)
+    traits = dict(
+        skin=_bgr(skin), head_half_width=head_half_width, head_half_height=g(52, 62),
+        head_centre_y=g(56, 62), jaw_narrowing=g(0.0, 0.35),
+        eye_spacing=g(14.5, 20.5), eye_half_width=g(5.0, 8.5), eye_aspect=g(0.3, 0.62),
+        eye_tilt=g(-10, 10),
+        iris=_bgr(_toward_mean(_IRIS_COLOURS, _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))] + rng.normal(0, 10, 3),
+                               spread)),
+        brow_height=g(7, 12), brow_arch=g(0, 4.5), brow_thickness=g(1.5, 4.5), brow_length=g(11, 17),
+        brow_tilt=g(-3, 3), nose_length=g(15, 25), nose_half_width=g(5, 10),
+        mouth_y=g(87, 97), mouth_half_width=g(10, 17), lip_thickness=g(1.5, 5),
+        lip=_bgr(skin * np.array([0.7, 0.65, 0.95]) + rng.normal(0, 8 * spread, 3)), mouth_curve=g(-2, 2.5),
         hair=_bgr(hair), hair_style=HAIR_STYLES[rng.integers(len(HAIR_STYLES))],
-        hairline_y=u(14, 30), hair_volume=u(1.0, 1.18), ear_size=u(0.8, 1.3),
+        hairline_y=g(14, 30), hair_volume=g(1.0, 1.18), ear_size=g(0.8, 1.3),
         moles=tuple(_mole(rng) for _ in range(rng.integers(0, 4))),
-        skin_pattern=_skin_pattern(rng.normal(0, 1, (6, 6)), u(0.03, 0.12)),
+        skin_pattern=(rng.normal(0, 1, (6, 6)), u(0.03, 0.12)),  # coarse grid and its strength
         glasses=bool(u(0, 1) < 0.25), glasses_round=bool(u(0, 1) < 0.5),
         frame=_bgr(rng.uniform(10, 200, 3)),
         beard=BEARD_STYLES[0] if u(0, 1) < 0.65 else BEARD_STYLES[rng.integers(1, len(BEARD_STYLES))],
     )
+    freckles, fine_texture = _fine_detail(seed, identity, detail)
+    traits["skin_pattern"] = _skin_pattern(*traits["skin_pattern"], fine_texture)
+    return FaceTraits(freckles=freckles, **traits)
 
 
 def render_face(traits: FaceTraits, rng: np.random.Generator) -> np.ndarray:
@@ -137,10 +154,10 @@ def render_face(traits: FaceTraits, rng: np.random.Generator) -> np.ndarray:
     return _camera(image, rng)
 
 
-def identity_images(seed: int, identity: int, count: int) -> list[np.ndarray]:
-    """`count` images of one identity; image i depends only on (seed, identity, i)."""
+def identity_images(seed: int, identity: int, count: int, detail: float = 0.0) -> list[np.ndarray]:
+    """`count` images of one identity; image i depends only on (seed, identity, detail, i)."""
     _check_non_negative(seed=seed, identity=identity, count=count)
-    traits = identity_traits(seed, identity)
+    traits = identity_traits(seed, identity, detail)
     return [render_face(traits, image_rng(seed, identity, index)) for index in range(count)]
 
 
@@ -238,6 +255,7 @@ def _draw_face_layer(t, var):
     _draw_nose(layer, t, var.yaw)
     _draw_mouth(layer, t, var)
     _draw_moles(layer, t, var.yaw)
+    _draw_freckles(layer, t, var.yaw)
     if t.glasses:
         _draw_glasses(layer, t, var.yaw)
     return layer
@@ -386,6 +404,13 @@ def _draw_moles(layer, t, yaw):
         _fill_ellipse(layer, (x, y), (radius, radius), _dim(t.skin, 0.5))
 
 
+def _draw_freckles(layer, t, yaw):
+    for across, down, radius, darkness in t.freckles:
+        x = _feature_x(across * t.head_half_width, yaw)
+        y = t.head_centre_y + _PAD + down * t.head_half_height
+        _fill_ellipse(layer, (x, y), (radius, radius), _dim(t.skin, darkness))
+
+
 def _draw_glasses(layer, t, yaw):
     colour = _rgba(t.frame)
     size = t.eye_half_width + 5
@@ -401,13 +426,34 @@ def _draw_glasses(layer, t, yaw):
     cv2.polylines(layer, [_fixed(bridge)], False, colour, 2, _AA, _SHIFT)
 
 
-def _skin_pattern(coarse, strength):
-    """Smooth multiplicative skin pattern over the canvas, as uint8 gains at scale 1/128."""
-    pattern = cv2.resize(coarse.astype(np.float32), (_CANVAS, _CANVAS), interpolation=cv2.INTER_CUBIC)
+def _skin_pattern(coarse, strength, fine=None):
+    """Multiplicative skin pattern over the canvas, as uint8 gains at scale 1/128.
+
+    `coarse` ([6, 6], scaled by `strength`) and `fine` ([F, F]) are gain deviations on small grids,
+    upsampled to the canvas.
+    """
+    deviation = strength * _to_canvas(coarse)
+    if fine is not None:
+        deviation = deviation + _to_canvas(fine)
     gains = np.empty((_CANVAS, _CANVAS, 4), dtype=np.uint8)
-    gains[:, :, :3] = np.clip(128 * (1 + strength * pattern), 0, 255).astype(np.uint8)[:, :, None]
+    gains[:, :, :3] = np.clip(128 * (1 + deviation), 0, 255).astype(np.uint8)[:, :, None]
     gains[:, :, 3] = 128  # alpha passes through unchanged
     return gains
+
+
+def _to_canvas(grid):
+    return cv2.resize(grid.astype(np.float32), (_CANVAS, _CANVAS), interpolation=cv2.INTER_CUBIC)
+
+
+def _fine_detail(seed, identity, detail):
+    """Freckles and a fine texture grid ([36, 36], ~4 px cells) for `detail` > 0, else ((), None)."""
+    if detail == 0:
+        return (), None
+    rng = np.random.default_rng([_DETAIL_STREAM, seed, identity])
+    count = int(round(detail * rng.uniform(20, 45)))
+    freckles = tuple((*_mole(rng)[:2], rng.uniform(0.6, 1.2), rng.uniform(0.45, 0.75)) for _ in range(count))
+    texture = rng.normal(0, 1, (36, 36)) * (0.09 * detail)
+    return freckles, texture
 
 
 # ---------------------------------------------------------------- small helpers
@@ -453,6 +499,30 @@ def _mole(rng):
     """A mark somewhere inside the inner 70% of the head ellipse: (across, down, radius)."""
     angle, reach = rng.uniform(0, 2 * np.pi), 0.7 * np.sqrt(rng.uniform(0, 1))
     return reach * np.cos(angle), reach * np.sin(angle), rng.uniform(0.8, 2.0)
+
+
+def _narrowed_uniform(rng, spread):
+    """uniform(low, high) drawn from `rng`, pulled toward the midpoint by `spread` (same draws)."""
+    def draw(low, high):
+        value = rng.uniform(low, high)
+        if spread == 1.0:
+            return value  # exactly the un-narrowed draw, so detail 0 keeps its bytes
+        middle = (low + high) / 2
+        return middle + (value - middle) * spread
+    return draw
+
+
+def _toward_mean(palette, colour, spread):
+    if spread == 1.0:
+        return colour
+    mean = palette.mean(axis=0)
+    return mean + (colour - mean) * spread
+
+
+def check_detail(detail):
+    """Raise SynthInputError unless `detail` is a number in [0, 1]."""
+    if not isinstance(detail, (int, float, np.floating)) or isinstance(detail, bool) or not 0 <= detail <= 1:
+        raise SynthInputError(f"detail must be a number in [0, 1], got {detail!r}")
 
 
 def _check_non_negative(**values):

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .binfile import write_bin
 from .recordio import encode_image
 from .shard import FaceShardWriter
-from .synth import identity_images
+from .synth import check_detail, identity_images
 
 HOLDOUT_BIN = "holdout.bin"  # arcface_torch resolves val_targets=["holdout"] to <rec>/holdout.bin
 
@@ -32,13 +32,14 @@ def draw_pairs(rng, identities, images_per_identity, num_pairs):
     return pairs
 
 
-def write_holdout_bin(path, seed, identities, images_per_identity, num_pairs, quality=95, progress=True):
+def write_holdout_bin(path, seed, identities, images_per_identity, num_pairs, quality=95, progress=True,
+                      detail=0.0):
     """Render held-out identities and write ``num_pairs`` verification pairs to ``path``."""
     rng = np.random.default_rng([seed, 0x5EED])
     pairs = draw_pairs(rng, identities, images_per_identity, num_pairs)
     cache = {}
     for identity in tqdm(identities, desc="holdout", unit="id", disable=not progress):
-        encoded = [encode_image(img, quality) for img in identity_images(seed, identity, images_per_identity)]
+        encoded = [encode_image(img, quality) for img in identity_images(seed, identity, images_per_identity, detail)]
         cache[identity] = encoded
     images = []
     for identity_a, index_a, identity_b, index_b, _ in pairs:
@@ -48,7 +49,7 @@ def write_holdout_bin(path, seed, identities, images_per_identity, num_pairs, qu
 
 
 def write_identity_shard(out_dir, seed, identities, images_per_identity, quality=95, progress=True,
-                         desc="synth"):
+                         desc="synth", detail=0.0):
     """Write a layout-A shard of the synthetic ``identities``; labels are their positions ``0..n-1``.
 
     Rendering depends only on ``(seed, identity)``, so disjoint identity ranges give disjoint
@@ -57,19 +58,24 @@ def write_identity_shard(out_dir, seed, identities, images_per_identity, quality
     os.makedirs(out_dir, exist_ok=True)
     with FaceShardWriter(out_dir, quality=quality) as writer:
         for identity in tqdm(identities, desc=desc, unit="id", disable=not progress):
-            writer.add_identity(identity_images(seed, identity, images_per_identity))
+            writer.add_identity(identity_images(seed, identity, images_per_identity, detail))
     return len(identities) * images_per_identity
 
 
 def make_synthetic_dataset(out_dir, identities=200, images_per_identity=20, holdout_identities=50,
-                           seed=0, num_pairs=1000, quality=95, progress=True):
-    """Write ``out_dir/train.rec|idx|property`` and ``out_dir/holdout.bin``; returns a summary dict."""
+                           seed=0, num_pairs=1000, quality=95, progress=True, detail=0.0):
+    """Write ``out_dir/train.rec|idx|property`` and ``out_dir/holdout.bin``; returns a summary dict.
+
+    ``detail`` (0..1) moves identity from coarse traits into fine ones (see ``synth``).
+    """
     if identities < 2 or images_per_identity < 2 or holdout_identities < 2:
         raise ValueError("synth needs at least 2 identities, 2 images per identity and 2 held-out identities")
-    write_identity_shard(out_dir, seed, range(identities), images_per_identity, quality, progress)
+    check_detail(detail)  # before anything is written
+    write_identity_shard(out_dir, seed, range(identities), images_per_identity, quality, progress,
+                         detail=detail)
     holdout = list(range(identities, identities + holdout_identities))
     pairs = write_holdout_bin(os.path.join(out_dir, HOLDOUT_BIN), seed, holdout, images_per_identity,
-                              num_pairs, quality, progress)
+                              num_pairs, quality, progress, detail)
     return {
         "out_dir": os.fspath(out_dir),
         "identities": identities,
@@ -77,4 +83,5 @@ def make_synthetic_dataset(out_dir, identities=200, images_per_identity=20, hold
         "holdout_identities": holdout_identities,
         "pairs": pairs,
         "seed": seed,
+        "detail": detail,
     }

@@ -56,11 +56,20 @@ def test_synth_then_inspect(tmp_path):
 
 
 def test_synth_is_deterministic(tmp_path):
-    for name in ("a", "b"):
+    for name, detail in (("a", 0), ("b", 0), ("fine", 1), ("fine_again", 1)):
         facemae("synth", tmp_path / name, "--identities", 3, "--images-per-identity", 3,
-                "--holdout-identities", 3, "--pairs", 10, "--quiet")
+                "--holdout-identities", 3, "--pairs", 10, "--detail", detail, "--quiet")
     for file in ("train.rec", "train.idx", "property", "holdout.bin"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+        assert (tmp_path / "fine" / file).read_bytes() == (tmp_path / "fine_again" / file).read_bytes(), file
+    assert (tmp_path / "fine" / "train.rec").read_bytes() != (tmp_path / "a" / "train.rec").read_bytes()
+
+
+def test_synth_refuses_a_detail_outside_0_1_in_one_line(tmp_path):
+    result = facemae("synth", tmp_path / "out", "--detail", 2, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "facemae synth: error: detail must be a number in [0, 1], got 2.0"
+    assert not (tmp_path / "out" / "train.rec").exists()
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

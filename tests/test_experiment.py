@@ -39,6 +39,16 @@ def test_a_work_dir_refuses_a_second_protocol(tmp_path):
         Experiment(tmp_path, {**TOY, "seed": 1}, progress=False)
 
 
+def test_a_work_dir_from_before_a_new_protocol_key_still_opens_at_its_default(tmp_path):
+    Experiment(tmp_path, TOY, progress=False)
+    stored = json.loads((tmp_path / "protocol.json").read_text())
+    del stored["data"]["detail"]  # as written before the key existed
+    (tmp_path / "protocol.json").write_text(json.dumps(stored))
+    Experiment(tmp_path, TOY, progress=False)
+    with pytest.raises(ProtocolError, match="differs in data"):
+        Experiment(tmp_path, {**TOY, "data": {**TOY["data"], "detail": 0.5}}, progress=False)
+
+
 def test_pretrain_overrides_train_their_own_model_with_their_settings(tmp_path):
     experiment = Experiment(tmp_path, TOY, progress=False)
     plain = experiment.facemae(irm=False)
@@ -79,6 +89,21 @@ def test_splits_hold_disjoint_identities_rendered_from_the_seed(tmp_path):
         assert mean_abs_difference(train.read(train.image_keys[0])[1], first_b) > 20  # not identity 0's
     images, issame = load_bin(experiment.holdout_bin)
     assert len(images) == 40 and len(issame) == 20
+
+
+def test_data_detail_reaches_every_split(tmp_path):
+    experiment = Experiment(tmp_path, {**TOY, "data": {**TOY["data"], "detail": 1.0}}, progress=False)
+    experiment.data()
+    with FaceShard(experiment.path("data", "release")) as release, \
+            FaceShard(experiment.path("data", "train")) as train:
+        detailed, plain = synth.identity_images(0, 6, 1, detail=1.0)[0], synth.identity_images(0, 6, 1)[0]
+        payload = release.read(release.image_keys[0])[1]
+        assert mean_abs_difference(payload, detailed) < 4 < mean_abs_difference(payload, plain)
+        first_a = synth.identity_images(0, 0, 1, detail=1.0)[0]
+        assert mean_abs_difference(train.read(train.image_keys[0])[1], first_a) < 4
+    images, _ = load_bin(experiment.holdout_bin)
+    holdout_faces = [synth.identity_images(0, i, 4, detail=1.0) for i in range(11, 15)]
+    assert min(mean_abs_difference(images[0], face) for faces in holdout_faces for face in faces) < 4
 
 
 @pytest.mark.slow

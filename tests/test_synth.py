@@ -79,6 +79,51 @@ def test_bad_arguments_raise_one_clear_error(kwargs, name):
         synth.identity_images(**kwargs)
 
 
+# ---------------------------------------------------------------- detail: identity in fine features
+
+def test_detail_narrows_coarse_traits_with_the_same_draws_and_keeps_categorical_ones():
+    plain = [synth.identity_traits(2, i) for i in range(60)]
+    fine = [synth.identity_traits(2, i, detail=1.0) for i in range(60)]
+    for name, (low, high) in {"eye_spacing": (14.5, 20.5), "head_half_width": (36, 46), "mouth_y": (87, 97)}.items():
+        middle = (low + high) / 2
+        narrowed = [middle + (getattr(t, name) - middle) * 0.25 for t in plain]
+        assert np.allclose([getattr(t, name) for t in fine], narrowed), name
+    for name in ("hair_style", "beard", "glasses", "moles"):
+        assert [getattr(t, name) for t in fine] == [getattr(t, name) for t in plain], name
+    assert np.std([t.skin for t in fine], axis=0).mean() < 0.5 * np.std([t.skin for t in plain], axis=0).mean()
+
+
+def test_detail_adds_freckles_in_proportion_and_zero_adds_none():
+    assert all(synth.identity_traits(0, i).freckles == () for i in range(20))
+    counts = {d: np.mean([len(synth.identity_traits(0, i, detail=d).freckles) for i in range(40)]) for d in (0.5, 1.0)}
+    assert 20 <= counts[1.0] <= 45 and counts[0.5] == pytest.approx(counts[1.0] / 2, rel=0.1)
+    again = synth.identity_images(0, 3, 2, detail=0.7)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(again, synth.identity_images(0, 3, 2, detail=0.7)))
+
+
+def _share_surviving_blur(detail, pairs=30, sigma=3.0):
+    """How much of the difference between two people survives a blur, under identical nuisance."""
+    shares = []
+    for k in range(pairs):
+        nuisance = [synth.image_rng(1, 0, k) for _ in range(2)]  # same pose, light, background, noise
+        a, b = (synth.render_face(synth.identity_traits(1, 2 * k + j, detail), nuisance[j]).astype(np.float64)
+                for j in range(2))
+        difference = a - b
+        shares.append((cv2.GaussianBlur(difference, (0, 0), sigma) ** 2).sum() / (difference ** 2).sum())
+    return float(np.mean(shares))
+
+
+def test_detail_moves_identity_into_what_blur_removes():
+    coarse, fine = _share_surviving_blur(0.0), _share_surviving_blur(1.0)
+    assert fine < coarse - 0.1, f"blur keeps {fine:.2f} of identity at detail 1 vs {coarse:.2f} at detail 0"
+
+
+@pytest.mark.parametrize("detail", [-0.1, 1.5, "high", True])
+def test_bad_detail_raises_one_clear_error(detail):
+    with pytest.raises(synth.SynthInputError, match="detail must be a number in"):
+        synth.identity_traits(0, 0, detail)
+
+
 # ---------------------------------------------------------------- difficulty
 
 def _dataset(seed, identities, per_identity):
