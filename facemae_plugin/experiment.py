@@ -278,7 +278,9 @@ class Experiment:
     def privatizer(self, variant, seed):
         from .privatize import make_privatizer
 
-        method, f = variant["method"], self.protocol.facemae
+        method = variant["method"]
+        # A model trained with its own overrides releases at its own ratio and output unless told otherwise.
+        f = merge_protocol(variant.get("pretrain"), self.protocol.facemae, "pretrain")
         if method == "facemae":
             checkpoint = self.facemae(irm=variant.get("irm", True), overrides=variant.get("pretrain"))["checkpoint"]
             return make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=variant.get("mask_ratio", f.mask_ratio),

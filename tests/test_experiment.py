@@ -59,6 +59,16 @@ def test_pretrain_overrides_train_their_own_model_with_their_settings(tmp_path):
     assert FaceMAE.from_checkpoint(swept["checkpoint"]).extra_config["w_visible"] == 0.0
 
 
+def test_a_variant_without_its_own_ratio_releases_at_its_models_training_ratio(tmp_path):
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    trained_at_half = dict(name="x", method="facemae", irm=False, pretrain={"mask_ratio": 0.5, "output": "paste"})
+    stage = experiment.privatizer(trained_at_half, seed=0)
+    assert (stage.mask_ratio, stage.output) == (0.5, "paste")
+    stage = experiment.privatizer({**trained_at_half, "mask_ratio": 0.9, "output": "full"}, seed=0)
+    assert (stage.mask_ratio, stage.output) == (0.9, "full")
+    assert experiment.privatizer(dict(name="m", method="masked"), seed=0).mask_ratio == 0.75
+
+
 def test_pretrain_overrides_are_checked_before_anything_runs():
     good = dict(name="x", method="facemae", pretrain={"irm_weight": 0.3})
     assert check_variant(good) is good
