@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from facemae_plugin.experiment import merge_protocol
 from facemae_plugin.report import aggregate, markdown_table, plot_tradeoff, tradeoff_verdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,9 +96,11 @@ def test_benchmark_runs_every_variants_first_seed_before_any_repeat():
     assert [(v["name"], s) for v, s in bench.planned_rows([a, b, c], only=["c"])] == [("c", 5), ("c", 6)]
 
 
-@pytest.mark.parametrize("name", ["privacy_utility_synth.py", "privacy_utility_smoke.py"])
+@pytest.mark.parametrize("name", ["privacy_utility_synth.py", "privacy_utility_synth_detail.py",
+                                  "privacy_utility_smoke.py"])
 def test_shipped_benchmark_configs_load_and_name_known_methods(name):
     bench = load_benchmark()
     protocol, variants = bench.load_benchmark_config(os.path.join(ROOT, "benchmarks", "configs", name))
     names = [v["name"] for v in variants]
     assert len(names) == len(set(names)) and "FaceMAE full 0.75" in names and "original" in names
+    merge_protocol(protocol)  # every protocol key is one the experiment knows
