@@ -12,7 +12,7 @@ and composited over the background; lighting and noise act on the composite.
 `detail` (0..1) moves identity from coarse to fine structure. At 0 (the default) identities differ
 mostly in head geometry and colours, which survive blur and pixelation. Raising it narrows the
 spread of those coarse traits and gives each identity freckles and a fine skin texture, features a
-few pixels across, as in real faces, where low-pass filters remove much of what tells people apart.
+few pixels across that a recogniser needs longer training to learn and pixelation removes.
 Detail is drawn from its own stream, so detail 0 gives the same bytes as before the knob existed.
 """
 from dataclasses import dataclass
