@@ -1,4 +1,7 @@
 """Shared fixtures: small face shards the tests make themselves."""
+import importlib.util
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -28,3 +31,12 @@ def layout_a_shard(tmp_path):
     shard_dir = tmp_path / "shard"
     groups = write_layout_a(shard_dir, [2, 3, 4])
     return shard_dir, groups
+
+
+def load_benchmark_script(name):
+    """A script of ``benchmarks/`` (not a package) imported as a module, by file name without .py."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,4 @@
 """Results tables, the trade-off verdict and the benchmark's row plan, against hand-computed values."""
-import importlib.util
 import os
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 
 from facemae_plugin.experiment import merge_protocol
 from facemae_plugin.report import aggregate, markdown_table, plot_tradeoff, tradeoff_verdict
+from tests.conftest import load_benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,11 +81,7 @@ def test_tradeoff_plot_is_a_png(tmp_path):
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("privacy_utility", os.path.join(ROOT, "benchmarks",
-                                                                                  "privacy_utility.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("privacy_utility")
 
 
 def test_benchmark_runs_every_variants_first_seed_before_any_repeat():

@@ -1,21 +1,11 @@
 """benchmarks/synth_headroom.py: the originals' error ratio per (detail, epochs) cell, from real stages."""
-import importlib.util
 import json
 import os
 
 import pytest
 
+from tests.conftest import load_benchmark_script
 from tests.test_experiment import TOY
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_headroom():
-    spec = importlib.util.spec_from_file_location("synth_headroom", os.path.join(ROOT, "benchmarks",
-                                                                                 "synth_headroom.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_stage(cell_dir, name):
@@ -24,7 +14,7 @@ def read_stage(cell_dir, name):
 
 
 def test_a_cell_trains_on_the_detailed_data_and_reports_the_originals_error_ratio(tmp_path):
-    bench = load_headroom()
+    bench = load_benchmark_script("synth_headroom")
     row = bench.measure_cell(str(tmp_path), 0.5, 1, ["pixelate 8", "blur s3"], progress=False, base=TOY)
     cell = tmp_path / "d0.5-e1"
     protocol = json.loads((cell / "protocol.json").read_text())
