@@ -254,8 +254,8 @@ def _draw_face_layer(t, var):
         _draw_brow(layer, t, var, side)
     _draw_nose(layer, t, var.yaw)
     _draw_mouth(layer, t, var)
-    _draw_moles(layer, t, var.yaw)
-    _draw_freckles(layer, t, var.yaw)
+    _draw_spots(layer, t, t.moles, var.yaw, darkness=0.5)
+    _draw_spots(layer, t, t.freckles, var.yaw)  # each freckle carries its own darkness
     if t.glasses:
         _draw_glasses(layer, t, var.yaw)
     return layer
@@ -397,18 +397,12 @@ def _band(x, top, bottom):
     return np.concatenate([np.stack([x, top], axis=1), np.stack([x, bottom], axis=1)[::-1]])
 
 
-def _draw_moles(layer, t, yaw):
-    for across, down, radius in t.moles:
+def _draw_spots(layer, t, spots, yaw, darkness=None):
+    """Moles or freckles: dark discs at (across, down) offsets in head half-axes, moving with yaw."""
+    for across, down, radius, *own_darkness in spots:
         x = _feature_x(across * t.head_half_width, yaw)
         y = t.head_centre_y + _PAD + down * t.head_half_height
-        _fill_ellipse(layer, (x, y), (radius, radius), _dim(t.skin, 0.5))
-
-
-def _draw_freckles(layer, t, yaw):
-    for across, down, radius, darkness in t.freckles:
-        x = _feature_x(across * t.head_half_width, yaw)
-        y = t.head_centre_y + _PAD + down * t.head_half_height
-        _fill_ellipse(layer, (x, y), (radius, radius), _dim(t.skin, darkness))
+        _fill_ellipse(layer, (x, y), (radius, radius), _dim(t.skin, own_darkness[0] if darkness is None else darkness))
 
 
 def _draw_glasses(layer, t, yaw):
