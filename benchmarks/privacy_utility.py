@@ -17,8 +17,8 @@ import sys
 
 from facemae_plugin.experiment import Experiment, check_variant, load_python_config
 from facemae_plugin.evaluation.audit import write_json
-from facemae_plugin.report import (aggregate, markdown_table, plot_tradeoff, save_release_samples, spread_keys,
-                                   tradeoff_verdict)
+from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, plot_tradeoff,
+                                   save_release_samples, spread_keys, tradeoff_verdict)
 
 SAMPLE_FACES = 8
 
@@ -58,19 +58,21 @@ def load_benchmark_config(path):
 
 def write_results(experiment, rows, out_dir, command):
     summary = aggregate(rows)
-    verdict = tradeoff_verdict(summary)
-    informed = tradeoff_verdict(summary, leak_key="informed_instance_rank1")
+    verdicts = [judge(summary, leak_key=key) for judge in (tradeoff_verdict, matched_leakage_verdict)
+                for key in ("instance_rank1", "informed_instance_rank1")]
     table = markdown_table(summary)
     plot = plot_tradeoff(summary, os.path.join(out_dir, "tradeoff.png"))
+    verdict_text = "\n\n".join(v["text"] for v in verdicts)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(f"# Privacy vs utility\n\n`{command}`\n\n{table}\n\n{verdict['text']}\n\n{informed['text']}\n\n"
+        f.write(f"# Privacy vs utility\n\n`{command}`\n\n{table}\n\n{verdict_text}\n\n"
                 "Accuracy: 10-fold verification on held-out identities (image + flip). Leakage: released image "
                 "retrieves its own source (instance) or a same-identity original (identity) at rank 1, "
                 "attacker = the teacher recogniser (trained on split A, never saw split B; also IRM's teacher). "
                 "Informed attacker: the same recogniser recipe trained on the original split B (seed 0).\n")
     write_json({"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
-                "verdict": verdict, "verdict_informed": informed, "plot": plot}, os.path.join(out_dir, "results.json"))
-    return summary, [verdict, informed], table
+                "verdict": verdicts[0], "verdict_informed": verdicts[1], "verdict_matched": verdicts[2],
+                "verdict_matched_informed": verdicts[3], "plot": plot}, os.path.join(out_dir, "results.json"))
+    return summary, verdicts, table
 
 
 def main(argv=None):
@@ -103,7 +105,8 @@ def main(argv=None):
     save_release_samples(os.path.join(out_dir, "samples.png"), sources,
                          spread_keys(experiment.path("data", "release"), SAMPLE_FACES))
     print(json.dumps({"benchmark": "privacy_utility", "rows": len(rows), "verdict": verdicts[0]["holds"],
-                      "verdict_informed": verdicts[1]["holds"],
+                      "verdict_informed": verdicts[1]["holds"], "verdict_matched": verdicts[2]["holds"],
+                      "verdict_matched_informed": verdicts[3]["holds"],
                       "summary": {e["variant"]: {k: e[k][0] for k in ("accuracy", "instance_rank1")}
                                   for e in summary}}))
 

@@ -52,6 +52,7 @@ def plot_tradeoff(summary, path, title="Utility vs privacy leakage"):
     """Verification accuracy against rank-1 instance leakage, one labelled point per variant."""
     figure = new_figure(7.5, 5.5)
     axes = figure.add_subplot(1, 1, 1)
+    _draw_family_curves(axes, summary)
     for entry in summary:
         (x, x_std), (y, y_std) = entry["instance_rank1"], entry["accuracy"]
         colour = "tab:red" if entry["method"] == "facemae" else "tab:grey" if entry["method"] == "original" \
@@ -64,6 +65,17 @@ def plot_tradeoff(summary, path, title="Utility vs privacy leakage"):
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return save_figure(figure, path)
+
+
+def _draw_family_curves(axes, summary, families=("blur", "pixelate", "noise", "masked")):
+    """One dashed line per baseline method through its strengths, from the originals (strength 0)."""
+    original = [e for e in summary if e["method"] == "original"]
+    for method in families:
+        members = [e for e in summary if e["method"] == method] + original
+        if len(members) - len(original) < 1 or len(members) < 2:
+            continue
+        points = sorted((100 * e["instance_rank1"][0], 100 * e["accuracy"][0]) for e in members)
+        axes.plot(*zip(*points), linestyle="--", linewidth=0.8, color="tab:blue", alpha=0.5)
 
 
 def spread_keys(shard_dir, count):
@@ -141,3 +153,70 @@ def _original_ratio(original, best):
     if original is None or original["error"][0] is None or not best["error"][0]:
         return None
     return original["error"][0] / best["error"][0]
+
+
+def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("blur", "pixelate", "noise", "masked"),
+                            leak_key="instance_rank1", original="original"):
+    """FaceMAE's error against each baseline family's error at FaceMAE's own leakage.
+
+    A family is one method at several strengths (``blur s3``, ``blur s6``, ...); the untouched
+    originals are every family's strength 0. Its error at FaceMAE's leakage ``L`` is interpolated
+    linearly between the family's nearest rows leaking at most and at least ``L``, so a family is
+    judged at the strength that hides sources as well as FaceMAE does, not at a weak strength that
+    leaks everything. A family whose every row leaks more than ``L`` is unmatched: it needs a
+    stronger row. Holds when FaceMAE's error is at most half of every matched family's and every
+    family is matched; ``holds`` is None when a family is unmatched or rows are missing.
+    """
+    by_name = {entry["variant"]: entry for entry in summary}
+    ours = by_name.get(facemae)
+    if ours is None or ours[leak_key][0] is None:
+        return {"holds": None, "text": f"matched-leakage verdict ({leak_key}): needs the {facemae!r} row",
+                "families": {}}
+    level, error = ours[leak_key][0], ours["error"][0]
+    families = {}
+    for method in baselines:
+        points = _family_points(summary, method, leak_key, by_name.get(original))
+        if len(points) > (original in by_name):
+            families[method] = _error_at_leakage(points, level)
+    if not families:
+        return {"holds": None, "text": f"matched-leakage verdict ({leak_key}): needs baseline rows",
+                "families": {}}
+    parts, ratios = [], []
+    for method, match in families.items():
+        if match is None:
+            parts.append(f"{method}: every row leaks more (needs a stronger row)")
+            continue
+        match["ratio"] = error / match["error"] if match["error"] > 0 else float("inf")
+        ratios.append(match["ratio"])
+        parts.append(f"{method} {100 * match['error']:.2f}% ({match['between']}) -> ratio {match['ratio']:.2f}")
+    unmatched = [m for m, match in families.items() if match is None]
+    holds = None if unmatched or not ratios else max(ratios) <= 0.5
+    text = (f"matched-leakage verdict ({leak_key}): {facemae} error {100 * error:.2f}% at leakage "
+            f"{100 * level:.1f}%; baseline error interpolated to that leakage: " + "; ".join(parts)
+            + " (claim: every ratio <= 0.50). "
+            + ("Claim holds." if holds else "Claim does not hold here." if holds is False
+               else "Undecided until every family is matched."))
+    return {"holds": holds, "text": text, "leakage": level, "error": error, "families": families}
+
+
+def _family_points(summary, method, leak_key, original):
+    """``[(leakage, error, name)]`` of one method's rows plus the originals (its strength 0)."""
+    members = [e for e in summary if e["method"] == method] + ([original] if original else [])
+    return [(e[leak_key][0], e["error"][0], e["variant"]) for e in members if e[leak_key][0] is not None]
+
+
+def _error_at_leakage(points, level):
+    """The family's error at ``level`` between its bracketing rows, or None when none leaks as little."""
+    below = [p for p in points if p[0] <= level]
+    above = [p for p in points if p[0] >= level]
+    if not below:
+        return None
+    # Nearest rows on each side; among equal leakage the most accurate, the family's best at that point.
+    low = min(below, key=lambda p: (level - p[0], p[1]))
+    if not above:  # every row leaks less: FaceMAE leaks more than even the originals' level
+        return {"error": low[1], "between": f"at {low[2]}"}
+    high = min(above, key=lambda p: (p[0] - level, p[1]))
+    if high[0] == low[0]:
+        return {"error": min(low[1], high[1]), "between": f"at {(low if low[1] <= high[1] else high)[2]}"}
+    weight = (level - low[0]) / (high[0] - low[0])
+    return {"error": low[1] + weight * (high[1] - low[1]), "between": f"between {low[2]} and {high[2]}"}

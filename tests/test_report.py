@@ -1,11 +1,13 @@
 """Results tables, the trade-off verdict and the benchmark's row plan, against hand-computed values."""
+import json
 import os
 
 import numpy as np
 import pytest
 
 from facemae_plugin.experiment import merge_protocol
-from facemae_plugin.report import aggregate, markdown_table, plot_tradeoff, tradeoff_verdict
+from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, plot_tradeoff,
+                                   tradeoff_verdict)
 from tests.conftest import load_benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +75,35 @@ def test_verdict_says_when_even_the_originals_cannot_reach_the_bar():
     assert tradeoff_verdict(rows)["original_ratio"] is None
 
 
+def test_matched_verdict_interpolates_each_family_to_facemaes_leakage():
+    ours = entry("FaceMAE full 0.75", "facemae", 0.10, 0.40)
+    rows = [ours, entry("original", "original", 0.05, 1.0),
+            entry("blur s3", "blur", 0.06, 0.90), entry("blur s6", "blur", 0.30, 0.20),  # bracket 0.40
+            entry("pixelate 16", "pixelate", 0.15, 0.40),  # leaks exactly as much
+            entry("noise 25", "noise", 0.04, 1.0)]  # only the originals' side: unmatched
+    verdict = matched_leakage_verdict(rows)
+    blur = verdict["families"]["blur"]
+    assert blur["error"] == pytest.approx(0.06 + (0.40 - 0.90) / (0.20 - 0.90) * (0.30 - 0.06))
+    assert blur["ratio"] == pytest.approx(0.10 / blur["error"]) and "blur s6 and blur s3" in blur["between"]
+    assert verdict["families"]["pixelate"]["error"] == pytest.approx(0.15)
+    assert verdict["families"]["noise"] is None and "masked" not in verdict["families"]
+    assert verdict["holds"] is None and "noise: every row leaks more" in verdict["text"]
+    matched = matched_leakage_verdict(rows[:5] + [entry("noise 200", "noise", 0.60, 0.10)])
+    noise = matched["families"]["noise"]  # between noise 200 and the originals (strength 0)
+    assert noise["error"] == pytest.approx(0.60 + (0.40 - 0.10) / (1.0 - 0.10) * (0.05 - 0.60))
+    assert matched["holds"] is (max(f["ratio"] for f in matched["families"].values()) <= 0.5)
+    assert matched["holds"] is False and "Claim does not hold here." in matched["text"]
+
+
+def test_matched_verdict_holds_only_when_every_family_errs_twice_as_often():
+    rows = [entry("FaceMAE full 0.75", "facemae", 0.10, 0.40), entry("original", "original", 0.05, 1.0),
+            entry("blur s6", "blur", 0.30, 0.20), entry("pixelate 16", "pixelate", 0.25, 0.30)]
+    verdict = matched_leakage_verdict(rows)
+    assert verdict["holds"] is True and "Claim holds." in verdict["text"]
+    assert matched_leakage_verdict(rows[1:])["holds"] is None
+    assert matched_leakage_verdict(rows[:2])["holds"] is None  # no baseline row beyond the originals
+
+
 def test_tradeoff_plot_is_a_png(tmp_path):
     summary = aggregate([row("a", "facemae", 0, 0.9, 0.2), row("o", "original", 0, 0.95, 1.0)])
     path = plot_tradeoff(summary, str(tmp_path / "t.png"))
@@ -100,3 +131,20 @@ def test_shipped_benchmark_configs_load_and_name_known_methods(name):
     names = [v["name"] for v in variants]
     assert len(names) == len(set(names)) and "FaceMAE full 0.75" in names and "original" in names
     merge_protocol(protocol)  # every protocol key is one the experiment knows
+
+
+def test_benchmark_results_carry_both_verdicts_for_both_attackers(tmp_path):
+    bench = load_benchmark()
+    rows = [row("original", "original", 0, 0.95, 1.0), row("FaceMAE full 0.75", "facemae", 0, 0.80, 0.5),
+            row("blur s3", "blur", 0, 0.94, 0.99), row("blur s9", "blur", 0, 0.55, 0.2)]
+    experiment = type("Run", (), {"protocol": {"seed": 0}})()
+    summary, verdicts, table = bench.write_results(experiment, rows, str(tmp_path), "python bench.py")
+    report = (tmp_path / "results.md").read_text()
+    assert all(v["text"] in report for v in verdicts) and table in report
+    assert [v["text"].split(" (")[0] for v in verdicts] == ["verdict", "verdict", "matched-leakage verdict",
+                                                            "matched-leakage verdict"]
+    with open(tmp_path / "results.json") as f:
+        saved = json.load(f)
+    blur = saved["verdict_matched"]["families"]["blur"]  # leak 0.5 between blur s9 (0.2) and blur s3 (0.99)
+    assert blur["error"] == pytest.approx(0.45 + (0.5 - 0.2) / (0.99 - 0.2) * (0.06 - 0.45))
+    assert saved["verdict_matched_informed"]["leakage"] == pytest.approx(0.5 / 3)
