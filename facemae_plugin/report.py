@@ -16,6 +16,10 @@ COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.
 )
 
 
+METHOD_COLOURS = {"facemae": "tab:red", "original": "tab:grey", "blur": "tab:blue", "pixelate": "tab:orange",
+                  "noise": "tab:green", "masked": "tab:purple"}
+
+
 def aggregate(rows):
     """Rows grouped by variant (first-seen order): ``{variant, seeds, <key>: (mean, std)}``."""
     groups = {}
@@ -55,8 +59,7 @@ def plot_tradeoff(summary, path, title="Utility vs privacy leakage"):
     _draw_family_curves(axes, summary)
     for entry in summary:
         (x, x_std), (y, y_std) = entry["instance_rank1"], entry["accuracy"]
-        colour = "tab:red" if entry["method"] == "facemae" else "tab:grey" if entry["method"] == "original" \
-            else "tab:blue"
+        colour = METHOD_COLOURS.get(entry["method"], "tab:brown")
         axes.errorbar(100 * x, 100 * y, xerr=100 * x_std, yerr=100 * y_std, fmt="o", color=colour, capsize=3)
         axes.annotate(entry["variant"], (100 * x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     axes.set_xlabel("rank-1 instance leakage % (released image retrieves its source; lower is better)")
@@ -75,7 +78,10 @@ def _draw_family_curves(axes, summary, families=("blur", "pixelate", "noise", "m
         if len(members) - len(original) < 1 or len(members) < 2:
             continue
         points = sorted((100 * e["instance_rank1"][0], 100 * e["accuracy"][0]) for e in members)
-        axes.plot(*zip(*points), linestyle="--", linewidth=0.8, color="tab:blue", alpha=0.5)
+        axes.plot(*zip(*points), linestyle="--", linewidth=0.8, color=METHOD_COLOURS[method], alpha=0.6,
+                  label=method)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(title="baseline strengths", fontsize=8, loc="best")
 
 
 def spread_keys(shard_dir, count):
