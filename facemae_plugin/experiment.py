@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import time
 
 from easydict import EasyDict as edict
@@ -151,11 +152,12 @@ class Experiment:
         self.used_stages.add(name)
         if os.path.isfile(marker):
             if name not in self.reused:
-                print(f"[{name}] reusing finished stage")
+                # Stage lines are progress, like the bars: stderr, so stdout keeps only results.
+                print(f"[{name}] reusing finished stage", file=sys.stderr, flush=True)
                 self.reused.add(name)
             with open(marker) as f:
                 return json.load(f)
-        print(f"[{name}] running")
+        print(f"[{name}] running", file=sys.stderr, flush=True)
         started = time.perf_counter()
         result = build()
         result = {**result, "seconds": round(time.perf_counter() - started, 1)}

@@ -119,6 +119,8 @@ def test_data_detail_reaches_every_split(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_every_stage_writes_its_report_and_reuses_stages(tmp_path, capsys):
     report = run_demo(tmp_path, TOY, progress=False, compare_original=True)
+    first = capsys.readouterr()
+    assert "[teacher] running" in first.err and "[teacher]" not in first.out  # stage lines are progress
     assert [r["variant"] for r in report["rows"]] == ["FaceMAE full 0.75", "original"]
     for r in report["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["instance_rank1"] <= 1.0
@@ -137,5 +139,6 @@ def test_demo_runs_every_stage_writes_its_report_and_reuses_stages(tmp_path, cap
     assert set(report["stages"]) == expected
     capsys.readouterr()
     again = run_demo(tmp_path, TOY, progress=False, compare_original=True)
-    assert "running" not in capsys.readouterr().out  # every stage reused
+    second = capsys.readouterr().err
+    assert "running" not in second and "[teacher] reusing finished stage" in second  # every stage reused
     assert again["rows"] == report["rows"]
