@@ -170,8 +170,8 @@ def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("bl
     linearly between the family's nearest rows leaking at most and at least ``L``, so a family is
     judged at the strength that hides sources as well as FaceMAE does, not at a weak strength that
     leaks everything. A family whose every row leaks more than ``L`` is unmatched: it needs a
-    stronger row. Holds when FaceMAE's error is at most half of every matched family's and every
-    family is matched; ``holds`` is None when a family is unmatched or rows are missing.
+    stronger row. Fails when a matched family errs less than twice as often as FaceMAE; holds when
+    every family is matched and none does; otherwise (unmatched families, missing rows) ``holds`` is None.
     """
     by_name = {entry["variant"]: entry for entry in summary}
     ours = by_name.get(facemae)
@@ -196,7 +196,8 @@ def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("bl
         ratios.append(match["ratio"])
         parts.append(f"{method} {100 * match['error']:.2f}% ({match['between']}) -> ratio {match['ratio']:.2f}")
     unmatched = [m for m, match in families.items() if match is None]
-    holds = None if unmatched or not ratios else max(ratios) <= 0.5
+    # One matched family at more than half FaceMAE's error settles it; otherwise unmatched ones decide.
+    holds = False if ratios and max(ratios) > 0.5 else None if unmatched or not ratios else True
     text = (f"matched-leakage verdict ({leak_key}): {facemae} error {100 * error:.2f}% at leakage "
             f"{100 * level:.1f}%; baseline error interpolated to that leakage: " + "; ".join(parts)
             + " (claim: every ratio <= 0.50). "

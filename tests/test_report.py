@@ -87,7 +87,9 @@ def test_matched_verdict_interpolates_each_family_to_facemaes_leakage():
     assert blur["ratio"] == pytest.approx(0.10 / blur["error"]) and "blur s6 and blur s3" in blur["between"]
     assert verdict["families"]["pixelate"]["error"] == pytest.approx(0.15)
     assert verdict["families"]["noise"] is None and "masked" not in verdict["families"]
-    assert verdict["holds"] is None and "noise: every row leaks more" in verdict["text"]
+    assert "noise: every row leaks more" in verdict["text"]
+    assert verdict["holds"] is False  # pixelate alone already errs less than twice as often
+    assert matched_leakage_verdict(rows[:4] + rows[5:])["holds"] is None  # blur passes, noise undecided
     matched = matched_leakage_verdict(rows[:5] + [entry("noise 200", "noise", 0.60, 0.10)])
     noise = matched["families"]["noise"]  # between noise 200 and the originals (strength 0)
     assert noise["error"] == pytest.approx(0.60 + (0.40 - 0.10) / (1.0 - 0.10) * (0.05 - 0.60))
