@@ -8,6 +8,10 @@ audit the release's leakage with the teacher. Rows run seed-major (every variant
 before any repeat), results are rewritten after every row, and finished stages are reused, so an
 interrupted run resumes where it stopped. Writes results.md, results.json, tradeoff.png and
 samples.png to --out (default WORK_DIR/results) and prints a JSON line.
+
+Two verdicts on FaceMAE's claim (at most half the error), each for both attackers: against the most
+accurate baseline that leaks at least as much, and against each baseline method at FaceMAE's own
+leakage, interpolated between its strengths (blur s3 / s6 ...; the originals are strength 0).
 """
 import argparse
 import json
