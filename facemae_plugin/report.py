@@ -203,7 +203,14 @@ def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("bl
             + " (claim: every ratio <= 0.50). "
             + ("Claim holds." if holds else "Claim does not hold here." if holds is False
                else "Undecided until every family is matched."))
-    return {"holds": holds, "text": text, "leakage": level, "error": error, "families": families}
+    matched = [match for match in families.values() if match is not None]
+    original_ratio = _original_ratio(by_name.get(original), {"error": (min(m["error"] for m in matched),)}) \
+        if matched else None
+    if original_ratio is not None:
+        text += (f" Headroom: the originals' own error is {original_ratio:.2f} of the best matched baseline's"
+                 + (", so no release can reach 0.50 here." if original_ratio > 0.5 else "."))
+    return {"holds": holds, "text": text, "leakage": level, "error": error, "families": families,
+            "original_ratio": original_ratio}
 
 
 def _family_points(summary, method, leak_key, original):

@@ -95,6 +95,9 @@ def test_matched_verdict_interpolates_each_family_to_facemaes_leakage():
     assert noise["error"] == pytest.approx(0.60 + (0.40 - 0.10) / (1.0 - 0.10) * (0.05 - 0.60))
     assert matched["holds"] is (max(f["ratio"] for f in matched["families"].values()) <= 0.5)
     assert matched["holds"] is False and "Claim does not hold here." in matched["text"]
+    best = min(f["error"] for f in matched["families"].values())  # noise's, interpolated
+    assert matched["original_ratio"] == pytest.approx(0.05 / best) and "no release can" not in matched["text"]
+    assert matched_leakage_verdict([e for e in rows if e["method"] != "original"])["original_ratio"] is None
 
 
 def test_matched_verdict_holds_only_when_every_family_errs_twice_as_often():
