@@ -179,11 +179,8 @@ def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("bl
         return {"holds": None, "text": f"matched-leakage verdict ({leak_key}): needs the {facemae!r} row",
                 "families": {}}
     level, error = ours[leak_key][0], ours["error"][0]
-    families = {}
-    for method in baselines:
-        points = _family_points(summary, method, leak_key, by_name.get(original))
-        if len(points) > (original in by_name):
-            families[method] = _error_at_leakage(points, level)
+    families = {method: _error_at_leakage(points, level) for method in baselines
+                for points in [_family_points(summary, method, leak_key)] if points}
     if not families:
         return {"holds": None, "text": f"matched-leakage verdict ({leak_key}): needs baseline rows",
                 "families": {}}
@@ -203,9 +200,9 @@ def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("bl
             + " (claim: every ratio <= 0.50). "
             + ("Claim holds." if holds else "Claim does not hold here." if holds is False
                else "Undecided until every family is matched."))
-    matched = [match for match in families.values() if match is not None]
-    original_ratio = _original_ratio(by_name.get(original), {"error": (min(m["error"] for m in matched),)}) \
-        if matched else None
+    original_ratio = None
+    if by_name.get(original) and ratios:  # the originals' error over the best matched family's
+        original_ratio = by_name[original]["error"][0] / min(m["error"] for m in families.values() if m)
     if original_ratio is not None:
         text += (f" Headroom: the originals' own error is {original_ratio:.2f} of the best matched baseline's"
                  + (", so no release can reach 0.50 here." if original_ratio > 0.5 else "."))
@@ -213,10 +210,13 @@ def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("bl
             "original_ratio": original_ratio}
 
 
-def _family_points(summary, method, leak_key, original):
-    """``[(leakage, error, name)]`` of one method's rows plus the originals (its strength 0)."""
-    members = [e for e in summary if e["method"] == method] + ([original] if original else [])
-    return [(e[leak_key][0], e["error"][0], e["variant"]) for e in members if e[leak_key][0] is not None]
+def _family_points(summary, method, leak_key):
+    """``[(leakage, error, name)]`` of one method's rows plus the originals (its strength 0); [] without rows."""
+    members = [e for e in summary if e["method"] == method and e[leak_key][0] is not None]
+    if not members:
+        return []
+    members += [e for e in summary if e["method"] == "original" and e[leak_key][0] is not None]
+    return [(e[leak_key][0], e["error"][0], e["variant"]) for e in members]
 
 
 def _error_at_leakage(points, level):
