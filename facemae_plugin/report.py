@@ -234,3 +234,31 @@ def _error_at_leakage(points, level):
         return {"error": min(low[1], high[1]), "between": f"at {(low if low[1] <= high[1] else high)[2]}"}
     weight = (level - low[0]) / (high[0] - low[0])
     return {"error": low[1] + weight * (high[1] - low[1]), "between": f"between {low[2]} and {high[2]}"}
+
+
+def matched_ratio_table(summary, leak_keys=(("instance_rank1", "teacher"), ("informed_instance_rank1", "informed")),
+                        baselines=("blur", "pixelate", "noise", "masked")):
+    """Markdown: every FaceMAE row's error over each baseline's at its own leakage, per attacker.
+
+    A cell is the matched verdict's ratio (the claim wants <= 0.50); "–" where that method has no row
+    leaking as little. Methods without rows get no column. Lets a ratio sweep or a longer-trained
+    model be read against the same curves.
+    """
+    baselines = [m for m in baselines if any(e["method"] == m for e in summary)]
+    lines = ["| FaceMAE row | attacker | leakage % | error % | " + " | ".join(f"vs {m}" for m in baselines) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(baselines)]
+    for entry in summary:
+        if entry["method"] != "facemae":
+            continue
+        for key, attacker in leak_keys:
+            verdict = matched_leakage_verdict(summary, facemae=entry["variant"], baselines=baselines, leak_key=key)
+            if "leakage" not in verdict:
+                continue
+            cells = [_ratio_cell(verdict["families"].get(method)) for method in baselines]
+            lines.append(f"| {entry['variant']} | {attacker} | {100 * verdict['leakage']:.1f} | "
+                         f"{100 * verdict['error']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio_cell(match):
+    return "–" if match is None or "ratio" not in match else f"{match['ratio']:.2f}"

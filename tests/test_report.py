@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from facemae_plugin.experiment import merge_protocol
-from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, plot_tradeoff,
-                                   tradeoff_verdict)
+from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
+                                   plot_tradeoff, tradeoff_verdict)
 from tests.conftest import load_benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +109,19 @@ def test_matched_verdict_holds_only_when_every_family_errs_twice_as_often():
     assert matched_leakage_verdict(rows[:2])["holds"] is None  # no baseline row beyond the originals
 
 
+def test_matched_ratio_table_has_a_line_per_facemae_row_and_attacker():
+    # row(): informed leakage is a third of the teacher's
+    rows = [row("original", "original", 0, 0.95, 0.9), row("FaceMAE full 0.75", "facemae", 0, 0.80, 0.6),
+            row("FaceMAE full 0.9", "facemae", 0, 0.70, 0.2), row("blur s6", "blur", 0, 0.50, 0.3)]
+    lines = matched_ratio_table(aggregate(rows)).splitlines()
+    assert lines[0].endswith("| vs blur |") and len(lines) == 2 + 2 * 2  # no pixelate/noise/masked rows
+    teacher = 0.50 + (0.6 - 0.3) / (0.9 - 0.3) * (0.05 - 0.50)  # between blur s6 and the originals
+    informed = 0.50 + (0.2 - 0.1) / (0.3 - 0.1) * (0.05 - 0.50)
+    assert lines[2] == f"| FaceMAE full 0.75 | teacher | 60.0 | 20.00 | {0.20 / teacher:.2f} |"
+    assert lines[3] == f"| FaceMAE full 0.75 | informed | 20.0 | 20.00 | {0.20 / informed:.2f} |"
+    assert lines[4] == "| FaceMAE full 0.9 | teacher | 20.0 | 30.00 | – |"  # blur s6 leaks more
+
+
 def test_tradeoff_plot_is_a_png(tmp_path):
     summary = aggregate([row("a", "facemae", 0, 0.9, 0.2), row("o", "original", 0, 0.95, 1.0)])
     path = plot_tradeoff(summary, str(tmp_path / "t.png"))
@@ -146,6 +159,7 @@ def test_benchmark_results_carry_both_verdicts_for_both_attackers(tmp_path):
     summary, verdicts, table = bench.write_results(experiment, rows, str(tmp_path), "python bench.py")
     report = (tmp_path / "results.md").read_text()
     assert all(v["text"] in report for v in verdicts) and table in report
+    assert matched_ratio_table(summary) in report and "| FaceMAE full 0.75 | informed |" in report
     assert [v["text"].split(" (")[0] for v in verdicts] == ["verdict", "verdict", "matched-leakage verdict",
                                                             "matched-leakage verdict"]
     with open(tmp_path / "results.json") as f:
