@@ -25,6 +25,12 @@ from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_ve
                                    plot_tradeoff, save_release_samples, spread_keys, tradeoff_verdict)
 
 SAMPLE_FACES = 8
+VERDICTS = {  # results.json key: (judge, leakage column)
+    "verdict": (tradeoff_verdict, "instance_rank1"),
+    "verdict_informed": (tradeoff_verdict, "informed_instance_rank1"),
+    "verdict_matched": (matched_leakage_verdict, "instance_rank1"),
+    "verdict_matched_informed": (matched_leakage_verdict, "informed_instance_rank1"),
+}
 
 
 def parse_args(argv=None):
@@ -62,11 +68,10 @@ def load_benchmark_config(path):
 
 def write_results(experiment, rows, out_dir, command):
     summary = aggregate(rows)
-    verdicts = [judge(summary, leak_key=key) for judge in (tradeoff_verdict, matched_leakage_verdict)
-                for key in ("instance_rank1", "informed_instance_rank1")]
+    verdicts = {name: judge(summary, leak_key=key) for name, (judge, key) in VERDICTS.items()}
     table = markdown_table(summary)
     plot = plot_tradeoff(summary, os.path.join(out_dir, "tradeoff.png"))
-    verdict_text = "\n\n".join(v["text"] for v in verdicts)
+    verdict_text = "\n\n".join(v["text"] for v in verdicts.values())
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(f"# Privacy vs utility\n\n`{command}`\n\n{table}\n\n{verdict_text}\n\n"
                 "Every FaceMAE row's error over each baseline's error at the same leakage (claim: <= 0.50):\n\n"
@@ -76,8 +81,7 @@ def write_results(experiment, rows, out_dir, command):
                 "attacker = the teacher recogniser (trained on split A, never saw split B; also IRM's teacher). "
                 "Informed attacker: the same recogniser recipe trained on the original split B (seed 0).\n")
     write_json({"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
-                "verdict": verdicts[0], "verdict_informed": verdicts[1], "verdict_matched": verdicts[2],
-                "verdict_matched_informed": verdicts[3], "plot": plot}, os.path.join(out_dir, "results.json"))
+                **verdicts, "plot": plot}, os.path.join(out_dir, "results.json"))
     return summary, verdicts, table
 
 
@@ -101,7 +105,7 @@ def main(argv=None):
         rows.append(experiment.row(variant, seed, informed_attacker=True))
         summary, verdicts, table = write_results(experiment, rows, out_dir, command)
     print(table)
-    print("\n".join(v["text"] for v in verdicts))
+    print("\n".join(v["text"] for v in verdicts.values()))
     first_rows = {}  # each variant's first planned seed, in plan order
     for variant, seed in plan:
         first_rows.setdefault(variant["name"], (variant, seed))
@@ -110,9 +114,8 @@ def main(argv=None):
         for v, seed in first_rows.values() if v["method"] != "original"]
     save_release_samples(os.path.join(out_dir, "samples.png"), sources,
                          spread_keys(experiment.path("data", "release"), SAMPLE_FACES))
-    print(json.dumps({"benchmark": "privacy_utility", "rows": len(rows), "verdict": verdicts[0]["holds"],
-                      "verdict_informed": verdicts[1]["holds"], "verdict_matched": verdicts[2]["holds"],
-                      "verdict_matched_informed": verdicts[3]["holds"],
+    print(json.dumps({"benchmark": "privacy_utility", "rows": len(rows),
+                      **{name: verdict["holds"] for name, verdict in verdicts.items()},
                       "summary": {e["variant"]: {k: e[k][0] for k in ("accuracy", "instance_rank1")}
                                   for e in summary}}))
 

@@ -16,6 +16,7 @@ COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.
 )
 
 
+BASELINE_METHODS = ("blur", "pixelate", "noise", "masked")  # the release methods FaceMAE is compared with
 METHOD_COLOURS = {"facemae": "tab:red", "original": "tab:grey", "blur": "tab:blue", "pixelate": "tab:orange",
                   "noise": "tab:green", "masked": "tab:purple"}
 
@@ -70,14 +71,13 @@ def plot_tradeoff(summary, path, title="Utility vs privacy leakage"):
     return save_figure(figure, path)
 
 
-def _draw_family_curves(axes, summary, families=("blur", "pixelate", "noise", "masked")):
+def _draw_family_curves(axes, summary):
     """One dashed line per baseline method through its strengths, from the originals (strength 0)."""
-    original = [e for e in summary if e["method"] == "original"]
-    for method in families:
-        members = [e for e in summary if e["method"] == method] + original
-        if len(members) - len(original) < 1 or len(members) < 2:
+    for method in BASELINE_METHODS:
+        points = sorted((100 * leak, 100 * (1 - error))  # accuracy is 1 - error, also as a mean over seeds
+                        for leak, error, _ in _family_points(summary, method, "instance_rank1"))
+        if len(points) < 2:
             continue
-        points = sorted((100 * e["instance_rank1"][0], 100 * e["accuracy"][0]) for e in members)
         axes.plot(*zip(*points), linestyle="--", linewidth=0.8, color=METHOD_COLOURS[method], alpha=0.6,
                   label=method)
     if axes.get_legend_handles_labels()[0]:
@@ -112,7 +112,7 @@ def save_release_samples(path, sources, keys):
 
 
 def tradeoff_verdict(summary, facemae="FaceMAE full 0.75", paste="FaceMAE paste 0.75",
-                     baselines=("blur", "pixelate", "noise", "masked"), leak_key="instance_rank1",
+                     baselines=BASELINE_METHODS, leak_key="instance_rank1",
                      original="original"):
     """FaceMAE's claim checked on the table (means over seeds).
 
@@ -146,7 +146,7 @@ def tradeoff_verdict(summary, facemae="FaceMAE full 0.75", paste="FaceMAE paste 
         text += f" {paste}: leakage {100 * leak(paste_entry):.1f}% ({'higher' if less_than_paste else 'not higher'} than full)."
     holds = ratio <= 0.5 and bool(comparable) and less_than_paste is not False
     text += " Claim holds." if holds else " Claim does not hold here."
-    original_ratio = _original_ratio(by_name.get(original), best)
+    original_ratio = _original_ratio(by_name.get(original), best["error"][0])
     if original_ratio is not None:
         text += (f" Headroom: the originals' own error ratio is {original_ratio:.2f}"
                  + (", so no release can reach 0.50 on this benchmark." if original_ratio > 0.5 else "."))
@@ -154,14 +154,14 @@ def tradeoff_verdict(summary, facemae="FaceMAE full 0.75", paste="FaceMAE paste 
             "leaks_less_than_paste": less_than_paste, "original_ratio": original_ratio}
 
 
-def _original_ratio(original, best):
-    """The untouched data's error over the best comparable baseline's; None without both."""
-    if original is None or original["error"][0] is None or not best["error"][0]:
+def _original_ratio(original, best_error):
+    """The untouched data's error over the best comparable baseline's error; None without both."""
+    if original is None or original["error"][0] is None or not best_error:
         return None
-    return original["error"][0] / best["error"][0]
+    return original["error"][0] / best_error
 
 
-def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("blur", "pixelate", "noise", "masked"),
+def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=BASELINE_METHODS,
                             leak_key="instance_rank1", original="original"):
     """FaceMAE's error against each baseline family's error at FaceMAE's own leakage.
 
@@ -200,9 +200,8 @@ def matched_leakage_verdict(summary, facemae="FaceMAE full 0.75", baselines=("bl
             + " (claim: every ratio <= 0.50). "
             + ("Claim holds." if holds else "Claim does not hold here." if holds is False
                else "Undecided until every family is matched."))
-    original_ratio = None
-    if by_name.get(original) and ratios:  # the originals' error over the best matched family's
-        original_ratio = by_name[original]["error"][0] / min(m["error"] for m in families.values() if m)
+    matched_errors = [match["error"] for match in families.values() if match is not None]
+    original_ratio = _original_ratio(by_name.get(original), min(matched_errors)) if matched_errors else None
     if original_ratio is not None:
         text += (f" Headroom: the originals' own error is {original_ratio:.2f} of the best matched baseline's"
                  + (", so no release can reach 0.50 here." if original_ratio > 0.5 else "."))
@@ -237,7 +236,7 @@ def _error_at_leakage(points, level):
 
 
 def matched_ratio_table(summary, leak_keys=(("instance_rank1", "teacher"), ("informed_instance_rank1", "informed")),
-                        baselines=("blur", "pixelate", "noise", "masked")):
+                        baselines=BASELINE_METHODS):
     """Markdown: every FaceMAE row's error over each baseline's at its own leakage, per attacker.
 
     A cell is the matched verdict's ratio (the claim wants <= 0.50); "–" where that method has no row
@@ -261,4 +260,4 @@ def matched_ratio_table(summary, leak_keys=(("instance_rank1", "teacher"), ("inf
 
 
 def _ratio_cell(match):
-    return "–" if match is None or "ratio" not in match else f"{match['ratio']:.2f}"
+    return "–" if match is None else f"{match['ratio']:.2f}"

@@ -158,10 +158,10 @@ def test_benchmark_results_carry_both_verdicts_for_both_attackers(tmp_path):
     experiment = type("Run", (), {"protocol": {"seed": 0}})()
     summary, verdicts, table = bench.write_results(experiment, rows, str(tmp_path), "python bench.py")
     report = (tmp_path / "results.md").read_text()
-    assert all(v["text"] in report for v in verdicts) and table in report
+    assert all(v["text"] in report for v in verdicts.values()) and table in report
     assert matched_ratio_table(summary) in report and "| FaceMAE full 0.75 | informed |" in report
-    assert [v["text"].split(" (")[0] for v in verdicts] == ["verdict", "verdict", "matched-leakage verdict",
-                                                            "matched-leakage verdict"]
+    assert [v["text"].split(" (")[0] for v in verdicts.values()] == ["verdict", "verdict", "matched-leakage verdict",
+                                                                     "matched-leakage verdict"]
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
     blur = saved["verdict_matched"]["families"]["blur"]  # leak 0.5 between blur s9 (0.2) and blur s3 (0.99)
