@@ -19,6 +19,9 @@ COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.
 BASELINE_METHODS = ("blur", "pixelate", "noise", "masked")  # the release methods FaceMAE is compared with
 METHOD_COLOURS = {"facemae": "tab:red", "original": "tab:grey", "blur": "tab:blue", "pixelate": "tab:orange",
                   "noise": "tab:green", "masked": "tab:purple"}
+# (leakage key, attacker): the teacher never saw the released identities; the informed attacker is the
+# recogniser trained on the original release split, who knows them.
+ATTACKERS = (("instance_rank1", "teacher"), ("informed_instance_rank1", "informed"))
 
 
 def aggregate(rows):
@@ -53,29 +56,51 @@ def markdown_table(summary):
     return "\n".join(lines)
 
 
-def plot_tradeoff(summary, path, title="Utility vs privacy leakage"):
-    """Verification accuracy against rank-1 instance leakage, one labelled point per variant."""
-    figure = new_figure(7.5, 5.5)
-    axes = figure.add_subplot(1, 1, 1)
-    _draw_family_curves(axes, summary)
-    for entry in summary:
-        (x, x_std), (y, y_std) = entry["instance_rank1"], entry["accuracy"]
-        colour = METHOD_COLOURS.get(entry["method"], "tab:brown")
-        axes.errorbar(100 * x, 100 * y, xerr=100 * x_std, yerr=100 * y_std, fmt="o", color=colour, capsize=3)
-        axes.annotate(entry["variant"], (100 * x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    axes.set_xlabel("rank-1 instance leakage % (released image retrieves its source; lower is better)")
-    axes.set_ylabel("verification accuracy % on held-out identities")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
+def plot_tradeoff(summary, path, title="Utility vs privacy leakage", attackers=ATTACKERS):
+    """Verification accuracy against rank-1 instance leakage, one labelled point per variant.
+
+    One panel per attacker whose leakage the summary holds (the informed attacker is the sharper
+    judge where identity lives in fine detail, and can order the methods differently).
+    """
+    panels = tradeoff_panels(summary, attackers)
+    figure = new_figure(7.5 * len(panels), 5.5)
+    first = None
+    for n, (leak_key, attacker) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), n + 1, sharey=first)
+        first = first or axes
+        _draw_family_curves(axes, summary, leak_key)
+        _draw_variants(axes, summary, leak_key)
+        axes.set_xlabel(f"rank-1 instance leakage %, {attacker} attacker\n"
+                        "(released image retrieves its source; lower is better)")
+        axes.set_title(title if len(panels) == 1 else f"{title}: {attacker} attacker")
+        axes.grid(alpha=0.3)
+    first.set_ylabel("verification accuracy % on held-out identities")
     figure.tight_layout()
     return save_figure(figure, path)
 
 
-def _draw_family_curves(axes, summary):
+def tradeoff_panels(summary, attackers=ATTACKERS):
+    """The ``(leak_key, attacker)`` pairs the trade-off plot draws: those with a value in some row."""
+    panels = [(key, name) for key, name in attackers if any(e[key][0] is not None for e in summary)]
+    return panels or list(attackers[:1])
+
+
+def _draw_variants(axes, summary, leak_key):
+    """A labelled point per variant, with error bars where it has several seeds."""
+    for entry in summary:
+        (x, x_std), (y, y_std) = entry[leak_key], entry["accuracy"]
+        if x is None:
+            continue
+        colour = METHOD_COLOURS.get(entry["method"], "tab:brown")
+        axes.errorbar(100 * x, 100 * y, xerr=100 * x_std, yerr=100 * y_std, fmt="o", color=colour, capsize=3)
+        axes.annotate(entry["variant"], (100 * x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+
+
+def _draw_family_curves(axes, summary, leak_key):
     """One dashed line per baseline method through its strengths, from the originals (strength 0)."""
     for method in BASELINE_METHODS:
         points = sorted((100 * leak, 100 * (1 - error))  # accuracy is 1 - error, also as a mean over seeds
-                        for leak, error, _ in _family_points(summary, method, "instance_rank1"))
+                        for leak, error, _ in _family_points(summary, method, leak_key))
         if len(points) < 2:
             continue
         axes.plot(*zip(*points), linestyle="--", linewidth=0.8, color=METHOD_COLOURS[method], alpha=0.6,
@@ -235,8 +260,7 @@ def _error_at_leakage(points, level):
     return {"error": low[1] + weight * (high[1] - low[1]), "between": f"between {low[2]} and {high[2]}"}
 
 
-def matched_ratio_table(summary, leak_keys=(("instance_rank1", "teacher"), ("informed_instance_rank1", "informed")),
-                        baselines=BASELINE_METHODS):
+def matched_ratio_table(summary, leak_keys=ATTACKERS, baselines=BASELINE_METHODS):
     """Markdown: every FaceMAE row's error over each baseline's at its own leakage, per attacker.
 
     A cell is the matched verdict's ratio (the claim wants <= 0.50); "–" where that method has no row

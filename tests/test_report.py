@@ -7,7 +7,7 @@ import pytest
 
 from facemae_plugin.experiment import merge_protocol
 from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
-                                   plot_tradeoff, tradeoff_verdict)
+                                   plot_tradeoff, tradeoff_panels, tradeoff_verdict)
 from tests.conftest import load_benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,11 +122,22 @@ def test_matched_ratio_table_has_a_line_per_facemae_row_and_attacker():
     assert lines[4] == "| FaceMAE full 0.9 | teacher | 20.0 | 30.00 | – |"  # blur s6 leaks more
 
 
-def test_tradeoff_plot_is_a_png(tmp_path):
-    summary = aggregate([row("a", "facemae", 0, 0.9, 0.2), row("o", "original", 0, 0.95, 1.0)])
+def test_tradeoff_plot_is_a_png_with_a_panel_per_attacker(tmp_path):
+    summary = aggregate([row("a", "facemae", 0, 0.9, 0.2), row("o", "original", 0, 0.95, 1.0),
+                         row("b", "blur", 0, 0.8, 0.5)])
+    assert tradeoff_panels(summary) == [("instance_rank1", "teacher"), ("informed_instance_rank1", "informed")]
     path = plot_tradeoff(summary, str(tmp_path / "t.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tradeoff_plot_leaves_out_an_attacker_no_row_was_audited_by(tmp_path):
+    rows = [row("a", "facemae", 0, 0.9, 0.2), row("o", "original", 0, 0.95, 1.0)]
+    for r in rows:
+        r["informed_instance_rank1"] = None  # a run without the informed attacker
+    summary = aggregate(rows)
+    assert tradeoff_panels(summary) == [("instance_rank1", "teacher")]
+    assert os.path.isfile(plot_tradeoff(summary, str(tmp_path / "t.png")))
 
 
 def load_benchmark():
