@@ -20,7 +20,7 @@ import shlex
 import sys
 
 from facemae_plugin.experiment import Experiment, check_variant, load_python_config
-from facemae_plugin.evaluation.audit import write_json
+from facemae_plugin.files import write_json
 from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
                                    plot_tradeoff, save_release_samples, spread_keys, tradeoff_verdict)
 
@@ -80,8 +80,9 @@ def write_results(experiment, rows, out_dir, command):
                 "retrieves its own source (instance) or a same-identity original (identity) at rank 1, "
                 "attacker = the teacher recogniser (trained on split A, never saw split B; also IRM's teacher). "
                 "Informed attacker: the same recogniser recipe trained on the original split B (seed 0).\n")
-    write_json({"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
-                **verdicts, "plot": plot}, os.path.join(out_dir, "results.json"))
+    write_json(os.path.join(out_dir, "results.json"),
+               {"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
+                **verdicts, "plot": plot}, sort_keys=False, default=str)
     return summary, verdicts, table
 
 

@@ -11,6 +11,9 @@ import pickle
 
 import numpy as np
 
+from .errors import FaceMAEError
+from .files import atomic_file
+
 # (module, name) pairs a .bin may reference. Python 2 files store images as str
 # (bytes under encoding="bytes"); Python 3 protocol-2 files spell bytes as
 # _codecs.encode; some writers keep images or labels as numpy arrays.
@@ -25,7 +28,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class BinFormatError(ValueError):
+class BinFormatError(FaceMAEError):
     """A ``.bin`` file is not a verification set, or tried to load something it may not."""
 
 
@@ -65,13 +68,33 @@ def load_bin(path):
     if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
         raise BinFormatError(f"{path}: expected a pickled (bins, issame_list) pair")
     bins, issame = loaded
-    images = [_as_bytes(item, path, i) for i, item in enumerate(bins)]
-    issame = np.asarray(list(issame), dtype=bool)
+    images = [_as_bytes(item, path, i) for i, item in enumerate(_sequence(bins, "bins", path))]
+    issame = np.array([_as_label(value, path, i) for i, value in enumerate(_sequence(issame, "issame", path))],
+                      dtype=bool)
     if len(images) != 2 * len(issame):
         raise BinFormatError(
             f"{path}: {len(images)} images for {len(issame)} pairs, expected exactly 2 images per pair"
         )
+    if not len(issame):
+        raise BinFormatError(f"{path}: holds no pairs; a verification set needs at least one")
     return images, issame
+
+
+def _sequence(value, name, path):
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise BinFormatError(f"{path}: {name} is a {type(value).__name__}, expected a list")
+    return value
+
+
+def _as_label(value, path, index):
+    """A pair label: a bool (or numpy bool), or the integers 0 and 1 some writers store."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise BinFormatError(f"{path}: issame[{index}] is {value!r} ({type(value).__name__}), expected a boolean")
 
 
 def write_bin(path, images, issame):
@@ -80,8 +103,5 @@ def write_bin(path, images, issame):
     issame = [bool(v) for v in issame]
     if len(images) != 2 * len(issame):
         raise ValueError(f"{len(images)} images for {len(issame)} pairs, expected 2 images per pair")
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         pickle.dump((images, issame), f, protocol=4)
-    os.replace(tmp, path)

@@ -8,7 +8,7 @@ a re-run reuses finished stages (see ``experiment.Experiment``).
 import json
 
 from .experiment import ORIGINAL, Experiment, load_python_config
-from .evaluation.audit import write_json
+from .files import write_json
 from .report import aggregate, markdown_table, save_release_samples, spread_keys
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's stages.
@@ -31,7 +31,7 @@ def run_demo(work_dir, protocol=None, progress=True, compare_original=False):
     report = {"work_dir": experiment.work_dir, "protocol": experiment.protocol, "rows": rows,
               "stages": stage_seconds(experiment), "samples_png": samples,
               "roc_png": rows[0]["roc_png"], "audit": rows[0]["audit"]}
-    write_json(report, experiment.path("report.json"))
+    write_json(experiment.path("report.json"), report, sort_keys=False, default=str)
     print(markdown_table(aggregate(rows)))
     print(f"stage time: {sum(report['stages'].values()) / 60:.1f} min; samples {samples}; "
           f"ROC {report['roc_png']}; report {experiment.path('report.json')}")

@@ -18,6 +18,9 @@ from collections import namedtuple
 
 import numpy as np
 
+from .errors import FaceMAEError
+from .files import refuse_link, temp_name
+
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 MAX_RECORD_LENGTH = (1 << 29) - 1
@@ -29,7 +32,7 @@ _IR_FORMAT = struct.Struct("IfQQ")
 IR_HEADER_SIZE = _IR_FORMAT.size  # 24
 
 
-class RecordIOError(ValueError):
+class RecordIOError(FaceMAEError):
     """A .rec/.idx file does not hold what the format promises; the message names where."""
 
 
@@ -171,7 +174,7 @@ class CommitOnSuccess:
 class RecordWriter(CommitOnSuccess):
     """Write a ``.rec`` (and optionally its ``.idx``) atomically.
 
-    Bytes go to ``<path>.tmp-<pid>`` files that are renamed over the final names
+    Bytes go to ``<path>.tmp-<pid>-<id>`` files that are renamed over the final names
     by ``close()``; leaving a ``with`` block by an exception discards them, so a
     crash never leaves a file that looks complete.
     """
@@ -179,9 +182,11 @@ class RecordWriter(CommitOnSuccess):
     def __init__(self, rec_path, idx_path=None):
         self.rec_path = os.fspath(rec_path)
         self.idx_path = os.fspath(idx_path) if idx_path is not None else None
-        suffix = f".tmp-{os.getpid()}"
-        self._rec_tmp = self.rec_path + suffix
-        self._idx_tmp = self.idx_path + suffix if self.idx_path else None
+        for final in (self.rec_path, self.idx_path):
+            if final is not None:
+                refuse_link(final)
+        self._rec_tmp = temp_name(self.rec_path)
+        self._idx_tmp = temp_name(self.idx_path) if self.idx_path else None
         self._rec = open(self._rec_tmp, "wb")
         self._idx = open(self._idx_tmp, "w", newline="\n") if self._idx_tmp else None
         self._pos = 0
@@ -380,9 +385,10 @@ def read_index(idx_path, rec_size=None):
     """
     idx_path = os.fspath(idx_path)
     index = {}
-    with open(idx_path) as f:
-        for line_no, line in enumerate(f, 1):
+    with open(idx_path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
             where = f"{idx_path}:{line_no}"
+            line = _ascii_line(raw, where)
             fields = line.strip().split("\t")
             if fields == [""]:
                 continue
@@ -394,12 +400,16 @@ def read_index(idx_path, rec_size=None):
     return index
 
 
+def _ascii_line(raw, where):
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise RecordIOError(f"{where}: expected 'key<TAB>offset' in ASCII digits, got bytes {raw[:40]!r}") from None
+
+
 def _parse_index_fields(fields, line, where):
-    if len(fields) == 2:
-        try:
-            return int(fields[0]), int(fields[1])
-        except ValueError:
-            pass
+    if len(fields) == 2 and all(field.strip().isdigit() or field.strip().lstrip("-").isdigit() for field in fields):
+        return int(fields[0]), int(fields[1])
     shown = line.rstrip("\r\n")
     raise RecordIOError(f"{where}: expected 'key<TAB>offset' with two integers, got {shown!r}")
 

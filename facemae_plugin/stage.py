@@ -10,15 +10,15 @@ With ``k > 1`` the j-th reconstruction of a record uses the mask of ``variant_ke
 different for every j, still fixed by ``(seed, key, j)``; ``variant_key(key, 0) == key``, so the
 first reconstruction is what ``k = 1`` gives.
 """
-import hashlib
 import os
 
 import torch
 
+from .devices import pick_device
+from .files import sha256_file
 from .keyseed import variant_key  # noqa: F401  (re-exported: stage.variant_key is public)
 from .models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
 from .train.common import autocast as autocast_context
-from .train.common import pick_device
 
 
 def variant_keys(keys, k):
@@ -34,14 +34,6 @@ def as_key_list(keys, batch_size):
     if len(keys) != batch_size:
         raise ValueError(f"got {len(keys)} record keys for a batch of {batch_size} images")
     return keys
-
-
-def file_sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ReconstructionStage:
@@ -76,7 +68,7 @@ class ReconstructionStage:
         """Load ``facemae.pt`` (CheckpointError / FileNotFoundError with the path on bad files)."""
         path = os.path.abspath(os.fspath(path))
         model = FaceMAE.from_checkpoint(path)
-        return cls(model, checkpoint={"path": path, "sha256": file_sha256(path)}, **kwargs)
+        return cls(model, checkpoint={"path": path, "sha256": sha256_file(path)}, **kwargs)
 
     @property
     def num_patches(self):

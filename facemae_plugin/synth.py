@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .errors import FaceMAEError
+
 IMAGE_SIZE = 112
 _PAD = 16  # canonical canvas margin, so rotation and shifts never expose an undrawn edge
 _CANVAS = IMAGE_SIZE + 2 * _PAD
@@ -50,7 +52,7 @@ _LOWRES = 8
 _LOWRES_Y, _LOWRES_X = np.mgrid[-1:1:_LOWRES * 1j, -1:1:_LOWRES * 1j]
 
 
-class SynthInputError(ValueError):
+class SynthInputError(FaceMAEError):
     """A seed, identity, index or count the generator cannot use."""
 
 

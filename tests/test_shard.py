@@ -150,7 +150,7 @@ def test_header_promising_missing_keys(tmp_path):
 
 def test_non_integer_label(tmp_path):
     write_layout_b(tmp_path, [1.5])
-    with pytest.raises(RecordIOError, match=r"key 0: expected a non-negative integer identity label, got 1.5"):
+    with pytest.raises(RecordIOError, match=r"key 0: expected an integer identity label in 0..2147483647, got 1.5"):
         FaceShard(tmp_path).label(0)
 
 

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from ..data import normalise
-from ..shard import FaceShard
+from ..errors import FaceMAEError
+from ..files import sha256_file, write_json
+from ..shard import PROVENANCE_NAME, FaceShard
 from .embed import embed_with_flip
 from .plots import new_figure, save_figure
 from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval
@@ -26,7 +28,7 @@ HISTOGRAM_PNG = "similarity_histogram.png"
 EXAMPLES_PNG = "leak_examples.png"
 
 
-class AuditInputError(ValueError):
+class AuditInputError(FaceMAEError):
     """The two shards are not an original and its record-by-record release."""
 
 
@@ -50,7 +52,29 @@ def check_release(original_dir, released_dir):
     """Fail fast, before any model loads, when the two shards do not hold the same keys."""
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
         check_same_records(original, released)
+        check_provenance(original, released)
         return len(original)
+
+
+def check_provenance(original, released):
+    """A release that names its source (``facemae_provenance.json``) must name this original.
+
+    Two shards can hold the same keys and labels and still be different people; auditing a
+    release against the wrong original would report no leakage at all.
+    """
+    path = os.path.join(released.directory, PROVENANCE_NAME)
+    if not os.path.isfile(path):
+        return  # made by another tool: nothing to compare
+    try:
+        with open(path, "rb") as f:
+            recorded = json.loads(f.read().decode("utf-8"))["source"]["idx_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise AuditInputError(f"{path}: unreadable provenance (expected JSON with source.idx_sha256)") from None
+    actual = sha256_file(original.idx_path)
+    if recorded != actual:
+        raise AuditInputError(f"{path}: this release was made from a shard whose .idx has sha256 "
+                              f"{str(recorded)[:12]}..., but {original.idx_path} has {actual[:12]}...; audit a "
+                              f"release against the original it was made from")
 
 
 def check_same_labels(original, original_labels, released, released_labels):
@@ -116,7 +140,7 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
     report = {"original": os.fspath(original_dir), "released": os.fspath(released_dir), "model": model,
               "device": str(device), **result.metrics, "most_leaking": most, "least_leaking": least,
               "plots": figures, "report": os.path.join(out_dir, AUDIT_JSON)}
-    write_json(report, report["report"])
+    write_json(report["report"], report, sort_keys=False, default=str)
     return report
 
 
@@ -137,17 +161,6 @@ def leak_ranking(result, query_keys, gallery_keys, query_labels, count):
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def write_json(report, path):
-    """Write ``report`` to ``path`` atomically (creating its folder); returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
 
 
 def plot_similarity_histogram(result, path):

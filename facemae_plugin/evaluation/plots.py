@@ -3,6 +3,8 @@ import os
 
 import numpy as np
 
+from ..files import atomic_file
+
 
 def new_figure(width, height):
     """A matplotlib Figure on the Agg canvas (inches)."""
@@ -18,15 +20,8 @@ def new_figure(width, height):
 def save_figure(figure, path):
     """Write ``figure`` as a PNG under a temporary name, then rename; returns the path."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            figure.savefig(f, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path) as f:
+        figure.savefig(f, format="png")
     return path
 
 

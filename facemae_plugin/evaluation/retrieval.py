@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import FaceMAEError
+
 SCORE_BUDGET = 1 << 25  # float32 scores per chunk (128 MiB): sets the default chunk rows
 COUNT_BLOCK = 1 << 23  # scores compared at a time when ranking sources (see _count_above)
 DEFAULT_MAX_IMPOSTORS = 1_000_000  # impostor pairs beyond this are sampled, not enumerated
@@ -21,7 +23,7 @@ DEFAULT_KS = (1, 5)
 FAR_TARGET = 1e-3
 
 
-class RetrievalInputError(ValueError):
+class RetrievalInputError(FaceMAEError):
     """Embeddings, keys or labels that cannot be searched as asked; the message says what was expected."""
 
 

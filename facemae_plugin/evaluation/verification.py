@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import FaceMAEError
+
 DEFAULT_THRESHOLDS = np.arange(0, 4, 0.01)
 _PIXEL_CHUNK = 256  # image pairs per chunk when turning pixels into distances
 
 
-class VerificationInputError(ValueError):
+class VerificationInputError(FaceMAEError):
     """Embeddings, labels or fold settings that the protocol cannot use."""
 
 

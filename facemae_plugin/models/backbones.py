@@ -7,11 +7,13 @@ Module names, parameter/buffer keys and tensor shapes equal those of arcface_tor
 function: input `[N, 3, 112, 112]` (RGB, normalised to [-1, 1]), output `[N, num_features]`
 (embeddings before L2 normalisation).
 """
-import os
 from typing import Dict, Optional
 
 import torch
 from torch import nn
+
+from ..errors import CheckpointError, UsageError
+from .weights import is_tensor_dict, load_weights_file
 
 IRESNET_LAYERS = {
     "r18": (2, 2, 2, 2),
@@ -242,7 +244,7 @@ def get_backbone(name: str, num_features: int = 512, fp16: bool = False,
             raise ValueError(f"network 'mbf' has no dropout layer, got dropout={dropout}; "
                              "use dropout=0.0")
         return MobileFaceNet(num_features=num_features, fp16=fp16)
-    raise ValueError(f"unknown network {name!r}; expected one of {', '.join(KNOWN_NETWORKS)}")
+    raise UsageError(f"unknown network {name!r}; expected one of {', '.join(KNOWN_NETWORKS)}")
 
 
 def _embedding_size(state_dict: Dict[str, torch.Tensor], name: str) -> Optional[int]:
@@ -280,20 +282,17 @@ def load_backbone(path: str, name: str, device: str = "cpu",
     Loading is strict and uses `torch.load(weights_only=True)`. num_features: embedding
     width; None reads it from the file. Returns the network on `device` in eval mode.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
-    state_dict = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(state_dict, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path} is not a backbone state_dict (expected a dict of tensors, "
-                         f"as arcface_torch saves in model.pt)")
+    state_dict = load_weights_file(path, "recogniser model.pt", map_location="cpu")
+    if not is_tensor_dict(state_dict):
+        raise CheckpointError(f"{path} is not a backbone state_dict (expected a dict of tensors, "
+                              f"as arcface_torch saves in model.pt)")
     state_dict = _strip_ddp_prefix(state_dict)
     if num_features is None:
         num_features = _embedding_size(state_dict, name) or 512
     model = get_backbone(name, num_features=num_features)
     problems = _mismatch_report(model, state_dict)
     if problems:
-        raise ValueError(f"{path} does not fit network {name!r}: {problems}; "
+        raise CheckpointError(f"{path} does not fit network {name!r}: {problems}; "
                          f"was it trained with another network?")
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()

@@ -22,8 +22,11 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from ..errors import CheckpointError, ConfigError
+from ..files import atomic_file
 from ..keyseed import _splitmix64, seed_for_key  # noqa: F401  (re-exported)
 from ..losses import masked_mse
+from .weights import load_weights_file
 
 __all__ = [
     "FaceMAE",
@@ -51,10 +54,6 @@ PRESETS = {
     "base": dict(embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
 }
-
-
-class CheckpointError(ValueError):
-    """A file that is not a loadable FaceMAE checkpoint."""
 
 
 # --------------------------------------------------------------------------- patches
@@ -364,18 +363,8 @@ class FaceMAE(nn.Module):
         config["extra"] = _plain(extra_config or {}, "extra_config")
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         checkpoint = {"model": state, "config": config, "step": int(step)}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(path) as f:
+            torch.save(checkpoint, f)
         return path
 
     @classmethod
@@ -383,14 +372,7 @@ class FaceMAE(nn.Module):
                         map_location: Union[str, torch.device] = "cpu") -> "FaceMAE":
         """Rebuild a FaceMAE from a checkpoint written by save_checkpoint (weights_only load)."""
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: FaceMAE checkpoint file not found")
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # corrupt zip, not a pickle, or types weights_only refuses
-            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
-                                  f"{first_line}); expected a FaceMAE checkpoint") from None
+        checkpoint = load_weights_file(path, "FaceMAE checkpoint")
         if not isinstance(checkpoint, Mapping):
             raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, expected a FaceMAE "
                                   f"checkpoint dict with 'model' and 'config'")
@@ -400,6 +382,9 @@ class FaceMAE(nn.Module):
                                       f"checkpoint (no 'model'/'config' keys)")
             raise CheckpointError(f"{path}: missing 'model' and/or 'config' keys (has "
                                   f"{sorted(map(str, checkpoint))[:6]}); expected a FaceMAE checkpoint")
+        if not isinstance(checkpoint["config"], Mapping):
+            raise CheckpointError(f"{path}: 'config' is a {type(checkpoint['config']).__name__}, expected "
+                                  f"the dict of FaceMAE constructor arguments")
         config = dict(checkpoint["config"])
         extra = config.pop("extra", {})
         known = set(_constructor_args())
@@ -407,6 +392,12 @@ class FaceMAE(nn.Module):
         if unknown:
             raise CheckpointError(f"{path}: unknown FaceMAE config key(s) {unknown}; expected some of "
                                   f"{sorted(known)}")
+        if not isinstance(checkpoint["model"], Mapping):
+            raise CheckpointError(f"{path}: 'model' is a {type(checkpoint['model']).__name__}, expected a "
+                                  f"state_dict")
+        # Sizes are checked against the weights before anything is built: a tiny file claiming a
+        # huge config must not allocate that model.
+        _check_config_fits_weights(path, {**_constructor_defaults(), **config}, checkpoint["model"])
         try:
             model = cls(**config)
         except (ValueError, TypeError) as e:
@@ -420,20 +411,53 @@ class FaceMAE(nn.Module):
 
 def _check_dims(img_size, patch_size, dim, num_heads, part):
     if not isinstance(img_size, int) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"img_size and patch_size must be positive integers, got "
+        raise ConfigError(f"img_size and patch_size must be positive integers, got "
                          f"{img_size!r} and {patch_size!r}")
     if img_size % patch_size:
-        raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}; "
+        raise ConfigError(f"img_size {img_size} is not divisible by patch_size {patch_size}; "
                          f"expected e.g. 8 or 16 for 112")
     if dim % num_heads:
-        raise ValueError(f"{part} width {dim} is not divisible by its {num_heads} heads")
+        raise ConfigError(f"{part} width {dim} is not divisible by its {num_heads} heads")
     if dim % 4:
-        raise ValueError(f"{part} width {dim} must be divisible by 4 for sin-cos positions")
+        raise ConfigError(f"{part} width {dim} must be divisible by 4 for sin-cos positions")
 
 
 def _constructor_args():
     import inspect
     return [p for p in inspect.signature(FaceMAE.__init__).parameters if p != "self"]
+
+
+def _constructor_defaults():
+    import inspect
+    return {name: p.default for name, p in inspect.signature(FaceMAE.__init__).parameters.items()
+            if name != "self"}
+
+
+def _block_count(state, prefix):
+    """How many ``prefix.<i>.`` blocks a state_dict holds."""
+    return len({key[len(prefix):].split(".", 1)[0] for key in state if key.startswith(prefix)})
+
+
+def _check_config_fits_weights(path, config, state):
+    """The config's widths, depths and patch size agree with the tensors' shapes (cheap, nothing built)."""
+    def shape(key):
+        value = state.get(key)
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+    patch = config["patch_size"]
+    claims = {
+        "patch_embed.proj.weight": (config["embed_dim"], config["in_chans"], patch, patch),
+        "cls_token": (1, 1, config["embed_dim"]),
+        "decoder_embed.weight": (config["decoder_embed_dim"], config["embed_dim"]),
+        "blocks.": config["depth"],
+        "decoder_blocks.": config["decoder_depth"],
+    }
+    for key, claimed in claims.items():
+        found = _block_count(state, key) if key.endswith(".") else shape(key)
+        if found != claimed:
+            what = "block count" if key.endswith(".") else "shape"
+            raise CheckpointError(f"{path}: weights do not match the checkpoint's config: {key.rstrip('.')} "
+                                  f"{what} is {found}, the config says {claimed}")
 
 
 def _check_state_matches(path, expected, found):
@@ -466,9 +490,9 @@ def _plain(value, where):
 def create_facemae(preset: str = "tiny", **overrides) -> FaceMAE:
     """FaceMAE from a preset (`tiny`, `small`, `base`) with any constructor argument overridden."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown FaceMAE preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown FaceMAE preset {preset!r}; expected one of {sorted(PRESETS)}")
     known = set(_constructor_args()) - {"preset"}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown FaceMAE argument(s) {unknown}; expected some of {sorted(known)}")
+        raise ConfigError(f"unknown FaceMAE argument(s) {unknown}; expected some of {sorted(known)}")
     return FaceMAE(**{**PRESETS[preset], **overrides, "preset": preset})

@@ -9,6 +9,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..devices import pick_device
+from ..files import atomic_file
+
 
 @dataclass
 class Process:
@@ -24,13 +27,6 @@ class Process:
     @property
     def distributed(self):
         return self.world_size > 1
-
-
-def pick_device(name=None):
-    """``name`` if given, else CUDA when available, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def setup_process(device=None):
@@ -105,10 +101,8 @@ def make_loader(dataset, batch_size, process, seed, num_workers, epoch=0):
 
 def atomic_save(obj, path):
     """``torch.save`` to a temporary name, then rename: a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def unwrap(model):

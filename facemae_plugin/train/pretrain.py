@@ -17,11 +17,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import ConfigError, require
+from ..config import require
 from ..data import FaceRecordDataset
+from ..errors import CheckpointError, ConfigError
 from ..losses import IRMLoss, masked_mse
 from ..models.backbones import load_backbone
 from ..models.mae import create_facemae, mask_noise_for_keys
+from ..models.weights import load_weights_file
 from ..visualise import save_reconstruction_grid
 from .common import (atomic_save, autocast, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
@@ -87,10 +89,16 @@ def load_resume_state(cfg, mae, optimizer):
     path = os.path.join(cfg.output, RESUME_NAME)
     if not os.path.isfile(path):
         raise ConfigError(f"--resume: {path} not found; nothing to resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    mae.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"]), int(state["step"])
+    state = load_weights_file(path, "pretraining resume.pt")
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
+        raise CheckpointError(f"{path}: expected a resume state with model, optimizer, epoch and step")
+    try:
+        mae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["epoch"]), int(state["step"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path}: does not fit this recipe's model and optimiser ({first_line})") from None
 
 
 def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):

@@ -1,0 +1,23 @@
+"""Which torch device a job runs on: one choice, checked before any work starts."""
+import torch
+
+from .errors import UsageError
+
+
+def pick_device(name=None):
+    """``name`` if given (checked: it must parse and exist here), else CUDA when available, else CPU."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"{name!r} is not a torch device; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{name!r}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"{name!r}: only cpu and cuda devices are supported")
+    return device
