@@ -37,8 +37,10 @@ marker ``shard-IofN.done.json``; the last shard also writes the tail (identity a
 rewrites the offsets of ``OUT/train.idx`` (no re-encoding); ``train.rec`` is renamed into place
 last, so it exists only when the output is whole. A rerun skips the shards already marked done.
 """
+import contextlib
 import functools
 import glob
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -53,16 +55,17 @@ import numpy as np
 # No torch at module level: the decode/encode worker processes import this module and need only
 # numpy and OpenCV, so they start in well under a second. torch is imported where it is used.
 from . import __version__
+from .errors import FaceMAEError
+from .files import LOCK_NAME, OutputLock, json_text, refuse_overlap, sha256_file, temp_name, write_bytes
 from .recordio import IRHeader, RecordWriter, encode_image, pack, read_index, unpack
-from .shard import IDX_NAME, PROPERTY_NAME, REC_NAME, FaceShard, scalar_label
+from .shard import IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, REC_NAME, FaceShard, scalar_label
 
 SHARDS_DIR = "shards"
-PROVENANCE_NAME = "facemae_provenance.json"
 FORMAT_VERSION = 1
 MAX_FLOAT32_KEY = 1 << 24  # identity ranges are float32 labels: exact integers only up to 2**24
 
 
-class ConversionError(ValueError):
+class ConversionError(FaceMAEError):
     """A conversion that cannot run or cannot be merged; the message names the file and why."""
 
 
@@ -294,19 +297,6 @@ def _convert_range_in_workers(executor, op, plan, start, end, batch_size, qualit
 # --------------------------------------------------------------------------- small file helpers
 
 
-def _write_atomic(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_bytes(value):
-    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
-
-
 def _remove(*patterns):
     for pattern in patterns:
         for path in glob.glob(glob.escape(os.path.dirname(pattern)) + "/" + os.path.basename(pattern)):
@@ -341,16 +331,19 @@ class Conversion:
         self.num_shards = int(num_shards)
         self.progress = progress
         self.plan = KeyPlan(self.shard, self.k)
+        self._check_input()
         # cheap per-image privatizers (pure functions of image, key, seed) run in the decode workers
         # as torch-free pixelops with the same bytes; model stages (FaceMAE) have none and run here
         worker_op = getattr(privatizer, "worker_op", None)
         self.worker_op = worker_op() if worker_op is not None else None
         self.shards_dir = os.path.join(self.out_dir, SHARDS_DIR)
-        self._check_input()
-        self.idx_sha256 = _file_sha256(self.shard.idx_path)
+        self.idx_sha256 = sha256_file(self.shard.idx_path)
         self.fingerprint = self._fingerprint()
 
     def _check_input(self):
+        check_size = getattr(self.privatizer, "check_image_size", None)
+        if check_size is not None:
+            check_size(tuple(self.shard.image_size))
         model = getattr(self.privatizer, "model", None)
         if model is not None and tuple(self.shard.image_size) != (model.img_size, model.img_size):
             size = self.shard.image_size
@@ -363,11 +356,17 @@ class Conversion:
                                       f"{last_key}, past 2**24, where float32 range labels stop being exact")
 
     def _fingerprint(self):
-        """Everything that decides the bytes of a shard; shards of different fingerprints never mix."""
+        """Everything that decides the bytes of a shard; shards of different fingerprints never mix.
+
+        The input is named by its ``.idx`` hash and its ``.rec`` size and modification time (hashing
+        a multi-GB ``.rec`` at every start would cost minutes): a ``.rec`` edited in place changes
+        its modification time, so a resumed run refuses shards made from the old bytes.
+        """
+        stat = os.stat(self.shard.rec_path)
         return {
             "format": FORMAT_VERSION,
             "facemae_plugin": __version__,
-            "input": {"dir": self.in_dir, "rec_bytes": os.path.getsize(self.shard.rec_path),
+            "input": {"dir": self.in_dir, "rec_bytes": stat.st_size, "rec_mtime_ns": stat.st_mtime_ns,
                       "idx_sha256": self.idx_sha256},
             "privatizer": self.privatizer.provenance(),
             "quality": self.quality,
@@ -377,11 +376,18 @@ class Conversion:
 
     # ---------------------------------------------------------------- output directory
 
+    def lock(self):
+        """Hold ``OUT_DIR`` against other conversions and merges (created if needed, never over the input)."""
+        refuse_overlap(self.out_dir, [self.shard.directory, self.shard.rec_path, self.shard.idx_path],
+                       output_is_dir=True)
+        os.makedirs(self.out_dir, exist_ok=True)
+        return OutputLock(self.out_dir)
+
     def prepare(self, overwrite=False, own_shards=None):
         """Refuse or clear existing output; ``own_shards`` are the shards ``overwrite`` may discard."""
         out = self.out_dir
-        if os.path.isdir(out) and os.path.samefile(out, self.in_dir):
-            raise ConversionError(f"{out}: the output directory is the input; choose another OUT_DIR")
+        shard = self.shard
+        refuse_overlap(out, [shard.directory, shard.rec_path, shard.idx_path], output_is_dir=True)
         os.makedirs(out, exist_ok=True)
         if _final_exists(out) and not overwrite:
             raise ConversionError(f"{out}: already holds a converted dataset ({REC_NAME}); "
@@ -481,8 +487,10 @@ class Conversion:
         if i == self.num_shards - 1:
             self._write_tail()
         sizes = {"rec": os.path.getsize(rec), "idx": os.path.getsize(idx)}
-        _write_atomic(marker, _json_bytes({"fingerprint": self.fingerprint, "shard": i, "images": end - start,
-                                           "records": (end - start) * self.k, "bytes": sizes}))
+        hashes = {"rec": sha256_file(rec), "idx": sha256_file(idx)}
+        write_bytes(marker, json_text({"fingerprint": self.fingerprint, "shard": i, "images": end - start,
+                                       "records": (end - start) * self.k, "bytes": sizes,
+                                       "sha256": hashes}).encode())
 
     def _write_tail(self):
         """Identity and header records, ``property`` and provenance: everything but the images."""
@@ -494,8 +502,8 @@ class Conversion:
         source_property = os.path.join(self.shard.directory, PROPERTY_NAME)
         if os.path.isfile(source_property):
             with open(source_property, "rb") as f:
-                _write_atomic(property_path, f.read())
-        _write_atomic(provenance_path, _json_bytes(self.provenance()))
+                write_bytes(property_path, f.read())
+        write_bytes(provenance_path, json_text(self.provenance()).encode())
 
     def provenance(self):
         """``facemae_provenance.json``: what made the release (no shard count, workers or device)."""
@@ -548,6 +556,14 @@ def tail_records(shard, k):
 def merge(out_dir, overwrite=False, keep_shards=False):
     """Join finished shards into ``OUT/train.rec/.idx`` by copying framed bytes; returns a summary."""
     out_dir = os.path.abspath(os.fspath(out_dir))
+    if not os.path.isdir(os.path.join(out_dir, SHARDS_DIR)):
+        raise ConversionError(f"{os.path.join(out_dir, SHARDS_DIR)}: no shards to merge (expected the folder "
+                              f"facemae convert writes)")
+    with OutputLock(out_dir):
+        return _merge_locked(out_dir, overwrite, keep_shards)
+
+
+def _merge_locked(out_dir, overwrite, keep_shards):
     shards_dir = os.path.join(out_dir, SHARDS_DIR)
     by_count = _finished_markers(shards_dir)
     if not by_count:
@@ -576,8 +592,10 @@ def merge(out_dir, overwrite=False, keep_shards=False):
         source = os.path.join(shards_dir, name)
         if os.path.isfile(source):
             with open(source, "rb") as f:
-                _write_atomic(os.path.join(out_dir, name), f.read())
-    records = concatenate_records([*parts, tail], os.path.join(out_dir, REC_NAME), os.path.join(out_dir, IDX_NAME))
+                write_bytes(os.path.join(out_dir, name), f.read())
+    expected = [(markers[i]["sha256"]["rec"], markers[i]["sha256"]["idx"]) for i in range(num_shards)]
+    records = concatenate_records([*parts, tail], os.path.join(out_dir, REC_NAME), os.path.join(out_dir, IDX_NAME),
+                                  expected_sha256=[*expected, None])
     if not keep_shards:
         shutil.rmtree(shards_dir)
     return {"out_dir": out_dir, "shards": num_shards, "records": records,
@@ -590,13 +608,26 @@ def _finished_markers(shards_dir):
         raise ConversionError(f"{shards_dir}: no shards to merge (expected the folder facemae convert writes)")
     markers = {}
     for path in sorted(glob.glob(os.path.join(glob.escape(shards_dir), "shard-*of*.done.json"))):
-        marker = _read_json(path)
         name = os.path.basename(path)[len("shard-"):-len(".done.json")]
         index, _, count = name.partition("of")
-        if marker is None or "fingerprint" not in marker:
+        marker = _read_json(path)
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            raise ConversionError(f"{path}: not a shard marker name (expected shard-IofN.done.json, I < N); "
+                                  f"remove it or rerun convert with --overwrite")
+        if not _valid_marker(marker):
             raise ConversionError(f"{path}: unreadable shard marker; rerun convert to redo that shard")
         markers.setdefault(int(count), {})[int(index)] = marker
     return markers
+
+
+def _valid_marker(marker):
+    """A marker as ``_run_shard`` writes it: fingerprint, record count, byte sizes and sha256 of both files."""
+    def pair(value, kind):
+        return isinstance(value, dict) and all(isinstance(value.get(name), kind) for name in ("rec", "idx"))
+
+    return (isinstance(marker, dict) and isinstance(marker.get("fingerprint"), dict)
+            and isinstance(marker.get("records"), int) and pair(marker.get("bytes"), int)
+            and pair(marker.get("sha256"), str))
 
 
 def _checked_part(shards_dir, i, num_shards, marker):
@@ -610,29 +641,53 @@ def _checked_part(shards_dir, i, num_shards, marker):
     return stem + ".rec", stem + ".idx"
 
 
-def concatenate_records(parts, rec_path, idx_path):
-    """Copy framed records of ``[(rec, idx), ...]`` into one .rec/.idx, shifting offsets; returns count."""
-    suffix = f".tmp-{os.getpid()}"
+def concatenate_records(parts, rec_path, idx_path, expected_sha256=None):
+    """Copy framed records of ``[(rec, idx), ...]`` into one .rec/.idx, shifting offsets; returns count.
+
+    ``expected_sha256[i]`` (``(rec, idx)`` hex digests, or None) is checked against part i's bytes as
+    they are copied: a part changed since its marker was written fails the merge, and nothing is
+    renamed into place.
+    """
+    expected_sha256 = expected_sha256 or [None] * len(parts)
+    rec_tmp, idx_tmp = temp_name(rec_path), temp_name(idx_path)
     count = 0
     try:
-        with open(rec_path + suffix, "wb") as rec_out, open(idx_path + suffix, "w", newline="\n") as idx_out:
+        with open(rec_tmp, "wb") as rec_out, open(idx_tmp, "w", newline="\n") as idx_out:
             base = 0
-            for part_rec, part_idx in parts:
+            for (part_rec, part_idx), expected in zip(parts, expected_sha256):
                 size = os.path.getsize(part_rec)
+                if expected is not None:
+                    _check_sha256(part_idx, sha256_file(part_idx), expected[1])
                 index = read_index(part_idx, rec_size=size)
-                with open(part_rec, "rb") as f:
-                    shutil.copyfileobj(f, rec_out, 1 << 22)
+                digest = _copy_hashed(part_rec, rec_out)
+                if expected is not None:
+                    _check_sha256(part_rec, digest, expected[0])
                 idx_out.writelines(f"{key}\t{base + offset}\n" for key, offset in index.items())
                 base += size
                 count += len(index)
             for handle in (rec_out, idx_out):
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.replace(idx_path + suffix, idx_path)
-        os.replace(rec_path + suffix, rec_path)  # last: a train.rec exists only when both are whole
+        os.replace(idx_tmp, idx_path)
+        os.replace(rec_tmp, rec_path)  # last: a train.rec exists only when both are whole
     finally:
-        _remove(rec_path + suffix, idx_path + suffix)
+        _remove(rec_tmp, idx_tmp)
     return count
+
+
+def _copy_hashed(path, out, block=1 << 22):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(path, found, expected):
+    if found != expected:
+        raise ConversionError(f"{path}: its bytes changed since the shard was finished (sha256 {found[:12]}..., "
+                              f"marker says {expected[:12]}...); rerun convert with --overwrite to redo it")
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -653,10 +708,11 @@ def convert(in_dir, out_dir, privatizer, quality=95, batch_size=64, workers=None
     if distributed:
         ran, skipped, merged = _convert_distributed(job, int(shard), overwrite, keep_shards)
     else:
-        job.prepare(overwrite, own_shards=None if shard is None else [int(shard)])
-        indices = range(job.num_shards) if shard is None else [int(shard)]
-        ran, skipped = job.run_shards(indices)
-        merged = merge(job.out_dir, keep_shards=keep_shards) if shard is None else None
+        with job.lock():
+            job.prepare(overwrite, own_shards=None if shard is None else [int(shard)])
+            indices = range(job.num_shards) if shard is None else [int(shard)]
+            ran, skipped = job.run_shards(indices)
+            merged = _merge_locked(job.out_dir, False, keep_shards) if shard is None else None
     seconds = time.perf_counter() - started
     images = job.count(ran)
     job.shard.close()
@@ -677,13 +733,14 @@ def _convert_distributed(job, rank, overwrite, keep_shards):
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))
-    if rank == 0:
-        job.prepare(overwrite)
-    dist.barrier()
-    ran, skipped = job.run_shards([rank])
-    dist.barrier()
-    merged = merge(job.out_dir, keep_shards=keep_shards) if rank == 0 else None
-    dist.barrier()
+    with job.lock() if rank == 0 else contextlib.nullcontext():  # rank 0 holds OUT for the whole job
+        if rank == 0:
+            job.prepare(overwrite)
+        dist.barrier()
+        ran, skipped = job.run_shards([rank])
+        dist.barrier()
+        merged = _merge_locked(job.out_dir, False, keep_shards) if rank == 0 else None
+        dist.barrier()
     return ran, skipped, merged
 
 
@@ -729,16 +786,6 @@ def _check_settings(quality, batch_size, workers, num_shards):
         raise ConversionError(f"--num-shards must be >= 1, got {num_shards}")
 
 
-def _file_sha256(path):
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _final_exists(out_dir):
     return os.path.isfile(os.path.join(out_dir, REC_NAME))
 
@@ -751,7 +798,7 @@ def _remove_final(out_dir):
 
 def _is_ours(name):
     base = name.split(".tmp-")[0]
-    return base in (REC_NAME, IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, SHARDS_DIR)
+    return base in (REC_NAME, IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, SHARDS_DIR, LOCK_NAME)
 
 
 def _differences(old, new):
