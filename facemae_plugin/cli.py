@@ -6,12 +6,56 @@ stderr and exit status 2 (``FACEMAE_DEBUG=1`` shows the traceback instead).
 """
 import argparse
 import json
+import math
 import os
 import signal
 import sys
 import threading
 
 from . import __version__
+from .errors import FaceMAEError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error of the command line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: a finite ``kind`` within [low, high] (ends excluded where *_open)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            span = (f"{'(' if low_open else '['}{low if low is not None else '-inf'}, "
+                    f"{high if high is not None else 'inf'}{')' if high_open or high is None else ']'}")
+            raise argparse.ArgumentTypeError(f"expected a value in {span}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+QUALITY = _number(int, 0, 100)
+MASK_RATIO = _number(float, 0.0, 1.0, high_open=True)
+
+
+def _device(text):
+    from .devices import pick_device
+
+    try:
+        pick_device(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _synth(args):
@@ -20,7 +64,7 @@ def _synth(args):
     result = make_synthetic_dataset(
         args.out_dir, identities=args.identities, images_per_identity=args.images_per_identity,
         holdout_identities=args.holdout_identities, seed=args.seed, num_pairs=args.pairs,
-        progress=not args.quiet, detail=args.detail,
+        progress=not args.quiet, detail=args.detail, overwrite=args.overwrite,
     )
     summary = (f"synth: {result['images']} images of {result['identities']} identities and "
                f"{result['pairs']} held-out pairs written to {args.out_dir}")
@@ -44,21 +88,23 @@ def _inspect(args):
 def _folder2rec(args):
     from .folders import folder_to_rec
 
-    result = folder_to_rec(args.image_dir, args.out_dir, quality=args.quality, progress=not args.quiet)
+    result = folder_to_rec(args.image_dir, args.out_dir, quality=args.quality, progress=not args.quiet,
+                           overwrite=args.overwrite)
     return f"folder2rec: {result['images']} images of {result['identities']} identities -> {args.out_dir}", result
 
 
 def _rec2folder(args):
     from .folders import rec_to_folder
 
-    result = rec_to_folder(args.rec_dir, args.out_dir, progress=not args.quiet)
+    result = rec_to_folder(args.rec_dir, args.out_dir, progress=not args.quiet, overwrite=args.overwrite)
     return f"rec2folder: {result['images']} images of {result['identities']} identities -> {args.out_dir}", result
 
 
 def _pairs2bin(args):
     from .folders import pairs_to_bin
 
-    result = pairs_to_bin(args.pairs, args.out_bin, quality=args.quality, progress=not args.quiet)
+    result = pairs_to_bin(args.pairs, args.out_bin, quality=args.quality, progress=not args.quiet,
+                          overwrite=args.overwrite)
     return f"pairs2bin: {result['pairs']} pairs ({result['same']} same) -> {args.out_bin}", result
 
 
@@ -94,15 +140,14 @@ def _train(args):
 
 
 def _verify(args):
-    import torch
-
     from .binfile import load_bin
+    from .devices import pick_device
     from .evaluation.embed import load_embedder
     from .evaluation.verify import verify_loaded
 
     # Every .bin is read (restricted unpickler) before the model loads: bad sets fail fast.
     sets = [(path, *load_bin(path)) for path in args.bins]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(pick_device(args.device))
     embedder = load_embedder(args.model, args.network, device=device)
     reports = []
     for path, images, issame in sets:
@@ -121,15 +166,15 @@ def _export(args):
 
     if args.facemae:
         if args.model is not None:
-            raise ValueError(f"give either MODEL.pt or --facemae, not both (got {args.model} and {args.facemae})")
-        result = export_reconstructor(args.facemae, args.out, mask_ratio=args.mask_ratio,
-                                      output=args.output, opset=args.opset, check=not args.no_check)
+            raise UsageError(f"give either MODEL.pt or --facemae, not both (got {args.model} and {args.facemae})")
+        result = export_reconstructor(args.facemae, args.out, mask_ratio=args.mask_ratio, output=args.output,
+                                      opset=args.opset, check=not args.no_check, overwrite=args.overwrite)
         return (f"export: FaceMAE {args.facemae} (mask ratio {args.mask_ratio}, output {args.output}) "
                 f"-> {args.out}", result)
     if args.model is None or args.network is None:
-        raise ValueError("export needs MODEL.pt OUT.onnx --network NAME (or --facemae facemae.pt OUT.onnx)")
+        raise UsageError("export needs MODEL.pt OUT.onnx --network NAME (or --facemae facemae.pt OUT.onnx)")
     result = export_recogniser(args.model, args.out, network=args.network, opset=args.opset,
-                               check=not args.no_check)
+                               check=not args.no_check, overwrite=args.overwrite)
     checked = f", checked (min cosine {result['min_cosine']:.6f})" if "min_cosine" in result else ""
     return f"export: {args.network} {args.model} -> {args.out}{checked}", result
 
@@ -153,11 +198,11 @@ def _convert(args):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and shard is None:  # under torchrun: one shard per rank
         if num_shards not in (None, world_size):
-            raise ValueError(f"under torchrun --num-shards must equal WORLD_SIZE={world_size} (one shard per "
+            raise UsageError(f"under torchrun --num-shards must equal WORLD_SIZE={world_size} (one shard per "
                              f"rank), got {num_shards}")
         shard, num_shards, distributed = int(os.environ["RANK"]), world_size, True
     if shard is not None and num_shards is None:
-        raise ValueError("--shard I needs --num-shards N")
+        raise UsageError("--shard I needs --num-shards N")
     privatizer = privatizer_from_args(args)
     quiet = args.quiet or (distributed and shard != 0)
     result = convert(args.in_dir, args.out_dir, privatizer, quality=args.quality, batch_size=args.batch_size,
@@ -204,13 +249,12 @@ def _arcface_train(args):
 
 
 def _audit(args):
-    import torch
-
+    from .devices import pick_device
     from .evaluation.audit import audit, check_release
     from .evaluation.embed import load_embedder
 
     check_release(args.original, args.released)  # mismatched shards fail before the model loads
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(pick_device(args.device))
     embedder = load_embedder(args.model, args.network, device=device)
     report = audit(args.original, args.released, embedder, out_dir=args.out, batch_size=args.batch_size,
                    device=device, max_impostors=args.max_impostors, seed=args.seed,
@@ -223,13 +267,18 @@ def _audit(args):
             f"-> {report['report']}"), report
 
 
+def _add_overwrite(parser):
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (never an input)")
+
+
 def _add_common(parser):
     parser.add_argument("--json", action="store_true", help="print a JSON object on the last line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="facemae",
         description="FaceMAE privacy-preserving face datasets for InsightFace arcface_torch.",
     )
@@ -240,16 +289,17 @@ def build_parser():
                          description="Draw face-like images of synthetic identities: OUT_DIR/train.rec, "
                                      "train.idx, property, and holdout.bin of identities not in the shard.")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--identities", type=int, default=200, help="training identities (default 200)")
-    p.add_argument("--images-per-identity", type=int, default=20, help="images per identity (default 20)")
-    p.add_argument("--holdout-identities", type=int, default=50,
+    p.add_argument("--identities", type=POSITIVE_INT, default=200, help="training identities (default 200)")
+    p.add_argument("--images-per-identity", type=POSITIVE_INT, default=20, help="images per identity (default 20)")
+    p.add_argument("--holdout-identities", type=POSITIVE_INT, default=50,
                    help="identities used only in holdout.bin (default 50)")
-    p.add_argument("--pairs", type=int, default=1000, help="verification pairs, half same (default 1000)")
+    p.add_argument("--pairs", type=POSITIVE_INT, default=1000, help="verification pairs, half same (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--detail", type=float, default=0.0,
                    help="0..1: how much identity lives in fine features (freckles, skin texture) rather "
                         "than in head shape and colours; fine features are what blur and pixelation "
                         "remove (default 0)")
+    _add_overwrite(p)
     p.set_defaults(run=_synth)
 
     p = verbs.add_parser("inspect", help="describe a shard directory or a .bin",
@@ -263,13 +313,15 @@ def build_parser():
                                      "become labels 0..N-1), into OUT_DIR/train.rec/.idx/property.")
     p.add_argument("image_dir", metavar="IMAGE_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality for non-JPEG inputs (default 95)")
+    p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality for non-JPEG inputs (default 95)")
+    _add_overwrite(p)
     p.set_defaults(run=_folder2rec)
 
     p = verbs.add_parser("rec2folder", help="shard -> OUT_DIR/<label>/<key>.jpg",
                          description="Write every image of a shard, bytes unchanged, into label folders.")
     p.add_argument("rec_dir", metavar="REC_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
+    _add_overwrite(p)
     p.set_defaults(run=_rec2folder)
 
     p = verbs.add_parser("pairs2bin", help="pairs list -> verification .bin",
@@ -277,7 +329,8 @@ def build_parser():
                                      "become an lfw.bin-style verification set.")
     p.add_argument("pairs", metavar="PAIRS.txt")
     p.add_argument("out_bin", metavar="OUT.bin")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality for non-JPEG inputs (default 95)")
+    p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality for non-JPEG inputs (default 95)")
+    _add_overwrite(p)
     p.set_defaults(run=_pairs2bin)
 
     p = verbs.add_parser("split", help="shard -> two shards of disjoint identities",
@@ -288,9 +341,9 @@ def build_parser():
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_a", metavar="OUT_A")
     p.add_argument("out_b", metavar="OUT_B")
-    p.add_argument("--fraction", type=float, default=0.5, help="share of identities in OUT_A (default 0.5)")
+    p.add_argument("--fraction", type=_number(float, 0.0, 1.0, True, True), default=0.5, help="share of identities in OUT_A (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="which identities are drawn (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_overwrite(p)
     p.set_defaults(run=_split)
 
     p = verbs.add_parser("pretrain", help="stage 1: train the FaceMAE reconstructor (pixel loss + IRM)",
@@ -300,7 +353,7 @@ def build_parser():
                                      "torchrun for several processes.")
     p.add_argument("config", metavar="CONFIG", help="recipe file, e.g. recipes/synth_facemae_tiny.py")
     p.add_argument("--resume", action="store_true", help="continue from config.output/resume.pt")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(run=_pretrain)
 
     p = verbs.add_parser("train", help="train a recogniser with arcface_torch's config keys",
@@ -308,7 +361,7 @@ def build_parser():
                                      "config.rec; verifies on config.val_targets each epoch and writes "
                                      "model.pt with arcface_torch's state_dict keys. Runs under torchrun.")
     p.add_argument("config", metavar="CONFIG", help="recipe file, e.g. recipes/synth_teacher_mbf.py")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(run=_train)
 
     p = verbs.add_parser("verify", help="10-fold verification accuracy of a recogniser on .bin sets",
@@ -317,8 +370,8 @@ def build_parser():
     p.add_argument("bins", metavar="BIN", nargs="+", help="verification sets (lfw.bin, cfp_fp.bin, ...)")
     p.add_argument("--model", required=True, help="model.pt (arcface_torch state_dict) or model.onnx")
     p.add_argument("--network", default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--roc-dir", default=None, help="write <name>_roc.png per set into this folder")
     p.set_defaults(run=_verify)
 
@@ -331,11 +384,12 @@ def build_parser():
     p.add_argument("out", metavar="OUT.onnx")
     p.add_argument("--network", default=None, help="backbone of MODEL.pt: r18, r34, r50, r100, mbf")
     p.add_argument("--facemae", metavar="FACEMAE.pt", default=None, help="export this reconstructor instead")
-    p.add_argument("--mask-ratio", type=float, default=0.75, help="fixed in the graph (default 0.75)")
+    p.add_argument("--mask-ratio", type=MASK_RATIO, default=0.75, help="fixed in the graph (default 0.75)")
     p.add_argument("--output", choices=("full", "paste"), default="full",
                    help="reconstructor output mode (default full)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the insightface / torch agreement check")
+    _add_overwrite(p)
     p.set_defaults(run=_export)
 
     p = verbs.add_parser("audit", help="privacy leakage of a released shard, measured by face retrieval",
@@ -350,9 +404,9 @@ def build_parser():
     p.add_argument("--model", required=True, help="attacker: model.pt (arcface_torch state_dict) or model.onnx")
     p.add_argument("--network", default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")
     p.add_argument("--out", default=None, help="report folder (default: <released>/audit)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--max-impostors", type=int, default=1_000_000,
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--max-impostors", type=POSITIVE_INT, default=1_000_000,
                    help="impostor pairs scored; more are sampled with --seed (default 1000000)")
     p.add_argument("--seed", type=int, default=0, help="impostor sample seed (default 0)")
     p.set_defaults(run=_audit)
@@ -381,23 +435,23 @@ def build_parser():
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--checkpoint", default=None, help="facemae.pt (needed by --method facemae)")
     p.add_argument("--method", choices=("facemae", "blur", "pixelate", "noise", "masked"), default="facemae")
-    p.add_argument("--mask-ratio", type=float, default=0.75, help="facemae/masked (default 0.75)")
+    p.add_argument("--mask-ratio", type=MASK_RATIO, default=0.75, help="facemae/masked (default 0.75)")
     p.add_argument("--output", choices=("full", "paste"), default="full", help="facemae output mode")
-    p.add_argument("--k", type=int, default=1, help="reconstructions per image (default 1)")
+    p.add_argument("--k", type=POSITIVE_INT, default=1, help="reconstructions per image (default 1)")
     p.add_argument("--seed", type=int, default=0, help="mask/noise seed: same seed, same bytes (default 0)")
-    p.add_argument("--sigma", type=float, default=3.0, help="blur sigma in pixels (default 3)")
-    p.add_argument("--block-size", type=int, default=8, help="pixelate block in pixels (default 8)")
-    p.add_argument("--noise-std", type=float, default=25.0, help="noise std in grey levels (default 25)")
-    p.add_argument("--patch-size", type=int, default=None,
+    p.add_argument("--sigma", type=_number(float, 0.0, low_open=True), default=3.0, help="blur sigma in pixels (default 3)")
+    p.add_argument("--block-size", type=POSITIVE_INT, default=8, help="pixelate block in pixels (default 8)")
+    p.add_argument("--noise-std", type=_number(float, 0.0), default=25.0, help="noise std in grey levels (default 25)")
+    p.add_argument("--patch-size", type=POSITIVE_INT, default=None,
                    help="masked: patch size (default: the checkpoint's, else 8)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per model call (default 64)")
+    p.add_argument("--workers", type=COUNT, default=None,
                    help="decode/encode processes (default: cores - 1; 0 = in this process)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--autocast", action="store_true", help="fp16 on CUDA / bf16 on CPU for the model")
-    p.add_argument("--num-shards", type=int, default=None, help="split the images into N shards (default 1)")
-    p.add_argument("--shard", type=int, default=None, help="run only shard I (then: facemae merge OUT_DIR)")
+    p.add_argument("--num-shards", type=POSITIVE_INT, default=None, help="split the images into N shards (default 1)")
+    p.add_argument("--shard", type=COUNT, default=None, help="run only shard I (then: facemae merge OUT_DIR)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
     p.set_defaults(run=_convert)
@@ -450,15 +504,24 @@ def main(argv=None):
 def _run(args):
     try:
         summary, result = args.run(args)
-    except (ValueError, OSError) as exc:
+    except (FaceMAEError, OSError) as exc:  # bad input; anything else is a bug and keeps its traceback
         if os.environ.get("FACEMAE_DEBUG"):
             raise
-        print(f"facemae {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"facemae {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(summary)
     if args.json:
         print(json.dumps(result, default=str))
     return 0
+
+
+def _one_line(exc):
+    """The error's message on one line; for an error raised in a DataLoader worker, the worker's own."""
+    text = str(exc)
+    if "Original Traceback" in text:  # torch re-raises worker errors with the worker's traceback inside
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
 
 
 def run_as_script(verb):

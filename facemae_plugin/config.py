@@ -7,9 +7,13 @@ names it: a typo must not silently train the wrong thing.
 """
 import difflib
 import importlib.util
+import math
+import numbers
 import os
 
 from easydict import EasyDict as edict
+
+from .errors import ConfigError
 
 # arcface_torch's base.py keys (same meaning, same defaults) and the dataset keys its configs add.
 ARCFACE_DEFAULTS = dict(
@@ -46,23 +50,103 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
-    """A recipe asks for something that does not exist or cannot work."""
+# What each value may be, where its default does not say (None) or says too little: a type
+# ("int", "number", "str", "bool", "str-list", "margins") and an optional [low, high] range, an end
+# in parentheses being excluded. Keys without an entry take the type of their default.
+VALUE_SPECS = {
+    (None, "rec"): ("str", None), (None, "output"): ("str", None), (None, "suffix_run_name"): ("str", None),
+    (None, "num_classes"): ("int", (1, None)), (None, "num_image"): ("int", (1, None)),
+    (None, "batch_size"): ("int", (1, None)), (None, "num_epoch"): ("int", (1, None)),
+    (None, "warmup_epoch"): ("number", (0, None)), (None, "num_workers"): ("int", (0, None)),
+    (None, "embedding_size"): ("int", (1, None)), (None, "gradient_acc"): ("int", (1, None)),
+    (None, "lr"): ("number", ("(0", None)), (None, "weight_decay"): ("number", (0, None)),
+    (None, "momentum"): ("number", (0, None)), (None, "sample_rate"): ("number", ("(0", 1)),
+    (None, "verbose"): ("int", (1, None)), (None, "frequent"): ("int", (1, None)),
+    (None, "val_targets"): ("str-list", None), (None, "margin_list"): ("margins", None),
+    ("facemae", "checkpoint"): ("str", None), ("facemae", "mask_ratio"): ("number", (0, "1)")),
+    ("facemae", "autocast"): ("bool", None),
+    ("mae", "patch_size"): ("int", (1, None)), ("mae", "mask_ratio"): ("number", (0, "1)")),
+    ("mae", "w_mse"): ("number", (0, None)), ("mae", "w_visible"): ("number", (0, None)),
+    ("mae", "clip_grad"): ("number", ("(0", None)), ("mae", "grid_images"): ("int", (0, None)),
+    ("irm", "weight"): ("number", (0, None)), ("irm", "teacher"): ("str", None),
+    ("irm", "temperature"): ("number", ("(0", None)),
+}
+_TYPE_OF_DEFAULT = {bool: "bool", int: "int", float: "number", str: "str"}
 
 
-def _check_keys(given, known, where):
+def _type_ok(kind, value):
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "str-list":
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    if kind == "margins":
+        return (isinstance(value, (list, tuple)) and len(value) == 3
+                and all(_type_ok("number", v) for v in value))
+    return True
+
+
+def _in_range(value, bounds):
+    low, high = bounds
+    if low is not None:
+        open_low = isinstance(low, str)
+        low = float(low.strip("(")) if open_low else low
+        if value < low or (open_low and value == low):
+            return False
+    if high is not None:
+        open_high = isinstance(high, str)
+        high = float(high.strip(")")) if open_high else high
+        if value > high or (open_high and value == high):
+            return False
+    return True
+
+
+def _check_value(block, key, value, default, path):
+    """``config.[block.]key`` has the type (and range) it needs; None is allowed where the default is None."""
+    kind, bounds = VALUE_SPECS.get((block, key), (_TYPE_OF_DEFAULT.get(type(default)), None))
+    if kind is None or (value is None and default is None):
+        return
+    name = f"config.{block}.{key}" if block else f"config.{key}"
+    expected = {"int": "an integer", "number": "a finite number", "str": "a string", "bool": "True or False",
+                "str-list": "a list of strings", "margins": "three numbers (m1, m2, m3)"}[kind]
+    if not _type_ok(kind, value):
+        raise ConfigError(f"{path}: {name}={value!r} ({type(value).__name__}), expected {expected}")
+    if bounds is not None and not _in_range(value, bounds):
+        low, high = bounds
+        span = f"{'(' if isinstance(low, str) else '['}{str(low).strip('(')}, " \
+               f"{'inf' if high is None else str(high).strip(')')}{')' if high is None or isinstance(high, str) else ']'}"
+        raise ConfigError(f"{path}: {name}={value!r}, expected a value in {span}")
+
+
+def _check_values(cfg, given, path):
+    defaults = {**ARCFACE_DEFAULTS, **PLUGIN_DEFAULTS}
+    for key, value in given.items():
+        if key in BLOCK_DEFAULTS:
+            for leaf, leaf_value in cfg[key].items():
+                _check_value(key, leaf, leaf_value, BLOCK_DEFAULTS[key][leaf], path)
+        else:
+            _check_value(None, key, value, defaults[key], path)
+
+
+def check_keys(given, known, where, error=ConfigError):
+    """Every key of ``given`` is one of ``known``; an unknown one is named, with the closest known key."""
     for key in given:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
+            close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+            raise error(f"{where}: unknown key {key!r}{hint}; expected one of {', '.join(map(str, known))}")
 
 
 def _merge_block(name, given, path):
     defaults = BLOCK_DEFAULTS[name]
     if not isinstance(given, dict):
         raise ConfigError(f"{path}: config.{name} must be an edict block, got {type(given).__name__}")
-    _check_keys(given, defaults, f"{path}: config.{name}")
+    check_keys(given, defaults, f"{path}: config.{name}")
     return edict({**defaults, **given})
 
 
@@ -79,10 +163,11 @@ def _check_choices(cfg, path):
 def merge_config(given, path="<config>"):
     """Defaults updated by ``given`` (a dict), every key checked; blocks stay absent unless given."""
     known = {**ARCFACE_DEFAULTS, **PLUGIN_DEFAULTS, **{name: None for name in BLOCK_DEFAULTS}}
-    _check_keys(given, known, path)
+    check_keys(given, known, path)
     cfg = edict({**ARCFACE_DEFAULTS, **PLUGIN_DEFAULTS})
     for key, value in given.items():
         cfg[key] = _merge_block(key, value, path) if key in BLOCK_DEFAULTS else value
+    _check_values(cfg, given, path)
     _check_choices(cfg, path)
     return cfg
 
@@ -93,9 +178,7 @@ def load_config(path):
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
     name = os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(f"facemae_recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = exec_config_file(path, f"facemae_recipe_{name}")
     if not isinstance(getattr(module, "config", None), dict):
         raise ConfigError(f"{path}: expected a module-level `config = edict(...)`")
     cfg = merge_config(module.config, path)
@@ -103,6 +186,23 @@ def load_config(path):
         cfg.output = os.path.join("work_dirs", name)
     cfg.config_path = path
     return cfg
+
+
+def exec_config_file(path, module_name):
+    """Run a Python config file as a module; a file that does not run is a ConfigError naming it.
+
+    Only the error's own line is kept: the file is the user's, its traceback would point into
+    the plugin's loader rather than at the mistake.
+    """
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:  # the config's own code raised: report it as the config's error
+        raise ConfigError(f"{path}: raised {type(exc).__name__} while loading: {exc}") from None
+    return module
 
 
 def require(cfg, keys, path):

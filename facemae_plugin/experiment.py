@@ -12,7 +12,6 @@ Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives 
 (masks, noise) and its recogniser's initialisation and batch order.
 """
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -21,8 +20,9 @@ import time
 
 from easydict import EasyDict as edict
 
-from .config import merge_config
-from .evaluation.audit import write_json
+from .config import check_keys, exec_config_file, merge_config
+from .errors import FaceMAEError
+from .files import write_json
 from .synthdata import write_holdout_bin, write_identity_shard
 
 PROTOCOL_DEFAULTS = {
@@ -58,16 +58,17 @@ def slug(name):
     return re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(FaceMAEError):
     """A protocol or variant that cannot run; the message names the key."""
 
 
 def merge_protocol(given, defaults=PROTOCOL_DEFAULTS, where="protocol"):
     """``defaults`` updated by ``given``, recursively; an unknown key is an error naming it."""
     merged = copy.deepcopy(defaults)
+    if given is not None and not isinstance(given, dict):
+        raise ProtocolError(f"{where} must be a dict, got {type(given).__name__} {given!r:.60}")
+    check_keys(given or {}, defaults, where, error=ProtocolError)
     for key, value in (given or {}).items():
-        if key not in defaults:
-            raise ProtocolError(f"{where}: unknown key {key!r}; expected one of {', '.join(defaults)}")
         if isinstance(defaults[key], dict):
             if not isinstance(value, dict):
                 raise ProtocolError(f"{where}.{key} must be a dict, got {type(value).__name__}")
@@ -81,9 +82,7 @@ def load_python_config(path, names):
     """Import a config file and return its module-level ``names`` (missing ones as None)."""
     if not os.path.isfile(path):
         raise ProtocolError(f"{path}: config file not found")
-    spec = importlib.util.spec_from_file_location("facemae_protocol_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = exec_config_file(path, "facemae_protocol_config")
     return [getattr(module, name, None) for name in names]
 
 
@@ -137,7 +136,7 @@ class Experiment:
                 raise ProtocolError(f"{self.work_dir} holds stages of another protocol (differs in "
                                     f"{', '.join(changed)}); use a new work directory")
             return
-        write_json(current, path)
+        write_json(path, current, sort_keys=False, default=str)
 
     def path(self, *parts):
         return os.path.join(self.work_dir, *parts)
@@ -161,7 +160,7 @@ class Experiment:
         started = time.perf_counter()
         result = build()
         result = {**result, "seconds": round(time.perf_counter() - started, 1)}
-        write_json(result, marker)
+        write_json(marker, result, sort_keys=False, default=str)
         return result
 
     # --- data -----------------------------------------------------------------------------
@@ -389,7 +388,7 @@ class Experiment:
 
     @property
     def device(self):
-        from .train.common import pick_device
+        from .devices import pick_device
 
         return pick_device(self.protocol.device)
 

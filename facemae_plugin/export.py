@@ -21,8 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import CheckpointError, FaceMAEError, UsageError
+from .files import atomic_path, refuse_existing, refuse_overlap
 from .models.backbones import KNOWN_NETWORKS, load_backbone
 from .models.mae import FaceMAE, mask_from_ids, mask_noise_for_keys, num_visible, random_masking
+from .models.weights import load_weights_file
 
 OPSET = 17
 IMAGE_SIZE = 112
@@ -32,7 +35,7 @@ MIN_NODES = 8
 MIN_COSINE = 0.9999
 
 
-class OnnxCheckError(ValueError):
+class OnnxCheckError(FaceMAEError):
     """An exported graph that InsightFace's tools would refuse or that disagrees with torch."""
 
 
@@ -42,33 +45,36 @@ def load_recogniser(model_path, network):
     """A backbone from an arcface_torch model.pt; a FaceMAE checkpoint is named as such."""
     model_path = os.fspath(model_path)
     if network not in KNOWN_NETWORKS:
-        raise ValueError(f"unknown network {network!r}; expected one of {', '.join(KNOWN_NETWORKS)}")
+        raise UsageError(f"unknown network {network!r}; expected one of {', '.join(KNOWN_NETWORKS)}")
     try:
         return load_backbone(model_path, network, device="cpu")
-    except ValueError:
+    except CheckpointError:
         if _is_facemae_checkpoint(model_path):
-            raise ValueError(f"{model_path} is a FaceMAE reconstructor checkpoint, not a recogniser "
+            raise CheckpointError(f"{model_path}: is a FaceMAE reconstructor checkpoint, not a recogniser "
                              f"model.pt; export it with --facemae {model_path}") from None
         raise
 
 
 def _is_facemae_checkpoint(path):
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable files are reported by the caller's own error
+        loaded = load_weights_file(path, "checkpoint")
+    except CheckpointError:  # unreadable files are reported by the caller's own error
         return False
     return isinstance(loaded, dict) and "model" in loaded and "config" in loaded
 
 
-def export_recogniser(model, out_path, network=None, opset=OPSET, check=True):
+def export_recogniser(model, out_path, network=None, opset=OPSET, check=True, overwrite=False):
     """Export a backbone (module, or model.pt path with `network`) to `out_path`; returns a summary.
 
     With `check`, `check_recogniser_onnx` runs on the file before it is renamed into place.
     """
     if not isinstance(model, nn.Module):
         if network is None:
-            raise ValueError(f"{model}: a model.pt needs its network name (e.g. --network r50)")
+            raise UsageError(f"{model}: a model.pt needs its network name (e.g. --network r50)")
+        _check_output(out_path, [model], overwrite)
         model = load_recogniser(model, network)
+    else:
+        _check_output(out_path, [], overwrite)
     model = model.float().eval().cpu()
     if getattr(model, "fp16", False):
         raise ValueError("the recogniser runs under fp16 autocast; build it with fp16=False to export fp32")
@@ -203,11 +209,13 @@ def mask_ids_for_keys(num_patches, keys, seed=0, mask_ratio=0.75):
     return ids_shuffle.numpy().astype(np.int64)
 
 
-def export_reconstructor(checkpoint, out_path, mask_ratio=0.75, output="full", opset=OPSET, check=True):
+def export_reconstructor(checkpoint, out_path, mask_ratio=0.75, output="full", opset=OPSET, check=True,
+                         overwrite=False):
     """Export a FaceMAE (module or facemae.pt path) to `out_path` with the mask as an input."""
+    _check_output(out_path, [] if isinstance(checkpoint, FaceMAE) else [checkpoint], overwrite)
     mae = checkpoint if isinstance(checkpoint, FaceMAE) else FaceMAE.from_checkpoint(checkpoint)
     if output not in ("full", "paste"):
-        raise ValueError(f"output must be 'full' or 'paste', got {output!r}")
+        raise UsageError(f"output must be 'full' or 'paste', got {output!r}")
     mae = mae.float().eval().cpu()
     graph_module = ReconstructorGraph(mae, mask_ratio, output)
     size = mae.img_size
@@ -284,17 +292,12 @@ def _set_metadata(graph_model, values):
         entry.key, entry.value = key, str(value)
 
 
+def _check_output(out_path, inputs, overwrite):
+    refuse_overlap(out_path, inputs)
+    refuse_existing(out_path, overwrite)
+
+
 def _write_atomically(out_path, write):
     """write(tmp) exports and checks a temporary .onnx; it is renamed to out_path only on success."""
-    out_path = os.fspath(out_path)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    # insightface routes by the .onnx suffix, so the temporary name keeps it.
-    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.tmp-{os.getpid()}.onnx")
-    try:
-        summary = write(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return summary
+    with atomic_path(out_path, suffix=".onnx") as tmp:  # insightface routes by the .onnx suffix
+        return write(tmp)

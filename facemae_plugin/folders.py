@@ -9,13 +9,16 @@ folder -> rec -> folder loses nothing; other images are encoded once at the
 requested JPEG quality.
 """
 import os
+import shutil
 
 import numpy as np
 from tqdm import tqdm
 
 from .binfile import write_bin
+from .errors import InputError
+from .files import refuse_existing, refuse_overlap, replace_dir, temp_name, write_bytes
 from .recordio import RecordIOError, decode_image, encode_image
-from .shard import DEFAULT_IMAGE_SIZE, FaceShard, FaceShardWriter
+from .shard import DEFAULT_IMAGE_SIZE, FaceShard, FaceShardWriter, refuse_shard_output
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _JPEG_SOI = b"\xff\xd8\xff"
@@ -24,7 +27,7 @@ _JPEG_SOI = b"\xff\xd8\xff"
 def list_identity_folders(image_dir):
     """``[(identity_name, [image paths])]`` sorted by name; empty folders are skipped."""
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"{image_dir}: not a directory of <identity>/ image folders")
+        raise InputError(f"{image_dir}: not a directory of <identity>/ image folders")
     identities = []
     for name in sorted(os.listdir(image_dir)):
         folder = os.path.join(image_dir, name)
@@ -36,7 +39,7 @@ def list_identity_folders(image_dir):
         if files:
             identities.append((name, files))
     if not identities:
-        raise ValueError(f"{image_dir}: no <identity>/ folders with {'/'.join(IMAGE_EXTENSIONS)} images")
+        raise InputError(f"{image_dir}: no <identity>/ folders with {'/'.join(IMAGE_EXTENSIONS)} images")
     return identities
 
 
@@ -53,9 +56,11 @@ def load_image_bytes(path, image_size=DEFAULT_IMAGE_SIZE, quality=95):
     return data if data.startswith(_JPEG_SOI) else encode_image(img, quality)
 
 
-def folder_to_rec(image_dir, out_dir, image_size=DEFAULT_IMAGE_SIZE, quality=95, progress=True):
+def folder_to_rec(image_dir, out_dir, image_size=DEFAULT_IMAGE_SIZE, quality=95, progress=True,
+                  overwrite=False):
     """Write a layout-A shard; returns ``{"identities", "images", "names"}``."""
     identities = list_identity_folders(image_dir)
+    refuse_shard_output(out_dir, overwrite, inputs=[image_dir])
     total = sum(len(files) for _, files in identities)
     bar = tqdm(total=total, desc="folder2rec", unit="img", disable=not progress)
     with FaceShardWriter(out_dir, image_size=image_size, quality=quality) as writer:
@@ -74,49 +79,75 @@ def _tracked(items, bar):
 
 def _write_identity_names(out_dir, names):
     # Labels are positions in sorted folder order; keep the names so results can be traced back.
-    path = os.path.join(out_dir, "identities.txt")
-    with open(path + ".tmp", "w") as f:
-        f.writelines(f"{label}\t{name}\n" for label, name in enumerate(names))
-    os.replace(path + ".tmp", path)
+    text = "".join(f"{label}\t{name}\n" for label, name in enumerate(names))
+    write_bytes(os.path.join(out_dir, "identities.txt"), text.encode("utf-8", "surrogateescape"))
 
 
-def rec_to_folder(rec_dir, out_dir, progress=True):
-    """Write every image of a shard to ``out_dir/<label>/<key>.<ext>`` unchanged; returns counts."""
+def rec_to_folder(rec_dir, out_dir, progress=True, overwrite=False):
+    """Write every image of a shard to ``out_dir/<label>/<key>.<ext>`` unchanged; returns counts.
+
+    The folder is filled under a temporary name and renamed into place when every image is
+    out, so a failed record leaves nothing behind and nothing inside it can be a planted link.
+    """
+    out_dir = os.fspath(out_dir)
     with FaceShard(rec_dir) as shard:
-        labels = set()
-        for key in tqdm(shard.image_keys, desc="rec2folder", unit="img", disable=not progress):
-            label, payload = shard.read(key)
-            folder = os.path.join(out_dir, str(label))
-            if label not in labels:
-                os.makedirs(folder, exist_ok=True)
-                labels.add(label)
-            ext = ".jpg" if payload.startswith(_JPEG_SOI) else ".png"
-            with open(os.path.join(folder, f"{int(key)}{ext}"), "wb") as f:
-                f.write(payload)
+        refuse_overlap(out_dir, [shard.directory, shard.rec_path], output_is_dir=True)
+        if not (os.path.isdir(out_dir) and not os.listdir(out_dir)):  # an empty folder may be filled
+            refuse_existing(out_dir, overwrite, what="output folder")
+        tmp = temp_name(out_dir.rstrip(os.sep) or out_dir)
+        os.makedirs(tmp)
+        try:
+            labels = _write_images(shard, tmp, progress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_dir(tmp, out_dir)
         return {"identities": len(labels), "images": len(shard.image_keys)}
+
+
+def _write_images(shard, out_dir, progress):
+    labels = set()
+    for key in tqdm(shard.image_keys, desc="rec2folder", unit="img", disable=not progress):
+        label, payload = shard.read(key)
+        folder = os.path.join(out_dir, str(label))
+        if label not in labels:
+            os.mkdir(folder)
+            labels.add(label)
+        ext = ".jpg" if payload.startswith(_JPEG_SOI) else ".png"
+        fd = os.open(os.path.join(folder, f"{int(key)}{ext}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+    return labels
 
 
 def parse_pairs(pairs_path):
     """``[(path_a, path_b, issame)]`` from a pairs list; relative paths are taken from its folder."""
     base = os.path.dirname(os.path.abspath(pairs_path))
     pairs = []
-    with open(pairs_path) as f:
-        for line_no, line in enumerate(f, 1):
+    with open(pairs_path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{pairs_path}:{line_no}: not UTF-8 text ({raw[:40]!r})") from None
             fields = line.split()
             if not fields or fields[0].startswith("#"):
                 continue
             if len(fields) != 3 or fields[2] not in ("0", "1"):
-                raise ValueError(f"{pairs_path}:{line_no}: expected 'path_a path_b 0|1', got {line.strip()!r}")
+                raise InputError(f"{pairs_path}:{line_no}: expected 'path_a path_b 0|1', got {line.strip()!r}")
             path_a, path_b = (os.path.join(base, p) for p in fields[:2])
             pairs.append((path_a, path_b, fields[2] == "1"))
     if not pairs:
-        raise ValueError(f"{pairs_path}: no pairs found")
+        raise InputError(f"{pairs_path}: no pairs found")
     return pairs
 
 
-def pairs_to_bin(pairs_path, out_bin, image_size=DEFAULT_IMAGE_SIZE, quality=95, progress=True):
+def pairs_to_bin(pairs_path, out_bin, image_size=DEFAULT_IMAGE_SIZE, quality=95, progress=True,
+                 overwrite=False):
     """Write a verification ``.bin`` from a pairs list; returns counts."""
     pairs = parse_pairs(pairs_path)
+    refuse_overlap(out_bin, [pairs_path, *(path for pair in pairs for path in pair[:2])])
+    refuse_existing(out_bin, overwrite)
     images, issame = [], []
     for path_a, path_b, same in tqdm(pairs, desc="pairs2bin", unit="pair", disable=not progress):
         images += [load_image_bytes(path_a, image_size, quality), load_image_bytes(path_b, image_size, quality)]

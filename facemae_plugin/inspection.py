@@ -9,6 +9,7 @@ from .recordio import decode_image
 from .shard import FaceShard
 
 FIRST_KEYS_SHOWN = 5
+RAW_PIXEL_FOLDS = 10  # the raw-pixel baseline is a 10-fold accuracy: it needs 10 pairs
 
 
 def inspect_path(path, progress=True):
@@ -35,7 +36,23 @@ def inspect_shard(path, progress=True):
             height, width = shard.decode(keys[0]).shape[:2]
             info["image_size"] = [int(height), int(width)]
         info.update(_identity_facts(shard, progress))
+        info["notes"] = _property_notes(shard, info)
         return info
+
+
+def _property_notes(shard, info):
+    """Where ``property`` disagrees with the records (arcface_torch sizes its classifier from it)."""
+    if not shard.property:
+        return []
+    classes = shard.property[0]
+    notes = []
+    if classes != info["identities"]:
+        notes.append(f"property says {classes} classes, the records hold {info['identities']} identities")
+    top = info["label_range"][1]
+    if top is not None and top >= classes:
+        notes.append(f"label {top} is outside property's {classes} classes (0..{classes - 1}); "
+                     f"arcface_torch's classifier would not have a row for it")
+    return notes
 
 
 def _identity_facts(shard, progress):
@@ -52,11 +69,11 @@ def _identity_facts(shard, progress):
         }
     # Layout B has no identity records: the labels themselves are the only source.
     labels = shard.labels(progress=progress)
-    counts = np.bincount(labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    _, counts = np.unique(labels, return_counts=True)  # memory follows the images, not the label values
     return {
-        "identities": int(np.count_nonzero(counts)),
+        "identities": int(len(counts)),
         "label_range": [int(labels.min()), int(labels.max())] if len(labels) else [None, None],
-        "images_per_identity": _spread(counts[counts > 0]),
+        "images_per_identity": _spread(counts),
     }
 
 
@@ -77,9 +94,10 @@ def inspect_bin(path):
         "same_pairs": int(issame.sum()),
         "image_sizes": sorted([int(s[0]), int(s[1])] for s in shapes),
     }
-    if len(shapes) == 1:
+    if len(shapes) == 1 and len(issame) >= RAW_PIXEL_FOLDS:
         stack = np.stack(decoded)  # [2P, H, W, 3]
-        info["raw_pixel_accuracy"] = round(float(raw_pixel_accuracy(stack[0::2], stack[1::2], issame)), 4)
+        info["raw_pixel_accuracy"] = round(float(raw_pixel_accuracy(stack[0::2], stack[1::2], issame,
+                                                                    RAW_PIXEL_FOLDS)), 4)
     return info
 
 
@@ -93,6 +111,8 @@ def format_inspection(info):
         ]
         if "raw_pixel_accuracy" in info:
             lines.append(f"raw-pixel cosine  {info['raw_pixel_accuracy'] * 100:.2f}% 10-fold accuracy")
+        elif info["pairs"] < RAW_PIXEL_FOLDS:
+            lines.append(f"raw-pixel cosine  n/a (10-fold accuracy needs {RAW_PIXEL_FOLDS} pairs)")
         return "\n".join(lines)
     spread = info.get("images_per_identity") or {}
     lines = [
@@ -108,4 +128,5 @@ def format_inspection(info):
         f"first image keys  {info['first_keys']}",
         f"property          {','.join(map(str, info['property'])) if info['property'] else 'missing'}",
     ]
+    lines += [f"note              {note}" for note in info.get("notes", [])]
     return "\n".join(lines)

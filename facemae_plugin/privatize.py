@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .models.mae import mask_noise_for_keys, patchify, random_masking, unpatchify
 from .pixelops import gaussian_draws
 from .stage import ReconstructionStage, as_key_list, variant_key
@@ -30,7 +31,7 @@ class Privatizer:
 
     def __init__(self, k=1, seed=0):
         if int(k) < 1:
-            raise ValueError(f"k (variants per image) must be >= 1, got {k}")
+            raise UsageError(f"k (variants per image) must be >= 1, got {k}")
         self.k = int(k)
         self.seed = int(seed)
 
@@ -48,6 +49,9 @@ class Privatizer:
         """A torch-free ``pixelops`` op with the same output bytes, or None (the converter then
         runs this privatizer in its own process). Cheap ops run in the decode workers."""
         return None
+
+    def check_image_size(self, size):
+        """Refuse, before any work, images of ``size`` (height, width) this privatizer cannot process."""
 
     def params(self):
         return {}
@@ -84,19 +88,22 @@ class GaussianBlur(Privatizer):
     def __init__(self, sigma=3.0, k=1):
         super().__init__(k)
         if not sigma > 0:
-            raise ValueError(f"blur sigma must be > 0 pixels, got {sigma}")
+            raise UsageError(f"blur sigma must be > 0 pixels, got {sigma}")
         self.sigma = float(sigma)
 
     def params(self):
         return {"sigma": self.sigma}
 
+    def check_image_size(self, size):
+        radius = max(1, math.ceil(3.0 * self.sigma))  # gaussian_kernel's radius, without building it
+        if radius >= min(size):
+            raise UsageError(f"blur sigma {self.sigma} needs a {2 * radius + 1}-pixel kernel, too wide "
+                             f"for {size[1]}x{size[0]} images")
+
     def _apply(self, images, keys, j):
         n, c, h, w = images.shape
+        self.check_image_size((h, w))
         kernel = gaussian_kernel(self.sigma).to(images.device, torch.float32)
-        radius = (kernel.numel() - 1) // 2
-        if radius >= min(h, w):
-            raise ValueError(f"blur sigma {self.sigma} needs a {kernel.numel()}-pixel kernel, too wide "
-                             f"for {h}x{w} images")
         x = _blur_axis(images.float(), kernel, 3)  # along W first, then H, as pixelops.BlurOp
         return _blur_axis(x, kernel, 2)
 
@@ -129,7 +136,7 @@ class Pixelate(Privatizer):
     def __init__(self, block_size=8, k=1):
         super().__init__(k)
         if int(block_size) < 1:
-            raise ValueError(f"pixelate block size must be >= 1 pixel, got {block_size}")
+            raise UsageError(f"pixelate block size must be >= 1 pixel, got {block_size}")
         self.block_size = int(block_size)
 
     def params(self):
@@ -155,7 +162,7 @@ class GaussianNoise(Privatizer):
     def __init__(self, std=25.0, seed=0, k=1):
         super().__init__(k, seed)
         if not std >= 0:
-            raise ValueError(f"noise std must be >= 0 grey levels, got {std}")
+            raise UsageError(f"noise std must be >= 0 grey levels, got {std}")
         self.std = float(std)
 
     def params(self):
@@ -181,14 +188,19 @@ class MaskedOnly(Privatizer):
     def __init__(self, patch_size=8, mask_ratio=0.75, seed=0, k=1):
         super().__init__(k, seed)
         if int(patch_size) < 1:
-            raise ValueError(f"patch size must be >= 1 pixel, got {patch_size}")
+            raise UsageError(f"patch size must be >= 1 pixel, got {patch_size}")
         if not 0.0 <= float(mask_ratio) < 1.0:
-            raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+            raise UsageError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
         self.patch_size = int(patch_size)
         self.mask_ratio = float(mask_ratio)
 
     def params(self):
         return {"patch_size": self.patch_size, "mask_ratio": self.mask_ratio, "seed": self.seed}
+
+    def check_image_size(self, size):
+        if size[0] % self.patch_size or size[1] % self.patch_size:
+            raise UsageError(f"--patch-size {self.patch_size} does not divide the {size[1]}x{size[0]} images; "
+                             f"expected a divisor such as 8 or 16 for 112")
 
     def masks(self, keys, num_patches, j=0):
         """[N, L] FaceMAE masks (1 = masked) for (seed, key, j): the ones reconstruction would use."""
@@ -213,16 +225,16 @@ _BASELINES = {"blur": GaussianBlur, "pixelate": Pixelate, "noise": GaussianNoise
 def make_privatizer(method, **params):
     """``facemae`` (checkpoint=..., mask_ratio, output, seed, k, device, autocast) or a baseline.
 
-    Unknown methods or parameters raise ValueError naming them.
+    Unknown methods or parameters raise UsageError naming them.
     """
     if method == "facemae":
         checkpoint = params.pop("checkpoint", None)
         if not checkpoint:
-            raise ValueError("method facemae needs a checkpoint (--checkpoint facemae.pt)")
+            raise UsageError("method facemae needs a checkpoint (--checkpoint facemae.pt)")
         _check_params(method, params, ("mask_ratio", "output", "seed", "k", "device", "autocast"))
         return ReconstructionStage.from_checkpoint(checkpoint, **params)
     if method not in _BASELINES:
-        raise ValueError(f"unknown privatization method {method!r}; expected one of {METHODS}")
+        raise UsageError(f"unknown privatization method {method!r}; expected one of {METHODS}")
     cls = _BASELINES[method]
     import inspect
     _check_params(method, params, [p for p in inspect.signature(cls.__init__).parameters if p != "self"])
@@ -232,4 +244,4 @@ def make_privatizer(method, **params):
 def _check_params(method, params, allowed):
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(f"method {method} takes no parameter(s) {unknown}; expected some of {sorted(allowed)}")
+        raise UsageError(f"method {method} takes no parameter(s) {unknown}; expected some of {sorted(allowed)}")

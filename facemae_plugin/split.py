@@ -10,10 +10,11 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from .shard import FaceShard, FaceShardWriter
+from .errors import FaceMAEError
+from .shard import FaceShard, FaceShardWriter, refuse_shard_output
 
 
-class SplitError(ValueError):
+class SplitError(FaceMAEError):
     """The split cannot be made as asked."""
 
 
@@ -36,10 +37,11 @@ def choose_identities(labels, fraction, seed):
 
 def split_by_identity(in_dir, out_a, out_b, fraction=0.5, seed=0, overwrite=False, progress=True):
     """Write parts A and B; returns a summary with each part's original labels."""
-    for out in (out_a, out_b):
-        if os.path.exists(os.path.join(os.fspath(out), "train.rec")) and not overwrite:
-            raise SplitError(f"{out}/train.rec exists; pass --overwrite to replace it")
     with FaceShard(in_dir) as shard:
+        if os.path.realpath(out_a) == os.path.realpath(out_b):
+            raise SplitError(f"{out_a}: OUT_A and OUT_B are the same folder; give two different outputs")
+        for out in (out_a, out_b):
+            refuse_shard_output(out, overwrite, inputs=[shard.directory, shard.rec_path])
         groups = group_keys_by_label(shard, progress)
         part_a = set(choose_identities(list(groups), fraction, seed))
         parts = {"a": sorted(part_a), "b": sorted(set(groups) - part_a)}

@@ -10,9 +10,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .binfile import write_bin
+from .files import refuse_existing
 from .recordio import encode_image
-from .shard import FaceShardWriter
-from .synth import check_detail, identity_images
+from .shard import FaceShardWriter, refuse_shard_output
+from .synth import SynthInputError, check_detail, identity_images
 
 HOLDOUT_BIN = "holdout.bin"  # arcface_torch resolves val_targets=["holdout"] to <rec>/holdout.bin
 
@@ -63,14 +64,16 @@ def write_identity_shard(out_dir, seed, identities, images_per_identity, quality
 
 
 def make_synthetic_dataset(out_dir, identities=200, images_per_identity=20, holdout_identities=50,
-                           seed=0, num_pairs=1000, quality=95, progress=True, detail=0.0):
+                           seed=0, num_pairs=1000, quality=95, progress=True, detail=0.0, overwrite=False):
     """Write ``out_dir/train.rec|idx|property`` and ``out_dir/holdout.bin``; returns a summary dict.
 
     ``detail`` (0..1) moves identity from coarse traits into fine ones (see ``synth``).
     """
     if identities < 2 or images_per_identity < 2 or holdout_identities < 2:
-        raise ValueError("synth needs at least 2 identities, 2 images per identity and 2 held-out identities")
+        raise SynthInputError("synth needs at least 2 identities, 2 images per identity and 2 held-out identities")
     check_detail(detail)  # before anything is written
+    refuse_shard_output(out_dir, overwrite)
+    refuse_existing(os.path.join(os.fspath(out_dir), HOLDOUT_BIN), overwrite)
     write_identity_shard(out_dir, seed, range(identities), images_per_identity, quality, progress,
                          detail=detail)
     holdout = list(range(identities, identities + holdout_identities))

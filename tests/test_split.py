@@ -1,6 +1,7 @@
 """Splitting a shard by identity: disjoint parts, every image once, bytes unchanged, seeded."""
 import pytest
 
+from facemae_plugin.errors import OutputError
 from facemae_plugin.recordio import unpack
 from facemae_plugin.shard import FaceShard
 from facemae_plugin.split import SplitError, split_by_identity
@@ -54,7 +55,7 @@ def test_bad_fraction_and_existing_output_are_refused(tmp_path):
     with pytest.raises(SplitError, match="leaves a part empty"):
         split_by_identity(tmp_path / "in", tmp_path / "a", tmp_path / "b", fraction=0.9, progress=False)
     split_by_identity(tmp_path / "in", tmp_path / "a", tmp_path / "b", progress=False)
-    with pytest.raises(SplitError, match="exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
         split_by_identity(tmp_path / "in", tmp_path / "a", tmp_path / "b", progress=False)
 
 

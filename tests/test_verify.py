@@ -273,3 +273,19 @@ def test_pt_and_onnx_give_the_same_verification(small_set):
     (cli_set,) = json.loads(result.stdout.strip().splitlines()[-1])["sets"]
     assert cli_set["accuracy_flip"] == from_onnx["accuracy_flip"] and cli_set["name"] == "holdout"
     assert "verify: holdout" in result.stdout
+
+
+def test_an_onnx_with_a_fixed_batch_of_one_embeds_like_torch(tmp_path):
+    torch.manual_seed(3)
+    model = get_backbone("mbf").eval()
+    path = str(tmp_path / "batch1.onnx")
+    torch.onnx.export(model, (torch.zeros(1, 3, 112, 112),), path, opset_version=17, dynamo=False,
+                      input_names=["data"], output_names=["embedding"])  # no dynamic axes: N is 1
+    embedder = load_embedder(path)
+    assert embedder.fixed_batch == 1
+    images = torch.randn(3, 3, 112, 112)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    got = embedder(images).numpy()
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert got.shape == (3, 512) and cosine.min() > 0.9999

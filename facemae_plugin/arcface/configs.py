@@ -10,21 +10,18 @@ previous ``sys.modules`` entry (if any) comes back.
 The plugin's blocks (``facemae``, ``irm``) are checked with the plugin's own rules: unknown keys
 and bad choices fail naming the key, and defaults are filled in.
 """
-import importlib.util
 import os
 import sys
 from contextlib import contextmanager
 
-from ..config import BLOCK_DEFAULTS, ConfigError, merge_config
+from ..config import BLOCK_DEFAULTS, ConfigError, exec_config_file, merge_config
 
 ARCFACE_BLOCKS = ("facemae", "irm")  # blocks an arcface_torch config may carry
 PLUGIN_ONLY_BLOCKS = tuple(name for name in BLOCK_DEFAULTS if name not in ARCFACE_BLOCKS)
 
 
 def _load_file_as(path, module_name):
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = exec_config_file(path, module_name)
     if not isinstance(getattr(module, "config", None), dict):
         raise ConfigError(f"{path}: expected a module-level `config = edict(...)` as in arcface_torch configs")
     return module

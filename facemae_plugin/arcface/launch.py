@@ -22,8 +22,10 @@ import types
 import torch
 
 from ..config import ConfigError
-from ..convert import PROVENANCE_NAME
-from ..stage import ReconstructionStage, file_sha256
+from ..errors import UsageError
+from ..files import sha256_file
+from ..shard import PROVENANCE_NAME
+from ..stage import ReconstructionStage
 from .checkout import ArcfaceCheckout
 from .configs import config_alias, load_arcface_config
 from .dataloader import BatchRecord, wrap_get_dataloader
@@ -85,7 +87,7 @@ def check_release(rec_dir, block, config_path):
     with open(path) as f:
         provenance = json.load(f)
     made_by = provenance.get("privatizer", {})
-    expected = {"method": "facemae", "checkpoint_sha256": file_sha256(block.checkpoint),
+    expected = {"method": "facemae", "checkpoint_sha256": sha256_file(block.checkpoint),
                 "mask_ratio": block.mask_ratio, "output": block.output, "seed": block.seed}
     for field, value in expected.items():
         if made_by.get(field) != value:
@@ -153,7 +155,7 @@ def install_hooks(plan, train_v2):
 def run(plan):
     """Import train_v2 (NCCL starts here), hook it, and train."""
     if not torch.cuda.is_available():
-        raise ValueError("arcface_torch's train_v2 needs CUDA and NCCL (it starts NCCL when imported); "
+        raise UsageError("arcface_torch's train_v2 needs CUDA and NCCL (it starts NCCL when imported); "
                            "on this machine use --dry-run, or `facemae train` (the plugin's own loop)")
     train_v2 = plan.checkout.import_module("train_v2")
     plan.checkout.check_signature(train_v2, "train_v2", "main")
@@ -169,7 +171,8 @@ def dry_run_notes(plan):
     stand_in = types.SimpleNamespace(
         PolynomialLRWarmup=plan.checkout.import_module("lr_scheduler").PolynomialLRWarmup,
         get_dataloader=plan.checkout.import_module("dataset").get_dataloader,
-        PartialFC_V2=plan.checkout.import_module("partial_fc_v2").PartialFC_V2)
+        PartialFC_V2=plan.checkout.import_module("partial_fc_v2").PartialFC_V2,
+        CallBackVerification=plan.checkout.import_module("utils.utils_callbacks").CallBackVerification)
     return install_hooks(plan, stand_in)
 
 

@@ -3,7 +3,10 @@ import numpy as np
 import torch
 
 from ..data import normalise
+from ..errors import CheckpointError, UsageError
 from ..recordio import decode_image
+
+RECOGNISER_INPUT = (112, 112)  # (height, width) of the aligned faces a recogniser takes
 
 
 def decode_bin_images(images, where="bin"):
@@ -28,21 +31,49 @@ def embed_with_flip(model, images, batch_size=64, device="cpu"):
 
 
 class OnnxEmbedder:
-    """An exported recogniser run by ONNX Runtime, callable like the torch backbone."""
+    """An exported recogniser run by ONNX Runtime, callable like the torch backbone.
+
+    The graph must take one ``[N, 3, 112, 112]`` float input and give one ``[N, D]`` output; a graph
+    exported with a fixed batch size is fed in chunks of that size.
+    """
 
     training = False
 
     def __init__(self, path):
         import onnxruntime
 
+        path = str(path)
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in onnxruntime.get_available_providers()]
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        try:
+            self.session = onnxruntime.InferenceSession(path, providers=providers)
+        except Exception as exc:  # not a model file, or a graph ONNX Runtime cannot run
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = inputs[0].shape if len(inputs) == 1 else None
+        if shape is None or len(shape) != 4 or list(shape[1:]) != [3, *RECOGNISER_INPUT] or len(outputs) != 1:
+            raise CheckpointError(f"{path}: not a face recogniser graph: inputs "
+                                  f"{[i.shape for i in inputs]}, {len(outputs)} output(s); expected one input "
+                                  f"[N, 3, {RECOGNISER_INPUT[0]}, {RECOGNISER_INPUT[1]}] and one output [N, D]")
+        self.input_name = inputs[0].name
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
 
     def __call__(self, images):  # [N, 3, 112, 112] normalised -> [N, D]
-        (out,) = self.session.run(None, {self.input_name: images.detach().cpu().float().numpy()})
-        return torch.from_numpy(out)
+        x = images.detach().cpu().float().numpy()
+        if self.fixed_batch is None:
+            return torch.from_numpy(self._run(x))
+        b = self.fixed_batch
+        chunks = []
+        for start in range(0, len(x), b):
+            chunk = x[start:start + b]  # [<=b, 3, H, W]
+            padded = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            chunks.append(self._run(padded)[:len(chunk)])
+        return torch.from_numpy(np.concatenate(chunks))
+
+    def _run(self, x):
+        (out,) = self.session.run(None, {self.input_name: x})
+        return out
 
     def eval(self):
         return self
@@ -59,5 +90,5 @@ def load_embedder(path, network=None, device="cpu"):
     if path.endswith(".onnx"):
         return OnnxEmbedder(path)
     if network is None:
-        raise ValueError(f"{path}: a .pt model needs its network name (e.g. --network r50)")
+        raise UsageError(f"{path}: a .pt model needs its network name (e.g. --network r50)")
     return load_backbone(path, network, device=str(device))
