@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from .files import refuse_existing, refuse_link, refuse_overlap, write_bytes
 from .recordio import (
     ClosedOnExit,
     CommitOnSuccess,
@@ -31,7 +32,10 @@ from .recordio import (
 REC_NAME = "train.rec"
 IDX_NAME = "train.idx"
 PROPERTY_NAME = "property"
+PROVENANCE_NAME = "facemae_provenance.json"  # written beside a release by facemae convert
 DEFAULT_IMAGE_SIZE = (112, 112)  # (height, width) of InsightFace aligned crops
+MAX_IMAGE_SIDE = 4096
+MAX_LABEL = 2**31 - 1  # identity labels index a class table (int32 in arcface_torch's margin loss)
 
 
 def shard_paths(path):
@@ -57,12 +61,16 @@ def read_property(directory):
     path = os.path.join(directory, PROPERTY_NAME)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        text = f.read().strip()
+    with open(path, "rb") as f:
+        raw = f.read(4096)
     try:
+        text = raw.decode("ascii").strip()
         num_classes, height, width = (int(v) for v in text.split(","))
-    except ValueError:
-        raise RecordIOError(f"{path}: expected 'num_classes,height,width', got {text!r}") from None
+    except ValueError:  # not ASCII, not three integers
+        raise RecordIOError(f"{path}: expected 'num_classes,height,width', got {raw[:60]!r}") from None
+    if num_classes < 0 or not (0 < height <= MAX_IMAGE_SIDE and 0 < width <= MAX_IMAGE_SIDE):
+        raise RecordIOError(f"{path}: expected a class count >= 0 and an image size of 1..{MAX_IMAGE_SIDE} "
+                            f"pixels, got {text!r}")
     return num_classes, height, width
 
 
@@ -75,8 +83,8 @@ def scalar_label(label, where):
         if label.ndim != 1 or label.size == 0:
             raise RecordIOError(f"{where}: expected a scalar label or a 1-D label array, got shape {label.shape}")
         value = float(label[0])
-    if value < 0 or value != int(value):
-        raise RecordIOError(f"{where}: expected a non-negative integer identity label, got {value}")
+    if not (0 <= value <= MAX_LABEL) or value != int(value):  # also refuses nan and inf
+        raise RecordIOError(f"{where}: expected an integer identity label in 0..{MAX_LABEL}, got {value}")
     return int(value)
 
 
@@ -110,10 +118,10 @@ class FaceShard(ClosedOnExit):
             self.identity_keys = np.zeros(0, dtype=np.int64)
         else:
             self.layout = "A"
+            self._check_keys_present()  # before any array is sized by the header's claim
             first_identity, end = self.header_range
             self.image_keys = np.arange(1, first_identity, dtype=np.int64)
             self.identity_keys = np.arange(first_identity, end, dtype=np.int64)
-            self._check_keys_present()
         self._identity_ranges = None
 
     def _read_header_range(self):
@@ -129,6 +137,10 @@ class FaceShard(ClosedOnExit):
     def _check_keys_present(self):
         first_identity, end = self.header_range
         index = self.reader.index
+        if end - 1 > len(index):  # more keys promised than the index holds: no need to look for each
+            raise RecordIOError(
+                f"{self.idx_path}: the header record (key 0) promises keys 1..{end - 1}, but the index holds "
+                f"only {len(index)} records")
         missing = next((k for k in range(1, end) if k not in index), None)
         if missing is not None:
             raise RecordIOError(
@@ -261,8 +273,12 @@ class FaceShardWriter(CommitOnSuccess):
 
 def write_property(directory, num_classes, image_size=DEFAULT_IMAGE_SIZE):
     """Write ``property`` (``num_classes,height,width``) atomically."""
-    path = os.path.join(directory, PROPERTY_NAME)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(f"{num_classes},{image_size[0]},{image_size[1]}\n")
-    os.replace(tmp, path)
+    write_bytes(os.path.join(directory, PROPERTY_NAME), f"{num_classes},{image_size[0]},{image_size[1]}\n".encode())
+
+
+def refuse_shard_output(out_dir, overwrite, inputs=()):
+    """Before writing a shard into ``out_dir``: not over one of ``inputs``, not over a shard unless ``overwrite``."""
+    refuse_overlap(out_dir, inputs, output_is_dir=True)
+    refuse_link(out_dir)
+    for name in (REC_NAME, IDX_NAME, PROPERTY_NAME):
+        refuse_existing(os.path.join(os.fspath(out_dir), name), overwrite, what="a shard file")
