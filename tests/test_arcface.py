@@ -23,7 +23,8 @@ from facemae_plugin.arcface import ArcfaceCheckout, ArcfaceCheckoutError, prepar
 from facemae_plugin.arcface.configs import load_arcface_config
 from facemae_plugin.arcface.dataloader import BatchRecord, wrap_get_dataloader
 from facemae_plugin.arcface.irm_loss import IRMTerm, irm_partial_fc
-from facemae_plugin.arcface.patches import patch_lr_scheduler, scheduler_takes_verbose
+from facemae_plugin.arcface.patches import patch_lr_scheduler, patch_verification_loader, scheduler_takes_verbose
+from facemae_plugin.binfile import BinFormatError
 from facemae_plugin.config import ConfigError, merge_config
 from facemae_plugin.data import normalise
 from facemae_plugin.models.backbones import get_backbone
@@ -33,6 +34,7 @@ from facemae_plugin.shard import FaceShard
 from facemae_plugin.stage import ReconstructionStage
 from tests.conftest import smooth_image, write_layout_a
 from tests.mxnet_oracle import mxnet_python, run_oracle  # noqa: F401 (fixture)
+from tests.workspace import hostile_pickle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH_RECIPE = os.path.join(REPO, "recipes", "arcface_synth_mbf_facemae.py")
@@ -113,7 +115,8 @@ def test_train_v2_drift_is_found_without_importing_it(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("")
     imports = ("from dataset import get_dataloader\nfrom partial_fc_v2 import PartialFC_V2\n"
-               "from utils.utils_config import get_config\nfrom lr_scheduler import PolynomialLRWarmup\n")
+               "from utils.utils_config import get_config\nfrom lr_scheduler import PolynomialLRWarmup\n"
+               "from utils.utils_callbacks import CallBackLogging, CallBackVerification\n")
     (tmp_path / "train_v2.py").write_text(imports + "def main(config, rank):\n    pass\n")
     with pytest.raises(ArcfaceCheckoutError, match=r"train_v2.py.*expected main\(args\), found main\(config, rank\)"):
         ArcfaceCheckout(tmp_path).check_train_v2_source()
@@ -228,6 +231,42 @@ def test_verification_load_bin_through_compat_equals_real_mxnet(checkout, tmp_pa
     assert issame == [True, False]
     for flip in (0, 1):
         np.testing.assert_array_equal(data_list[flip].numpy(), expected[flip])
+
+
+def _bare_callback(callback_class):
+    """A CallBackVerification without its __init__ (which needs a process group): just the set lists."""
+    callback = callback_class.__new__(callback_class)
+    callback.ver_list, callback.ver_name_list = [], []
+    return callback
+
+
+def test_train_v2_validation_sets_load_through_the_restricted_unpickler(checkout, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEMAE_COMPAT_MXNET", "shim")
+    callbacks = checkout.import_module("utils.utils_callbacks")
+    train_v2 = types.SimpleNamespace(CallBackVerification=callbacks.CallBackVerification)
+    assert "restricted unpickler" in patch_verification_loader(train_v2)
+    assert issubclass(train_v2.CallBackVerification, callbacks.CallBackVerification)
+
+    (tmp_path / "evil.bin").write_bytes(hostile_pickle(tmp_path / "pwned"))
+    with pytest.raises(BinFormatError, match=r"evil.bin: refused to load posix.system"):
+        _bare_callback(train_v2.CallBackVerification).init_dataset(["evil"], str(tmp_path), (112, 112))
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(TypeError):  # upstream's own loader runs the payload, then fails to unpack its result
+        _bare_callback(callbacks.CallBackVerification).init_dataset(["evil"], str(tmp_path), (112, 112))
+    assert (tmp_path / "pwned").exists()
+
+    rng = np.random.default_rng(2)
+    bins = [cv2.imencode(".jpg", smooth_image(rng, size))[1].tobytes() for size in (112, 112, 128, 112)]
+    with open(tmp_path / "lfw.bin", "wb") as f:
+        pickle.dump((bins, [True, False]), f)
+    patched = _bare_callback(train_v2.CallBackVerification)
+    patched.init_dataset(["lfw", "absent"], str(tmp_path), (112, 112))
+    (data_list, issame), = patched.ver_list
+    expected, expected_issame = checkout.import_module("eval.verification").load_bin(str(tmp_path / "lfw.bin"),
+                                                                                     (112, 112))
+    assert patched.ver_name_list == ["lfw"] and list(issame) == expected_issame == [True, False]
+    for flip in (0, 1):
+        assert torch.equal(data_list[flip], expected[flip])
 
 
 def test_arcface_get_model_loads_our_model_pt_strictly(checkout, tmp_path):

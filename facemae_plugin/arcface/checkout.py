@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from ..compat import mxnet as compat_mxnet
+from ..errors import FaceMAEError
 
 REFERENCE_COMMIT = "7fadd420c2351d0ffa8cac403421c1a3ed733365"
 REQUIRED_FILES = ("train_v2.py", "dataset.py", "partial_fc_v2.py", "utils/utils_config.py",
@@ -29,14 +30,18 @@ HOOKED_SIGNATURES = {
                                                  "sample_rate", "fp16"),
     ("partial_fc_v2", "PartialFC_V2.forward"): ("self", "local_embeddings", "local_labels"),
     ("utils.utils_config", "get_config"): ("config_file",),
+    ("utils.utils_callbacks", "CallBackVerification.init_dataset"): ("self", "val_targets", "data_dir",
+                                                                     "image_size"),
+    ("eval.verification", "load_bin"): ("path", "image_size"),
     ("train_v2", "main"): ("args",),
 }
 # Names train_v2.py must import at module level, and from where: the plugin replaces them there.
 TRAIN_V2_IMPORTS = {"get_dataloader": "dataset", "PartialFC_V2": "partial_fc_v2",
-                    "get_config": "utils.utils_config", "PolynomialLRWarmup": "lr_scheduler"}
+                    "get_config": "utils.utils_config", "PolynomialLRWarmup": "lr_scheduler",
+                    "CallBackVerification": "utils.utils_callbacks"}
 
 
-class ArcfaceCheckoutError(ValueError):
+class ArcfaceCheckoutError(FaceMAEError):
     """The checkout is missing, incomplete, or no longer matches what the plugin hooks."""
 
 

@@ -8,11 +8,21 @@ checkout's files or classes, and only when the break is detected on the running 
   subclass whose method resolution order puts a base that drops ``verbose`` between
   ``_LRScheduler`` and ``LRScheduler``: upstream's ``__init__``, ``get_lr`` and state dict run
   unchanged, and its ``verbose`` argument (only ever False in train_v2) is ignored.
+- ``CallBackVerification`` (utils/utils_callbacks.py) loads each ``val_targets`` set with
+  ``eval/verification.py``'s ``load_bin``, a plain ``pickle.load``: a hostile ``.bin`` would run
+  code inside the training job. Always replaced: a subclass whose ``init_dataset`` reads each set
+  with the plugin's restricted unpickler first and hands upstream's ``load_bin`` only a clean copy
+  of what it admitted, so the decoded tensors are upstream's own.
 """
 import inspect
 import logging
+import os
+import tempfile
 
 from torch.optim.lr_scheduler import LRScheduler
+
+from ..binfile import load_bin as load_bin_restricted
+from ..binfile import write_bin
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,42 @@ def patch_lr_scheduler(train_v2):
     return note
 
 
+def restricted_load_bin(upstream_load_bin):
+    """``upstream_load_bin(path, image_size)`` fed only a clean copy of what the restricted unpickler admitted."""
+    def load_bin(path, image_size):
+        images, issame = load_bin_restricted(path)  # refuses hostile or malformed files in one line
+        with tempfile.TemporaryDirectory(prefix="facemae-val-") as tmp:
+            clean = os.path.join(tmp, os.path.basename(path))
+            write_bin(clean, images, issame)
+            return upstream_load_bin(clean, image_size)
+    return load_bin
+
+
+def safe_verification_callback(callback_class):
+    """``callback_class`` (CallBackVerification) with its validation sets read through ``restricted_load_bin``."""
+    load_bin = restricted_load_bin(inspect.getmodule(callback_class).verification.load_bin)
+
+    def init_dataset(self, val_targets, data_dir, image_size):
+        for name in val_targets:
+            path = os.path.join(data_dir, name + ".bin")
+            if os.path.exists(path):
+                self.ver_list.append(load_bin(path, image_size))
+                self.ver_name_list.append(name)
+
+    return type(callback_class.__name__, (callback_class,),
+                {"init_dataset": init_dataset, "__module__": callback_class.__module__,
+                 "__doc__": callback_class.__doc__})
+
+
+def patch_verification_loader(train_v2):
+    """Replace ``train_v2.CallBackVerification`` so no validation set is unpickled unrestricted; returns a note."""
+    train_v2.CallBackVerification = safe_verification_callback(train_v2.CallBackVerification)
+    note = ("train_v2.CallBackVerification: validation .bin sets read with the restricted unpickler "
+            "(upstream load_bin uses pickle.load)")
+    log.info("facemae compat patch: %s", note)
+    return note
+
+
 def apply_patches(train_v2):
-    """Every patch this torch needs; returns their notes (empty when arcface_torch runs as is)."""
-    return [note for note in (patch_lr_scheduler(train_v2),) if note]
+    """Every patch train_v2 needs here; returns their notes."""
+    return [note for note in (patch_lr_scheduler(train_v2), patch_verification_loader(train_v2)) if note]
