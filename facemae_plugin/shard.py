@@ -137,11 +137,8 @@ class FaceShard(ClosedOnExit):
     def _check_keys_present(self):
         first_identity, end = self.header_range
         index = self.reader.index
-        if end - 1 > len(index):  # more keys promised than the index holds: no need to look for each
-            raise RecordIOError(
-                f"{self.idx_path}: the header record (key 0) promises keys 1..{end - 1}, but the index holds "
-                f"only {len(index)} records")
-        missing = next((k for k in range(1, end) if k not in index), None)
+        # Of any len(index) + 1 keys one is missing, so the search stops there whatever the header claims.
+        missing = next((k for k in range(1, min(end, len(index) + 2)) if k not in index), None)
         if missing is not None:
             raise RecordIOError(
                 f"{self.idx_path}: the header record (key 0) promises image keys 1..{first_identity - 1} "
