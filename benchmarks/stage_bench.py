@@ -19,15 +19,17 @@ from facemae_plugin.losses import MarginSoftmax
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.stage import ReconstructionStage
-from facemae_plugin.train.common import pick_device
-from facemae_plugin.train.recognise import train_step
+from facemae_plugin.devices import pick_device
+from facemae_plugin.train.common import OptimizerStep
+from facemae_plugin.train.recognise import GRAD_CLIP_NORM, train_step
 
 
 def recognition_step(network, device, num_classes, mixed):
     backbone = get_backbone(network, fp16=mixed).to(device).train()
     head = MarginSoftmax(512, num_classes).to(device)
     optimizer = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
-    return lambda images, labels: train_step(backbone, head, optimizer, images, labels, mixed, device)
+    update = OptimizerStep(optimizer, backbone.parameters(), device, mixed, GRAD_CLIP_NORM)
+    return lambda images, labels: train_step(backbone, head, update, images, labels)
 
 
 def _clock(device):

@@ -1,4 +1,4 @@
-"""Which torch device a job runs on: one choice, checked before any work starts."""
+"""Which torch device a job runs on, checked before any work starts, and its mixed precision."""
 import torch
 
 from .errors import UsageError
@@ -21,3 +21,14 @@ def pick_device(name=None):
     elif device.type != "cpu":
         raise UsageError(f"{name!r}: only cpu and cuda devices are supported")
     return device
+
+
+def amp_dtype(device):
+    """The autocast dtype where it pays: float16 on CUDA, bfloat16 on CPU."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+
+
+def autocast(device, enabled, dtype=None):
+    """Mixed precision in ``amp_dtype(device)`` (or ``dtype``); fp32 when not ``enabled``."""
+    device = torch.device(device)
+    return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype(device), enabled=bool(enabled))

@@ -85,9 +85,12 @@ class MarginSoftmax(nn.Module):
 
 # --------------------------------------------------------------------------- pixel loss
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-               w_visible: float = 0.0) -> torch.Tensor:
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
+               w_visible: float) -> torch.Tensor:
     """MAE pixel loss: mean per-patch MSE over masked patches + w_visible * that over visible ones.
+
+    ``w_visible`` has no default here: its one default is the recipe's (``config.mae.w_visible``);
+    0 gives MAE's masked-only loss.
 
     pred, target: [N, L, P] patchified pixels; mask: [N, L], 1 = masked (hidden from the encoder).
     Each mean runs over all patches of its kind in the batch; a kind with no patches (mask

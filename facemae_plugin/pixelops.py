@@ -9,7 +9,7 @@ The converter's workers import this module and numpy only; torch stays in the pa
 """
 import numpy as np
 
-from .keyseed import seed_for_key, variant_key
+from .keyseed import num_visible, seed_for_key, variant_key
 
 _GREY = 128  # normalised 0.0 after data.denormalise: round(127.5) to even
 _NOISE_SALT = 0x6E6F697365  # "noise": keeps noise draws apart from mask draws of the same key
@@ -165,7 +165,7 @@ class MaskOp:
     def masks(self, mask_keys, num_patches):
         """[N, L] bool: the L - len_keep patches of highest noise (stable order on ties) are masked."""
         bits = torch_rand_bits([seed_for_key(self.seed, key) for key in mask_keys], num_patches)
-        len_keep = max(1, int(num_patches * (1 - self.mask_ratio)))  # models.mae.num_visible
+        len_keep = num_visible(num_patches, self.mask_ratio)
         order = np.argsort(bits, axis=1, kind="stable")  # the float noise is bits / 2**24: same order
         masks = np.ones(bits.shape, dtype=bool)
         np.put_along_axis(masks, order[:, :len_keep], False, axis=1)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .models.mae import mask_noise_for_keys, patchify, random_masking, unpatchify
+from .models.mae import mask_noise_for_keys, num_visible, patchify, random_masking, unpatchify
 from .pixelops import gaussian_draws
 from .stage import ReconstructionStage, as_key_list, variant_key
 
@@ -201,6 +201,7 @@ class MaskedOnly(Privatizer):
         if size[0] % self.patch_size or size[1] % self.patch_size:
             raise UsageError(f"--patch-size {self.patch_size} does not divide the {size[1]}x{size[0]} images; "
                              f"expected a divisor such as 8 or 16 for 112")
+        num_visible((size[0] // self.patch_size) * (size[1] // self.patch_size), self.mask_ratio)
 
     def masks(self, keys, num_patches, j=0):
         """[N, L] FaceMAE masks (1 = masked) for (seed, key, j): the ones reconstruction would use."""

@@ -10,15 +10,18 @@ With ``k > 1`` the j-th reconstruction of a record uses the mask of ``variant_ke
 different for every j, still fixed by ``(seed, key, j)``; ``variant_key(key, 0) == key``, so the
 first reconstruction is what ``k = 1`` gives.
 """
+import json
 import os
 
 import torch
 
+from .devices import autocast as autocast_context
 from .devices import pick_device
+from .errors import ConfigError
 from .files import sha256_file
 from .keyseed import variant_key  # noqa: F401  (re-exported: stage.variant_key is public)
 from .models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
-from .train.common import autocast as autocast_context
+from .shard import PROVENANCE_NAME
 
 
 def variant_keys(keys, k):
@@ -69,6 +72,13 @@ class ReconstructionStage:
         path = os.path.abspath(os.fspath(path))
         model = FaceMAE.from_checkpoint(path)
         return cls(model, checkpoint={"path": path, "sha256": sha256_file(path)}, **kwargs)
+
+    @classmethod
+    def from_block(cls, block, device, fp16):
+        """The frozen reconstructor a config's ``facemae`` block with ``stage="batch"`` asks for."""
+        autocast = fp16 if block.autocast is None else block.autocast
+        return cls.from_checkpoint(block.checkpoint, mask_ratio=block.mask_ratio, output=block.output,
+                                   seed=block.seed, device=device, autocast=bool(autocast))
 
     @property
     def num_patches(self):
@@ -124,3 +134,22 @@ class ReconstructionStage:
             "mask_key_scheme": "mask of reconstruction j of record key: mask_noise_for_keys(seed, "
                                "[variant_key(key, j)]), variant_key(key, 0) = key",
         }
+
+
+def check_offline_release(rec_dir, block, config_path):
+    """``stage="offline"``: ``rec_dir`` must be a shard that ``facemae convert`` made with this block."""
+    path = os.path.join(rec_dir, PROVENANCE_NAME)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{config_path}: facemae.stage='offline' but {path} does not exist: config.rec must "
+                          f"point at the output of `facemae convert`")
+    with open(path) as f:
+        provenance = json.load(f)
+    made_by = provenance.get("privatizer", {})
+    expected = {"method": "facemae", "checkpoint_sha256": sha256_file(block.checkpoint),
+                "mask_ratio": block.mask_ratio, "output": block.output, "seed": block.seed}
+    for field, value in expected.items():
+        if made_by.get(field) != value:
+            raise ConfigError(f"{config_path}: {path}: the shard was made with {field}={made_by.get(field)!r}, "
+                              f"config.facemae asks for {value!r}"
+                              + (f" ({block.checkpoint})" if field == "checkpoint_sha256" else ""))
+    return provenance

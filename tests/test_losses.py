@@ -234,15 +234,15 @@ def test_masked_mse_bool_mask_and_gradient_only_on_masked_patches():
     pred = torch.randn(1, 4, 3, requires_grad=True)
     target = torch.randn(1, 4, 3)
     mask = torch.tensor([[True, False, True, False]])
-    masked_mse(pred, target, mask).backward()
+    masked_mse(pred, target, mask, w_visible=0.0).backward()
     assert (pred.grad[0, [1, 3]] == 0).all() and (pred.grad[0, [0, 2]] != 0).all()
 
 
 def test_masked_mse_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"mask must be \[N, L\] = \[2, 4\]"):
-        masked_mse(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(2, 5))
+        masked_mse(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(2, 5), w_visible=0.0)
     with pytest.raises(ValueError, match=r"pred and target must both be \[N, L, P\]"):
-        masked_mse(torch.zeros(2, 4, 3), torch.zeros(2, 4, 2), torch.zeros(2, 4))
+        masked_mse(torch.zeros(2, 4, 3), torch.zeros(2, 4, 2), torch.zeros(2, 4), w_visible=0.0)
 
 
 # ----------------------------------------------------------------------------------- IRM

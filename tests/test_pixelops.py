@@ -37,6 +37,26 @@ def test_blur_float_values_match_bit_for_bit():
     assert np.array_equal(np.stack([op.blur(normalise(image)) for image in rgb]), expected)
 
 
+@pytest.mark.parametrize("patch_size", [4, 7, 8, 14, 16])
+@pytest.mark.parametrize("mask_ratio", [0.0, 0.5, 0.75, 0.9, 0.97, 0.99])
+def test_masked_op_and_torch_masks_follow_one_visible_count_rule(patch_size, mask_ratio):
+    """The numpy op keeps exactly the torch mask's visible patches, and both refuse a ratio that keeps none."""
+    rgb, keys = random_rgb(3), [1, 9, 2 ** 33]
+    num_patches = (112 // patch_size) ** 2
+    privatizer = MaskedOnly(patch_size, mask_ratio, seed=2)
+    if int(num_patches * (1 - mask_ratio)) < 1:
+        for run in (lambda: privatizer.worker_op()(rgb, keys), lambda: privatize_batch(privatizer, rgb, keys),
+                    lambda: privatizer.check_image_size((112, 112))):
+            with pytest.raises(ValueError, match="keeps no patch"):
+                run()
+        return
+    numpy_masks = privatizer.worker_op().masks(keys, num_patches)
+    torch_masks = privatizer.masks(keys, num_patches).numpy().astype(bool)
+    assert np.array_equal(numpy_masks, torch_masks)
+    assert (~numpy_masks).sum(axis=1).tolist() == [mae.num_visible(num_patches, mask_ratio)] * len(keys)
+    np.testing.assert_array_equal(privatizer.worker_op()(rgb, keys), privatize_batch(privatizer, rgb, keys))
+
+
 def test_blur_too_wide_for_the_image_is_refused_like_torch():
     with pytest.raises(ValueError, match="too wide"):
         GaussianBlur(3.0).worker_op()(random_rgb(1, size=8), [1])

@@ -1,14 +1,20 @@
 """Both training loops on a tiny synthetic shard: outputs, determinism, resume, config errors."""
+import json
 import os
 
 import pytest
 import torch
 
 from facemae_plugin.config import ConfigError, merge_config
+from facemae_plugin.data import normalise
 from facemae_plugin.models.backbones import load_backbone
-from facemae_plugin.models.mae import FaceMAE
+from facemae_plugin.models.mae import FaceMAE, create_facemae
+from facemae_plugin.shard import FaceShard
+from facemae_plugin.stage import ReconstructionStage
 from facemae_plugin.synthdata import make_synthetic_dataset
-from facemae_plugin.train.pretrain import pretrain
+from facemae_plugin.train import recognise
+from facemae_plugin.train.common import OptimizerStep
+from facemae_plugin.train.pretrain import adamw_param_groups, pretrain
 from facemae_plugin.train.recognise import train_recogniser
 
 IDENTITIES = 6
@@ -75,6 +81,71 @@ def test_pretrain_resume_continues_exactly(synth_dir, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    straight_summary = json.loads((straight / "summary.json").read_text())
+    resumed_summary = json.loads((resumed / "summary.json").read_text())
+    assert [e["epoch"] for e in resumed_summary["epochs"]] == [1, 2]  # the history goes on
+    assert resumed_summary["epochs"] == straight_summary["epochs"]
+    assert resumed_summary["images_seen"] == straight_summary["images_seen"] == 2 * 36
+    assert "scaler" in torch.load(resumed / "resume.pt", weights_only=True)
+
+
+def _underflowing_step(use_scaler):
+    """One fp16-autocast step on a CPU whose gradient (1e-8 per weight) is below fp16's smallest subnormal."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    update = OptimizerStep(optimizer, layer.parameters(), "cpu", mixed_precision=True, clip_norm=1e9,
+                           dtype=torch.float16)
+    if not use_scaler:
+        update.scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before = layer.weight.detach().clone()
+    with update.autocast():
+        out = layer(torch.ones(4, 8))  # fp16 under autocast
+    update(out.float().sum() * 1e-8)
+    return (layer.weight.detach() - before).abs().max().item(), update
+
+
+def test_fp16_steps_use_a_grad_scaler_so_small_gradients_still_train():
+    moved_without, _ = _underflowing_step(use_scaler=False)
+    moved_with, update = _underflowing_step(use_scaler=True)
+    assert moved_without == 0.0  # the gradient underflowed to zero in fp16
+    assert moved_with > 0.0 and update.scaler.is_enabled()
+    # bf16 (the CPU default) has fp32's range: no scaler
+    assert not OptimizerStep(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1), [], "cpu",
+                             True, 1.0).scaler.is_enabled()
+
+
+def test_recogniser_loop_scales_fp16_losses(synth_dir, tmp_path, monkeypatch):
+    made = []
+    original = OptimizerStep.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(OptimizerStep, "__init__", spy)
+    monkeypatch.setattr("facemae_plugin.train.common.amp_dtype", lambda device: torch.float16)
+    train_recogniser(recognition_config(synth_dir, tmp_path, fp16=True), device="cpu", progress=False, max_steps=2)
+    (update,), = [made]
+    assert update.dtype == torch.float16 and update.scaler.is_enabled()
+    assert update.scaler.get_scale() > 1.0
+
+
+def test_pretrain_adamw_exempts_biases_norms_and_tokens_from_weight_decay():
+    model = create_facemae("tiny", patch_size=16)
+    decay, no_decay = adamw_param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {"cls_token", "mask_token", "norm.weight", "norm.bias", "blocks.0.norm1.weight",
+            "blocks.0.attn.qkv.bias", "decoder_pred.bias"} <= exempt
+    assert not exempt & {"blocks.0.attn.qkv.weight", "decoder_pred.weight", "patch_embed.proj.weight"}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_pretrain_refuses_an_optimizer_it_would_not_use(synth_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"config.optimizer='sgd'; pretraining uses AdamW"):
+        pretrain(pretrain_config(synth_dir, tmp_path, optimizer="sgd"), device="cpu", progress=False)
 
 
 def test_pretrain_with_irm_uses_a_frozen_teacher(synth_dir, tmp_path):
@@ -93,3 +164,49 @@ def test_pretrain_irm_needs_its_teacher(synth_dir, tmp_path):
     cfg = pretrain_config(synth_dir, tmp_path, irm={"weight": 1.0, "teacher": str(tmp_path / "x.pt")})
     with pytest.raises(ConfigError, match=r"config.irm.teacher: .*x.pt not found"):
         pretrain(cfg, progress=False)
+
+
+def test_batch_stage_sees_each_record_as_stored_and_the_flip_comes_after(synth_dir, tmp_path, monkeypatch):
+    seen, flags = [], []
+
+    def stage(images, keys):
+        seen.append((images.clone(), [int(k) for k in keys]))
+        return images
+
+    real_mirror = recognise.mirror_where
+
+    def mirror_spy(images, flipped):
+        flags.extend(bool(f) for f in flipped)
+        return real_mirror(images, flipped)
+
+    monkeypatch.setattr(recognise, "mirror_where", mirror_spy)
+    train_recogniser(recognition_config(synth_dir, tmp_path, flip=True), device="cpu", progress=False,
+                     batch_stage=stage, max_steps=3)
+    with FaceShard(synth_dir) as shard:
+        for images, keys in seen:
+            for image, key in zip(images, keys):
+                assert torch.equal(image, normalise(shard.decode(key))), key  # never a mirrored record
+    assert len(flags) == 36 and 0 < sum(flags) < 36  # arcface_torch's random flip still happens
+
+
+def test_facemae_train_honours_a_facemae_block(synth_dir, tmp_path, monkeypatch):
+    checkpoint = create_facemae("tiny", patch_size=16).save_checkpoint(str(tmp_path / "facemae.pt"))
+    calls = []
+    real_call = ReconstructionStage.__call__
+    monkeypatch.setattr(ReconstructionStage, "__call__",
+                        lambda self, images, keys: calls.append(len(keys)) or real_call(self, images, keys))
+    cfg = recognition_config(synth_dir, tmp_path / "run", facemae={"checkpoint": checkpoint, "mask_ratio": 0.5})
+    train_recogniser(cfg, device="cpu", progress=False, max_steps=2)
+    assert calls == [12, 12]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("sample_rate", 0.3, r"config.sample_rate=0.3 does nothing in facemae train"),
+    ("gradient_acc", 4, r"config.gradient_acc=4 does nothing"),
+    ("resume", True, r"config.resume=True does nothing"),
+    ("dali", True, r"config.dali=True does nothing"),
+    ("irm", {"weight": 1.0, "teacher": "t.pt", "network": "mbf"}, r"config.irm.weight=1.0: facemae train adds no IRM"),
+])
+def test_recognition_refuses_keys_it_would_ignore(synth_dir, tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        train_recogniser(recognition_config(synth_dir, tmp_path, **{key: value}), device="cpu", progress=False)

@@ -23,6 +23,8 @@ import logging
 import torch
 from torchvision import transforms
 
+from ..data import mirror_where
+
 log = logging.getLogger(__name__)
 
 
@@ -80,12 +82,6 @@ def attach_keys(dataset):
     log.info("facemae: %s yields record keys; random flip (p=%.2f) moved after the reconstruction",
              type(dataset).__name__, flip_p)
     return dataset
-
-
-def mirror_where(images, flipped):
-    """Mirror the rows of ``images`` [B, 3, H, W] where ``flipped`` [B] is true."""
-    flipped = flipped.to(images.device).view(-1, 1, 1, 1)
-    return torch.where(flipped, images.flip(-1), images)
 
 
 def _staged_subclass(base, stage, record):

@@ -14,7 +14,6 @@ only*, and calls ``train_v2.main``. Without a ``facemae`` or ``irm`` block nothi
 but the compatibility patches, and arcface_torch trains exactly as shipped.
 """
 import argparse
-import json
 import logging
 import os
 import types
@@ -23,9 +22,7 @@ import torch
 
 from ..config import ConfigError
 from ..errors import UsageError
-from ..files import sha256_file
-from ..shard import PROVENANCE_NAME
-from ..stage import ReconstructionStage
+from ..stage import ReconstructionStage, check_offline_release
 from .checkout import ArcfaceCheckout
 from .configs import config_alias, load_arcface_config
 from .dataloader import BatchRecord, wrap_get_dataloader
@@ -70,33 +67,6 @@ def default_device():
 
 # ------------------------------------------------------------------------- the blocks
 
-def build_stage(block, device, fp16):
-    """The frozen reconstructor for ``stage="batch"`` (same masks as ``facemae convert``)."""
-    autocast = fp16 if block.autocast is None else block.autocast
-    return ReconstructionStage.from_checkpoint(block.checkpoint, mask_ratio=block.mask_ratio,
-                                               output=block.output, seed=block.seed, device=device,
-                                               autocast=bool(autocast))
-
-
-def check_release(rec_dir, block, config_path):
-    """``stage="offline"``: ``rec_dir`` must be a shard that ``facemae convert`` made with this block."""
-    path = os.path.join(rec_dir, PROVENANCE_NAME)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{config_path}: facemae.stage='offline' but {path} does not exist: config.rec must "
-                          f"point at the output of `facemae convert`")
-    with open(path) as f:
-        provenance = json.load(f)
-    made_by = provenance.get("privatizer", {})
-    expected = {"method": "facemae", "checkpoint_sha256": sha256_file(block.checkpoint),
-                "mask_ratio": block.mask_ratio, "output": block.output, "seed": block.seed}
-    for field, value in expected.items():
-        if made_by.get(field) != value:
-            raise ConfigError(f"{config_path}: {path}: the shard was made with {field}={made_by.get(field)!r}, "
-                              f"config.facemae asks for {value!r}"
-                              + (f" ({block.checkpoint})" if field == "checkpoint_sha256" else ""))
-    return provenance
-
-
 def build_irm(cfg, record, device, config_path):
     from ..models.backbones import load_backbone
 
@@ -128,9 +98,9 @@ def prepare(arcface_root, config_path, device=None):
         if not os.path.isfile(block.checkpoint):
             raise ConfigError(f"{config_path}: config.facemae.checkpoint {block.checkpoint} not found")
         if block.stage == "batch":
-            plan.stage = build_stage(block, plan.device, cfg.fp16)
+            plan.stage = ReconstructionStage.from_block(block, plan.device, cfg.fp16)
         else:
-            plan.release = check_release(cfg.rec, block, config_path)
+            plan.release = check_offline_release(cfg.rec, block, config_path)
     if cfg.get("irm") is not None and cfg.irm.weight:
         plan.irm_term = build_irm(cfg, plan.record, plan.device, config_path)
     return plan

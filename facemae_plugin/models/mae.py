@@ -24,8 +24,7 @@ from timm.models.vision_transformer import Block
 
 from ..errors import CheckpointError, ConfigError
 from ..files import atomic_file
-from ..keyseed import _splitmix64, seed_for_key  # noqa: F401  (re-exported)
-from ..losses import masked_mse
+from ..keyseed import num_visible, seed_for_key  # noqa: F401  (re-exported)
 from .weights import load_weights_file
 
 __all__ = [
@@ -111,17 +110,6 @@ def sincos_pos_embed_2d(dim: int, grid_size: int, cls_token: bool = True) -> np.
 
 
 # --------------------------------------------------------------------------- masking
-
-
-def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """Patches the encoder sees: int(L * (1 - mask_ratio)), at least one."""
-    if not isinstance(mask_ratio, (int, float)) or not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
-    len_keep = int(num_patches * (1 - mask_ratio))
-    if len_keep < 1:
-        raise ValueError(f"mask_ratio {mask_ratio} keeps no patch out of {num_patches}; "
-                         f"expected a ratio that leaves at least one visible")
-    return len_keep
 
 
 def random_masking(noise: torch.Tensor, mask_ratio: float
@@ -291,11 +279,6 @@ class FaceMAE(nn.Module):
             x = block(x)
         x = self.decoder_pred(self.decoder_norm(x))  # [N, 1 + L, p*p*3]
         return x[:, 1:]  # drop cls
-
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
-                     w_visible: float = 1.0) -> torch.Tensor:
-        """Pixel loss in the input normalisation; w_visible=0 gives MAE's masked-only loss."""
-        return masked_mse(pred.float(), self.patchify(imgs).float(), mask, w_visible)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75,
                 generator: Optional[torch.Generator] = None,

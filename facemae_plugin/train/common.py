@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..devices import pick_device
+from ..devices import amp_dtype, autocast, pick_device
 from ..files import atomic_file
 
 
@@ -76,10 +76,43 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def autocast(device, enabled):
-    """Mixed precision where it pays: fp16 on CUDA, bf16 on CPU (fp32 when disabled)."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=bool(enabled))
+class OptimizerStep:
+    """The update both training loops share: zero_grad, backward, unscale, clip, step.
+
+    float16 gradients underflow without loss scaling (bfloat16 has float32's range and needs
+    none), so a GradScaler runs whenever the autocast dtype is float16: CUDA by default, or a CPU
+    given ``dtype=torch.float16``. Gradients are unscaled before clipping, so the clip norm means
+    what it says; a step whose gradients overflowed is skipped by the scaler.
+    """
+
+    def __init__(self, optimizer, clipped_params, device, mixed_precision, clip_norm, dtype=None):
+        self.optimizer = optimizer
+        self.clipped_params = list(clipped_params)
+        self.device = torch.device(device)
+        self.mixed_precision = bool(mixed_precision)
+        self.dtype = dtype or amp_dtype(self.device)
+        self.clip_norm = clip_norm
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.mixed_precision and self.dtype == torch.float16)
+
+    def autocast(self):
+        return autocast(self.device, self.mixed_precision, self.dtype)
+
+    def __call__(self, loss):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.clipped_params, self.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def make_loader(dataset, batch_size, process, seed, num_workers, epoch=0):

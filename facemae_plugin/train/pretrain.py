@@ -25,12 +25,13 @@ from ..models.backbones import load_backbone
 from ..models.mae import create_facemae, mask_noise_for_keys
 from ..models.weights import load_weights_file
 from ..visualise import save_reconstruction_grid
-from .common import (atomic_save, autocast, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
+from .common import (OptimizerStep, atomic_save, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
 
 CHECKPOINT_NAME = "facemae.pt"
 RESUME_NAME = "resume.pt"
 ADAMW_BETAS = (0.9, 0.95)  # MAE's pretraining betas
+NO_DECAY_TOKENS = ("cls_token", "mask_token")  # learned embeddings MAE's recipe exempts from weight decay
 
 
 def check_pretrain_config(cfg):
@@ -38,6 +39,9 @@ def check_pretrain_config(cfg):
     require(cfg, ["rec", "output"], path)
     if "mae" not in cfg:
         raise ConfigError(f"{path}: a pretraining recipe needs a config.mae block")
+    if cfg.optimizer != "adamw":
+        raise ConfigError(f"{path}: config.optimizer={cfg.optimizer!r}; pretraining uses AdamW with MAE's "
+                          f"betas, set config.optimizer = 'adamw'")
     if not 0.0 <= cfg.mae.mask_ratio < 1.0:
         raise ConfigError(f"{path}: config.mae.mask_ratio={cfg.mae.mask_ratio}, expected 0 <= ratio < 1")
     irm = cfg.get("irm")
@@ -84,8 +88,22 @@ def build_model(cfg, device):
     return create_facemae(cfg.mae.preset, patch_size=cfg.mae.patch_size).to(device)
 
 
-def load_resume_state(cfg, mae, optimizer):
-    """Restore weights, optimiser and position from ``resume.pt``; returns ``(epoch, step)``."""
+def adamw_param_groups(model, weight_decay):
+    """MAE's AdamW groups: no weight decay on biases, norm weights and the cls / mask tokens."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = param.ndim <= 1 or name.endswith(".bias") or name in NO_DECAY_TOKENS
+        (no_decay if exempt else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def load_resume_state(cfg, mae, update):
+    """Restore weights, optimiser, scaler and progress from ``resume.pt``.
+
+    Returns ``(epoch, step, history, seen)``: the run continues its epoch records and image count.
+    """
     path = os.path.join(cfg.output, RESUME_NAME)
     if not os.path.isfile(path):
         raise ConfigError(f"--resume: {path} not found; nothing to resume")
@@ -94,8 +112,9 @@ def load_resume_state(cfg, mae, optimizer):
         raise CheckpointError(f"{path}: expected a resume state with model, optimizer, epoch and step")
     try:
         mae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return int(state["epoch"]), int(state["step"])
+        update.load_state_dict(state)
+        return (int(state["epoch"]), int(state["step"]), json.loads(state.get("history", "[]")),
+                int(state.get("seen", 0)))
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"{path}: does not fit this recipe's model and optimiser ({first_line})") from None
@@ -109,16 +128,15 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
     dataset = FaceRecordDataset(cfg.rec, flip=cfg.flip, with_keys=True)
     mae = build_model(cfg, process.device)
     objective = PretrainObjective(cfg, process.device)
-    optimizer = torch.optim.AdamW(mae.parameters(), lr=cfg.lr, betas=ADAMW_BETAS,
-                                  weight_decay=cfg.weight_decay)
-    start_epoch, step = load_resume_state(cfg, mae, optimizer) if resume else (0, 0)
+    optimizer = torch.optim.AdamW(adamw_param_groups(mae, cfg.weight_decay), lr=cfg.lr, betas=ADAMW_BETAS)
+    update = OptimizerStep(optimizer, mae.parameters(), process.device, cfg.fp16, cfg.mae.clip_grad)
+    start_epoch, step, history, seen = load_resume_state(cfg, mae, update) if resume else (0, 0, [], 0)
     model = DistributedDataParallel(mae) if process.distributed else mae
     steps_per_epoch = len(dataset) // (cfg.batch_size * process.world_size)
     total_steps, warmup_steps = steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(cfg.fp16) and process.device.type == "cuda")
     grid_batch = fixed_grid_batch(dataset, cfg.mae.grid_images)
 
-    history, started, seen = [], time.time(), 0
+    started, seen_before = time.time(), seen
     for epoch in range(start_epoch, cfg.num_epoch):
         loader = make_loader(dataset, cfg.batch_size, process, cfg.seed, cfg.num_workers, epoch)
         bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.num_epoch}", unit="batch",
@@ -129,35 +147,39 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
             set_lr(optimizer, cosine_warmup_lr(step, cfg.lr, warmup_steps, total_steps))
             images = images.to(process.device, non_blocking=True)
             noise = mask_noise(cfg, epoch, keys, mae.num_patches)
-            with autocast(process.device, cfg.fp16):
+            with update.autocast():
                 pred, mask = model(images, cfg.mae.mask_ratio, noise=noise)
                 loss, parts = objective(model, images, pred, mask)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(mae.parameters(), cfg.mae.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            update(loss)
             step += 1
             seen += len(images) * process.world_size
             logged = {name: reduce_mean(value, process) for name, value in
                       {"loss": loss.detach(), **parts}.items()}
             epoch_parts.append(logged)
             bar.set_postfix({**{k: f"{v:.4f}" for k, v in logged.items()},
-                             "img_s": f"{seen / (time.time() - started):.0f}"})
+                             "img_s": f"{(seen - seen_before) / (time.time() - started):.0f}"})
             if max_steps is not None and step >= max_steps:
                 break
-        history.append(end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, epoch_parts))
+        history.append(end_of_epoch(cfg, process, mae, grid_batch, epoch, step, epoch_parts))
+        save_resume_state(cfg, process, mae, update, epoch, step, history, seen)
         if max_steps is not None and step >= max_steps:
             break
     summary = {"checkpoint": os.path.join(cfg.output, CHECKPOINT_NAME), "steps": step, "epochs": history,
-               "images_per_s": seen / max(time.time() - started, 1e-9), "world_size": process.world_size,
+               "images_per_s": (seen - seen_before) / max(time.time() - started, 1e-9),
+               "images_seen": seen, "world_size": process.world_size,
                "device": str(process.device)}
     if process.is_main:
         with open(os.path.join(cfg.output, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     teardown_process(process)
     return summary
+
+
+def save_resume_state(cfg, process, mae, update, epoch, step, history, seen):
+    """``resume.pt``: everything ``--resume`` needs to continue as if the run had not stopped."""
+    if process.is_main:
+        atomic_save({"model": mae.state_dict(), **update.state_dict(), "epoch": epoch + 1, "step": step,
+                     "history": json.dumps(history), "seen": seen}, os.path.join(cfg.output, RESUME_NAME))
 
 
 def fixed_grid_batch(dataset, count):
@@ -167,7 +189,7 @@ def fixed_grid_batch(dataset, count):
     return torch.stack([item[0] for item in items]), torch.tensor([item[2] for item in items])
 
 
-def end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, parts):
+def end_of_epoch(cfg, process, mae, grid_batch, epoch, step, parts):
     record = {"epoch": epoch + 1, "step": step,
               **{name: sum(p[name] for p in parts) / max(len(parts), 1) for name in (parts[0] if parts else {})},
               "losses": [p["loss"] for p in parts], "parts": parts}
@@ -177,8 +199,7 @@ def end_of_epoch(cfg, process, mae, optimizer, grid_batch, epoch, step, parts):
              "output": cfg.mae.output, "w_visible": cfg.mae.w_visible,
              "irm_weight": cfg.irm.weight if cfg.get("irm") else 0.0}
     mae.save_checkpoint(os.path.join(cfg.output, CHECKPOINT_NAME), step=step, extra_config=extra)
-    atomic_save({"model": mae.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                 "step": step}, os.path.join(cfg.output, RESUME_NAME))
+
     images, keys = grid_batch
     recon, mask = mae.reconstruct(images.to(process.device), cfg.mae.mask_ratio, cfg.mae.output,
                                   keys=keys.tolist(), seed=cfg.seed)

@@ -6,7 +6,12 @@ weight_decay, num_epoch, warmup_epoch, rec, num_classes, val_targets, fp16,
 seed, output) and writes ``model.pt`` as a plain backbone ``state_dict`` with
 arcface_torch's keys, so results and checkpoints are interchangeable.
 Differences, on purpose: the classifier is one full margin-softmax layer
-(PartialFC with ``sample_rate=1``), so it runs without NCCL or a GPU.
+(PartialFC with ``sample_rate=1``), so it runs without NCCL or a GPU. arcface_torch keys this
+loop has no use for (``sample_rate`` < 1, ``gradient_acc``, ``resume``, ``dali``) are refused by
+name rather than ignored. A ``facemae`` block is honoured: ``stage="batch"`` reconstructs each
+batch before the backbone (the random flip applied after the reconstruction, so a record's mask
+lands on the record), ``stage="offline"`` checks that ``rec`` is that block's converted release.
+IRM in recognition training is arcface-train's (``config.irm`` with a weight is refused here).
 """
 import json
 import os
@@ -18,22 +23,39 @@ from tqdm import tqdm
 
 from ..binfile import load_bin
 from ..config import ConfigError, require
-from ..data import FaceRecordDataset
+from ..data import FaceRecordDataset, mirror_where
 from ..evaluation.embed import decode_bin_images, embed_with_flip
 from ..evaluation.verification import ten_fold_accuracy
 from ..losses import MarginSoftmax
 from ..models.backbones import get_backbone
 from ..shard import FaceShard
-from .common import (atomic_save, autocast, make_loader, polynomial_warmup_lr, reduce_mean,
+from ..stage import ReconstructionStage, check_offline_release
+from .common import (OptimizerStep, atomic_save, make_loader, polynomial_warmup_lr, reduce_mean,
                      seed_everything, set_lr, setup_process, teardown_process, unwrap)
 
 GRAD_CLIP_NORM = 5.0  # arcface_torch clips the backbone's gradient norm at 5
+
+
+# arcface_torch keys whose non-default values only train_v2 acts on: (key, default, what to do instead)
+ARCFACE_ONLY = (
+    ("sample_rate", 1.0, "this loop trains the full classifier (PartialFC sample_rate 1)"),
+    ("gradient_acc", 1, "this loop steps every batch"),
+    ("resume", False, "this loop does not resume; rerun it"),
+    ("dali", False, "this loop reads the shard with its own dataset"),
+)
 
 
 def check_recognition_config(cfg):
     """Fail before any training on a config that cannot run; fills ``num_image`` from the shard."""
     path = cfg.get("config_path", "<config>")
     require(cfg, ["rec", "num_classes", "output"], path)
+    for key, default, instead in ARCFACE_ONLY:
+        if cfg[key] != default:
+            raise ConfigError(f"{path}: config.{key}={cfg[key]!r} does nothing in facemae train ({instead}); "
+                              f"remove it, or train with facemae arcface-train")
+    if cfg.get("irm") is not None and cfg.irm.weight > 0:
+        raise ConfigError(f"{path}: config.irm.weight={cfg.irm.weight}: facemae train adds no IRM term to "
+                          f"recognition; train with facemae arcface-train, or set the weight to 0")
     try:
         shard = FaceShard(cfg.rec)
     except (ValueError, OSError) as exc:
@@ -87,7 +109,10 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     check_recognition_config(cfg)
     process = setup_process(device)
     seed_everything(cfg.seed)  # same initial weights on every rank
-    dataset = FaceRecordDataset(cfg.rec, flip=cfg.get("flip", True), with_keys=True)
+    if batch_stage is None:
+        batch_stage = facemae_stage(cfg, process.device)
+    dataset = FaceRecordDataset(cfg.rec, flip=cfg.get("flip", True), with_keys=True,
+                                defer_flip=batch_stage is not None)
     # channels_last lets oneDNN/cuDNN pick their fast convolution kernels (about 1.6x on this CPU for mbf)
     backbone = get_backbone(cfg.network, cfg.embedding_size, fp16=cfg.fp16).to(
         process.device, memory_format=torch.channels_last)
@@ -95,6 +120,7 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     if process.distributed:
         backbone, head = DistributedDataParallel(backbone), DistributedDataParallel(head)
     optimizer = build_optimizer(cfg, [{"params": backbone.parameters()}, {"params": head.parameters()}])
+    update = OptimizerStep(optimizer, backbone.parameters(), process.device, cfg.fp16, GRAD_CLIP_NORM)
     steps_per_epoch = cfg.num_image // (cfg.batch_size * process.world_size)
     total_steps = steps_per_epoch * cfg.num_epoch
     warmup_steps = steps_per_epoch * cfg.warmup_epoch
@@ -108,13 +134,13 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
                    disable=not (progress and process.is_main), leave=False)
         backbone.train()
         epoch_losses = []
-        for images, labels, keys in bar:
+        for images, labels, keys, *flipped in bar:
             set_lr(optimizer, polynomial_warmup_lr(step, cfg.lr, warmup_steps, total_steps))
             images = images.to(process.device, memory_format=torch.channels_last)
             labels = labels.to(process.device)
-            if batch_stage is not None:
-                images = batch_stage(images, keys)
-            loss = train_step(backbone, head, optimizer, images, labels, cfg.fp16, process.device)
+            if batch_stage is not None:  # the record's own reconstruction, then the flip drawn for it
+                images = mirror_where(batch_stage(images, keys), flipped[0])
+            loss = train_step(backbone, head, update, images, labels)
             loss = reduce_mean(loss, process)
             epoch_losses.append(loss)
             step += 1
@@ -135,14 +161,25 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     return summary
 
 
-def train_step(backbone, head, optimizer, images, labels, mixed_precision, device):
-    with autocast(device, mixed_precision):
+def facemae_stage(cfg, device):
+    """The batch stage a ``facemae`` block asks for (None without one, or for an offline release)."""
+    block = cfg.get("facemae")
+    if block is None:
+        return None
+    path = cfg.get("config_path", "<config>")
+    if block.stage == "offline":
+        check_offline_release(cfg.rec, block, path)
+        return None
+    if not block.checkpoint:
+        raise ConfigError(f"{path}: config.facemae.checkpoint must name the reconstructor (facemae.pt)")
+    return ReconstructionStage.from_block(block, device, cfg.fp16)
+
+
+def train_step(backbone, head, update, images, labels):
+    with update.autocast():
         embeddings = backbone(images)  # [B, D]
     loss = head(embeddings.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(backbone.parameters(), GRAD_CLIP_NORM)
-    optimizer.step()
+    update(loss)
     return loss.item()
 
 
