@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 IRM_VARIANTS = ("mse", "kl")
 
 
@@ -24,12 +26,15 @@ def combined_margin_logits(cosine: torch.Tensor, labels: torch.Tensor,
 
     cosine: [B, C] in [-1, 1]; labels: [B] class indices. Returns [B, C].
 
-    Values follow arcface_torch's CombinedMarginLoss: with m2 == 0 and m1 == 1 (CosFace)
-    the target becomes `cos - m3` exactly; otherwise theta = arccos(cos) is shifted and
-    there is no special case for `m1 * theta + m2 > pi` (the cosine simply wraps round, as
-    in arcface_torch). Gradients also follow arcface_torch: the angular part is applied
-    as a constant offset, so d(logit)/d(cos) = scale, which avoids arccos's infinite
-    slope at cos = +-1.
+    This is InsightFace's combined margin for any (m1, m2, m3). arcface_torch's
+    CombinedMarginLoss agrees on the two settings its configs use, ArcFace (1, m2, 0) and
+    CosFace (1, 0, m3), and nowhere else: it applies only `- m3` whenever m3 > 0 (m1 and m2
+    ignored) and raises for m1 != 1 with m3 == 0. `MarginSoftmax` therefore accepts only
+    those two settings (`check_arcface_margins`). With m2 == 0 and m1 == 1 the target
+    becomes `cos - m3` exactly; otherwise theta = arccos(cos) is shifted with no special
+    case for `m1 * theta + m2 > pi` (the cosine wraps round, as in arcface_torch).
+    Gradients follow arcface_torch: the angular part is a constant offset, so
+    d(logit)/d(cos) = scale, which avoids arccos's infinite slope at cos = +-1.
     """
     m1, m2, m3 = (float(m) for m in margin_list)
     labels = labels.long()
@@ -44,19 +49,30 @@ def combined_margin_logits(cosine: torch.Tensor, labels: torch.Tensor,
     return logits * scale
 
 
+def check_arcface_margins(margin_list):
+    """Refuse a margin_list on which arcface_torch's CombinedMarginLoss would train something else."""
+    if len(margin_list) != 3:
+        raise ConfigError(f"margin_list must hold three margins (m1, m2, m3), got {margin_list!r}")
+    m1, m2, m3 = (float(m) for m in margin_list)
+    if m1 != 1.0 or (m3 > 0 and m2 != 0.0) or m3 < 0:
+        raise ConfigError(f"margin_list={tuple(margin_list)!r}: arcface_torch's CombinedMarginLoss trains only "
+                          f"ArcFace (1.0, m2, 0.0) or CosFace (1.0, 0.0, m3 > 0) (with m3 > 0 it ignores m1 and "
+                          f"m2, with m1 != 1 it fails); use one of those so both loops train the same loss")
+
+
 class MarginSoftmax(nn.Module):
     """Margin-based softmax cross-entropy over all classes (arcface_torch's PartialFC with
     sample_rate 1 on one process, using CombinedMarginLoss).
 
-    margin_list: (m1, m2, m3); ArcFace (1.0, 0.5, 0.0), CosFace (1.0, 0.0, 0.4).
+    margin_list: ArcFace (1.0, m2, 0.0), e.g. (1.0, 0.5, 0.0), or CosFace (1.0, 0.0, m3), e.g.
+    (1.0, 0.0, 0.4): the settings on which this head and arcface_torch's give the same logits.
     `forward(embeddings [B, D], labels [B]) -> scalar` mean cross-entropy.
     """
 
     def __init__(self, embedding_size: int, num_classes: int,
                  margin_list: Sequence[float] = (1.0, 0.5, 0.0), scale: float = 64.0):
         super().__init__()
-        if len(margin_list) != 3:
-            raise ValueError(f"margin_list must hold three margins (m1, m2, m3), got {margin_list!r}")
+        check_arcface_margins(margin_list)
         self.margin_list = tuple(float(m) for m in margin_list)
         self.scale = float(scale)
         # Class centres, initialised as arcface_torch's partial FC does.
@@ -136,8 +152,9 @@ def irm_loss(teacher_original: torch.Tensor, teacher_reconstructed: torch.Tensor
              variant: str = "mse", temperature: float = 0.1) -> torch.Tensor:
     """Instance relation matching between the originals' and reconstructions' relation graphs.
 
-    teacher_original, teacher_reconstructed: [B, D] frozen-teacher embeddings of the
-    original images and of their reconstructions (same order). The original side is a
+    teacher_original [B, D1], teacher_reconstructed [B, D2]: frozen embeddings of the original
+    images and of their reconstructions (same order). Only the [B, B] graphs are compared, so the
+    two widths may differ (an arcface hook's teacher need not match the student). The original side is a
     fixed target (detached); gradients reach only `teacher_reconstructed`.
     variant "mse": mean over all B*B entries of the squared graph difference.
     variant "kl": each row's off-diagonal similarities / temperature -> softmax;
@@ -146,9 +163,10 @@ def irm_loss(teacher_original: torch.Tensor, teacher_reconstructed: torch.Tensor
     """
     if variant not in IRM_VARIANTS:
         raise ValueError(f"unknown IRM variant {variant!r}; expected one of {', '.join(IRM_VARIANTS)}")
-    if teacher_original.shape != teacher_reconstructed.shape or teacher_original.dim() != 2:
-        raise ValueError(f"teacher embeddings must both be [B, D], got {list(teacher_original.shape)} "
-                         f"and {list(teacher_reconstructed.shape)}")
+    if teacher_original.dim() != 2 or teacher_reconstructed.dim() != 2 or \
+            teacher_original.size(0) != teacher_reconstructed.size(0):
+        raise ValueError(f"embeddings must be [B, D1] and [B, D2] for one batch B, got "
+                         f"{list(teacher_original.shape)} and {list(teacher_reconstructed.shape)}")
     graph_original = relation_graph(teacher_original.detach())  # [B, B]
     graph_reconstructed = relation_graph(teacher_reconstructed)  # [B, B]
     if variant == "mse":

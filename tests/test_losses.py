@@ -103,7 +103,22 @@ def _with_hard_target(head, embeddings, labels):
 
 # ------------------------------------------------------------------------ margin softmax
 
-@pytest.mark.parametrize("margins", [ARCFACE, COSFACE, (1.0, 0.3, 0.2), (0.9, 0.4, 0.1)])
+@pytest.mark.parametrize("margins", [(1.0, 0.3, 0.2), (0.9, 0.4, 0.1)])
+def test_general_combined_margin_matches_numpy(margins):
+    generator = torch.Generator().manual_seed(5)
+    cosine = torch.rand(6, 5, generator=generator, dtype=torch.float64) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 3, 4, 1])
+    expected = np_margin_logits(cosine.numpy(), labels.numpy(), margins, 64.0)
+    np.testing.assert_allclose(combined_margin_logits(cosine, labels, margins, 64.0).numpy(), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("margins", [(1.0, 0.3, 0.2), (0.9, 0.4, 0.1), (0.9, 0.0, 0.0), (1.0, 0.0, -0.1)])
+def test_margin_softmax_refuses_margins_arcface_torch_would_train_differently(margins):
+    with pytest.raises(ValueError, match=r"CombinedMarginLoss trains only ArcFace .* or CosFace"):
+        MarginSoftmax(8, 5, margin_list=margins)
+
+
+@pytest.mark.parametrize("margins", [ARCFACE, COSFACE, (1.0, 0.3, 0.0), (1.0, 0.0, 0.0)])
 def test_margin_logits_and_loss_match_numpy(margins):
     head = _head(margins)
     embeddings, labels = _embeddings_and_labels(1)
@@ -266,6 +281,15 @@ def test_irm_matches_numpy(variant, temperature):
 
 
 @pytest.mark.parametrize("variant", ["mse", "kl"])
+def test_irm_compares_graphs_of_embeddings_of_different_widths(variant):
+    """Only the [B, B] relation graphs meet, so a 512-d teacher can guide a 128-d student."""
+    rng = np.random.default_rng(9)
+    original, reconstructed = rng.normal(size=(6, 512)), rng.normal(size=(6, 128))
+    loss = irm_loss(torch.from_numpy(original), torch.from_numpy(reconstructed), variant=variant, temperature=0.2)
+    np.testing.assert_allclose(loss.item(), np_irm(original, reconstructed, variant, 0.2), rtol=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["mse", "kl"])
 def test_irm_gradcheck_on_reconstructions(variant):
     generator = torch.Generator().manual_seed(4)
     original = torch.randn(4, 5, generator=generator, dtype=torch.float64)
@@ -296,8 +320,8 @@ def test_irm_rejects_bad_arguments():
     emb = torch.randn(3, 4)
     with pytest.raises(ValueError, match=r"unknown IRM variant 'l1'; expected one of mse, kl"):
         irm_loss(emb, emb, variant="l1")
-    with pytest.raises(ValueError, match=r"both be \[B, D\]"):
-        irm_loss(emb, torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r"\[B, D1\] and \[B, D2\] for one batch B"):
+        irm_loss(emb, torch.randn(4, 4))
     with pytest.raises(ValueError, match="at least 2"):
         irm_loss(emb[:1], emb[:1], variant="kl")
     with pytest.raises(ValueError, match="temperature must be > 0"):
