@@ -50,7 +50,10 @@ PROTOCOL_DEFAULTS = {
 # Privatizers whose output does not depend on a seed: one release serves every seed of their row.
 DETERMINISTIC_METHODS = ("original", "blur", "pixelate")
 ORIGINAL = {"name": "original", "method": "original"}
-VARIANT_KEYS = {"name", "method", "sigma", "block_size", "std", "mask_ratio", "output", "irm", "pretrain"}
+# The one table of what a variant of each method may set (its privatizer's parameters).
+METHOD_PARAMS = {"original": (), "facemae": ("mask_ratio", "output", "irm", "pretrain"), "blur": ("sigma",),
+                 "pixelate": ("block_size",), "noise": ("std",), "masked": ("mask_ratio",)}
+VARIANT_KEYS = {"name", "method", *(key for params in METHOD_PARAMS.values() for key in params)}
 
 
 def slug(name):
@@ -87,16 +90,45 @@ def load_python_config(path, names):
 
 
 def check_variant(variant):
-    unknown = set(variant) - VARIANT_KEYS
-    if unknown or "name" not in variant or "method" not in variant:
-        raise ProtocolError(f"variant {variant}: needs name and method; unknown keys {sorted(unknown)}")
-    if variant["method"] == "facemae" and variant.get("irm", True) not in (True, False):
-        raise ProtocolError(f"variant {variant['name']}: irm must be True or False")
-    if "pretrain" in variant:
-        if variant["method"] != "facemae":
-            raise ProtocolError(f"variant {variant['name']}: pretrain overrides need method facemae")
-        merge_protocol(variant["pretrain"], PROTOCOL_DEFAULTS["facemae"], f"variant {variant['name']}.pretrain")
+    """The whole variant, checked before any stage runs: its method, its keys and their values."""
+    if not isinstance(variant, dict) or "name" not in variant or "method" not in variant:
+        raise ProtocolError(f"variant {variant!r}: expected a dict with name and method")
+    name, method = variant["name"], variant["method"]
+    if method not in METHOD_PARAMS:
+        raise ProtocolError(f"variant {name}: unknown method {method!r}; expected one of {', '.join(METHOD_PARAMS)}")
+    extra = sorted(set(variant) - {"name", "method", *METHOD_PARAMS[method]})
+    if extra:
+        raise ProtocolError(f"variant {name}: method {method} takes no {', '.join(extra)}; expected some of "
+                            f"{', '.join(METHOD_PARAMS[method]) or 'nothing'}")
+    if method == "facemae":
+        _check_facemae_variant(variant)
+    elif method != "original":
+        from .privatize import make_privatizer
+
+        try:  # a baseline is cheap to build: its constructor checks every value
+            make_privatizer(method, **{key: variant[key] for key in METHOD_PARAMS[method] if key in variant})
+        except FaceMAEError as exc:
+            raise ProtocolError(f"variant {name}: {exc}") from None
     return variant
+
+
+def _check_facemae_variant(variant):
+    name = variant["name"]
+    if variant.get("irm", True) not in (True, False):
+        raise ProtocolError(f"variant {name}: irm must be True or False")
+    trained = merge_protocol(variant.get("pretrain"), PROTOCOL_DEFAULTS["facemae"], f"variant {name}.pretrain")
+    output = variant.get("output", trained.output)
+    if output not in ("full", "paste"):
+        raise ProtocolError(f"variant {name}: output {output!r}, expected full or paste")
+    ratio = variant.get("mask_ratio", trained.mask_ratio)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        raise ProtocolError(f"variant {name}: mask_ratio {ratio!r}, expected a number in [0, 1)")
+
+
+def variant_inputs(variant, seed=None):
+    """What decides a variant's stages (everything but its display name), to key them by."""
+    inputs = {key: value for key, value in variant.items() if key != "name"}
+    return json.loads(json.dumps(inputs if seed is None else {**inputs, "seed": seed}))
 
 
 def facemae_stage_name(irm=True, overrides=None):
@@ -145,21 +177,31 @@ class Experiment:
     def holdout_bin(self):
         return self.path("data", "holdout.bin")
 
-    def run_stage(self, name, build):
-        """Run ``build()`` unless ``<name>.done.json`` exists; returns its (saved) result with seconds."""
+    def run_stage(self, name, build, inputs=None):
+        """Run ``build()`` unless ``<name>.done.json`` exists for the same ``inputs``; returns its
+        (saved) result with seconds. A finished stage made from other inputs (a variant edited
+        without renaming it) runs again; a marker from before inputs were recorded is reused."""
         marker = self.path("stages", f"{name}.done.json")
         self.used_stages.add(name)
         if os.path.isfile(marker):
-            if name not in self.reused:
-                # Stage lines are progress, like the bars: stderr, so stdout keeps only results.
-                print(f"[{name}] reusing finished stage", file=sys.stderr, flush=True)
-                self.reused.add(name)
             with open(marker) as f:
-                return json.load(f)
-        print(f"[{name}] running", file=sys.stderr, flush=True)
+                done = json.load(f)
+            if inputs is None or done.get("inputs", inputs) == inputs:
+                if name not in self.reused:
+                    # Stage lines are progress, like the bars: stderr, so stdout keeps only results.
+                    print(f"[{name}] reusing finished stage", file=sys.stderr, flush=True)
+                    self.reused.add(name)
+                return done
+            changed = sorted(k for k in set(done["inputs"]) | set(inputs)
+                             if done["inputs"].get(k) != inputs.get(k))
+            print(f"[{name}] inputs changed ({', '.join(changed)}): running again", file=sys.stderr, flush=True)
+        else:
+            print(f"[{name}] running", file=sys.stderr, flush=True)
         started = time.perf_counter()
         result = build()
         result = {**result, "seconds": round(time.perf_counter() - started, 1)}
+        if inputs is not None:
+            result["inputs"] = inputs
         write_json(marker, result, sort_keys=False, default=str)
         return result
 
@@ -265,16 +307,16 @@ class Experiment:
         if variant["method"] == "original":
             return {"released": self.path("data", "release"), "method": "original"}
         name = self.release_name(variant, seed)
-        privatizer = self.privatizer(variant, seed)
         out = self.path("released", name)
 
-        def build():
-            summary = convert(self.path("data", "release"), out, privatizer, quality=self.protocol.release.quality,
-                              batch_size=self.protocol.release.batch_size, overwrite=True,
-                              progress=self.progress)
+        def build():  # the privatizer (a FaceMAE checkpoint, perhaps) is needed only to run the stage
+            summary = convert(self.path("data", "release"), out, self.privatizer(variant, seed),
+                              quality=self.protocol.release.quality, batch_size=self.protocol.release.batch_size,
+                              overwrite=True, progress=self.progress)
             return {"released": out, "method": summary["method"], "images_per_s": summary["images_per_s"]}
 
-        return self.run_stage(f"release-{name}", build)
+        shared = variant["method"] in DETERMINISTIC_METHODS  # one release serves every seed
+        return self.run_stage(f"release-{name}", build, variant_inputs(variant, None if shared else seed))
 
     def privatizer(self, variant, seed):
         from .privatize import make_privatizer
@@ -287,9 +329,7 @@ class Experiment:
             return make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=variant.get("mask_ratio", f.mask_ratio),
                                    output=variant.get("output", f.output), seed=seed, device=self.protocol.device,
                                    autocast=self.protocol.mixed_precision)
-        params = {"blur": ("sigma",), "pixelate": ("block_size",), "noise": ("std",),
-                  "masked": ("mask_ratio",)}[method]
-        kwargs = {key: variant[key] for key in params if key in variant}
+        kwargs = {key: variant[key] for key in METHOD_PARAMS[method] if key in variant}
         if method in ("noise", "masked"):
             kwargs["seed"] = seed
         if method == "masked":
@@ -307,7 +347,7 @@ class Experiment:
         cfg = self.recognition_config(p.recogniser, released, p.data.release_identities, out,
                                       p.recogniser.seed + seed, verify_each_epoch=False)
         return self.run_stage(f"recogniser-{self.row_name(variant, seed)}", lambda: summarise_training(
-            train_recogniser(cfg, device=p.device, progress=self.progress)))
+            train_recogniser(cfg, device=p.device, progress=self.progress)), variant_inputs(variant, seed))
 
     def verify(self, variant, seed):
         from .evaluation.embed import load_embedder
@@ -322,7 +362,7 @@ class Experiment:
             return {key: report[key] for key in ("accuracy_flip", "accuracy_std", "tar_at_far", "far_target",
                                                  "roc_png")}
 
-        return self.run_stage(f"verify-{self.row_name(variant, seed)}", build)
+        return self.run_stage(f"verify-{self.row_name(variant, seed)}", build, variant_inputs(variant, seed))
 
     def attacker(self, kind):
         """``(model.pt, network)`` of an attacker recogniser.
@@ -354,7 +394,8 @@ class Experiment:
             return {key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
                                                  "mean_source_cosine", "report")}
 
-        return self.run_stage(f"audit-{name}", build)
+        shared = variant["method"] in DETERMINISTIC_METHODS
+        return self.run_stage(f"audit-{name}", build, variant_inputs(variant, None if shared else seed))
 
     @staticmethod
     def audit_name(release_name, attacker):
@@ -383,8 +424,19 @@ class Experiment:
         """Whether ``row`` would only reuse finished stages (nothing to train or convert)."""
         release = self.release_name(variant, seed)
         attackers = ["teacher"] + (["informed"] if informed_attacker else [])
-        stages = [f"verify-{self.row_name(variant, seed)}"] + [f"audit-{self.audit_name(release, a)}" for a in attackers]
-        return all(os.path.isfile(self.path("stages", f"{stage}.done.json")) for stage in stages)
+        shared = variant["method"] in DETERMINISTIC_METHODS
+        stages = [(f"verify-{self.row_name(variant, seed)}", variant_inputs(variant, seed))]
+        stages += [(f"audit-{self.audit_name(release, a)}", variant_inputs(variant, None if shared else seed))
+                   for a in attackers]
+        return all(self.stage_finished(stage, inputs) for stage, inputs in stages)
+
+    def stage_finished(self, name, inputs):
+        """Whether ``run_stage(name, ..., inputs)`` would reuse a finished stage."""
+        marker = self.path("stages", f"{name}.done.json")
+        if not os.path.isfile(marker):
+            return False
+        with open(marker) as f:
+            return json.load(f).get("inputs", inputs) == inputs
 
     @property
     def device(self):

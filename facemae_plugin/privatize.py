@@ -12,6 +12,7 @@ k variants are identical.
 * ``masked``: FaceMAE's mask for (seed, key) with masked patches set to grey, no reconstruction.
 """
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +25,28 @@ from .stage import ReconstructionStage, as_key_list, variant_key
 METHODS = ("facemae", "blur", "pixelate", "noise", "masked")
 
 
+def _checked(value, what, integer=False, low=None, low_open=False, high=None, high_open=False):
+    """``value`` as a float (or int), refused unless it is a finite number of that kind within range."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
+        raise UsageError(f"{what} must be {'an integer' if integer else 'a number'} in {span}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
 class Privatizer:
     """Base: ``__call__`` is variant 0; ``variants`` stacks variants 0..k-1."""
 
     method = None
 
     def __init__(self, k=1, seed=0):
-        if int(k) < 1:
-            raise UsageError(f"k (variants per image) must be >= 1, got {k}")
-        self.k = int(k)
-        self.seed = int(seed)
+        self.k = _checked(k, "k (variants per image)", integer=True, low=1)
+        self.seed = _checked(seed, "seed", integer=True)
 
     def __call__(self, images, keys):
         return self._apply(images, as_key_list(keys, images.shape[0]), 0)
@@ -87,9 +100,7 @@ class GaussianBlur(Privatizer):
 
     def __init__(self, sigma=3.0, k=1):
         super().__init__(k)
-        if not sigma > 0:
-            raise UsageError(f"blur sigma must be > 0 pixels, got {sigma}")
-        self.sigma = float(sigma)
+        self.sigma = _checked(sigma, "blur sigma (pixels)", low=0, low_open=True)
 
     def params(self):
         return {"sigma": self.sigma}
@@ -135,9 +146,7 @@ class Pixelate(Privatizer):
 
     def __init__(self, block_size=8, k=1):
         super().__init__(k)
-        if int(block_size) < 1:
-            raise UsageError(f"pixelate block size must be >= 1 pixel, got {block_size}")
-        self.block_size = int(block_size)
+        self.block_size = _checked(block_size, "pixelate block size (pixels)", integer=True, low=1)
 
     def params(self):
         return {"block_size": self.block_size}
@@ -161,9 +170,7 @@ class GaussianNoise(Privatizer):
 
     def __init__(self, std=25.0, seed=0, k=1):
         super().__init__(k, seed)
-        if not std >= 0:
-            raise UsageError(f"noise std must be >= 0 grey levels, got {std}")
-        self.std = float(std)
+        self.std = _checked(std, "noise std (grey levels)", low=0)
 
     def params(self):
         return {"std": self.std, "seed": self.seed}
@@ -187,12 +194,8 @@ class MaskedOnly(Privatizer):
 
     def __init__(self, patch_size=8, mask_ratio=0.75, seed=0, k=1):
         super().__init__(k, seed)
-        if int(patch_size) < 1:
-            raise UsageError(f"patch size must be >= 1 pixel, got {patch_size}")
-        if not 0.0 <= float(mask_ratio) < 1.0:
-            raise UsageError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
-        self.patch_size = int(patch_size)
-        self.mask_ratio = float(mask_ratio)
+        self.patch_size = _checked(patch_size, "patch size (pixels)", integer=True, low=1)
+        self.mask_ratio = _checked(mask_ratio, "mask_ratio", low=0, high=1, high_open=True)
 
     def params(self):
         return {"patch_size": self.patch_size, "mask_ratio": self.mask_ratio, "seed": self.seed}

@@ -8,7 +8,8 @@ import pytest
 from facemae_plugin import synth
 from facemae_plugin.binfile import load_bin
 from facemae_plugin.demo import run_demo
-from facemae_plugin.experiment import Experiment, ProtocolError, check_variant, merge_protocol, slug
+from facemae_plugin.experiment import (Experiment, ProtocolError, check_variant, merge_protocol, slug,
+                                       variant_inputs)
 from facemae_plugin.models.mae import FaceMAE
 from facemae_plugin.recordio import decode_image
 from facemae_plugin.shard import FaceShard
@@ -74,8 +75,57 @@ def test_pretrain_overrides_are_checked_before_anything_runs():
     assert check_variant(good) is good
     with pytest.raises(ProtocolError, match=r"x.pretrain: unknown key 'irm'"):
         check_variant(dict(name="x", method="facemae", pretrain={"irm": 0.3}))
-    with pytest.raises(ProtocolError, match="pretrain overrides need method facemae"):
+    with pytest.raises(ProtocolError, match="variant x: method blur takes no pretrain"):
         check_variant(dict(name="x", method="blur", pretrain={"irm_weight": 0.3}))
+
+
+@pytest.mark.parametrize("variant,message", [
+    (dict(name="v", method="bogus"), r"variant v: unknown method 'bogus'; expected one of original, facemae"),
+    (dict(name="v", method="facemae", output="half"), r"variant v: output 'half', expected full or paste"),
+    (dict(name="v", method="facemae", pretrain={"output": "half"}), r"variant v: output 'half'"),
+    (dict(name="v", method="facemae", mask_ratio=1.5), r"variant v: mask_ratio 1.5, expected a number in \[0, 1\)"),
+    (dict(name="v", method="blur", sigma=-1), r"variant v: blur sigma \(pixels\) must be a number in \(0, inf\), got -1"),
+    (dict(name="v", method="pixelate", sigma=3), r"variant v: method pixelate takes no sigma"),
+    (dict(name="v", method="masked", mask_ratio="0.75"), r"variant v: .*mask_ratio"),
+])
+def test_every_variant_value_is_checked_before_anything_runs(variant, message):
+    with pytest.raises(ProtocolError, match=message):
+        check_variant(variant)
+
+
+def test_a_finished_stage_made_from_other_inputs_runs_again(tmp_path):
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    assert experiment.run_stage("x", build, {"sigma": 3})["n"] == 1
+    assert experiment.run_stage("x", build, {"sigma": 3})["n"] == 1  # reused
+    assert experiment.run_stage("x", build, {"sigma": 6})["n"] == 2  # edited without renaming: redone
+    assert json.loads((tmp_path / "stages" / "x.done.json").read_text())["inputs"] == {"sigma": 6}
+
+
+def test_editing_a_variant_without_renaming_it_releases_it_again(tmp_path):
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    light = experiment.release(dict(name="blur", method="blur", sigma=1.0), seed=0)
+    before = (tmp_path / "released" / "blur" / "train.rec").read_bytes()
+    heavy = experiment.release(dict(name="blur", method="blur", sigma=4.0), seed=0)
+    assert light["released"] == heavy["released"]
+    assert (tmp_path / "released" / "blur" / "train.rec").read_bytes() != before
+    assert not experiment.row_finished(dict(name="blur", method="blur", sigma=1.0), seed=0)
+
+
+def test_a_finished_release_needs_neither_its_checkpoint_nor_its_model(tmp_path, monkeypatch):
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    variant = dict(name="FaceMAE full", method="facemae")
+    experiment.data()
+    marker = {"released": str(tmp_path / "released" / "x"), "method": "facemae", "images_per_s": 1.0,
+              "inputs": variant_inputs(variant, 0)}
+    (tmp_path / "stages" / "release-facemae_full-s0.done.json").write_text(json.dumps(marker))
+    monkeypatch.setattr(Experiment, "facemae", lambda *a, **k: pytest.fail("the finished release trained FaceMAE"))
+    assert experiment.release(variant, 0)["released"] == marker["released"]
 
 
 def test_slug_makes_file_names():
