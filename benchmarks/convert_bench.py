@@ -40,7 +40,7 @@ SHARD_VERSION = "v1"  # bump when the shard recipe changes, so stale caches are 
 
 
 def build_shard(directory, images):
-    from facemae_plugin.synthdata import make_synthetic_dataset
+    from facemae_plugin.data.synthetic import make_synthetic_dataset
 
     marker = directory / f".complete-{SHARD_VERSION}"
     if marker.exists():
@@ -67,7 +67,7 @@ def build_checkpoint(path, preset):
 
 
 def make(spec):
-    from facemae_plugin.privatize import Identity, make_privatizer
+    from facemae_plugin.release.baselines import Identity, make_privatizer
 
     if spec["method"] == "copy":
         return Identity()

@@ -19,9 +19,9 @@ import os
 import shlex
 import sys
 
-from facemae_plugin.experiment import Experiment, check_variant, load_python_config
-from facemae_plugin.files import write_json
-from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
+from facemae_plugin.protocol.experiment import Experiment, check_variant, load_python_config
+from facemae_plugin.core.files import write_json
+from facemae_plugin.protocol.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
                                    plot_tradeoff, save_release_samples, spread_keys, tradeoff_verdict)
 
 SAMPLE_FACES = 8

@@ -1,4 +1,4 @@
-"""Benchmark facemae_plugin.recordio against MXNet's own RecordIO on a face-sized shard.
+"""Benchmark facemae_plugin.formats.recordio against MXNet's own RecordIO on a face-sized shard.
 
 Builds (once, cached in --work-dir) a shard of --records 112x112 JPEG records
 written by our RecordWriter, plus a quarter-size shard, then measures in fresh
@@ -104,7 +104,7 @@ def build_shard(directory, count, seed):
     """Write ``count`` JPEG records (keys 0..count-1) unless a complete cached copy exists."""
     import numpy as np
 
-    from facemae_plugin.recordio import IRHeader, RecordWriter, encode_image, pack
+    from facemae_plugin.formats.recordio import IRHeader, RecordWriter, encode_image, pack
 
     rec = directory / f"bench-{SHARD_VERSION}-{count}-{seed}.rec"
     idx = rec.with_suffix(".idx")
@@ -144,7 +144,7 @@ def measure_ours(rec, keys_path, repeats):
     """Our side of the benchmark; runs in its own process and returns a dict."""
     import cv2
 
-    from facemae_plugin.recordio import IndexedRecordReader, decode_image, unpack
+    from facemae_plugin.formats.recordio import IndexedRecordReader, decode_image, unpack
 
     keys = json.loads(Path(keys_path).read_text())
     before = memory_kib()

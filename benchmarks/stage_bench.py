@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from facemae_plugin.losses import MarginSoftmax
+from facemae_plugin.train.losses import MarginSoftmax
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.stage import ReconstructionStage
-from facemae_plugin.devices import pick_device
+from facemae_plugin.release.facemae import ReconstructionStage
+from facemae_plugin.core.devices import pick_device
 from facemae_plugin.train.common import OptimizerStep
 from facemae_plugin.train.recognise import GRAD_CLIP_NORM, train_step
 

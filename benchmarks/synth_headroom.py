@@ -6,7 +6,7 @@ The claim is "at most half the verification error of the best baseline". No rele
 beat the untouched originals, so the claim can only be met where the recogniser trained on the
 originals itself errs less than half as often as one trained on a light baseline (pixelate 8 by
 default). For each synthetic `detail` (how much identity lives in fine features, see
-facemae_plugin/synth.py) and recogniser budget (epochs), this trains the protocol's recogniser on
+facemae_plugin/data/faces.py) and recogniser budget (epochs), this trains the protocol's recogniser on
 split B as it is and on each baseline's release, verifies on the held-out identities, and reports
 the originals' error ratio: under 0.5 means headroom. No teacher, FaceMAE or audit is needed.
 
@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from facemae_plugin.experiment import Experiment
+from facemae_plugin.protocol.experiment import Experiment
 
 BASELINES = {"pixelate 8": dict(name="pixelate 8", method="pixelate", block_size=8),
              "blur s3": dict(name="blur s3", method="blur", sigma=3.0)}

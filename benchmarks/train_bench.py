@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from facemae_plugin.losses import MarginSoftmax, masked_mse
+from facemae_plugin.train.losses import MarginSoftmax, masked_mse
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.train.common import autocast, pick_device

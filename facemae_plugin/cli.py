@@ -13,7 +13,7 @@ import sys
 import threading
 
 from . import __version__
-from .errors import FaceMAEError, UsageError
+from .core.errors import FaceMAEError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +49,7 @@ MASK_RATIO = _number(float, 0.0, 1.0, high_open=True)
 
 
 def _device(text):
-    from .devices import pick_device
+    from .core.devices import pick_device
 
     try:
         pick_device(text)
@@ -59,7 +59,7 @@ def _device(text):
 
 
 def _synth(args):
-    from .synthdata import make_synthetic_dataset
+    from .data.synthetic import make_synthetic_dataset
 
     result = make_synthetic_dataset(
         args.out_dir, identities=args.identities, images_per_identity=args.images_per_identity,
@@ -72,7 +72,7 @@ def _synth(args):
 
 
 def _inspect(args):
-    from .inspection import format_inspection, inspect_path
+    from .evaluation.inspection import format_inspection, inspect_path
 
     info = inspect_path(args.path, progress=not args.quiet)
     print(format_inspection(info))
@@ -86,7 +86,7 @@ def _inspect(args):
 
 
 def _folder2rec(args):
-    from .folders import folder_to_rec
+    from .formats.folders import folder_to_rec
 
     result = folder_to_rec(args.image_dir, args.out_dir, quality=args.quality, progress=not args.quiet,
                            overwrite=args.overwrite)
@@ -94,14 +94,14 @@ def _folder2rec(args):
 
 
 def _rec2folder(args):
-    from .folders import rec_to_folder
+    from .formats.folders import rec_to_folder
 
     result = rec_to_folder(args.rec_dir, args.out_dir, progress=not args.quiet, overwrite=args.overwrite)
     return f"rec2folder: {result['images']} images of {result['identities']} identities -> {args.out_dir}", result
 
 
 def _pairs2bin(args):
-    from .folders import pairs_to_bin
+    from .formats.folders import pairs_to_bin
 
     result = pairs_to_bin(args.pairs, args.out_bin, quality=args.quality, progress=not args.quiet,
                           overwrite=args.overwrite)
@@ -109,7 +109,7 @@ def _pairs2bin(args):
 
 
 def _split(args):
-    from .split import split_by_identity
+    from .formats.split import split_by_identity
 
     result = split_by_identity(args.in_dir, args.out_a, args.out_b, fraction=args.fraction, seed=args.seed,
                                overwrite=args.overwrite, progress=not args.quiet)
@@ -140,8 +140,8 @@ def _train(args):
 
 
 def _verify(args):
-    from .binfile import load_bin
-    from .devices import pick_device
+    from .formats.binfile import load_bin
+    from .core.devices import pick_device
     from .evaluation.embed import load_embedder
     from .evaluation.verify import verify_loaded
 
@@ -180,9 +180,9 @@ def _export(args):
 
 
 def _demo(args):
-    from .demo import run_demo
+    from .protocol.demo import run_demo
 
-    from .demo import load_protocol_file
+    from .protocol.demo import load_protocol_file
 
     result = run_demo(args.work_dir, load_protocol_file(args.protocol), progress=not args.quiet,
                       compare_original=args.compare_original)
@@ -249,7 +249,7 @@ def _arcface_train(args):
 
 
 def _audit(args):
-    from .devices import pick_device
+    from .core.devices import pick_device
     from .evaluation.audit import audit, check_release
     from .evaluation.embed import load_embedder
 
@@ -420,7 +420,7 @@ def build_parser():
     p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
     p.add_argument("--protocol", default=None, metavar="CONFIG.py",
                    help="a file defining `protocol = dict(...)` overriding the embedded sizes and budgets "
-                        "(see facemae_plugin/experiment.py PROTOCOL_DEFAULTS)")
+                        "(see facemae_plugin/protocol/experiment.py PROTOCOL_DEFAULTS)")
     p.add_argument("--compare-original", action="store_true",
                    help="also train the same recogniser on the original split B (one more ~2 min stage)")
     p.set_defaults(run=_demo)

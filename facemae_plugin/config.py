@@ -13,7 +13,7 @@ import os
 
 from easydict import EasyDict as edict
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 # arcface_torch's base.py keys (same meaning, same defaults) and the dataset keys its configs add.
 ARCFACE_DEFAULTS = dict(
@@ -32,7 +32,7 @@ PLUGIN_DEFAULTS = dict(
 
 # Blocks of the plugin. None marks a value the block must be given.
 BLOCK_DEFAULTS = {
-    # Switches the reconstruction stage on in a recogniser's training (DESIGN.md "Config").
+    # Switches the reconstruction stage on in a recogniser's training.
     "facemae": dict(checkpoint=None, mask_ratio=0.75, output="full", seed=0, stage="batch", autocast=None),
     # The reconstructor a pretraining recipe trains.
     "mae": dict(preset="tiny", patch_size=8, mask_ratio=0.75, output="full", w_mse=1.0, w_visible=1.0,

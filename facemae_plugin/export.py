@@ -1,6 +1,6 @@
 """ONNX export of recognisers (for InsightFace tools) and of the FaceMAE reconstructor, with checks.
 
-Recogniser graph (FORMATS.md "ONNX for InsightFace tools"): one input `data` [N, 3, 112, 112]
+Recogniser graph (what InsightFace's model_zoo routes to ArcFaceONNX): one input `data` [N, 3, 112, 112]
 (dynamic N, RGB float32 already normalised (x - 127.5) / 127.5, normalisation outside the graph
 so insightface applies it), one output `embedding` [N, D], fp32 weights.
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError, FaceMAEError, UsageError
-from .files import atomic_path, refuse_existing, refuse_overlap
+from .core.errors import CheckpointError, FaceMAEError, UsageError
+from .core.files import atomic_path, refuse_existing, refuse_overlap
 from .models.backbones import KNOWN_NETWORKS, load_backbone
 from .models.mae import FaceMAE, mask_from_ids, mask_noise_for_keys, num_visible, random_masking
 from .models.weights import load_weights_file

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facemae_plugin.shard import FaceShardWriter
+from facemae_plugin.formats.shard import FaceShardWriter
 
 
 def smooth_image(rng, size=112):

@@ -24,14 +24,14 @@ from facemae_plugin.arcface.configs import load_arcface_config
 from facemae_plugin.arcface.dataloader import BatchRecord, wrap_get_dataloader
 from facemae_plugin.arcface.irm_loss import IRMTerm, irm_partial_fc
 from facemae_plugin.arcface.patches import patch_lr_scheduler, patch_verification_loader, scheduler_takes_verbose
-from facemae_plugin.binfile import BinFormatError
+from facemae_plugin.formats.binfile import BinFormatError
 from facemae_plugin.config import ConfigError, merge_config
-from facemae_plugin.data import normalise
+from facemae_plugin.data.dataset import normalise
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.recordio import IRHeader, RecordWriter, pack_img
-from facemae_plugin.shard import FaceShard
-from facemae_plugin.stage import ReconstructionStage
+from facemae_plugin.formats.recordio import IRHeader, RecordWriter, pack_img
+from facemae_plugin.formats.shard import FaceShard
+from facemae_plugin.release.facemae import ReconstructionStage
 from tests.conftest import smooth_image, write_layout_a
 from tests.mxnet_oracle import mxnet_python, run_oracle  # noqa: F401 (fixture)
 from tests.workspace import hostile_pickle

@@ -14,8 +14,8 @@ from facemae_plugin.evaluation.audit import AuditInputError, audit
 from facemae_plugin.evaluation.retrieval import (RetrievalInputError, chunked_search, chunked_topk,
                                                  count_impostor_pairs, impostor_scores, retrieval_metrics,
                                                  tar_at_far)
-from facemae_plugin.shard import FaceShard, FaceShardWriter
-from facemae_plugin.synthdata import make_synthetic_dataset
+from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
+from facemae_plugin.data.synthetic import make_synthetic_dataset
 
 POOL = 8  # the pixel attacker averages 8x8 blocks: 112x112 -> 14x14
 

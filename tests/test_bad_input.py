@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from facemae_plugin.files import OutputLock, write_json
-from facemae_plugin.recordio import IRHeader, RecordWriter, pack, read_index
-from facemae_plugin.shard import FaceShard
+from facemae_plugin.core.files import OutputLock, write_json
+from facemae_plugin.formats.recordio import IRHeader, RecordWriter, pack, read_index
+from facemae_plugin.formats.shard import FaceShard
 from tests.conftest import write_layout_a
 from tests.workspace import build_workspace, hostile_pickle, snapshot, write_layout_b
 
@@ -115,7 +115,7 @@ def recipe(ws, name, text):
 
 TRAIN_RECIPE = ("config = edict(network='mbf', rec='{rec}', num_classes=4, num_epoch=1, batch_size=2, "
                 "num_workers={workers}, val_targets=[], output='train_out', margin_list=(1.0, 0.0, 0.4){extra})\n")
-PRETRAIN_RECIPE = ("config = edict(rec='ds', batch_size=4, num_epoch=1, num_workers=0, output='pre_out', "
+PRETRAIN_RECIPE = ("config = edict(rec='ds', batch_size=4, num_epoch=1, num_workers=0, output='pre_out', optimizer='adamw', "
                    "mae=edict(preset='tiny'){extra})\n")
 
 
@@ -413,7 +413,7 @@ def test_inspect_reads_a_valid_bin_of_fewer_than_ten_pairs(ws):
 def test_a_large_label_costs_no_memory_in_inspect(ws):
     def inspect_peak_rss_kb(shard):
         result = subprocess.run(
-            [sys.executable, "-c", "import resource, sys; from facemae_plugin.inspection import inspect_path; "
+            [sys.executable, "-c", "import resource, sys; from facemae_plugin.evaluation.inspection import inspect_path; "
              "info = inspect_path(sys.argv[1], progress=False); "
              "print(info['identities'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)", str(shard)],
             capture_output=True, text=True, cwd=REPO)

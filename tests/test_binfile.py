@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from facemae_plugin.binfile import BinFormatError, load_bin, write_bin
+from facemae_plugin.formats.binfile import BinFormatError, load_bin, write_bin
 
 
 def test_write_then_plain_pickle_reads_the_arcface_layout(tmp_path):

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from facemae_plugin.binfile import load_bin
-from facemae_plugin.shard import FaceShard
+from facemae_plugin.formats.binfile import load_bin
+from facemae_plugin.formats.shard import FaceShard
 
 VERBS = ["synth", "inspect", "folder2rec", "rec2folder", "pairs2bin", "split", "pretrain", "train", "verify", "export",
          "audit", "demo", "convert", "merge", "arcface-train"]

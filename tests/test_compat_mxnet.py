@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from facemae_plugin.compat import mxnet as compat
-from facemae_plugin.recordio import MAGIC_BYTES
+from facemae_plugin.formats.recordio import MAGIC_BYTES
 from tests.mxnet_oracle import mxnet_python, run_oracle  # noqa: F401 (fixture)
 
 ORACLE = r"""

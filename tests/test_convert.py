@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from facemae_plugin.cli import main
-from facemae_plugin.convert import _convert_batch, _make_executor, convert, shard_range
+from facemae_plugin.convert import convert
+from facemae_plugin.convert.keys import shard_range
+from facemae_plugin.convert.workers import convert_batch, make_executor
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.privatize import GaussianBlur, Identity, MaskedOnly, Pixelate
-from facemae_plugin.recordio import IndexedRecordReader, IRHeader, RecordWriter, encode_image, pack, unpack
-from facemae_plugin.stage import ReconstructionStage, variant_key
+from facemae_plugin.release.baselines import GaussianBlur, Identity, MaskedOnly, Pixelate
+from facemae_plugin.formats.recordio import IndexedRecordReader, IRHeader, RecordWriter, encode_image, pack, unpack
+from facemae_plugin.release.facemae import ReconstructionStage, variant_key
 from tests.conftest import smooth_image, write_layout_a
 from tests.mxnet_oracle import mxnet_python, read_json, run_oracle  # noqa: F401  (fixture)
 
@@ -164,7 +166,7 @@ def test_jpeg_quality_is_configurable(shard_a, checkpoint, tmp_path):
 
 
 def arcface_rules(directory):
-    """What MXFaceDataset does (FORMATS.md): key 0 header -> image keys range(1, a), their labels."""
+    """What MXFaceDataset does: key 0 header -> image keys range(1, a), their labels."""
     reader = IndexedRecordReader(directory / "train.rec", directory / "train.idx")
     header, _ = unpack(reader.read_idx(0))
     a, b = int(header.label[0]), int(header.label[1])
@@ -528,10 +530,10 @@ def test_worker_path_and_in_process_path_write_the_same_bytes(privatizer, tmp_pa
 
 
 def test_decode_workers_never_import_torch(shard_a):
-    executor = _make_executor(str(shard_a), 1)
+    executor = make_executor(str(shard_a), 1)
     try:
         keys = [1, 2, 3]
-        executor.submit(_convert_batch, keys, MaskedOnly(seed=SEED).worker_op(), 1, 95).result()
+        executor.submit(convert_batch, keys, MaskedOnly(seed=SEED).worker_op(), 1, 95).result()
         assert executor.submit(eval, "'torch' in __import__('sys').modules").result() is False
     finally:
         executor.shutdown()

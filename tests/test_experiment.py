@@ -5,14 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from facemae_plugin import synth
-from facemae_plugin.binfile import load_bin
-from facemae_plugin.demo import run_demo
-from facemae_plugin.experiment import (Experiment, ProtocolError, check_variant, merge_protocol, slug,
+from facemae_plugin.data import faces as synth
+from facemae_plugin.formats.binfile import load_bin
+from facemae_plugin.protocol.demo import run_demo
+from facemae_plugin.protocol.experiment import (Experiment, ProtocolError, check_variant, merge_protocol, slug,
                                        variant_inputs)
 from facemae_plugin.models.mae import FaceMAE
-from facemae_plugin.recordio import decode_image
-from facemae_plugin.shard import FaceShard
+from facemae_plugin.formats.recordio import decode_image
+from facemae_plugin.formats.shard import FaceShard
 
 TOY = dict(
     data=dict(train_identities=6, train_images_per_identity=4, release_identities=5, release_images_per_identity=3,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facemae_plugin.losses import (IRMLoss, MarginSoftmax, combined_margin_logits, irm_loss,
+from facemae_plugin.train.losses import (IRMLoss, MarginSoftmax, combined_margin_logits, irm_loss,
                                    masked_mse, relation_graph)
 
 ARCFACE = (1.0, 0.5, 0.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from facemae_plugin.losses import masked_mse
+from facemae_plugin.train.losses import masked_mse
 from facemae_plugin.models.mae import (
     CheckpointError,
     FaceMAE,

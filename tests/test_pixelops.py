@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from facemae_plugin.convert import privatize_batch
-from facemae_plugin.keyseed import seed_for_key, variant_key
+from facemae_plugin.core.keyseed import seed_for_key, variant_key
 from facemae_plugin.models import mae
-from facemae_plugin.pixelops import torch_rand_bits
-from facemae_plugin.privatize import GaussianBlur, GaussianNoise, Identity, MaskedOnly, Pixelate
-from facemae_plugin.stage import variant_key as stage_variant_key
+from facemae_plugin.release.pixelops import torch_rand_bits
+from facemae_plugin.release.baselines import GaussianBlur, GaussianNoise, Identity, MaskedOnly, Pixelate
+from facemae_plugin.release.facemae import variant_key as stage_variant_key
 
 
 def random_rgb(n=6, size=112, seed=0):
@@ -32,7 +32,7 @@ def test_blur_float_values_match_bit_for_bit():
     images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     expected = blur(images, [1, 2]).permute(0, 2, 3, 1).numpy()
     op = blur.worker_op()
-    from facemae_plugin.pixelops import normalise
+    from facemae_plugin.release.pixelops import normalise
 
     assert np.array_equal(np.stack([op.blur(normalise(image)) for image in rgb]), expected)
 
@@ -78,7 +78,7 @@ def test_noise_float_values_match_bit_for_bit():
     images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     expected = noise(images, keys).permute(0, 2, 3, 1).numpy()
     op = noise.worker_op()
-    from facemae_plugin.pixelops import gaussian_draws, normalise
+    from facemae_plugin.release.pixelops import gaussian_draws, normalise
 
     drawn = gaussian_draws(op.seed, keys, (3, 112, 112)).transpose(0, 2, 3, 1)
     assert np.array_equal(np.clip(normalise(rgb) + drawn * op.scale, -1, 1), expected)

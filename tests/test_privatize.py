@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.privatize import (
+from facemae_plugin.release.baselines import (
     GaussianBlur,
     GaussianNoise,
     Identity,
@@ -13,7 +13,7 @@ from facemae_plugin.privatize import (
     Pixelate,
     make_privatizer,
 )
-from facemae_plugin.stage import ReconstructionStage, variant_key
+from facemae_plugin.release.facemae import ReconstructionStage, variant_key
 
 
 def random_images(n, seed=0):

@@ -1,7 +1,7 @@
-"""facemae_plugin.recordio on its own: round trips, bad input, atomic writes, worker processes.
+"""facemae_plugin.formats.recordio on its own: round trips, bad input, atomic writes, worker processes.
 
 Byte compatibility with MXNet is proven in test_recordio_mxnet.py; here the
-expected values are the test's inputs and the format rules of FORMATS.md.
+expected values are the test's inputs and the format rules in facemae_plugin/formats/recordio.py.
 """
 import os
 import pickle
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facemae_plugin.recordio import (
+from facemae_plugin.formats.recordio import (
     MAGIC,
     MAGIC_BYTES,
     IndexedRecordReader,

@@ -1,4 +1,4 @@
-"""facemae_plugin.recordio against real MXNet 1.9.1 (run in its own venv).
+"""facemae_plugin.formats.recordio against real MXNet 1.9.1 (run in its own venv).
 
 Each case is a list of records written once by our ``RecordWriter`` and once by
 ``mx.recordio.MXIndexedRecordIO``; the two files must be byte-identical, MXNet
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facemae_plugin.recordio import (
+from facemae_plugin.formats.recordio import (
     MAGIC_BYTES,
     IndexedRecordReader,
     IRHeader,

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from facemae_plugin.experiment import merge_protocol
-from facemae_plugin.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
+from facemae_plugin.protocol.experiment import merge_protocol
+from facemae_plugin.protocol.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
                                    plot_tradeoff, tradeoff_panels, tradeoff_verdict)
 from tests.conftest import load_benchmark_script
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from facemae_plugin.data import FaceRecordDataset, denormalise, normalise
-from facemae_plugin.recordio import IRHeader, RecordIOError, RecordWriter, encode_image, pack
-from facemae_plugin.shard import FaceShard
+from facemae_plugin.data.dataset import FaceRecordDataset, denormalise, normalise
+from facemae_plugin.formats.recordio import IRHeader, RecordIOError, RecordWriter, encode_image, pack
+from facemae_plugin.formats.shard import FaceShard
 from tests.conftest import smooth_image
 
 

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from facemae_plugin.shard import FaceShard
+from facemae_plugin.formats.shard import FaceShard
 from tests.conftest import write_layout_a
 from tests.mxnet_oracle import mxnet_python, read_json, run_oracle  # noqa: F401  (fixture)
 

@@ -1,14 +1,14 @@
 """Splitting a shard by identity: disjoint parts, every image once, bytes unchanged, seeded."""
 import pytest
 
-from facemae_plugin.errors import OutputError
-from facemae_plugin.recordio import unpack
-from facemae_plugin.shard import FaceShard
-from facemae_plugin.split import SplitError, split_by_identity
+from facemae_plugin.core.errors import OutputError
+from facemae_plugin.formats.recordio import unpack
+from facemae_plugin.formats.shard import FaceShard
+from facemae_plugin.formats.split import SplitError, split_by_identity
 
-from .conftest import write_layout_a
-from .test_cli import facemae, last_json
-from .test_shard import write_layout_b
+from tests.conftest import write_layout_a
+from tests.test_cli import facemae, last_json
+from tests.test_shard import write_layout_b
 
 
 def payloads_by_label(path):

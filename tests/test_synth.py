@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facemae_plugin import synth
+from facemae_plugin.data import faces as synth
 from facemae_plugin.evaluation.verification import raw_pixel_accuracy, ten_fold_accuracy
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from facemae_plugin.synthdata import make_synthetic_dataset
+from facemae_plugin.data.synthetic import make_synthetic_dataset
 
 pytestmark = pytest.mark.slow
 

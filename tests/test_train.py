@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from facemae_plugin.config import ConfigError, merge_config
-from facemae_plugin.data import normalise
+from facemae_plugin.data.dataset import normalise
 from facemae_plugin.models.backbones import load_backbone
 from facemae_plugin.models.mae import FaceMAE, create_facemae
-from facemae_plugin.shard import FaceShard
-from facemae_plugin.stage import ReconstructionStage
-from facemae_plugin.synthdata import make_synthetic_dataset
+from facemae_plugin.formats.shard import FaceShard
+from facemae_plugin.release.facemae import ReconstructionStage
+from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.train import recognise
 from facemae_plugin.train.common import OptimizerStep
 from facemae_plugin.train.pretrain import adamw_param_groups, pretrain

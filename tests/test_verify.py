@@ -19,13 +19,13 @@ import torch
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
-from facemae_plugin.binfile import write_bin
+from facemae_plugin.formats.binfile import write_bin
 from facemae_plugin.evaluation.embed import load_embedder
 from facemae_plugin.evaluation.verification import tar_at_far
 from facemae_plugin.evaluation.verify import verification_report, verify_bin
 from facemae_plugin.export import export_recogniser
 from facemae_plugin.models.backbones import get_backbone
-from facemae_plugin.synthdata import make_synthetic_dataset
+from facemae_plugin.data.synthetic import make_synthetic_dataset
 
 ROC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)

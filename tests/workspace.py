@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import torch
 
-from facemae_plugin.binfile import write_bin
+from facemae_plugin.formats.binfile import write_bin
 from facemae_plugin.convert import convert
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.privatize import make_privatizer
-from facemae_plugin.recordio import IRHeader, RecordWriter, encode_image, pack
+from facemae_plugin.release.baselines import make_privatizer
+from facemae_plugin.formats.recordio import IRHeader, RecordWriter, encode_image, pack
 from tests.conftest import smooth_image, write_layout_a
 
 IDENTITY_SIZES = [3, 3, 3, 3]

@@ -1,16 +1,11 @@
 # The privacy-utility table on synthetic faces whose identity lives in fine detail (detail 1:
-# freckles and skin texture; head shape and colours narrowed). Seed-0 figures (the README adds seed 1
-# of FaceMAE full and no-IRM): the originals 95.0%; FaceMAE full 75.9% at 55.9% teacher leakage (86.4%
-# / 75.5% trained 20 epochs, 88.2% / 82.5% trained 40). At matched leakage FaceMAE beats pixelation
-# (error ratio 0.72; 0.36 at 40 epochs) but blur, noise and masking beat FaceMAE `tiny` (ratios 2.29,
-# 2.18, 1.54; against blur 1.67 at 20 epochs and 1.61 at 40: longer training moves FaceMAE along a
-# curve beside blur's, not across it). Light blur/noise rows leak every source, so the sweep's stronger
-# rows (blur s9, noise 120, pixelate 16) are what the matched-leakage verdict interpolates between.
+# freckles and skin texture; head shape and colours narrowed); the README holds its results.
+# Light blur/noise rows leak every source, so the sweep's stronger rows (blur s9, noise 120,
+# pixelate 16) are what the matched-leakage verdict interpolates between.
 #   python benchmarks/privacy_utility.py benchmarks/configs/privacy_utility_synth_detail.py \
 #       --work-dir work_dirs/synth_detail
-# Fine detail takes the recogniser longer to learn: 10 epochs (about 10 minutes a row on 2 cores, 3 epochs
-# reach only 62% on the originals). fp32, so the numbers do not depend on native bf16 support.
-# The whole config is about 10 hours on 2 cores; on a GPU, minutes.
+# Fine detail takes the recogniser longer to learn, hence 10 epochs. fp32, so the numbers do not
+# depend on native bf16 support.
 protocol = dict(data=dict(detail=1.0), recogniser=dict(num_epoch=10), mixed_precision=False)
 
 MAIN = [0, 1, 2]  # main rows: mean +- std over three seeds

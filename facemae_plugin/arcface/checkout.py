@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from ..compat import mxnet as compat_mxnet
-from ..errors import FaceMAEError
+from ..core.errors import FaceMAEError
 
 REFERENCE_COMMIT = "7fadd420c2351d0ffa8cac403421c1a3ed733365"
 REQUIRED_FILES = ("train_v2.py", "dataset.py", "partial_fc_v2.py", "utils/utils_config.py",

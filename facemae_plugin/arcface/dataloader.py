@@ -23,7 +23,7 @@ import logging
 import torch
 from torchvision import transforms
 
-from ..data import mirror_where
+from ..data.dataset import mirror_where
 
 log = logging.getLogger(__name__)
 

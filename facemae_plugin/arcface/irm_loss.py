@@ -13,7 +13,7 @@ is held outside the module tree, so it is neither saved nor handed to the optimi
 """
 import torch
 
-from ..losses import irm_loss
+from ..train.losses import irm_loss
 
 
 class IRMTerm:

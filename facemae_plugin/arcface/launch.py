@@ -21,8 +21,8 @@ import types
 import torch
 
 from ..config import ConfigError
-from ..errors import UsageError
-from ..stage import ReconstructionStage, check_offline_release
+from ..core.errors import UsageError
+from ..release.facemae import ReconstructionStage, check_offline_release
 from .checkout import ArcfaceCheckout
 from .configs import config_alias, load_arcface_config
 from .dataloader import BatchRecord, wrap_get_dataloader

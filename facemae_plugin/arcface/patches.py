@@ -21,8 +21,8 @@ import tempfile
 
 from torch.optim.lr_scheduler import LRScheduler
 
-from ..binfile import load_bin as load_bin_restricted
-from ..binfile import write_bin
+from ..formats.binfile import load_bin as load_bin_restricted
+from ..formats.binfile import write_bin
 
 log = logging.getLogger(__name__)
 

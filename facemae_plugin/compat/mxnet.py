@@ -22,7 +22,7 @@ import types
 
 import numpy as np
 
-from .. import recordio as _recordio
+from ..formats import recordio as _recordio
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class MXIndexedRecordIO:
     def __init__(self, idx_path, uri, flag, key_type=int):
         if flag != "r":
             raise NotImplementedError(f"compat mxnet reads RecordIO only (flag {flag!r} asked for {uri}); "
-                                      f"write shards with facemae_plugin.recordio.RecordWriter")
+                                      f"write shards with facemae_plugin.formats.recordio.RecordWriter")
         if key_type is not int:
             raise NotImplementedError(f"compat mxnet: key_type must be int, got {key_type!r}")
         self.idx_path, self.uri, self.flag, self.key_type = idx_path, uri, flag, key_type

@@ -15,10 +15,10 @@ import os
 import numpy as np
 import torch
 
-from ..data import normalise
-from ..errors import FaceMAEError
-from ..files import sha256_file, write_json
-from ..shard import PROVENANCE_NAME, FaceShard
+from ..data.dataset import normalise
+from ..core.errors import FaceMAEError
+from ..core.files import sha256_file, write_json
+from ..formats.shard import PROVENANCE_NAME, FaceShard
 from .embed import embed_with_flip
 from .plots import new_figure, save_figure
 from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval

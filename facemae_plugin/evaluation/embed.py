@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
-from ..data import normalise
-from ..errors import CheckpointError, UsageError
-from ..recordio import decode_image
+from ..data.dataset import normalise
+from ..core.errors import CheckpointError, UsageError
+from ..formats.recordio import decode_image
 
 RECOGNISER_INPUT = (112, 112)  # (height, width) of the aligned faces a recogniser takes
 

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from ..files import atomic_file
+from ..core.files import atomic_file
 
 
 def new_figure(width, height):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import FaceMAEError
+from ..core.errors import FaceMAEError
 
 SCORE_BUDGET = 1 << 25  # float32 scores per chunk (128 MiB): sets the default chunk rows
 COUNT_BLOCK = 1 << 23  # scores compared at a time when ranking sources (see _count_above)
@@ -119,9 +119,9 @@ def chunked_search(query, gallery, k, source_index=None, chunk=None, device="cpu
 def _count_above(scores, threshold):
     """Per row of ``scores`` [c, G], how many entries exceed ``threshold`` [c, 1] -> numpy [c] int64."""
     # The comparison and the sum's int64 cast each materialise a [rows, G] tensor (9 bytes per
-    # score). Blocks of 8M scores bound them to ~72 MiB whatever the chunk, and keep the int64
-    # buffer above glibc's 32 MiB mmap ceiling so it goes back to the OS when freed (smaller
-    # blocks measurably piled up in the heap: +400 MiB peak on a 20k x 100k search).
+    # score). Blocks of 8M scores bound them whatever the chunk, and keep the int64 buffer above
+    # glibc's 32 MiB mmap ceiling so it goes back to the OS when freed (smaller blocks pile up in
+    # the heap instead).
     rows = max(1, COUNT_BLOCK // max(1, scores.shape[1]))
     counts = [(scores[r:r + rows] > threshold[r:r + rows]).sum(1) for r in range(0, len(scores), rows)]
     return torch.cat(counts).cpu().numpy() if counts else np.zeros(0, np.int64)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FaceMAEError
+from ..core.errors import FaceMAEError
 
 DEFAULT_THRESHOLDS = np.arange(0, 4, 0.01)
 _PIXEL_CHUNK = 256  # image pairs per chunk when turning pixels into distances

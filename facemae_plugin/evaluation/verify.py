@@ -13,9 +13,9 @@ import os
 import numpy as np
 import torch
 
-from ..binfile import load_bin
-from ..data import normalise
-from ..recordio import decode_image
+from ..formats.binfile import load_bin
+from ..data.dataset import normalise
+from ..formats.recordio import decode_image
 from .plots import plot_roc
 from .verification import l2_normalize, pair_distances, tar_at_far, ten_fold_accuracy
 

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, UsageError
+from ..core.errors import CheckpointError, UsageError
 from .weights import is_tensor_dict, load_weights_file
 
 IRESNET_LAYERS = {

@@ -22,9 +22,9 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-from ..errors import CheckpointError, ConfigError
-from ..files import atomic_file
-from ..keyseed import num_visible, seed_for_key  # noqa: F401  (re-exported)
+from ..core.errors import CheckpointError, ConfigError
+from ..core.files import atomic_file
+from ..core.keyseed import num_visible, seed_for_key  # noqa: F401  (re-exported)
 from .weights import load_weights_file
 
 __all__ = [

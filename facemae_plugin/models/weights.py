@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 
 
 def load_weights_file(path, what, map_location="cpu"):

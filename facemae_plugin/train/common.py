@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..devices import amp_dtype, autocast, pick_device
-from ..files import atomic_file
+from ..core.devices import amp_dtype, autocast, pick_device
+from ..core.files import atomic_file
 
 
 @dataclass

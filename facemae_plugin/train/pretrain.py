@@ -18,13 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import require
-from ..data import FaceRecordDataset
-from ..errors import CheckpointError, ConfigError
-from ..losses import IRMLoss, masked_mse
+from ..data.dataset import FaceRecordDataset
+from ..core.errors import CheckpointError, ConfigError
+from .losses import IRMLoss, masked_mse
 from ..models.backbones import load_backbone
 from ..models.mae import create_facemae, mask_noise_for_keys
 from ..models.weights import load_weights_file
-from ..visualise import save_reconstruction_grid
+from ..evaluation.visualise import save_reconstruction_grid
 from .common import (OptimizerStep, atomic_save, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
 

@@ -21,15 +21,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..binfile import load_bin
+from ..formats.binfile import load_bin
 from ..config import ConfigError, require
-from ..data import FaceRecordDataset, mirror_where
+from ..data.dataset import FaceRecordDataset, mirror_where
 from ..evaluation.embed import decode_bin_images, embed_with_flip
 from ..evaluation.verification import ten_fold_accuracy
-from ..losses import MarginSoftmax
+from .losses import MarginSoftmax
 from ..models.backbones import get_backbone
-from ..shard import FaceShard
-from ..stage import ReconstructionStage, check_offline_release
+from ..formats.shard import FaceShard
+from ..release.facemae import ReconstructionStage, check_offline_release
 from .common import (OptimizerStep, atomic_save, make_loader, polynomial_warmup_lr, reduce_mean,
                      seed_everything, set_lr, setup_process, teardown_process, unwrap)
 
@@ -113,7 +113,7 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
         batch_stage = facemae_stage(cfg, process.device)
     dataset = FaceRecordDataset(cfg.rec, flip=cfg.get("flip", True), with_keys=True,
                                 defer_flip=batch_stage is not None)
-    # channels_last lets oneDNN/cuDNN pick their fast convolution kernels (about 1.6x on this CPU for mbf)
+    # channels_last lets oneDNN/cuDNN pick their fast convolution kernels
     backbone = get_backbone(cfg.network, cfg.embedding_size, fp16=cfg.fp16).to(
         process.device, memory_format=torch.channels_last)
     head = MarginSoftmax(cfg.embedding_size, cfg.num_classes, cfg.margin_list).to(process.device)

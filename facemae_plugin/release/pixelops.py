@@ -9,7 +9,7 @@ The converter's workers import this module and numpy only; torch stays in the pa
 """
 import numpy as np
 
-from .keyseed import num_visible, seed_for_key, variant_key
+from ..core.keyseed import num_visible, seed_for_key, variant_key
 
 _GREY = 128  # normalised 0.0 after data.denormalise: round(127.5) to even
 _NOISE_SALT = 0x6E6F697365  # "noise": keeps noise draws apart from mask draws of the same key

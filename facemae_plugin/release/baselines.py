@@ -17,10 +17,10 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
-from .models.mae import mask_noise_for_keys, num_visible, patchify, random_masking, unpatchify
+from ..core.errors import UsageError
+from ..models.mae import mask_noise_for_keys, num_visible, patchify, random_masking, unpatchify
 from .pixelops import gaussian_draws
-from .stage import ReconstructionStage, as_key_list, variant_key
+from .facemae import ReconstructionStage, as_key_list, variant_key
 
 METHODS = ("facemae", "blur", "pixelate", "noise", "masked")
 

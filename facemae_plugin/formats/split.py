@@ -10,7 +10,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from .errors import FaceMAEError
+from ..core.errors import FaceMAEError
 from .shard import FaceShard, FaceShardWriter, refuse_shard_output
 
 

@@ -11,8 +11,8 @@ import pickle
 
 import numpy as np
 
-from .errors import FaceMAEError
-from .files import atomic_file
+from ..core.errors import FaceMAEError
+from ..core.files import atomic_file
 
 # (module, name) pairs a .bin may reference. Python 2 files store images as str
 # (bytes under encoding="bytes"); Python 3 protocol-2 files spell bytes as

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .shard import FaceShard
+from ..formats.shard import FaceShard
 
 
 def normalise(rgb):

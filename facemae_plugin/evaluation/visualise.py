@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data import denormalise
+from ..data.dataset import denormalise
 
 MASK_GREY = 0.0  # normalised value of mid-grey (127.5)
 

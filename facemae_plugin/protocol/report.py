@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from .evaluation.plots import new_figure, save_figure
-from .shard import FaceShard
+from ..evaluation.plots import new_figure, save_figure
+from ..formats.shard import FaceShard
 
 COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.row`` returns
     ("accuracy", "verification acc. %", "{:.2f}"),

@@ -1,7 +1,7 @@
 """The reconstruction stage: a frozen FaceMAE that turns a batch of faces into released faces.
 
-One object serves every deployment path: offline conversion (``facemae convert``) now and the
-online arcface_torch batch stage later. It takes normalised RGB images ``[N, 3, H, W]`` and their
+One object serves every deployment path: offline conversion (``facemae convert``), the batch
+stage of ``facemae train`` and the arcface_torch hook (``arcface-train``). It takes normalised RGB images ``[N, 3, H, W]`` and their
 record keys and returns reconstructions in the same space, on the device the images came from.
 
 Masks come from ``(seed, key)`` (``mask_noise_for_keys``), never from the batch, so a record's
@@ -15,13 +15,13 @@ import os
 
 import torch
 
-from .devices import autocast as autocast_context
-from .devices import pick_device
-from .errors import ConfigError
-from .files import sha256_file
-from .keyseed import variant_key  # noqa: F401  (re-exported: stage.variant_key is public)
-from .models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
-from .shard import PROVENANCE_NAME
+from ..core.devices import autocast as autocast_context
+from ..core.devices import pick_device
+from ..core.errors import ConfigError
+from ..core.files import sha256_file
+from ..core.keyseed import variant_key  # noqa: F401  (re-exported: stage.variant_key is public)
+from ..models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
+from ..formats.shard import PROVENANCE_NAME
 
 
 def variant_keys(keys, k):

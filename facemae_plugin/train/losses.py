@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 IRM_VARIANTS = ("mse", "kl")
 

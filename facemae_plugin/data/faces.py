@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import FaceMAEError
+from ..core.errors import FaceMAEError
 
 IMAGE_SIZE = 112
 _PAD = 16  # canonical canvas margin, so rotation and shifts never expose an undrawn edge

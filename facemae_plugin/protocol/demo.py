@@ -8,7 +8,7 @@ a re-run reuses finished stages (see ``experiment.Experiment``).
 import json
 
 from .experiment import ORIGINAL, Experiment, load_python_config
-from .files import write_json
+from ..core.files import write_json
 from .report import aggregate, markdown_table, save_release_samples, spread_keys
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's stages.

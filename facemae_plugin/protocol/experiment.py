@@ -20,10 +20,10 @@ import time
 
 from easydict import EasyDict as edict
 
-from .config import check_keys, exec_config_file, merge_config
-from .errors import FaceMAEError
-from .files import write_json
-from .synthdata import write_holdout_bin, write_identity_shard
+from ..config import check_keys, exec_config_file, merge_config
+from ..core.errors import FaceMAEError
+from ..core.files import write_json
+from ..data.synthetic import write_holdout_bin, write_identity_shard
 
 PROTOCOL_DEFAULTS = {
     "seed": 0,
@@ -103,7 +103,7 @@ def check_variant(variant):
     if method == "facemae":
         _check_facemae_variant(variant)
     elif method != "original":
-        from .privatize import make_privatizer
+        from ..release.baselines import make_privatizer
 
         try:  # a baseline is cheap to build: its constructor checks every value
             make_privatizer(method, **{key: variant[key] for key in METHOD_PARAMS[method] if key in variant})
@@ -242,7 +242,7 @@ class Experiment:
             "seed": seed, "output": output})
 
     def teacher(self):
-        from .train.recognise import train_recogniser
+        from ..train.recognise import train_recogniser
 
         self.data()
         p = self.protocol
@@ -251,8 +251,8 @@ class Experiment:
         cfg = self.recognition_config(p.teacher, self.path("data", "train"), p.data.train_identities, out,
                                       p.teacher.seed, verify_each_epoch=False)
         def build():
-            from .evaluation.embed import load_embedder
-            from .evaluation.verify import verify_bin
+            from ..evaluation.embed import load_embedder
+            from ..evaluation.verify import verify_bin
 
             summary = summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))
             embedder = load_embedder(summary["model"], p.teacher.network, device=self.device)
@@ -267,7 +267,7 @@ class Experiment:
         ``overrides`` (keys of the protocol's ``facemae`` block, e.g. ``{"irm_weight": 0.3}``) train
         another model in its own stage, for sweeps of the training recipe.
         """
-        from .train.pretrain import pretrain
+        from ..train.pretrain import pretrain
 
         p = self.protocol
         f = merge_protocol(overrides, p.facemae, "pretrain")
@@ -301,7 +301,7 @@ class Experiment:
 
     def release(self, variant, seed):
         """Split B through the variant's privatizer; ``original`` releases split B itself."""
-        from .convert import convert
+        from ..convert import convert
 
         self.data()
         if variant["method"] == "original":
@@ -319,7 +319,7 @@ class Experiment:
         return self.run_stage(f"release-{name}", build, variant_inputs(variant, None if shared else seed))
 
     def privatizer(self, variant, seed):
-        from .privatize import make_privatizer
+        from ..release.baselines import make_privatizer
 
         method = variant["method"]
         # A model trained with its own overrides releases at its own ratio and output unless told otherwise.
@@ -338,7 +338,7 @@ class Experiment:
 
     def recogniser(self, variant, seed):
         """The shared recogniser recipe trained on the released split B, verified on held-out ids."""
-        from .train.recognise import train_recogniser
+        from ..train.recognise import train_recogniser
 
         released = self.release(variant, seed)["released"]
         p = self.protocol
@@ -350,8 +350,8 @@ class Experiment:
             train_recogniser(cfg, device=p.device, progress=self.progress)), variant_inputs(variant, seed))
 
     def verify(self, variant, seed):
-        from .evaluation.embed import load_embedder
-        from .evaluation.verify import verify_bin
+        from ..evaluation.embed import load_embedder
+        from ..evaluation.verify import verify_bin
 
         model = self.recogniser(variant, seed)["model"]
         out = self.path("recognisers", self.row_name(variant, seed))
@@ -379,8 +379,8 @@ class Experiment:
 
     def audit(self, variant, seed, attacker="teacher"):
         """Leakage of the release: each released image queries the original split B."""
-        from .evaluation.audit import audit
-        from .evaluation.embed import load_embedder
+        from ..evaluation.audit import audit
+        from ..evaluation.embed import load_embedder
 
         released = self.release(variant, seed)["released"]
         model, network = self.attacker(attacker)
@@ -440,7 +440,7 @@ class Experiment:
 
     @property
     def device(self):
-        from .devices import pick_device
+        from ..core.devices import pick_device
 
         return pick_device(self.protocol.device)
 

@@ -18,8 +18,8 @@ from collections import namedtuple
 
 import numpy as np
 
-from .errors import FaceMAEError
-from .files import refuse_link, temp_name
+from ..core.errors import FaceMAEError
+from ..core.files import refuse_link, temp_name
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)

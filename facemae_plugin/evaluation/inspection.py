@@ -3,10 +3,10 @@ import os
 
 import numpy as np
 
-from .binfile import load_bin
-from .evaluation.verification import raw_pixel_accuracy
-from .recordio import decode_image
-from .shard import FaceShard
+from ..formats.binfile import load_bin
+from .verification import raw_pixel_accuracy
+from ..formats.recordio import decode_image
+from ..formats.shard import FaceShard
 
 FIRST_KEYS_SHOWN = 5
 RAW_PIXEL_FOLDS = 10  # the raw-pixel baseline is a 10-fold accuracy: it needs 10 pairs

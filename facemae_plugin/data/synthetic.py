@@ -9,11 +9,11 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from .binfile import write_bin
-from .files import refuse_existing
-from .recordio import encode_image
-from .shard import FaceShardWriter, refuse_shard_output
-from .synth import SynthInputError, check_detail, identity_images
+from ..formats.binfile import write_bin
+from ..core.files import refuse_existing
+from ..formats.recordio import encode_image
+from ..formats.shard import FaceShardWriter, refuse_shard_output
+from .faces import SynthInputError, check_detail, identity_images
 
 HOLDOUT_BIN = "holdout.bin"  # arcface_torch resolves val_targets=["holdout"] to <rec>/holdout.bin
 

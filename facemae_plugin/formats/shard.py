@@ -1,6 +1,6 @@
 """InsightFace face shards: a ``train.rec``/``train.idx`` directory as arcface_torch reads it.
 
-Two layouts exist (FORMATS.md):
+Two layouts exist:
 
 * **A** (RecBuilder; CASIA-WebFace, MS1M, Glint, WebFace): key 0 is a header
   record whose label ``[a, b]`` says images are keys ``1 .. a-1`` and identity
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .files import refuse_existing, refuse_link, refuse_overlap, write_bytes
+from ..core.files import refuse_existing, refuse_link, refuse_overlap, write_bytes
 from .recordio import (
     ClosedOnExit,
     CommitOnSuccess,
@@ -103,8 +103,8 @@ def _range_label(header, where):
 class FaceShard(ClosedOnExit):
     """Read-only view of an InsightFace shard directory (layout A or B).
 
-    Safe to hand to DataLoader worker processes: the underlying reader maps
-    the file again in each process.
+    Safe to hand to DataLoader worker processes: the underlying reader opens
+    the file again in each process (positional reads, no shared file offset).
     """
 
     def __init__(self, path):

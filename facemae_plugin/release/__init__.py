@@ -1,0 +1,1 @@
+"""One image in, one private image out: the FaceMAE reconstruction stage, the baselines and their numpy ops."""
