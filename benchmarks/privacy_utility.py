@@ -21,8 +21,9 @@ import sys
 
 from facemae_plugin.protocol.experiment import Experiment, check_variant, load_python_config
 from facemae_plugin.core.files import write_json
-from facemae_plugin.protocol.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
-                                   plot_tradeoff, save_release_samples, spread_keys, tradeoff_verdict)
+from facemae_plugin.protocol.report import (markdown_table, matched_ratio_table, plot_tradeoff, save_release_samples,
+                                            spread_keys)
+from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
 
 SAMPLE_FACES = 8
 VERDICTS = {  # results.json key: (judge, leakage column)

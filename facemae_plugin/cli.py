@@ -14,6 +14,7 @@ import threading
 
 from . import __version__
 from .core.errors import FaceMAEError, UsageError
+from .release.methods import METHODS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,7 +144,7 @@ def _verify(args):
     from .formats.binfile import load_bin
     from .core.devices import pick_device
     from .evaluation.embed import load_embedder
-    from .evaluation.verify import verify_loaded
+    from .evaluation.bin_report import verify_loaded
 
     # Every .bin is read (restricted unpickler) before the model loads: bad sets fail fast.
     sets = [(path, *load_bin(path)) for path in args.bins]
@@ -267,25 +268,33 @@ def _audit(args):
             f"-> {report['report']}"), report
 
 
-def _add_overwrite(parser):
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output (never an input)")
+# Options several verbs take, defined once; a verb lists the ones it takes (argparse parents).
+SHARED_OPTIONS = {
+    "common": (("--json", dict(action="store_true", help="print a JSON object on the last line")),
+               ("--quiet", dict(action="store_true", help="no progress bars"))),
+    "device": (("--device", dict(type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")),),
+    "network": (("--network", dict(default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")),),
+    "batch-size": (("--batch-size", dict(type=POSITIVE_INT, default=64, help="images per forward pass (default 64)")),),
+    "seed": (("--seed", dict(type=int, default=0, help="seed of the verb's random draws: same inputs and seed, "
+                                                     "same bytes (default 0)")),),
+    "overwrite": (("--overwrite", dict(action="store_true", help="replace an existing output (never an input)")),),
+}
+_PARENTS = {}
 
 
-def _add_common(parser):
-    parser.add_argument("--json", action="store_true", help="print a JSON object on the last line")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+def _parents(*names):
+    """The argparse parent parsers holding the shared options ``names``, built once each."""
+    for name in names:
+        if name not in _PARENTS:
+            parent = argparse.ArgumentParser(add_help=False)
+            for flag, kwargs in SHARED_OPTIONS[name]:
+                parent.add_argument(flag, **kwargs)
+            _PARENTS[name] = parent
+    return [_PARENTS[name] for name in names]
 
 
-def build_parser():
-    parser = _Parser(
-        prog="facemae",
-        description="FaceMAE privacy-preserving face datasets for InsightFace arcface_torch.",
-    )
-    parser.add_argument("--version", action="version", version=f"facemae-plugin {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-
-    p = verbs.add_parser("synth", help="write the synthetic default dataset (shard + held-out .bin)",
+def _add_synth(verbs):
+    p = verbs.add_parser("synth", parents=_parents("common", "seed", "overwrite"), help="write the synthetic default dataset (shard + held-out .bin)",
                          description="Draw face-like images of synthetic identities: OUT_DIR/train.rec, "
                                      "train.idx, property, and holdout.bin of identities not in the shard.")
     p.add_argument("out_dir", metavar="OUT_DIR")
@@ -294,46 +303,51 @@ def build_parser():
     p.add_argument("--holdout-identities", type=POSITIVE_INT, default=50,
                    help="identities used only in holdout.bin (default 50)")
     p.add_argument("--pairs", type=POSITIVE_INT, default=1000, help="verification pairs, half same (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--detail", type=float, default=0.0,
                    help="0..1: how much identity lives in fine features (freckles, skin texture) rather "
                         "than in head shape and colours; fine features are what blur and pixelation "
                         "remove (default 0)")
-    _add_overwrite(p)
     p.set_defaults(run=_synth)
 
-    p = verbs.add_parser("inspect", help="describe a shard directory or a .bin",
+
+def _add_inspect(verbs):
+    p = verbs.add_parser("inspect", parents=_parents("common"), help="describe a shard directory or a .bin",
                          description="Layout, counts, identities, label range, image size and first keys of "
                                      "a shard; pairs and raw-pixel verification accuracy of a .bin.")
     p.add_argument("path", metavar="PATH", help="shard directory, .rec file or .bin file")
     p.set_defaults(run=_inspect)
 
-    p = verbs.add_parser("folder2rec", help="IMAGE_DIR/<identity>/*.jpg -> layout-A shard",
+
+def _add_folder2rec(verbs):
+    p = verbs.add_parser("folder2rec", parents=_parents("common", "overwrite"), help="IMAGE_DIR/<identity>/*.jpg -> layout-A shard",
                          description="Pack aligned 112x112 faces, one folder per identity (sorted names "
                                      "become labels 0..N-1), into OUT_DIR/train.rec/.idx/property.")
     p.add_argument("image_dir", metavar="IMAGE_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality for non-JPEG inputs (default 95)")
-    _add_overwrite(p)
     p.set_defaults(run=_folder2rec)
 
-    p = verbs.add_parser("rec2folder", help="shard -> OUT_DIR/<label>/<key>.jpg",
+
+def _add_rec2folder(verbs):
+    p = verbs.add_parser("rec2folder", parents=_parents("common", "overwrite"), help="shard -> OUT_DIR/<label>/<key>.jpg",
                          description="Write every image of a shard, bytes unchanged, into label folders.")
     p.add_argument("rec_dir", metavar="REC_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    _add_overwrite(p)
     p.set_defaults(run=_rec2folder)
 
-    p = verbs.add_parser("pairs2bin", help="pairs list -> verification .bin",
+
+def _add_pairs2bin(verbs):
+    p = verbs.add_parser("pairs2bin", parents=_parents("common", "overwrite"), help="pairs list -> verification .bin",
                          description="Lines 'path_a path_b 0|1' (paths relative to the list's folder) "
                                      "become an lfw.bin-style verification set.")
     p.add_argument("pairs", metavar="PAIRS.txt")
     p.add_argument("out_bin", metavar="OUT.bin")
     p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality for non-JPEG inputs (default 95)")
-    _add_overwrite(p)
     p.set_defaults(run=_pairs2bin)
 
-    p = verbs.add_parser("split", help="shard -> two shards of disjoint identities",
+
+def _add_split(verbs):
+    p = verbs.add_parser("split", parents=_parents("common", "seed", "overwrite"), help="shard -> two shards of disjoint identities",
                          description="Split IN_DIR by identity: a seeded random FRACTION of the identities goes "
                                      "to OUT_A (e.g. FaceMAE and teacher training), the rest to OUT_B (the set "
                                      "to release, identities FaceMAE never saw). Labels are renumbered 0..n-1 "
@@ -342,57 +356,58 @@ def build_parser():
     p.add_argument("out_a", metavar="OUT_A")
     p.add_argument("out_b", metavar="OUT_B")
     p.add_argument("--fraction", type=_number(float, 0.0, 1.0, True, True), default=0.5, help="share of identities in OUT_A (default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="which identities are drawn (default 0)")
-    _add_overwrite(p)
     p.set_defaults(run=_split)
 
-    p = verbs.add_parser("pretrain", help="stage 1: train the FaceMAE reconstructor (pixel loss + IRM)",
+
+def _add_pretrain(verbs):
+    p = verbs.add_parser("pretrain", parents=_parents("common", "device"), help="stage 1: train the FaceMAE reconstructor (pixel loss + IRM)",
                          description="Train FaceMAE from a recipe with a config.mae block (and config.irm "
                                      "for instance relation matching). Writes facemae.pt, resume.pt and a "
                                      "reconstruction grid PNG per epoch to config.output. Runs under "
                                      "torchrun for several processes.")
     p.add_argument("config", metavar="CONFIG", help="recipe file, e.g. recipes/synth_facemae_tiny.py")
     p.add_argument("--resume", action="store_true", help="continue from config.output/resume.pt")
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(run=_pretrain)
 
-    p = verbs.add_parser("train", help="train a recogniser with arcface_torch's config keys",
+
+def _add_train(verbs):
+    p = verbs.add_parser("train", parents=_parents("common", "device"), help="train a recogniser with arcface_torch's config keys",
                          description="Margin-softmax recognition training (arcface_torch's recipe) on "
                                      "config.rec; verifies on config.val_targets each epoch and writes "
                                      "model.pt with arcface_torch's state_dict keys. Runs under torchrun.")
     p.add_argument("config", metavar="CONFIG", help="recipe file, e.g. recipes/synth_teacher_mbf.py")
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(run=_train)
 
-    p = verbs.add_parser("verify", help="10-fold verification accuracy of a recogniser on .bin sets",
+
+def _add_verify(verbs):
+    p = verbs.add_parser("verify", parents=_parents("common", "network", "batch-size", "device"), help="10-fold verification accuracy of a recogniser on .bin sets",
                          description="arcface_torch's verification test on each .bin: accuracy-flip mean "
                                      "and std, XNorm, TAR@FAR=1e-3 and optionally a ROC curve PNG.")
     p.add_argument("bins", metavar="BIN", nargs="+", help="verification sets (lfw.bin, cfp_fp.bin, ...)")
     p.add_argument("--model", required=True, help="model.pt (arcface_torch state_dict) or model.onnx")
-    p.add_argument("--network", default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--roc-dir", default=None, help="write <name>_roc.png per set into this folder")
     p.set_defaults(run=_verify)
 
-    p = verbs.add_parser("export", help="recogniser or FaceMAE reconstructor -> checked ONNX",
+
+def _add_export(verbs):
+    p = verbs.add_parser("export", parents=_parents("common", "network", "overwrite"), help="recogniser or FaceMAE reconstructor -> checked ONNX",
                          description="MODEL.pt OUT.onnx --network NAME: InsightFace-ready recogniser "
                                      "(input 'data' [N,3,112,112], normalisation outside the graph). "
                                      "--facemae facemae.pt OUT.onnx: reconstructor taking images and "
                                      "ids_shuffle. Each file is checked before it is renamed into place.")
     p.add_argument("model", metavar="MODEL.pt", nargs="?", default=None, help="recogniser state_dict")
     p.add_argument("out", metavar="OUT.onnx")
-    p.add_argument("--network", default=None, help="backbone of MODEL.pt: r18, r34, r50, r100, mbf")
     p.add_argument("--facemae", metavar="FACEMAE.pt", default=None, help="export this reconstructor instead")
     p.add_argument("--mask-ratio", type=MASK_RATIO, default=0.75, help="fixed in the graph (default 0.75)")
     p.add_argument("--output", choices=("full", "paste"), default="full",
                    help="reconstructor output mode (default full)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the insightface / torch agreement check")
-    _add_overwrite(p)
     p.set_defaults(run=_export)
 
-    p = verbs.add_parser("audit", help="privacy leakage of a released shard, measured by face retrieval",
+
+def _add_audit(verbs):
+    p = verbs.add_parser("audit", parents=_parents("common", "network", "batch-size", "device", "seed"), help="privacy leakage of a released shard, measured by face retrieval",
                          description="Embed the original and released shards (same keys and labels) with "
                                      "an attacker's recogniser (image + flip); every released image queries "
                                      "all originals. Reports rank-1/5 instance hits (own source record) and "
@@ -402,16 +417,14 @@ def build_parser():
     p.add_argument("--original", required=True, metavar="IN_DIR", help="the original shard")
     p.add_argument("--released", required=True, metavar="OUT_DIR", help="its release (convert output)")
     p.add_argument("--model", required=True, help="attacker: model.pt (arcface_torch state_dict) or model.onnx")
-    p.add_argument("--network", default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")
     p.add_argument("--out", default=None, help="report folder (default: <released>/audit)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--max-impostors", type=POSITIVE_INT, default=1_000_000,
                    help="impostor pairs scored; more are sampled with --seed (default 1000000)")
-    p.add_argument("--seed", type=int, default=0, help="impostor sample seed (default 0)")
     p.set_defaults(run=_audit)
 
-    p = verbs.add_parser("demo", help="the whole pipeline on the embedded synthetic default (CPU, 20-60 min)",
+
+def _add_demo(verbs):
+    p = verbs.add_parser("demo", parents=_parents("common"), help="the whole pipeline on the embedded synthetic default (CPU, 20-60 min)",
                          description="Synthesise disjoint identity splits, train a teacher and FaceMAE tiny + IRM "
                                      "on split A, release split B through FaceMAE, train a recogniser on the "
                                      "release, verify it on held-out identities and audit the release's leakage. "
@@ -425,7 +438,9 @@ def build_parser():
                    help="also train the same recogniser on the original split B (one more ~2 min stage)")
     p.set_defaults(run=_demo)
 
-    p = verbs.add_parser("convert", help="shard -> privatized shard (FaceMAE or a baseline)",
+
+def _add_convert(verbs):
+    p = verbs.add_parser("convert", parents=_parents("common", "seed", "batch-size", "device", "overwrite"), help="shard -> privatized shard (FaceMAE or a baseline)",
                          description="Replace every image of IN_DIR by its FaceMAE reconstruction (or a "
                                      "baseline: blur, pixelate, noise, masked); keys, labels, header, identity "
                                      "records and property are kept. Streaming, batched, sharded, resumable: "
@@ -434,38 +449,38 @@ def build_parser():
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--checkpoint", default=None, help="facemae.pt (needed by --method facemae)")
-    p.add_argument("--method", choices=("facemae", "blur", "pixelate", "noise", "masked"), default="facemae")
+    p.add_argument("--method", choices=tuple(METHODS), default="facemae",
+                   help="; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items()) + " (default facemae)")
     p.add_argument("--mask-ratio", type=MASK_RATIO, default=0.75, help="facemae/masked (default 0.75)")
     p.add_argument("--output", choices=("full", "paste"), default="full", help="facemae output mode")
     p.add_argument("--k", type=POSITIVE_INT, default=1, help="reconstructions per image (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="mask/noise seed: same seed, same bytes (default 0)")
     p.add_argument("--sigma", type=_number(float, 0.0, low_open=True), default=3.0, help="blur sigma in pixels (default 3)")
     p.add_argument("--block-size", type=POSITIVE_INT, default=8, help="pixelate block in pixels (default 8)")
     p.add_argument("--noise-std", type=_number(float, 0.0), default=25.0, help="noise std in grey levels (default 25)")
     p.add_argument("--patch-size", type=POSITIVE_INT, default=None,
                    help="masked: patch size (default: the checkpoint's, else 8)")
     p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per model call (default 64)")
     p.add_argument("--workers", type=COUNT, default=None,
                    help="decode/encode processes (default: cores - 1; 0 = in this process)")
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--autocast", action="store_true", help="fp16 on CUDA / bf16 on CPU for the model")
     p.add_argument("--num-shards", type=POSITIVE_INT, default=None, help="split the images into N shards (default 1)")
     p.add_argument("--shard", type=COUNT, default=None, help="run only shard I (then: facemae merge OUT_DIR)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
     p.set_defaults(run=_convert)
 
-    p = verbs.add_parser("merge", help="join converted shards into OUT_DIR/train.rec/.idx",
+
+def _add_merge(verbs):
+    p = verbs.add_parser("merge", parents=_parents("common", "overwrite"), help="join converted shards into OUT_DIR/train.rec/.idx",
                          description="Copy the framed records of OUT_DIR/shards/shard-IofN.rec into "
                                      "OUT_DIR/train.rec (offsets rewritten, no re-encoding), add the header "
                                      "and identity records, property and facemae_provenance.json.")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing train.rec")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
     p.set_defaults(run=_merge)
 
-    p = verbs.add_parser("arcface-train", help="run your arcface_torch checkout's train_v2 with FaceMAE",
+
+def _add_arcface_train(verbs):
+    p = verbs.add_parser("arcface-train", parents=_parents("common"), help="run your arcface_torch checkout's train_v2 with FaceMAE",
                          description="Import the arcface_torch checkout at --arcface-root (MXNet optional), "
                                      "check the names the plugin hooks, load CONFIG with its own get_config "
                                      "and run train_v2.main. A config.facemae block reconstructs each batch "
@@ -479,8 +494,22 @@ def build_parser():
                    help="check checkout, config, checkpoint and shard, report the hooks; no training (CPU ok)")
     p.set_defaults(run=_arcface_train)
 
-    for sub in verbs.choices.values():
-        _add_common(sub)
+
+VERBS = (  # each adds one verb: its options and the function that runs it
+    _add_synth, _add_inspect, _add_folder2rec, _add_rec2folder, _add_pairs2bin, _add_split, _add_pretrain,
+    _add_train, _add_verify, _add_export, _add_audit, _add_demo, _add_convert, _add_merge,
+    _add_arcface_train)
+
+
+def build_parser():
+    parser = _Parser(
+        prog="facemae",
+        description="FaceMAE privacy-preserving face datasets for InsightFace arcface_torch.",
+    )
+    parser.add_argument("--version", action="version", version=f"facemae-plugin {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for add_verb in VERBS:
+        add_verb(verbs)
     return parser
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from facemae_plugin.evaluation.audit import AuditInputError, audit
 from facemae_plugin.evaluation.retrieval import (RetrievalInputError, chunked_search, chunked_topk,
                                                  count_impostor_pairs, impostor_scores, retrieval_metrics,
-                                                 tar_at_far)
+                                                 score_tar_at_far)
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 
@@ -151,7 +151,7 @@ def test_tar_at_far_equals_a_threshold_sweep():
     for n_impostors, far in [(5000, 1e-3), (700, 1e-2), (999, 1e-3), (50, 0.1)]:
         genuine = np.round(rng.normal(0.5, 0.2, size=300), 2)  # rounded: many ties
         impostor = np.round(rng.normal(0.0, 0.2, size=n_impostors), 2)
-        result = tar_at_far(genuine, impostor, far)
+        result = score_tar_at_far(genuine, impostor, far)
         assert result["tar"] == pytest.approx(threshold_sweep_tar(genuine, impostor, far))
         assert result["far"] <= far and result["far"] == np.mean(impostor > result["threshold"])
 

@@ -24,6 +24,7 @@ from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.release.baselines import GaussianBlur, Identity, MaskedOnly, Pixelate
 from facemae_plugin.formats.recordio import IndexedRecordReader, IRHeader, RecordWriter, encode_image, pack, unpack
 from facemae_plugin.release.facemae import ReconstructionStage, variant_key
+from facemae_plugin.release.privatizer import Privatizer
 from tests.conftest import smooth_image, write_layout_a
 from tests.mxnet_oracle import mxnet_python, read_json, run_oracle  # noqa: F401  (fixture)
 
@@ -503,12 +504,15 @@ def test_torchrun_ranks_write_one_shard_each_and_rank0_merges(shard_a, checkpoin
 # --------------------------------------------------------------------------- privatizers in the workers
 
 
-class InProcess:
+class InProcess(Privatizer):
     """A privatizer without its worker op: the converter runs it in its own process with torch."""
 
     def __init__(self, privatizer):
+        super().__init__(privatizer.k)
         self.inner = privatizer
-        self.k = privatizer.k
+
+    def check_image_size(self, size):
+        self.inner.check_image_size(size)
 
     def variants(self, images, keys):
         return self.inner.variants(images, keys)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from facemae_plugin.protocol.experiment import merge_protocol
-from facemae_plugin.protocol.report import (aggregate, markdown_table, matched_leakage_verdict, matched_ratio_table,
-                                   plot_tradeoff, tradeoff_panels, tradeoff_verdict)
+from facemae_plugin.protocol.report import markdown_table, matched_ratio_table, plot_tradeoff, tradeoff_panels
+from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
 from tests.conftest import load_benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

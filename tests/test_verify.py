@@ -21,8 +21,8 @@ from sklearn.preprocessing import normalize
 
 from facemae_plugin.formats.binfile import write_bin
 from facemae_plugin.evaluation.embed import load_embedder
-from facemae_plugin.evaluation.verification import tar_at_far
-from facemae_plugin.evaluation.verify import verification_report, verify_bin
+from facemae_plugin.evaluation.verification import ten_fold_tar_at_far
+from facemae_plugin.evaluation.bin_report import verification_report, verify_bin
 from facemae_plugin.export import export_recogniser
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.data.synthetic import make_synthetic_dataset
@@ -104,10 +104,10 @@ def test_tar_at_far_where_scipy_interp1d_refuses():
     far_train = [np.mean(dist[~same][100:] < t) for t in VAL_THRESHOLDS]
     assert len(set(far_train)) < len(far_train)
     for target in (1e-3, 1e-2, 0.1):
-        result = tar_at_far(dist, same, target)
+        result = ten_fold_tar_at_far(dist, same, target)
         tar, std = reference_tar(dist, same, target)
         assert abs(result.tar_mean - tar) < 1e-12 and abs(result.tar_std - std) < 1e-12
-    assert verification_report(images, flips, same)["tar_at_far"] == tar_at_far(dist, same, 1e-3).tar_mean
+    assert verification_report(images, flips, same)["tar_at_far"] == ten_fold_tar_at_far(dist, same, 1e-3).tar_mean
 
 
 def load_arcface_test():

@@ -11,9 +11,11 @@ import os
 import time
 
 from .. import __version__
+from ..core.errors import FaceMAEError
 from ..core.files import OutputLock, json_text, refuse_overlap, sha256_file, write_bytes
 from ..formats.recordio import RecordWriter
 from ..formats.shard import PROPERTY_NAME, REC_NAME, FaceShard
+from ..release.methods import METHODS
 from .keys import KEY_SCHEME, MAX_FLOAT32_KEY, KeyPlan, shard_range, tail_records
 from .layout import (PROVENANCE_NAME, SHARDS_DIR, ConversionError, differences, final_exists, is_ours,
                      read_json_or_none, remove_files, remove_final)
@@ -43,21 +45,16 @@ class Conversion:
         self._check_input()
         # cheap per-image privatizers (pure functions of image, key, seed) run in the decode workers
         # as torch-free pixelops with the same bytes; model stages (FaceMAE) have none and run here
-        worker_op = getattr(privatizer, "worker_op", None)
-        self.worker_op = worker_op() if worker_op is not None else None
+        self.worker_op = privatizer.worker_op()
         self.shards_dir = os.path.join(self.out_dir, SHARDS_DIR)
         self.idx_sha256 = sha256_file(self.shard.idx_path)
         self.fingerprint = self._fingerprint()
 
     def _check_input(self):
-        check_size = getattr(self.privatizer, "check_image_size", None)
-        if check_size is not None:
-            check_size(tuple(self.shard.image_size))
-        model = getattr(self.privatizer, "model", None)
-        if model is not None and tuple(self.shard.image_size) != (model.img_size, model.img_size):
-            size = self.shard.image_size
-            raise ConversionError(f"{self.in_dir}: images are {size[1]}x{size[0]} (property), the "
-                                  f"FaceMAE model expects {model.img_size}x{model.img_size}")
+        try:
+            self.privatizer.check_image_size(tuple(self.shard.image_size))
+        except FaceMAEError as exc:
+            raise ConversionError(f"{self.in_dir}: {exc}") from None
         if self.shard.layout == "A":
             last_key = self.plan.output_key(len(self.plan), 0) + len(self.shard.identity_keys)
             if last_key > MAX_FLOAT32_KEY:
@@ -283,28 +280,22 @@ def privatizer_from_args(args):
     """The privatizer ``facemae convert``'s flags describe (only the flags of its method are used)."""
     from ..release.baselines import make_privatizer
 
-    method = args.method
+    method, spec = args.method, METHODS[args.method]
+    params = {param: getattr(args, dest) for param, dest in spec.params.items()}
+    if spec.seeded:
+        params["seed"] = args.seed
     if method == "facemae":
         import torch
 
         device = args.device
         if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        return make_privatizer(method, checkpoint=args.checkpoint, mask_ratio=args.mask_ratio, output=args.output,
-                               seed=args.seed, k=args.k, device=device, autocast=args.autocast)
-    if method == "blur":
-        return make_privatizer(method, sigma=args.sigma, k=args.k)
-    if method == "pixelate":
-        return make_privatizer(method, block_size=args.block_size, k=args.k)
-    if method == "noise":
-        return make_privatizer(method, std=args.noise_std, seed=args.seed, k=args.k)
-    patch_size = args.patch_size
-    if patch_size is None and args.checkpoint:  # the masks FaceMAE with this checkpoint would use
+        params.update(checkpoint=args.checkpoint, device=device, autocast=args.autocast)
+    if method == "masked" and params["patch_size"] is None:  # the masks FaceMAE with this checkpoint would use
         from ..models.mae import FaceMAE
 
-        patch_size = FaceMAE.from_checkpoint(args.checkpoint).patch_size
-    return make_privatizer(method, patch_size=patch_size or 8, mask_ratio=args.mask_ratio, seed=args.seed,
-                           k=args.k)
+        params["patch_size"] = FaceMAE.from_checkpoint(args.checkpoint).patch_size if args.checkpoint else 8
+    return make_privatizer(method, k=args.k, **params)
 
 
 def _check_settings(quality, batch_size, workers, num_shards):

@@ -47,7 +47,7 @@ class RetrievalReport:
     impostor_scores: np.ndarray  # [M] released-vs-other-identity cosines (all or a sample)
 
 
-def l2_normalise(embeddings):
+def unit_rows(embeddings):
     """Rows of ``[N, D]`` scaled to unit length, float32 torch; all-zero rows stay zero."""
     x = torch.as_tensor(np.asarray(embeddings) if not torch.is_tensor(embeddings) else embeddings)
     x = x.to(torch.float32)
@@ -244,7 +244,7 @@ def count_impostor_pairs(query_labels, gallery_labels):
 # ----------------------------------------------------------------------------- metrics
 
 
-def tar_at_far(genuine, impostor, far_target=FAR_TARGET):
+def score_tar_at_far(genuine, impostor, far_target=FAR_TARGET):
     """True-accept rate at the loosest threshold whose false-accept rate is <= ``far_target``.
 
     A pair is accepted when its similarity is strictly above the threshold. The threshold is the
@@ -274,7 +274,7 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
             f"need one key per embedding: {len(query_keys)} query keys for {len(query_emb)} rows, "
             f"{len(gallery_keys)} gallery keys for {len(gallery_emb)} rows")
     source_index = source_rows(query_keys, gallery_keys)
-    q, g = l2_normalise(query_emb), l2_normalise(gallery_emb)  # [Q, D], [G, D]
+    q, g = unit_rows(query_emb), unit_rows(gallery_emb)  # [Q, D], [G, D]
     collector = ImpostorCollector(query_labels, gallery_labels, max_impostors, seed)
     search = chunked_search(q, g, max(ks), source_index=source_index, chunk=chunk, device=device,
                             impostors=collector)
@@ -288,7 +288,7 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
         metrics[f"identity_rank{k}"] = float(found_identity[:, :k].any(1).mean()) if len(q) else 0.0
     metrics["mean_source_cosine"] = float(np.mean(search.source_scores, dtype=np.float64)) if len(q) else None
     metrics["median_source_rank"] = float(np.median(search.source_ranks)) if len(q) else None
-    verification = tar_at_far(search.source_scores, impostors, far_target)
+    verification = score_tar_at_far(search.source_scores, impostors, far_target)
     metrics.update({"far_target": far_target, "tar_at_far": verification["tar"],
                     "far": verification["far"], "threshold": verification["threshold"],
                     "impostor_pairs": int(len(impostors)), "impostors_exhaustive": exhaustive,

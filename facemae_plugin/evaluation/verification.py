@@ -159,7 +159,7 @@ class TarAtFar:
     thresholds: np.ndarray  # [nrof_folds] threshold chosen on each fold's training part
 
 
-def tar_at_far(distances, issame, far_target=1e-3, nrof_folds=10, thresholds=None):
+def ten_fold_tar_at_far(distances, issame, far_target=1e-3, nrof_folds=10, thresholds=None):
     """TAR at a target FAR with arcface_torch's folds, without its scipy crash.
 
     arcface_torch's `calculate_val` interpolates threshold(FAR) with `interp1d`, which

@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 
 from ..core.errors import CheckpointError, ConfigError
 from ..core.files import atomic_file
-from ..core.keyseed import num_visible, seed_for_key  # noqa: F401  (re-exported)
+from ..core.keyseed import num_visible, seed_for_key
 from .weights import load_weights_file
 
 __all__ = [
@@ -148,9 +148,6 @@ def mask_noise_for_keys(seed: int, keys: Iterable[int], num_patches: int) -> tor
     if not rows:
         return torch.empty(0, num_patches)
     return torch.stack(rows)  # [N, L]
-
-
-# --------------------------------------------------------------------------- loss
 
 
 # --------------------------------------------------------------------------- model

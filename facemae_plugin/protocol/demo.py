@@ -9,7 +9,8 @@ import json
 
 from .experiment import ORIGINAL, Experiment, load_python_config
 from ..core.files import write_json
-from .report import aggregate, markdown_table, save_release_samples, spread_keys
+from .report import markdown_table, save_release_samples, spread_keys
+from .verdicts import aggregate
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's stages.
 FACEMAE_FULL = {"name": "FaceMAE full 0.75", "method": "facemae", "output": "full", "mask_ratio": 0.75, "irm": True}

@@ -24,6 +24,7 @@ from ..config import check_keys, exec_config_file, merge_config
 from ..core.errors import FaceMAEError
 from ..core.files import write_json
 from ..data.synthetic import write_holdout_bin, write_identity_shard
+from ..release.methods import METHODS
 
 PROTOCOL_DEFAULTS = {
     "seed": 0,
@@ -48,11 +49,15 @@ PROTOCOL_DEFAULTS = {
 }
 
 # Privatizers whose output does not depend on a seed: one release serves every seed of their row.
-DETERMINISTIC_METHODS = ("original", "blur", "pixelate")
+DETERMINISTIC_METHODS = ("original", *(name for name, spec in METHODS.items() if not spec.seeded))
 ORIGINAL = {"name": "original", "method": "original"}
-# The one table of what a variant of each method may set (its privatizer's parameters).
-METHOD_PARAMS = {"original": (), "facemae": ("mask_ratio", "output", "irm", "pretrain"), "blur": ("sigma",),
-                 "pixelate": ("block_size",), "noise": ("std",), "masked": ("mask_ratio",)}
+# What a variant of each method may set: its privatizer's parameters (release.methods), less those
+# the protocol fixes (masked uses the FaceMAE recipe's patch size), plus the FaceMAE model to release with.
+PROTOCOL_FIXED = {"masked": ("patch_size",)}
+PROTOCOL_ONLY = {"facemae": ("irm", "pretrain")}
+METHOD_PARAMS = {"original": (), **{
+    name: (*(p for p in spec.params if p not in PROTOCOL_FIXED.get(name, ())), *PROTOCOL_ONLY.get(name, ()))
+    for name, spec in METHODS.items()}}
 VARIANT_KEYS = {"name", "method", *(key for params in METHOD_PARAMS.values() for key in params)}
 
 
@@ -252,7 +257,7 @@ class Experiment:
                                       p.teacher.seed, verify_each_epoch=False)
         def build():
             from ..evaluation.embed import load_embedder
-            from ..evaluation.verify import verify_bin
+            from ..evaluation.bin_report import verify_bin
 
             summary = summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))
             embedder = load_embedder(summary["model"], p.teacher.network, device=self.device)
@@ -351,7 +356,7 @@ class Experiment:
 
     def verify(self, variant, seed):
         from ..evaluation.embed import load_embedder
-        from ..evaluation.verify import verify_bin
+        from ..evaluation.bin_report import verify_bin
 
         model = self.recogniser(variant, seed)["model"]
         out = self.path("recognisers", self.row_name(variant, seed))

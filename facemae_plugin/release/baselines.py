@@ -12,7 +12,6 @@ k variants are identical.
 * ``masked``: FaceMAE's mask for (seed, key) with masked patches set to grey, no reconstruction.
 """
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
@@ -20,57 +19,10 @@ import torch.nn.functional as F
 from ..core.errors import UsageError
 from ..models.mae import mask_noise_for_keys, num_visible, patchify, random_masking, unpatchify
 from .pixelops import gaussian_draws
-from .facemae import ReconstructionStage, as_key_list, variant_key
+from .facemae import ReconstructionStage, variant_key
+from .methods import METHODS, allowed_params
+from .privatizer import Privatizer, checked_number
 
-METHODS = ("facemae", "blur", "pixelate", "noise", "masked")
-
-
-def _checked(value, what, integer=False, low=None, low_open=False, high=None, high_open=False):
-    """``value`` as a float (or int), refused unless it is a finite number of that kind within range."""
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
-        raise UsageError(f"{what} must be {'an integer' if integer else 'a number'} in {span}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-class Privatizer:
-    """Base: ``__call__`` is variant 0; ``variants`` stacks variants 0..k-1."""
-
-    method = None
-
-    def __init__(self, k=1, seed=0):
-        self.k = _checked(k, "k (variants per image)", integer=True, low=1)
-        self.seed = _checked(seed, "seed", integer=True)
-
-    def __call__(self, images, keys):
-        return self._apply(images, as_key_list(keys, images.shape[0]), 0)
-
-    def variants(self, images, keys):
-        keys = as_key_list(keys, images.shape[0])
-        return torch.stack([self._apply(images, keys, j) for j in range(self.k)], dim=1)
-
-    def _apply(self, images, keys, j):  # [N, 3, H, W] -> [N, 3, H, W]
-        raise NotImplementedError
-
-    def worker_op(self):
-        """A torch-free ``pixelops`` op with the same output bytes, or None (the converter then
-        runs this privatizer in its own process). Cheap ops run in the decode workers."""
-        return None
-
-    def check_image_size(self, size):
-        """Refuse, before any work, images of ``size`` (height, width) this privatizer cannot process."""
-
-    def params(self):
-        return {}
-
-    def provenance(self):
-        return {"method": self.method, **self.params(), "k": self.k}
 
 
 class Identity(Privatizer):
@@ -100,7 +52,7 @@ class GaussianBlur(Privatizer):
 
     def __init__(self, sigma=3.0, k=1):
         super().__init__(k)
-        self.sigma = _checked(sigma, "blur sigma (pixels)", low=0, low_open=True)
+        self.sigma = checked_number(sigma, "blur sigma (pixels)", low=0, low_open=True)
 
     def params(self):
         return {"sigma": self.sigma}
@@ -146,7 +98,7 @@ class Pixelate(Privatizer):
 
     def __init__(self, block_size=8, k=1):
         super().__init__(k)
-        self.block_size = _checked(block_size, "pixelate block size (pixels)", integer=True, low=1)
+        self.block_size = checked_number(block_size, "pixelate block size (pixels)", integer=True, low=1)
 
     def params(self):
         return {"block_size": self.block_size}
@@ -170,7 +122,7 @@ class GaussianNoise(Privatizer):
 
     def __init__(self, std=25.0, seed=0, k=1):
         super().__init__(k, seed)
-        self.std = _checked(std, "noise std (grey levels)", low=0)
+        self.std = checked_number(std, "noise std (grey levels)", low=0)
 
     def params(self):
         return {"std": self.std, "seed": self.seed}
@@ -194,8 +146,8 @@ class MaskedOnly(Privatizer):
 
     def __init__(self, patch_size=8, mask_ratio=0.75, seed=0, k=1):
         super().__init__(k, seed)
-        self.patch_size = _checked(patch_size, "patch size (pixels)", integer=True, low=1)
-        self.mask_ratio = _checked(mask_ratio, "mask_ratio", low=0, high=1, high_open=True)
+        self.patch_size = checked_number(patch_size, "patch size (pixels)", integer=True, low=1)
+        self.mask_ratio = checked_number(mask_ratio, "mask_ratio", low=0, high=1, high_open=True)
 
     def params(self):
         return {"patch_size": self.patch_size, "mask_ratio": self.mask_ratio, "seed": self.seed}
@@ -227,25 +179,20 @@ _BASELINES = {"blur": GaussianBlur, "pixelate": Pixelate, "noise": GaussianNoise
 
 
 def make_privatizer(method, **params):
-    """``facemae`` (checkpoint=..., mask_ratio, output, seed, k, device, autocast) or a baseline.
+    """The privatizer of ``method`` (``release.methods.METHODS``) with ``params``.
 
-    Unknown methods or parameters raise UsageError naming them.
+    ``facemae`` takes checkpoint=..., mask_ratio, output, seed, k, device, autocast. Unknown
+    methods or parameters raise UsageError naming them.
     """
+    if method not in METHODS:
+        raise UsageError(f"unknown privatization method {method!r}; expected one of {', '.join(METHODS)}")
+    unknown = sorted(set(params) - set(allowed_params(method)))
+    if unknown:
+        raise UsageError(f"method {method} takes no parameter(s) {unknown}; expected some of "
+                         f"{sorted(allowed_params(method))}")
     if method == "facemae":
         checkpoint = params.pop("checkpoint", None)
         if not checkpoint:
             raise UsageError("method facemae needs a checkpoint (--checkpoint facemae.pt)")
-        _check_params(method, params, ("mask_ratio", "output", "seed", "k", "device", "autocast"))
         return ReconstructionStage.from_checkpoint(checkpoint, **params)
-    if method not in _BASELINES:
-        raise UsageError(f"unknown privatization method {method!r}; expected one of {METHODS}")
-    cls = _BASELINES[method]
-    import inspect
-    _check_params(method, params, [p for p in inspect.signature(cls.__init__).parameters if p != "self"])
-    return cls(**params)
-
-
-def _check_params(method, params, allowed):
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise UsageError(f"method {method} takes no parameter(s) {unknown}; expected some of {sorted(allowed)}")
+    return _BASELINES[method](**params)

@@ -1,8 +1,9 @@
 """The reconstruction stage: a frozen FaceMAE that turns a batch of faces into released faces.
 
 One object serves every deployment path: offline conversion (``facemae convert``), the batch
-stage of ``facemae train`` and the arcface_torch hook (``arcface-train``). It takes normalised RGB images ``[N, 3, H, W]`` and their
-record keys and returns reconstructions in the same space, on the device the images came from.
+stage of ``facemae train`` and the arcface_torch hook (``arcface-train``). It is a privatizer
+(``release.privatizer``): it takes normalised RGB images ``[N, 3, H, W]`` and their record keys
+and returns reconstructions in the same space, on the device the images came from.
 
 Masks come from ``(seed, key)`` (``mask_noise_for_keys``), never from the batch, so a record's
 result does not depend on which records share its batch, their order, the shard or the device.
@@ -19,27 +20,13 @@ from ..core.devices import autocast as autocast_context
 from ..core.devices import pick_device
 from ..core.errors import ConfigError
 from ..core.files import sha256_file
-from ..core.keyseed import variant_key  # noqa: F401  (re-exported: stage.variant_key is public)
-from ..models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
+from ..core.keyseed import variant_key
 from ..formats.shard import PROVENANCE_NAME
+from ..models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
+from .privatizer import Privatizer, as_key_list, variant_keys
 
 
-def variant_keys(keys, k):
-    """[N * k] mask keys, record-major: (key0, j=0), (key0, j=1), ..., (key1, j=0), ..."""
-    return [variant_key(key, j) for key in keys for j in range(k)]
-
-
-def as_key_list(keys, batch_size):
-    """Record keys as a list of Python ints, one per image."""
-    if isinstance(keys, torch.Tensor):
-        keys = keys.reshape(-1).tolist()
-    keys = [int(key) for key in keys]
-    if len(keys) != batch_size:
-        raise ValueError(f"got {len(keys)} record keys for a batch of {batch_size} images")
-    return keys
-
-
-class ReconstructionStage:
+class ReconstructionStage(Privatizer):
     """Frozen FaceMAE, eval mode, no grad: ``stage(images, keys) -> images``.
 
     ``output`` is ``full`` (every pixel predicted) or ``paste`` (visible patches kept). ``autocast``
@@ -53,16 +40,13 @@ class ReconstructionStage:
         if not isinstance(model, FaceMAE):
             raise TypeError(f"ReconstructionStage needs a FaceMAE, got {type(model).__name__}")
         if output not in OUTPUT_MODES:
-            raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
-        if int(k) < 1:
-            raise ValueError(f"k (reconstructions per image) must be >= 1, got {k}")
+            raise ConfigError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
+        super().__init__(k, seed)
         self.device = pick_device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.mask_ratio = float(mask_ratio)
         random_masking(torch.zeros(1, model.num_patches), self.mask_ratio)  # validates the ratio
         self.output = output
-        self.seed = int(seed)
-        self.k = int(k)
         self.autocast = bool(autocast)
         self.checkpoint = checkpoint  # {"path", "sha256"} when loaded from a file
 
@@ -83,6 +67,12 @@ class ReconstructionStage:
     @property
     def num_patches(self):
         return self.model.num_patches
+
+    def check_image_size(self, size):
+        expected = (self.model.img_size, self.model.img_size)
+        if tuple(size) != expected:
+            raise ConfigError(f"images are {size[1]}x{size[0]}, the FaceMAE model expects "
+                              f"{expected[1]}x{expected[0]}")
 
     def masks(self, keys, j=0):
         """[N, L] masks (1 = masked) the j-th reconstruction of each record uses, on the CPU."""

@@ -85,7 +85,7 @@ def load_val_sets(cfg):
     return sets
 
 
-def verify(backbone, val_sets, device):
+def validation_accuracy(backbone, val_sets, device):
     """10-fold accuracy of each validation set, image + flip embeddings as arcface_torch does."""
     results = {}
     for name, images, issame in val_sets:
@@ -187,7 +187,7 @@ def end_of_epoch(cfg, process, backbone, val_sets, epoch, losses):
     """Verify and save ``model.pt`` on the main process; every rank returns the epoch record."""
     record = {"epoch": epoch + 1, "loss": sum(losses) / max(len(losses), 1), "losses": losses}
     if process.is_main:
-        record["val"] = verify(unwrap(backbone), val_sets, process.device)
+        record["val"] = validation_accuracy(unwrap(backbone), val_sets, process.device)
         atomic_save(unwrap(backbone).state_dict(), os.path.join(cfg.output, "model.pt"))
         shown = "  ".join(f"{name} {acc * 100:.2f}%" for name, acc in record["val"].items())
         tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  {shown}")

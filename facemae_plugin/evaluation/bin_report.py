@@ -5,7 +5,7 @@
              separately (4P vectors for P pairs), before the two are added;
   accuracy = 10-fold accuracy on normalise(image + flip) embeddings ("accuracy-flip"),
              reported as mean and population std over the folds.
-Its TAR@FAR (`calculate_val`) crashes on current scipy; `tar_at_far` computes it robustly
+Its TAR@FAR (`calculate_val`) crashes on current scipy; `verification.ten_fold_tar_at_far` computes it robustly
 (see its docstring for the threshold rule).
 """
 import os
@@ -17,7 +17,7 @@ from ..formats.binfile import load_bin
 from ..data.dataset import normalise
 from ..formats.recordio import decode_image
 from .plots import plot_roc
-from .verification import l2_normalize, pair_distances, tar_at_far, ten_fold_accuracy
+from .verification import l2_normalize, pair_distances, ten_fold_accuracy, ten_fold_tar_at_far
 
 FAR_TARGET = 1e-3
 IMAGE_SIZE = 112
@@ -39,7 +39,7 @@ def verification_report(embeddings, flip_embeddings, issame, nrof_folds=10, far_
     combined = l2_normalize(images + flips)  # [2P, D]
     first, second = combined[0::2], combined[1::2]  # [P, D] each
     roc = ten_fold_accuracy(first, second, issame, nrof_folds)
-    val = tar_at_far(pair_distances(first, second), issame, far_target, nrof_folds)
+    val = ten_fold_tar_at_far(pair_distances(first, second), issame, far_target, nrof_folds)
     return {
         "pairs": int(len(first)),
         "accuracy_flip": roc.accuracy_mean,
