@@ -538,9 +538,11 @@ def _run(args):
             raise
         print(f"facemae {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    print(summary)
-    if args.json:
-        print(json.dumps(result, default=str))
+    # One write: under torchrun every rank shares stdout, and a single short write to a pipe is
+    # never interleaved with another process's.
+    text = summary + "\n" + (json.dumps(result, default=str) + "\n" if args.json else "")
+    sys.stdout.write(text)
+    sys.stdout.flush()
     return 0
 
 
