@@ -23,6 +23,7 @@ from torch import nn
 
 from .core.errors import CheckpointError, FaceMAEError, UsageError
 from .core.files import atomic_path, refuse_existing, refuse_overlap
+from .data.dataset import normalise_batch
 from .models.backbones import KNOWN_NETWORKS, load_backbone
 from .models.mae import FaceMAE, mask_from_ids, mask_noise_for_keys, num_visible, random_masking
 from .models.weights import load_weights_file
@@ -115,9 +116,8 @@ def check_recogniser_onnx(onnx_path, torch_model, num_images=8, seed=0):
     bgr = _test_faces(num_images, seed)  # [num_images] uint8 BGR [112, 112, 3]
     onnx_feat = recogniser.get_feat(bgr)  # [N, D], insightface's own preprocessing
     with torch.no_grad():
-        rgb = np.stack(bgr)[:, :, :, ::-1]  # [N, 112, 112, 3]
-        ours = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))).float() / 255
-        torch_feat = torch_model.eval().cpu()((ours - 0.5) / 0.5).double().numpy()
+        ours = normalise_batch(np.stack(bgr)[:, :, :, ::-1])  # [N, 3, 112, 112] RGB
+        torch_feat = torch_model.eval().cpu()(ours).double().numpy()
     cosine = _row_cosine(onnx_feat, torch_feat)
     if cosine.min() <= MIN_COSINE:
         raise OnnxCheckError(f"{onnx_path}: insightface get_feat and torch disagree (min cosine "

@@ -23,7 +23,9 @@ import logging
 import torch
 from torchvision import transforms
 
+from ..core.errors import ConfigError
 from ..data.dataset import mirror_where
+from .checkout import ArcfaceCheckoutError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def _take_out_flip(dataset):
         return 0.0
     flips = [t for t in transform.transforms if isinstance(t, transforms.RandomHorizontalFlip)]
     if len(flips) > 1:
-        raise ValueError(f"{type(dataset).__name__}.transform has {len(flips)} RandomHorizontalFlips; "
+        raise ArcfaceCheckoutError(f"{type(dataset).__name__}.transform has {len(flips)} RandomHorizontalFlips; "
                          f"the FaceMAE batch stage can move one")
     if flips:
         dataset.transform = transforms.Compose([t for t in transform.transforms if t is not flips[0]])
@@ -73,7 +75,7 @@ def _keyed_subclass(base, flip_p):
 def attach_keys(dataset):
     """Make ``dataset`` yield record keys and flip flags; the class swap touches this object only."""
     if not hasattr(type(dataset), "__getitem__"):
-        raise ValueError(f"FaceMAE batch stage: {type(dataset).__name__} is not a map-style dataset")
+        raise ArcfaceCheckoutError(f"FaceMAE batch stage: {type(dataset).__name__} is not a map-style dataset")
     if getattr(dataset, "imgidx", None) is None:
         log.warning("facemae: %s has no imgidx (record keys); masks are keyed by dataset index, which "
                     "`facemae convert` does not use", type(dataset).__name__)
@@ -105,7 +107,7 @@ def _staged_subclass(base, stage, record):
 def stage_loader(loader, stage, record):
     """Wrap the loader ``get_dataloader`` returned (its dataset must already carry keys)."""
     if not isinstance(loader, torch.utils.data.DataLoader):
-        raise ValueError(f"FaceMAE batch stage needs a torch DataLoader, got {type(loader).__name__} "
+        raise ArcfaceCheckoutError(f"FaceMAE batch stage needs a torch DataLoader, got {type(loader).__name__} "
                          f"(DALI yields no record keys: set config.dali = False)")
     loader.__class__ = _staged_subclass(type(loader), stage, record)
     return loader
@@ -117,7 +119,7 @@ def wrap_get_dataloader(get_dataloader, stage, record, dataset_hook=attach_keys)
     def get_dataloader_with_facemae(root_dir, local_rank, batch_size, dali=False, dali_aug=False,
                                     seed=2048, num_workers=2):
         if dali:
-            raise ValueError("FaceMAE batch stage: DALI yields no record keys; set config.dali = False")
+            raise ConfigError("FaceMAE batch stage: DALI yields no record keys; set config.dali = False")
         loader = get_dataloader(root_dir, local_rank, batch_size, dali, dali_aug, seed, num_workers)
         dataset_hook(loader.dataset)  # before the first iteration starts any worker
         log.info("facemae: batches of %s are reconstructed on the device before the backbone", root_dir)

@@ -22,6 +22,7 @@ import types
 
 import numpy as np
 
+from ..core.errors import UsageError
 from ..formats import recordio as _recordio
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def install(mode=None):
     """
     mode = mode or os.environ.get(MODE_ENV) or "auto"
     if mode not in MODES:
-        raise ValueError(f"{MODE_ENV}={mode!r}: expected one of {', '.join(MODES)}")
+        raise UsageError(f"{MODE_ENV}={mode!r}: expected one of {', '.join(MODES)}")
     loaded = sys.modules.get("mxnet")
     if loaded is not None and (mode == "auto" or is_shim(loaded) == (mode == "shim")):
         return loaded

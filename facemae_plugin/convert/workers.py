@@ -134,11 +134,9 @@ def default_workers():
 
 def privatize_batch(privatizer, rgb, keys):
     """RGB uint8 [B, H, W, 3] -> RGB uint8 [B * k, H, W, 3], record-major."""
-    import torch
+    from ..data.dataset import denormalise, normalise_batch
 
-    from ..data.dataset import denormalise
-
-    images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # data.normalise
+    images = normalise_batch(rgb)  # [B, 3, H, W]
     out = privatizer.variants(images.contiguous(), keys)  # [B, k, 3, H, W]
     return denormalise(out.reshape(-1, *out.shape[2:]))
 

@@ -11,16 +11,14 @@ Its TAR@FAR (`calculate_val`) crashes on current scipy; `verification.ten_fold_t
 import os
 
 import numpy as np
-import torch
 
+from ..core.errors import UsageError
 from ..formats.binfile import load_bin
-from ..data.dataset import normalise
-from ..formats.recordio import decode_image
+from .embed import decode_faces, embed_plain_and_flipped
 from .plots import plot_roc
 from .verification import l2_normalize, pair_distances, ten_fold_accuracy, ten_fold_tar_at_far
 
 FAR_TARGET = 1e-3
-IMAGE_SIZE = 112
 
 
 def verification_report(embeddings, flip_embeddings, issame, nrof_folds=10, far_target=FAR_TARGET):
@@ -55,7 +53,6 @@ def verification_report(embeddings, flip_embeddings, issame, nrof_folds=10, far_
     }
 
 
-@torch.no_grad()
 def embed_images_and_flips(embedder, images, batch_size=64, device="cpu", progress=False, where="bin"):
     """Encoded images -> (embeddings [N, D], flip embeddings [N, D]) float64, un-normalised.
 
@@ -68,23 +65,12 @@ def embed_images_and_flips(embedder, images, batch_size=64, device="cpu", progre
     with tqdm(total=len(images), desc=f"verify {os.path.basename(where)}", unit="img",
               disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
-            batch = _decode_batch(images, start, batch_size, where).to(device)  # [B, 3, 112, 112]
-            plain.append(embedder(batch).float().cpu().double().numpy())
-            flipped.append(embedder(batch.flip(-1)).float().cpu().double().numpy())  # mirror width
+            batch = decode_faces(images, where, start, start + batch_size)  # [B, 3, 112, 112]
+            batch_plain, batch_flipped = embed_plain_and_flipped(embedder, batch, device)
+            plain.append(batch_plain)
+            flipped.append(batch_flipped)
             bar.update(len(batch))
     return np.concatenate(plain), np.concatenate(flipped)
-
-
-def _decode_batch(images, start, batch_size, where):
-    """images[start:start+batch_size] -> normalised RGB [B, 3, 112, 112]; wrong sizes named."""
-    batch = []
-    for index in range(start, min(start + batch_size, len(images))):
-        bgr = decode_image(images[index], iscolor=1, where=f"{where} image {index}")  # [H, W, 3]
-        if bgr.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"{where}: image {index} is {bgr.shape[1]}x{bgr.shape[0]}, "
-                             f"expected an aligned {IMAGE_SIZE}x{IMAGE_SIZE} face")
-        batch.append(normalise(bgr[:, :, ::-1]))  # BGR -> RGB, as arcface_torch's loader sees it
-    return torch.stack(batch)
 
 
 def verify_bin(embedder, bin_path, batch_size=64, device="cpu", roc_dir=None, progress=False,
@@ -104,7 +90,7 @@ def verify_loaded(embedder, bin_path, images, issame, batch_size=64, device="cpu
                   progress=False, nrof_folds=10, far_target=FAR_TARGET):
     """`verify_bin` for a .bin already read with `load_bin` (the CLI reads every file first)."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size}")
+        raise UsageError(f"batch size must be a positive integer, got {batch_size}")
     name = os.path.splitext(os.path.basename(bin_path))[0]
     embeddings, flips = embed_images_and_flips(embedder, images, batch_size, device, progress, bin_path)
     report = {"name": name, "path": bin_path,

@@ -2,30 +2,45 @@
 import numpy as np
 import torch
 
-from ..data.dataset import normalise
-from ..core.errors import CheckpointError, UsageError
+from ..core.errors import CheckpointError, InputError, UsageError
+from ..data.dataset import normalise_batch
 from ..formats.recordio import decode_image
 
 RECOGNISER_INPUT = (112, 112)  # (height, width) of the aligned faces a recogniser takes
 
 
-def decode_bin_images(images, where="bin"):
-    """Encoded images -> normalised tensor ``[N, 3, H, W]`` (BGR bytes decoded to RGB)."""
-    decoded = [decode_image(img, iscolor=1, where=f"{where} image {i}")[:, :, ::-1]
-               for i, img in enumerate(images)]
-    return torch.stack([normalise(img) for img in decoded])
+def decode_faces(images, where="bin", start=0, stop=None):
+    """Encoded images ``[start:stop]`` -> normalised RGB ``[B, 3, 112, 112]``; another size is named.
+
+    The one decode of verification images (BGR bytes to RGB, as arcface_torch's loader sees them).
+    """
+    stop = len(images) if stop is None else min(stop, len(images))
+    batch = []
+    for index in range(start, stop):
+        bgr = decode_image(images[index], iscolor=1, where=f"{where} image {index}")  # [H, W, 3]
+        if bgr.shape[:2] != RECOGNISER_INPUT:
+            raise InputError(f"{where}: image {index} is {bgr.shape[1]}x{bgr.shape[0]}, expected an aligned "
+                             f"{RECOGNISER_INPUT[1]}x{RECOGNISER_INPUT[0]} face")
+        batch.append(bgr[:, :, ::-1])
+    return normalise_batch(np.stack(batch)) if batch else torch.zeros(0, 3, *RECOGNISER_INPUT)
 
 
 @torch.no_grad()
+def embed_plain_and_flipped(model, batch, device="cpu"):
+    """``(model(x), model(flip(x)))`` for a batch ``[B, 3, H, W]``: two ``[B, D]`` float64 numpy arrays."""
+    batch = batch.to(device)
+    return (model(batch).float().cpu().double().numpy(),
+            model(batch.flip(-1)).float().cpu().double().numpy())  # flip mirrors the width
+
+
 def embed_with_flip(model, images, batch_size=64, device="cpu"):
     """``model(x) + model(flip(x))`` for every image: ``[N, D]`` float64 numpy, not normalised."""
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device)  # [B, 3, H, W]
-        embedding = model(batch).float() + model(batch.flip(-1)).float()  # [B, D]
-        out.append(embedding.cpu().double().numpy())
+        plain, flipped = embed_plain_and_flipped(model, images[start:start + batch_size], device)
+        out.append(plain + flipped)
     model.train(was_training)
     return np.concatenate(out)
 

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..core.devices import amp_dtype, autocast, pick_device
+from ..core.errors import ConfigError
 from ..core.files import atomic_file
 
 
@@ -123,7 +124,7 @@ def make_loader(dataset, batch_size, process, seed, num_workers, epoch=0):
     ``batch_size * world_size`` would draw: runs are comparable across scales.
     """
     if len(dataset) < batch_size * process.world_size:
-        raise ValueError(f"dataset has {len(dataset)} images, fewer than one batch of "
+        raise ConfigError(f"dataset has {len(dataset)} images, fewer than one batch of "
                          f"{batch_size} x {process.world_size} process(es)")
     sampler = DistributedSampler(dataset, num_replicas=process.world_size, rank=process.rank,
                                  shuffle=True, seed=seed, drop_last=True)

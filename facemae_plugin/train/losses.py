@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, InputError
 
 IRM_VARIANTS = ("mse", "kl")
 
@@ -95,7 +95,7 @@ class MarginSoftmax(nn.Module):
         if labels.shape != (embeddings.size(0),):
             raise ValueError(f"labels must be [B] = [{embeddings.size(0)}], got {list(labels.shape)}")
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes}), got range "
+            raise InputError(f"labels must lie in [0, {num_classes}) (config.num_classes), got range "
                              f"[{int(labels.min())}, {int(labels.max())}]")
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..formats.binfile import load_bin
 from ..config import ConfigError, require
 from ..data.dataset import FaceRecordDataset, mirror_where
-from ..evaluation.embed import decode_bin_images, embed_with_flip
+from ..evaluation.embed import decode_faces, embed_with_flip
 from ..evaluation.verification import ten_fold_accuracy
 from .losses import MarginSoftmax
 from ..models.backbones import get_backbone
@@ -81,7 +81,7 @@ def load_val_sets(cfg):
     sets = []
     for name in cfg.val_targets:
         images, issame = load_bin(val_target_path(cfg, name))
-        sets.append((os.path.splitext(os.path.basename(name))[0], decode_bin_images(images, name), issame))
+        sets.append((os.path.splitext(os.path.basename(name))[0], decode_faces(images, name), issame))
     return sets
 
 
