@@ -19,7 +19,8 @@ import os
 import shlex
 import sys
 
-from facemae_plugin.protocol.experiment import Experiment, check_variant, load_python_config
+from facemae_plugin.protocol.experiment import Experiment
+from facemae_plugin.protocol.spec import check_variant, load_python_config
 from facemae_plugin.core.files import write_json
 from facemae_plugin.protocol.report import (markdown_table, matched_ratio_table, plot_tradeoff, save_release_samples,
                                             spread_keys)

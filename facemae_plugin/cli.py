@@ -433,7 +433,7 @@ def _add_demo(verbs):
     p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
     p.add_argument("--protocol", default=None, metavar="CONFIG.py",
                    help="a file defining `protocol = dict(...)` overriding the embedded sizes and budgets "
-                        "(see facemae_plugin/protocol/experiment.py PROTOCOL_DEFAULTS)")
+                        "(see facemae_plugin/protocol/spec.py PROTOCOL_DEFAULTS)")
     p.add_argument("--compare-original", action="store_true",
                    help="also train the same recogniser on the original split B (one more ~2 min stage)")
     p.set_defaults(run=_demo)

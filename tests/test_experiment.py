@@ -8,8 +8,8 @@ import pytest
 from facemae_plugin.data import faces as synth
 from facemae_plugin.formats.binfile import load_bin
 from facemae_plugin.protocol.demo import run_demo
-from facemae_plugin.protocol.experiment import (Experiment, ProtocolError, check_variant, merge_protocol, slug,
-                                       variant_inputs)
+from facemae_plugin.protocol.experiment import Experiment
+from facemae_plugin.protocol.spec import ProtocolError, check_variant, merge_protocol, slug, variant_inputs
 from facemae_plugin.models.mae import FaceMAE
 from facemae_plugin.formats.recordio import decode_image
 from facemae_plugin.formats.shard import FaceShard

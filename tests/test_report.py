@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from facemae_plugin.protocol.experiment import merge_protocol
+from facemae_plugin.protocol.spec import merge_protocol
 from facemae_plugin.protocol.report import markdown_table, matched_ratio_table, plot_tradeoff, tradeoff_panels
 from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
 from tests.conftest import load_benchmark_script

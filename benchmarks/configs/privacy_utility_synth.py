@@ -1,7 +1,7 @@
 # The privacy-utility table on the embedded synthetic default (CPU: about 3.5 hours on 2 cores
 # with native bf16, avx512_bf16; over twice that without).
 #   python benchmarks/privacy_utility.py benchmarks/configs/privacy_utility_synth.py
-# `protocol` overrides facemae_plugin/protocol/experiment.py PROTOCOL_DEFAULTS (none here: the demo's protocol,
+# `protocol` overrides facemae_plugin/protocol/spec.py PROTOCOL_DEFAULTS (none here: the demo's protocol,
 # so a finished `facemae demo` work directory is reused). Each variant is one row; `seeds` repeats it.
 protocol = dict()
 

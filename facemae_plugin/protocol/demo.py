@@ -7,7 +7,8 @@ a re-run reuses finished stages (see ``experiment.Experiment``).
 """
 import json
 
-from .experiment import ORIGINAL, Experiment, load_python_config
+from .experiment import Experiment
+from .spec import ORIGINAL, load_python_config
 from ..core.files import write_json
 from .report import markdown_table, save_release_samples, spread_keys
 from .verdicts import aggregate

@@ -11,204 +11,19 @@ Every stage writes its outputs and then ``<stage>.done.json``; a re-run reuses f
 Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives its privatizer
 (masks, noise) and its recogniser's initialisation and batch order.
 """
-import copy
-import json
-import os
-import re
-import sys
-import time
-
-from easydict import EasyDict as edict
-
-from ..config import check_keys, exec_config_file, merge_config
-from ..core.errors import FaceMAEError
-from ..core.files import write_json
+from ..config import merge_config
 from ..data.synthetic import write_holdout_bin, write_identity_shard
-from ..release.methods import METHODS
-
-PROTOCOL_DEFAULTS = {
-    "seed": 0,
-    "data": {"train_identities": 100, "train_images_per_identity": 20, "release_identities": 100,
-             "release_images_per_identity": 15, "holdout_identities": 50, "holdout_images_per_identity": 20,
-             "num_pairs": 1000, "detail": 0.0},
-    # CosFace margins: converge faster than ArcFace's on a few hundred identities.
-    "teacher": {"network": "mbf", "num_epoch": 4, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
-                "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
-    # Batch 32: twice the updates of 64 for the same CPU time, which a short run needs more than
-    # gradient precision.
-    # w_visible: weight of the pixel loss on visible patches (0 is MAE's masked-only loss).
-    "facemae": {"preset": "tiny", "patch_size": 8, "mask_ratio": 0.75, "output": "full", "irm_weight": 1.0,
-                "w_visible": 1.0, "num_epoch": 10, "warmup_epoch": 1, "batch_size": 32, "lr": 1e-3},
-    # Every released variant trains this same recogniser with the same budget.
-    "recogniser": {"network": "mbf", "num_epoch": 3, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
-                   "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
-    "release": {"quality": 95, "batch_size": 64},
-    "device": None,  # None: CUDA when available, else CPU
-    "mixed_precision": True,  # bf16 autocast on CPU, fp16 on CUDA
-    "num_workers": 2,
-}
-
-# Privatizers whose output does not depend on a seed: one release serves every seed of their row.
-DETERMINISTIC_METHODS = ("original", *(name for name, spec in METHODS.items() if not spec.seeded))
-ORIGINAL = {"name": "original", "method": "original"}
-# What a variant of each method may set: its privatizer's parameters (release.methods), less those
-# the protocol fixes (masked uses the FaceMAE recipe's patch size), plus the FaceMAE model to release with.
-PROTOCOL_FIXED = {"masked": ("patch_size",)}
-PROTOCOL_ONLY = {"facemae": ("irm", "pretrain")}
-METHOD_PARAMS = {"original": (), **{
-    name: (*(p for p in spec.params if p not in PROTOCOL_FIXED.get(name, ())), *PROTOCOL_ONLY.get(name, ()))
-    for name, spec in METHODS.items()}}
-VARIANT_KEYS = {"name", "method", *(key for params in METHOD_PARAMS.values() for key in params)}
+from .spec import (DETERMINISTIC_METHODS, METHOD_PARAMS, ORIGINAL, ProtocolError, check_variant, facemae_stage_name,
+                   merge_protocol, slug, variant_inputs)
+from .store import StageStore
 
 
-def slug(name):
-    """A variant name as a file name: ``FaceMAE full 0.75`` -> ``facemae_full_0.75``."""
-    return re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_")
-
-
-class ProtocolError(FaceMAEError):
-    """A protocol or variant that cannot run; the message names the key."""
-
-
-def merge_protocol(given, defaults=PROTOCOL_DEFAULTS, where="protocol"):
-    """``defaults`` updated by ``given``, recursively; an unknown key is an error naming it."""
-    merged = copy.deepcopy(defaults)
-    if given is not None and not isinstance(given, dict):
-        raise ProtocolError(f"{where} must be a dict, got {type(given).__name__} {given!r:.60}")
-    check_keys(given or {}, defaults, where, error=ProtocolError)
-    for key, value in (given or {}).items():
-        if isinstance(defaults[key], dict):
-            if not isinstance(value, dict):
-                raise ProtocolError(f"{where}.{key} must be a dict, got {type(value).__name__}")
-            merged[key] = merge_protocol(value, defaults[key], f"{where}.{key}")
-        else:
-            merged[key] = value
-    return edict(merged)
-
-
-def load_python_config(path, names):
-    """Import a config file and return its module-level ``names`` (missing ones as None)."""
-    if not os.path.isfile(path):
-        raise ProtocolError(f"{path}: config file not found")
-    module = exec_config_file(path, "facemae_protocol_config")
-    return [getattr(module, name, None) for name in names]
-
-
-def check_variant(variant):
-    """The whole variant, checked before any stage runs: its method, its keys and their values."""
-    if not isinstance(variant, dict) or "name" not in variant or "method" not in variant:
-        raise ProtocolError(f"variant {variant!r}: expected a dict with name and method")
-    name, method = variant["name"], variant["method"]
-    if method not in METHOD_PARAMS:
-        raise ProtocolError(f"variant {name}: unknown method {method!r}; expected one of {', '.join(METHOD_PARAMS)}")
-    extra = sorted(set(variant) - {"name", "method", *METHOD_PARAMS[method]})
-    if extra:
-        raise ProtocolError(f"variant {name}: method {method} takes no {', '.join(extra)}; expected some of "
-                            f"{', '.join(METHOD_PARAMS[method]) or 'nothing'}")
-    if method == "facemae":
-        _check_facemae_variant(variant)
-    elif method != "original":
-        from ..release.baselines import make_privatizer
-
-        try:  # a baseline is cheap to build: its constructor checks every value
-            make_privatizer(method, **{key: variant[key] for key in METHOD_PARAMS[method] if key in variant})
-        except FaceMAEError as exc:
-            raise ProtocolError(f"variant {name}: {exc}") from None
-    return variant
-
-
-def _check_facemae_variant(variant):
-    name = variant["name"]
-    if variant.get("irm", True) not in (True, False):
-        raise ProtocolError(f"variant {name}: irm must be True or False")
-    trained = merge_protocol(variant.get("pretrain"), PROTOCOL_DEFAULTS["facemae"], f"variant {name}.pretrain")
-    output = variant.get("output", trained.output)
-    if output not in ("full", "paste"):
-        raise ProtocolError(f"variant {name}: output {output!r}, expected full or paste")
-    ratio = variant.get("mask_ratio", trained.mask_ratio)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise ProtocolError(f"variant {name}: mask_ratio {ratio!r}, expected a number in [0, 1)")
-
-
-def variant_inputs(variant, seed=None):
-    """What decides a variant's stages (everything but its display name), to key them by."""
-    inputs = {key: value for key, value in variant.items() if key != "name"}
-    return json.loads(json.dumps(inputs if seed is None else {**inputs, "seed": seed}))
-
-
-def facemae_stage_name(irm=True, overrides=None):
-    """``facemae``, ``facemae_no_irm`` or ``facemae-<key><value>...`` for a model trained with overrides."""
-    name = "facemae" if irm else "facemae_no_irm"
-    for key, value in sorted((overrides or {}).items()):
-        name += f"-{key}{value}"
-    return name
-
-
-# --------------------------------------------------------------------------- stages
-
-
-class Experiment:
-    """Paths and resumable stages of one protocol in one work directory."""
-
-    def __init__(self, work_dir, protocol=None, progress=True):
-        self.work_dir = os.path.abspath(os.fspath(work_dir))
-        self.protocol = merge_protocol(protocol)
-        self.progress = progress
-        self.reused = set()  # stages already announced as reused, so a re-run prints each once
-        self.used_stages = set()  # every stage this object ran or reused
-        os.makedirs(self.work_dir, exist_ok=True)
-        self._pin_protocol()
-
-    def _pin_protocol(self):
-        """Finished stages are only valid for the protocol that made them: refuse to mix two."""
-        path = self.path("protocol.json")
-        current = json.loads(json.dumps(self.protocol))  # tuples -> lists, as stored
-        if os.path.isfile(path):
-            with open(path) as f:
-                stored = json.load(f)
-            # A key added to the protocol after these stages ran had its default then too.
-            stored = json.loads(json.dumps(merge_protocol(stored)))
-            if stored != current:
-                changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
-                raise ProtocolError(f"{self.work_dir} holds stages of another protocol (differs in "
-                                    f"{', '.join(changed)}); use a new work directory")
-            return
-        write_json(path, current, sort_keys=False, default=str)
-
-    def path(self, *parts):
-        return os.path.join(self.work_dir, *parts)
+class Experiment(StageStore):
+    """The protocol's steps, from data to audited rows, in one work directory (``StageStore``)."""
 
     @property
     def holdout_bin(self):
         return self.path("data", "holdout.bin")
-
-    def run_stage(self, name, build, inputs=None):
-        """Run ``build()`` unless ``<name>.done.json`` exists for the same ``inputs``; returns its
-        (saved) result with seconds. A finished stage made from other inputs (a variant edited
-        without renaming it) runs again; a marker from before inputs were recorded is reused."""
-        marker = self.path("stages", f"{name}.done.json")
-        self.used_stages.add(name)
-        if os.path.isfile(marker):
-            with open(marker) as f:
-                done = json.load(f)
-            if inputs is None or done.get("inputs", inputs) == inputs:
-                if name not in self.reused:
-                    # Stage lines are progress, like the bars: stderr, so stdout keeps only results.
-                    print(f"[{name}] reusing finished stage", file=sys.stderr, flush=True)
-                    self.reused.add(name)
-                return done
-            changed = sorted(k for k in set(done["inputs"]) | set(inputs)
-                             if done["inputs"].get(k) != inputs.get(k))
-            print(f"[{name}] inputs changed ({', '.join(changed)}): running again", file=sys.stderr, flush=True)
-        else:
-            print(f"[{name}] running", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        result = build()
-        result = {**result, "seconds": round(time.perf_counter() - started, 1)}
-        if inputs is not None:
-            result["inputs"] = inputs
-        write_json(marker, result, sort_keys=False, default=str)
-        return result
 
     # --- data -----------------------------------------------------------------------------
 
@@ -434,14 +249,6 @@ class Experiment:
         stages += [(f"audit-{self.audit_name(release, a)}", variant_inputs(variant, None if shared else seed))
                    for a in attackers]
         return all(self.stage_finished(stage, inputs) for stage, inputs in stages)
-
-    def stage_finished(self, name, inputs):
-        """Whether ``run_stage(name, ..., inputs)`` would reuse a finished stage."""
-        marker = self.path("stages", f"{name}.done.json")
-        if not os.path.isfile(marker):
-            return False
-        with open(marker) as f:
-            return json.load(f).get("inputs", inputs) == inputs
 
     @property
     def device(self):
