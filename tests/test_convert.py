@@ -23,7 +23,8 @@ from facemae_plugin.convert.workers import convert_batch, make_executor
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.release.baselines import GaussianBlur, Identity, MaskedOnly, Pixelate
 from facemae_plugin.formats.recordio import IndexedRecordReader, IRHeader, RecordWriter, encode_image, pack, unpack
-from facemae_plugin.release.facemae import ReconstructionStage, variant_key
+from facemae_plugin.core.keyseed import variant_key
+from facemae_plugin.release.facemae import ReconstructionStage
 from facemae_plugin.release.privatizer import Privatizer
 from tests.conftest import smooth_image, write_layout_a
 from tests.mxnet_oracle import mxnet_python, read_json, run_oracle  # noqa: F401  (fixture)

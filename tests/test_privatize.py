@@ -13,7 +13,8 @@ from facemae_plugin.release.baselines import (
     Pixelate,
     make_privatizer,
 )
-from facemae_plugin.release.facemae import ReconstructionStage, variant_key
+from facemae_plugin.core.keyseed import variant_key
+from facemae_plugin.release.facemae import ReconstructionStage
 
 
 def random_images(n, seed=0):

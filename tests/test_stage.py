@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from facemae_plugin.models.mae import CheckpointError, create_facemae
-from facemae_plugin.release.facemae import ReconstructionStage, variant_key
+from facemae_plugin.core.keyseed import variant_key
+from facemae_plugin.release.facemae import ReconstructionStage
 
 SEED = 5
 

@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 
 from ..core.errors import CheckpointError, ConfigError
 from ..core.files import atomic_file
-from ..core.keyseed import num_visible, seed_for_key
+from ..core.keyseed import num_visible, seed_for_key, variant_key
 from .weights import load_weights_file
 
 __all__ = [
@@ -148,6 +148,13 @@ def mask_noise_for_keys(seed: int, keys: Iterable[int], num_patches: int) -> tor
     if not rows:
         return torch.empty(0, num_patches)
     return torch.stack(rows)  # [N, L]
+
+
+def masks_for_keys(seed: int, keys: Iterable[int], num_patches: int, mask_ratio: float, j: int = 0) -> torch.Tensor:
+    """[N, L] masks (1 = masked) of reconstruction j of each record: what convert, the batch stage and
+    the masked baseline all use (``variant_key(key, 0) == key``)."""
+    noise = mask_noise_for_keys(seed, [variant_key(int(key), j) for key in keys], num_patches)  # [N, L]
+    return random_masking(noise, mask_ratio)[2]
 
 
 # --------------------------------------------------------------------------- model

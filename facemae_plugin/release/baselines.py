@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import UsageError
-from ..models.mae import mask_noise_for_keys, num_visible, patchify, random_masking, unpatchify
-from .pixelops import gaussian_draws
-from .facemae import ReconstructionStage, variant_key
+from ..models.mae import masks_for_keys, num_visible, patchify, unpatchify
+from .facemae import ReconstructionStage
 from .methods import METHODS, allowed_params
+from .pixelops import gaussian_draws
 from .privatizer import Privatizer, checked_number
 
 
@@ -160,8 +160,7 @@ class MaskedOnly(Privatizer):
 
     def masks(self, keys, num_patches, j=0):
         """[N, L] FaceMAE masks (1 = masked) for (seed, key, j): the ones reconstruction would use."""
-        noise = mask_noise_for_keys(self.seed, [variant_key(key, j) for key in keys], num_patches)
-        return random_masking(noise, self.mask_ratio)[2]
+        return masks_for_keys(self.seed, keys, num_patches, self.mask_ratio, j)
 
     def _apply(self, images, keys, j):
         patches = patchify(images.float(), self.patch_size)  # [N, L, p*p*3]

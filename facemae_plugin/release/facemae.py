@@ -20,9 +20,8 @@ from ..core.devices import autocast as autocast_context
 from ..core.devices import pick_device
 from ..core.errors import ConfigError
 from ..core.files import sha256_file
-from ..core.keyseed import variant_key
 from ..formats.shard import PROVENANCE_NAME
-from ..models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, random_masking
+from ..models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, masks_for_keys, random_masking
 from .privatizer import Privatizer, as_key_list, variant_keys
 
 
@@ -76,9 +75,7 @@ class ReconstructionStage(Privatizer):
 
     def masks(self, keys, j=0):
         """[N, L] masks (1 = masked) the j-th reconstruction of each record uses, on the CPU."""
-        keys = [variant_key(key, j) for key in as_key_list(keys, len(keys))]
-        noise = mask_noise_for_keys(self.seed, keys, self.num_patches)  # [N, L]
-        return random_masking(noise, self.mask_ratio)[2]
+        return masks_for_keys(self.seed, as_key_list(keys, len(keys)), self.num_patches, self.mask_ratio, j)
 
     def __call__(self, images, keys):
         """[N, 3, H, W] normalised images -> [N, 3, H, W] reconstructions (first of the k)."""
