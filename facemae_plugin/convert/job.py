@@ -6,7 +6,6 @@ Only image payloads change (JPEG, quality 95 by default). A rerun skips the shar
 done; a job holds a lock on its output folder while it runs.
 """
 import contextlib
-import glob
 import os
 import time
 
@@ -17,10 +16,9 @@ from ..formats.recordio import RecordWriter
 from ..formats.shard import PROPERTY_NAME, REC_NAME, FaceShard
 from ..release.methods import METHODS
 from .keys import KEY_SCHEME, MAX_FLOAT32_KEY, KeyPlan, shard_range, tail_records
-from .layout import (PROVENANCE_NAME, SHARDS_DIR, ConversionError, differences, final_exists, is_ours,
-                     read_json_or_none, remove_files, remove_final)
+from .layout import SHARDS_DIR, ConversionError, ShardFolder, final_exists, is_ours, remove_final
 from .merge import merge_locked
-from .workers import convert_range, convert_range_in_workers, make_executor, default_workers
+from .workers import convert_range, convert_range_in_workers, default_workers, make_executor
 
 FORMAT_VERSION = 1
 
@@ -46,9 +44,9 @@ class Conversion:
         # cheap per-image privatizers (pure functions of image, key, seed) run in the decode workers
         # as torch-free pixelops with the same bytes; model stages (FaceMAE) have none and run here
         self.worker_op = privatizer.worker_op()
-        self.shards_dir = os.path.join(self.out_dir, SHARDS_DIR)
         self.idx_sha256 = sha256_file(self.shard.idx_path)
         self.fingerprint = self._fingerprint()
+        self.shards = ShardFolder(os.path.join(self.out_dir, SHARDS_DIR), self.num_shards, self.fingerprint)
 
     def _check_input(self):
         try:
@@ -103,56 +101,17 @@ class Conversion:
         if foreign and not overwrite:
             raise ConversionError(f"{out}: holds other files ({', '.join(foreign[:3])}); expected a new or "
                                   f"empty directory, or pass --overwrite")
-        os.makedirs(self.shards_dir, exist_ok=True)
-        self._clear_other_shards(overwrite)
+        os.makedirs(self.shards.folder, exist_ok=True)
+        self.shards.clear_others(overwrite)
         if overwrite:
             for i in (range(self.num_shards) if own_shards is None else own_shards):
-                self._remove_shard(i)
-
-    def _clear_other_shards(self, overwrite):
-        """Shards of another conversion (other settings, input or shard count) block this one."""
-        for marker_path in sorted(glob.glob(os.path.join(glob.escape(self.shards_dir), "shard-*.done.json"))):
-            marker = read_json_or_none(marker_path)
-            if marker is not None and marker.get("fingerprint") == self.fingerprint:
-                continue
-            if not overwrite:
-                diff = differences(marker.get("fingerprint") if marker else None, self.fingerprint)
-                raise ConversionError(f"{marker_path}: a shard of a different conversion (differs in "
-                                      f"{diff}); pass --overwrite to discard it")
-            stem = marker_path[: -len(".done.json")]
-            remove_files(*(stem + ext + tmp for ext in (".rec", ".idx", ".done.json") for tmp in ("", ".tmp-*")))
-
-    def _files(self, i):
-        stem = os.path.join(self.shards_dir, f"shard-{i}of{self.num_shards}")
-        return stem + ".rec", stem + ".idx", stem + ".done.json"
-
-    def _tail_files(self):
-        stem = os.path.join(self.shards_dir, f"tail-of{self.num_shards}")
-        return stem + ".rec", stem + ".idx"
-
-    def _remove_shard(self, i):
-        rec, idx, marker = self._files(i)
-        remove_files(marker, marker + ".tmp-*", rec, idx, rec + ".tmp-*", idx + ".tmp-*")
-        if i == self.num_shards - 1:
-            for path in (*self._tail_files(), *self._meta_files()):
-                remove_files(path, path + ".tmp-*")
-
-    def _meta_files(self):
-        return (os.path.join(self.shards_dir, PROPERTY_NAME), os.path.join(self.shards_dir, PROVENANCE_NAME))
-
-    def shard_done(self, i):
-        rec, idx, marker_path = self._files(i)
-        marker = read_json_or_none(marker_path)
-        if marker is None or marker.get("fingerprint") != self.fingerprint:
-            return False
-        return all(os.path.isfile(p) and os.path.getsize(p) == marker["bytes"][name]
-                   for p, name in ((rec, "rec"), (idx, "idx")))
+                self.shards.remove(i)
 
     # ---------------------------------------------------------------- running shards
 
     def run_shards(self, indices):
         """Convert each unfinished shard in ``indices``; returns (ran, skipped) index lists."""
-        todo = [i for i in indices if not self.shard_done(i)]
+        todo = [i for i in indices if not self.shards.done(i)]
         skipped = [i for i in indices if i not in todo]
         from tqdm import tqdm
 
@@ -179,8 +138,8 @@ class Conversion:
         return sum(end - start for start, end in map(self.range, indices))
 
     def _run_shard(self, i, executor, bar):
-        self._remove_shard(i)  # leftovers of a killed run: temp files, a marker of an unfinished shard
-        rec, idx, marker = self._files(i)
+        self.shards.remove(i)  # leftovers of a killed run: temp files, a marker of an unfinished shard
+        rec, idx, _ = self.shards.files(i)
         start, end = self.range(i)
         ahead = max(2, 2 * self.workers)
         with RecordWriter(rec, idx) as writer:
@@ -192,19 +151,15 @@ class Conversion:
                                writer, ahead, bar)
         if i == self.num_shards - 1:
             self._write_tail()
-        sizes = {"rec": os.path.getsize(rec), "idx": os.path.getsize(idx)}
-        hashes = {"rec": sha256_file(rec), "idx": sha256_file(idx)}
-        write_bytes(marker, json_text({"fingerprint": self.fingerprint, "shard": i, "images": end - start,
-                                       "records": (end - start) * self.k, "bytes": sizes,
-                                       "sha256": hashes}).encode())
+        self.shards.mark_done(i, images=end - start, records=(end - start) * self.k)
 
     def _write_tail(self):
         """Identity and header records, ``property`` and provenance: everything but the images."""
-        rec, idx = self._tail_files()
+        rec, idx = self.shards.tail_files()
         with RecordWriter(rec, idx) as writer:
             for key, record in tail_records(self.shard, self.k):
                 writer.write_idx(key, record)
-        property_path, provenance_path = self._meta_files()
+        property_path, provenance_path = self.shards.meta_files()
         source_property = os.path.join(self.shard.directory, PROPERTY_NAME)
         if os.path.isfile(source_property):
             with open(source_property, "rb") as f:
