@@ -13,7 +13,7 @@ import sys
 import threading
 
 from . import __version__
-from .core.errors import FaceMAEError, UsageError
+from .core.errors import FaceMAEError, UsageError, interval
 from .release.methods import METHODS
 
 
@@ -35,9 +35,8 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False):
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if not math.isfinite(value) or too_low or too_high:
-            span = (f"{'(' if low_open else '['}{low if low is not None else '-inf'}, "
-                    f"{high if high is not None else 'inf'}{')' if high_open or high is None else ']'}")
-            raise argparse.ArgumentTypeError(f"expected a value in {span}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected a value in {interval(low, high, low_open, high_open)}, "
+                                             f"got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -272,9 +271,11 @@ def _audit(args):
 SHARED_OPTIONS = {
     "common": (("--json", dict(action="store_true", help="print a JSON object on the last line")),
                ("--quiet", dict(action="store_true", help="no progress bars"))),
-    "device": (("--device", dict(type=_device, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")),),
+    "device": (("--device", dict(type=_device, default=None,
+                                 help="cpu, cuda, cuda:1 (default: cuda if available)")),),
     "network": (("--network", dict(default=None, help="backbone of a .pt model: r18, r34, r50, r100, mbf")),),
-    "batch-size": (("--batch-size", dict(type=POSITIVE_INT, default=64, help="images per forward pass (default 64)")),),
+    "batch-size": (("--batch-size", dict(type=POSITIVE_INT, default=64,
+                                         help="images per forward pass (default 64)")),),
     "seed": (("--seed", dict(type=int, default=0, help="seed of the verb's random draws: same inputs and seed, "
                                                      "same bytes (default 0)")),),
     "overwrite": (("--overwrite", dict(action="store_true", help="replace an existing output (never an input)")),),
@@ -294,7 +295,8 @@ def _parents(*names):
 
 
 def _add_synth(verbs):
-    p = verbs.add_parser("synth", parents=_parents("common", "seed", "overwrite"), help="write the synthetic default dataset (shard + held-out .bin)",
+    p = verbs.add_parser("synth", parents=_parents("common", "seed", "overwrite"),
+                         help="write the synthetic default dataset (shard + held-out .bin)",
                          description="Draw face-like images of synthetic identities: OUT_DIR/train.rec, "
                                      "train.idx, property, and holdout.bin of identities not in the shard.")
     p.add_argument("out_dir", metavar="OUT_DIR")
@@ -311,7 +313,8 @@ def _add_synth(verbs):
 
 
 def _add_inspect(verbs):
-    p = verbs.add_parser("inspect", parents=_parents("common"), help="describe a shard directory or a .bin",
+    p = verbs.add_parser("inspect", parents=_parents("common"),
+                         help="describe a shard directory or a .bin",
                          description="Layout, counts, identities, label range, image size and first keys of "
                                      "a shard; pairs and raw-pixel verification accuracy of a .bin.")
     p.add_argument("path", metavar="PATH", help="shard directory, .rec file or .bin file")
@@ -319,7 +322,8 @@ def _add_inspect(verbs):
 
 
 def _add_folder2rec(verbs):
-    p = verbs.add_parser("folder2rec", parents=_parents("common", "overwrite"), help="IMAGE_DIR/<identity>/*.jpg -> layout-A shard",
+    p = verbs.add_parser("folder2rec", parents=_parents("common", "overwrite"),
+                         help="IMAGE_DIR/<identity>/*.jpg -> layout-A shard",
                          description="Pack aligned 112x112 faces, one folder per identity (sorted names "
                                      "become labels 0..N-1), into OUT_DIR/train.rec/.idx/property.")
     p.add_argument("image_dir", metavar="IMAGE_DIR")
@@ -329,7 +333,8 @@ def _add_folder2rec(verbs):
 
 
 def _add_rec2folder(verbs):
-    p = verbs.add_parser("rec2folder", parents=_parents("common", "overwrite"), help="shard -> OUT_DIR/<label>/<key>.jpg",
+    p = verbs.add_parser("rec2folder", parents=_parents("common", "overwrite"),
+                         help="shard -> OUT_DIR/<label>/<key>.jpg",
                          description="Write every image of a shard, bytes unchanged, into label folders.")
     p.add_argument("rec_dir", metavar="REC_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
@@ -337,7 +342,8 @@ def _add_rec2folder(verbs):
 
 
 def _add_pairs2bin(verbs):
-    p = verbs.add_parser("pairs2bin", parents=_parents("common", "overwrite"), help="pairs list -> verification .bin",
+    p = verbs.add_parser("pairs2bin", parents=_parents("common", "overwrite"),
+                         help="pairs list -> verification .bin",
                          description="Lines 'path_a path_b 0|1' (paths relative to the list's folder) "
                                      "become an lfw.bin-style verification set.")
     p.add_argument("pairs", metavar="PAIRS.txt")
@@ -347,7 +353,8 @@ def _add_pairs2bin(verbs):
 
 
 def _add_split(verbs):
-    p = verbs.add_parser("split", parents=_parents("common", "seed", "overwrite"), help="shard -> two shards of disjoint identities",
+    p = verbs.add_parser("split", parents=_parents("common", "seed", "overwrite"),
+                         help="shard -> two shards of disjoint identities",
                          description="Split IN_DIR by identity: a seeded random FRACTION of the identities goes "
                                      "to OUT_A (e.g. FaceMAE and teacher training), the rest to OUT_B (the set "
                                      "to release, identities FaceMAE never saw). Labels are renumbered 0..n-1 "
@@ -355,12 +362,14 @@ def _add_split(verbs):
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_a", metavar="OUT_A")
     p.add_argument("out_b", metavar="OUT_B")
-    p.add_argument("--fraction", type=_number(float, 0.0, 1.0, True, True), default=0.5, help="share of identities in OUT_A (default 0.5)")
+    p.add_argument("--fraction", type=_number(float, 0.0, 1.0, True, True), default=0.5,
+                   help="share of identities in OUT_A (default 0.5)")
     p.set_defaults(run=_split)
 
 
 def _add_pretrain(verbs):
-    p = verbs.add_parser("pretrain", parents=_parents("common", "device"), help="stage 1: train the FaceMAE reconstructor (pixel loss + IRM)",
+    p = verbs.add_parser("pretrain", parents=_parents("common", "device"),
+                         help="stage 1: train the FaceMAE reconstructor (pixel loss + IRM)",
                          description="Train FaceMAE from a recipe with a config.mae block (and config.irm "
                                      "for instance relation matching). Writes facemae.pt, resume.pt and a "
                                      "reconstruction grid PNG per epoch to config.output. Runs under "
@@ -371,7 +380,8 @@ def _add_pretrain(verbs):
 
 
 def _add_train(verbs):
-    p = verbs.add_parser("train", parents=_parents("common", "device"), help="train a recogniser with arcface_torch's config keys",
+    p = verbs.add_parser("train", parents=_parents("common", "device"),
+                         help="train a recogniser with arcface_torch's config keys",
                          description="Margin-softmax recognition training (arcface_torch's recipe) on "
                                      "config.rec; verifies on config.val_targets each epoch and writes "
                                      "model.pt with arcface_torch's state_dict keys. Runs under torchrun.")
@@ -380,7 +390,8 @@ def _add_train(verbs):
 
 
 def _add_verify(verbs):
-    p = verbs.add_parser("verify", parents=_parents("common", "network", "batch-size", "device"), help="10-fold verification accuracy of a recogniser on .bin sets",
+    p = verbs.add_parser("verify", parents=_parents("common", "network", "batch-size", "device"),
+                         help="10-fold verification accuracy of a recogniser on .bin sets",
                          description="arcface_torch's verification test on each .bin: accuracy-flip mean "
                                      "and std, XNorm, TAR@FAR=1e-3 and optionally a ROC curve PNG.")
     p.add_argument("bins", metavar="BIN", nargs="+", help="verification sets (lfw.bin, cfp_fp.bin, ...)")
@@ -390,7 +401,8 @@ def _add_verify(verbs):
 
 
 def _add_export(verbs):
-    p = verbs.add_parser("export", parents=_parents("common", "network", "overwrite"), help="recogniser or FaceMAE reconstructor -> checked ONNX",
+    p = verbs.add_parser("export", parents=_parents("common", "network", "overwrite"),
+                         help="recogniser or FaceMAE reconstructor -> checked ONNX",
                          description="MODEL.pt OUT.onnx --network NAME: InsightFace-ready recogniser "
                                      "(input 'data' [N,3,112,112], normalisation outside the graph). "
                                      "--facemae facemae.pt OUT.onnx: reconstructor taking images and "
@@ -407,7 +419,8 @@ def _add_export(verbs):
 
 
 def _add_audit(verbs):
-    p = verbs.add_parser("audit", parents=_parents("common", "network", "batch-size", "device", "seed"), help="privacy leakage of a released shard, measured by face retrieval",
+    p = verbs.add_parser("audit", parents=_parents("common", "network", "batch-size", "device", "seed"),
+                         help="privacy leakage of a released shard, measured by face retrieval",
                          description="Embed the original and released shards (same keys and labels) with "
                                      "an attacker's recogniser (image + flip); every released image queries "
                                      "all originals. Reports rank-1/5 instance hits (own source record) and "
@@ -424,7 +437,8 @@ def _add_audit(verbs):
 
 
 def _add_demo(verbs):
-    p = verbs.add_parser("demo", parents=_parents("common"), help="the whole pipeline on the embedded synthetic default (CPU, 20-60 min)",
+    p = verbs.add_parser("demo", parents=_parents("common"),
+                         help="the whole pipeline on the embedded synthetic default (CPU, 20-60 min)",
                          description="Synthesise disjoint identity splits, train a teacher and FaceMAE tiny + IRM "
                                      "on split A, release split B through FaceMAE, train a recogniser on the "
                                      "release, verify it on held-out identities and audit the release's leakage. "
@@ -440,7 +454,8 @@ def _add_demo(verbs):
 
 
 def _add_convert(verbs):
-    p = verbs.add_parser("convert", parents=_parents("common", "seed", "batch-size", "device", "overwrite"), help="shard -> privatized shard (FaceMAE or a baseline)",
+    p = verbs.add_parser("convert", parents=_parents("common", "seed", "batch-size", "device", "overwrite"),
+                         help="shard -> privatized shard (FaceMAE or a baseline)",
                          description="Replace every image of IN_DIR by its FaceMAE reconstruction (or a "
                                      "baseline: blur, pixelate, noise, masked); keys, labels, header, identity "
                                      "records and property are kept. Streaming, batched, sharded, resumable: "
@@ -454,9 +469,11 @@ def _add_convert(verbs):
     p.add_argument("--mask-ratio", type=MASK_RATIO, default=0.75, help="facemae/masked (default 0.75)")
     p.add_argument("--output", choices=("full", "paste"), default="full", help="facemae output mode")
     p.add_argument("--k", type=POSITIVE_INT, default=1, help="reconstructions per image (default 1)")
-    p.add_argument("--sigma", type=_number(float, 0.0, low_open=True), default=3.0, help="blur sigma in pixels (default 3)")
+    p.add_argument("--sigma", type=_number(float, 0.0, low_open=True), default=3.0,
+                   help="blur sigma in pixels (default 3)")
     p.add_argument("--block-size", type=POSITIVE_INT, default=8, help="pixelate block in pixels (default 8)")
-    p.add_argument("--noise-std", type=_number(float, 0.0), default=25.0, help="noise std in grey levels (default 25)")
+    p.add_argument("--noise-std", type=_number(float, 0.0), default=25.0,
+                   help="noise std in grey levels (default 25)")
     p.add_argument("--patch-size", type=POSITIVE_INT, default=None,
                    help="masked: patch size (default: the checkpoint's, else 8)")
     p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality (default 95)")
@@ -470,7 +487,8 @@ def _add_convert(verbs):
 
 
 def _add_merge(verbs):
-    p = verbs.add_parser("merge", parents=_parents("common", "overwrite"), help="join converted shards into OUT_DIR/train.rec/.idx",
+    p = verbs.add_parser("merge", parents=_parents("common", "overwrite"),
+                         help="join converted shards into OUT_DIR/train.rec/.idx",
                          description="Copy the framed records of OUT_DIR/shards/shard-IofN.rec into "
                                      "OUT_DIR/train.rec (offsets rewritten, no re-encoding), add the header "
                                      "and identity records, property and facemae_provenance.json.")
@@ -480,7 +498,8 @@ def _add_merge(verbs):
 
 
 def _add_arcface_train(verbs):
-    p = verbs.add_parser("arcface-train", parents=_parents("common"), help="run your arcface_torch checkout's train_v2 with FaceMAE",
+    p = verbs.add_parser("arcface-train", parents=_parents("common"),
+                         help="run your arcface_torch checkout's train_v2 with FaceMAE",
                          description="Import the arcface_torch checkout at --arcface-root (MXNet optional), "
                                      "check the names the plugin hooks, load CONFIG with its own get_config "
                                      "and run train_v2.main. A config.facemae block reconstructs each batch "

@@ -13,7 +13,7 @@ import os
 
 from easydict import EasyDict as edict
 
-from .core.errors import ConfigError
+from .core.errors import ConfigError, interval
 
 # arcface_torch's base.py keys (same meaning, same defaults) and the dataset keys its configs add.
 ARCFACE_DEFAULTS = dict(
@@ -51,25 +51,25 @@ CHOICES = {
 
 
 # What each value may be, where its default does not say (None) or says too little: a type
-# ("int", "number", "str", "bool", "str-list", "margins") and an optional [low, high] range, an end
-# in parentheses being excluded. Keys without an entry take the type of their default.
+# ("int", "number", "str", "bool", "str-list", "margins") and an optional range (low, high[, low_open
+# [, high_open]]), None for an unbounded end. Keys without an entry take the type of their default.
 VALUE_SPECS = {
     (None, "rec"): ("str", None), (None, "output"): ("str", None), (None, "suffix_run_name"): ("str", None),
     (None, "num_classes"): ("int", (1, None)), (None, "num_image"): ("int", (1, None)),
     (None, "batch_size"): ("int", (1, None)), (None, "num_epoch"): ("int", (1, None)),
     (None, "warmup_epoch"): ("number", (0, None)), (None, "num_workers"): ("int", (0, None)),
     (None, "embedding_size"): ("int", (1, None)), (None, "gradient_acc"): ("int", (1, None)),
-    (None, "lr"): ("number", ("(0", None)), (None, "weight_decay"): ("number", (0, None)),
-    (None, "momentum"): ("number", (0, None)), (None, "sample_rate"): ("number", ("(0", 1)),
+    (None, "lr"): ("number", (0, None, True)), (None, "weight_decay"): ("number", (0, None)),
+    (None, "momentum"): ("number", (0, None)), (None, "sample_rate"): ("number", (0, 1, True)),
     (None, "verbose"): ("int", (1, None)), (None, "frequent"): ("int", (1, None)),
     (None, "val_targets"): ("str-list", None), (None, "margin_list"): ("margins", None),
-    ("facemae", "checkpoint"): ("str", None), ("facemae", "mask_ratio"): ("number", (0, "1)")),
+    ("facemae", "checkpoint"): ("str", None), ("facemae", "mask_ratio"): ("number", (0, 1, False, True)),
     ("facemae", "autocast"): ("bool", None),
-    ("mae", "patch_size"): ("int", (1, None)), ("mae", "mask_ratio"): ("number", (0, "1)")),
+    ("mae", "patch_size"): ("int", (1, None)), ("mae", "mask_ratio"): ("number", (0, 1, False, True)),
     ("mae", "w_mse"): ("number", (0, None)), ("mae", "w_visible"): ("number", (0, None)),
-    ("mae", "clip_grad"): ("number", ("(0", None)), ("mae", "grid_images"): ("int", (0, None)),
+    ("mae", "clip_grad"): ("number", (0, None, True)), ("mae", "grid_images"): ("int", (0, None)),
     ("irm", "weight"): ("number", (0, None)), ("irm", "teacher"): ("str", None),
-    ("irm", "temperature"): ("number", ("(0", None)),
+    ("irm", "temperature"): ("number", (0, None, True)),
 }
 _TYPE_OF_DEFAULT = {bool: "bool", int: "int", float: "number", str: "str"}
 
@@ -91,19 +91,17 @@ def _type_ok(kind, value):
     return True
 
 
+def _bounds(bounds):
+    """``(low, high[, low_open[, high_open]])`` -> all four."""
+    low, high, low_open, high_open = (*bounds, False, False)[:4]
+    return low, high, low_open, high_open
+
+
 def _in_range(value, bounds):
-    low, high = bounds
-    if low is not None:
-        open_low = isinstance(low, str)
-        low = float(low.strip("(")) if open_low else low
-        if value < low or (open_low and value == low):
-            return False
-    if high is not None:
-        open_high = isinstance(high, str)
-        high = float(high.strip(")")) if open_high else high
-        if value > high or (open_high and value == high):
-            return False
-    return True
+    low, high, low_open, high_open = _bounds(bounds)
+    if low is not None and (value < low or (low_open and value == low)):
+        return False
+    return high is None or not (value > high or (high_open and value == high))
 
 
 def _check_value(block, key, value, default, path):
@@ -117,10 +115,7 @@ def _check_value(block, key, value, default, path):
     if not _type_ok(kind, value):
         raise ConfigError(f"{path}: {name}={value!r} ({type(value).__name__}), expected {expected}")
     if bounds is not None and not _in_range(value, bounds):
-        low, high = bounds
-        span = f"{'(' if isinstance(low, str) else '['}{str(low).strip('(')}, " \
-               f"{'inf' if high is None else str(high).strip(')')}{')' if high is None or isinstance(high, str) else ']'}"
-        raise ConfigError(f"{path}: {name}={value!r}, expected a value in {span}")
+        raise ConfigError(f"{path}: {name}={value!r}, expected a value in {interval(*_bounds(bounds))}")
 
 
 def _check_values(cfg, given, path):

@@ -11,6 +11,13 @@ class FaceMAEError(ValueError):
     """Bad input, named: the message says which file, key or option, and what was expected."""
 
 
+def interval(low=None, high=None, low_open=False, high_open=False):
+    """``[low, high)``-style text for the range an error message expects (a missing end is infinite)."""
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    return f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+
+
 class InputError(FaceMAEError):
     """An input file or value the plugin cannot use."""
 

@@ -10,7 +10,7 @@ import numbers
 
 import torch
 
-from ..core.errors import UsageError
+from ..core.errors import UsageError, interval
 from ..core.keyseed import variant_key
 
 
@@ -38,8 +38,8 @@ def checked_number(value, what, integer=False, low=None, low_open=False, high=No
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
-        raise UsageError(f"{what} must be {'an integer' if integer else 'a number'} in {span}, got {value!r}")
+        raise UsageError(f"{what} must be {'an integer' if integer else 'a number'} in "
+                         f"{interval(low, high, low_open, high_open)}, got {value!r}")
     return int(value) if integer else float(value)
 
 
