@@ -9,8 +9,8 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from ..formats.binfile import write_bin
 from ..core.files import refuse_existing
+from ..formats.binfile import write_bin
 from ..formats.recordio import encode_image
 from ..formats.shard import FaceShardWriter, refuse_shard_output
 from .faces import SynthInputError, check_detail, identity_images

@@ -15,9 +15,9 @@ import os
 import numpy as np
 import torch
 
-from ..data.dataset import normalise
 from ..core.errors import FaceMAEError
 from ..core.files import sha256_file, write_json
+from ..data.dataset import normalise
 from ..formats.shard import PROVENANCE_NAME, FaceShard
 from .embed import embed_with_flip
 from .plots import new_figure, save_figure

@@ -4,9 +4,9 @@ import os
 import numpy as np
 
 from ..formats.binfile import load_bin
-from .verification import raw_pixel_accuracy
 from ..formats.recordio import decode_image
 from ..formats.shard import FaceShard
+from .verification import raw_pixel_accuracy
 
 FIRST_KEYS_SHOWN = 5
 RAW_PIXEL_FOLDS = 10  # the raw-pixel baseline is a 10-fold accuracy: it needs 10 pairs

@@ -14,9 +14,9 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
-from .binfile import write_bin
 from ..core.errors import InputError
 from ..core.files import refuse_existing, refuse_overlap, replace_dir, temp_name, write_bytes
+from .binfile import write_bin
 from .recordio import RecordIOError, decode_image, encode_image
 from .shard import DEFAULT_IMAGE_SIZE, FaceShard, FaceShardWriter, refuse_shard_output
 

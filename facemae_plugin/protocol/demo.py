@@ -7,10 +7,10 @@ a re-run reuses finished stages (see ``experiment.Experiment``).
 """
 import json
 
-from .experiment import Experiment
-from .spec import ORIGINAL, load_python_config
 from ..core.files import write_json
+from .experiment import Experiment
 from .report import markdown_table, save_release_samples, spread_keys
+from .spec import ORIGINAL, load_python_config
 from .verdicts import aggregate
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's stages.

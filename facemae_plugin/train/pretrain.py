@@ -18,15 +18,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import require
-from ..data.dataset import FaceRecordDataset
 from ..core.errors import CheckpointError, ConfigError
-from .losses import IRMLoss, masked_mse
+from ..data.dataset import FaceRecordDataset
+from ..evaluation.visualise import save_reconstruction_grid
 from ..models.backbones import load_backbone
 from ..models.mae import create_facemae, mask_noise_for_keys
 from ..models.weights import load_weights_file
-from ..evaluation.visualise import save_reconstruction_grid
 from .common import (OptimizerStep, atomic_save, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
+from .losses import IRMLoss, masked_mse
 
 CHECKPOINT_NAME = "facemae.pt"
 RESUME_NAME = "resume.pt"

@@ -21,17 +21,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..formats.binfile import load_bin
 from ..config import ConfigError, require
 from ..data.dataset import FaceRecordDataset, mirror_where
 from ..evaluation.embed import decode_faces, embed_with_flip
 from ..evaluation.verification import ten_fold_accuracy
-from .losses import MarginSoftmax
-from ..models.backbones import get_backbone
+from ..formats.binfile import load_bin
 from ..formats.shard import FaceShard
+from ..models.backbones import get_backbone
 from ..release.facemae import ReconstructionStage, check_offline_release
 from .common import (OptimizerStep, atomic_save, make_loader, polynomial_warmup_lr, reduce_mean,
                      seed_everything, set_lr, setup_process, teardown_process, unwrap)
+from .losses import MarginSoftmax
 
 GRAD_CLIP_NORM = 5.0  # arcface_torch clips the backbone's gradient norm at 5
 
