@@ -1,11 +1,13 @@
-"""Shared fixtures: small face shards the tests make themselves."""
+"""Shared fixtures: small face shards the tests make themselves, and a hostile pickle."""
 import importlib.util
 import os
+import pickle
 
 import cv2
 import numpy as np
 import pytest
 
+from facemae_plugin.formats.recordio import IRHeader, RecordWriter, encode_image, pack
 from facemae_plugin.formats.shard import FaceShardWriter
 
 
@@ -40,3 +42,26 @@ def load_benchmark_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def write_layout_b(path, labels, first_key=0, seed=1):
+    """An im2rec-style layout-B shard (every key an image) with the given float labels."""
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with RecordWriter(os.path.join(path, "train.rec"), os.path.join(path, "train.idx")) as w:
+        for i, label in enumerate(labels):
+            w.write_idx(first_key + i, pack(IRHeader(0, float(label), i, 0), encode_image(smooth_image(rng))))
+
+
+class Hostile:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def hostile_pickle(marker):
+    return pickle.dumps(Hostile(marker), protocol=2)

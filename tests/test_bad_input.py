@@ -21,8 +21,8 @@ import torch
 from facemae_plugin.core.files import OutputLock, write_json
 from facemae_plugin.formats.recordio import IRHeader, RecordWriter, pack, read_index
 from facemae_plugin.formats.shard import FaceShard
-from tests.conftest import write_layout_a
-from tests.workspace import build_workspace, hostile_pickle, snapshot, write_layout_b
+from tests.conftest import hostile_pickle, write_layout_a, write_layout_b
+from tests.workspace import build_workspace, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

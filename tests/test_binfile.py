@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facemae_plugin.formats.binfile import BinFormatError, load_bin, write_bin
+from tests.conftest import Hostile
 
 
 def test_write_then_plain_pickle_reads_the_arcface_layout(tmp_path):
@@ -38,19 +39,11 @@ def test_numpy_image_buffers_and_labels(tmp_path):
     assert images == [b"abcd", b"efgh"] and issame.tolist() == [False]
 
 
-class _RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_hostile_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "hostile.bin"
     with open(path, "wb") as f:
-        pickle.dump(([_RunsACommand(marker)], []), f)
+        pickle.dump(([Hostile(marker)], []), f)
     with pytest.raises(BinFormatError, match=r"hostile.bin: refused to load (posix|os)\.system"):
         load_bin(path)
     assert not marker.exists()

@@ -9,7 +9,7 @@ import torch
 from facemae_plugin.data.dataset import FaceRecordDataset, denormalise, normalise
 from facemae_plugin.formats.recordio import IRHeader, RecordIOError, RecordWriter, encode_image, pack
 from facemae_plugin.formats.shard import FaceShard
-from tests.conftest import smooth_image
+from tests.conftest import smooth_image, write_layout_b
 
 
 def decode_reference(payload):
@@ -41,13 +41,6 @@ def test_layout_a_images_are_jpeg_quality_95(layout_a_shard):
         _, payload = shard.read(key)
         ok, expected = cv2.imencode(".jpg", original, [cv2.IMWRITE_JPEG_QUALITY, 95])
         assert payload == expected.tobytes()
-
-
-def write_layout_b(path, labels, first_key=0, seed=1):
-    rng = np.random.default_rng(seed)
-    with RecordWriter(path / "train.rec", path / "train.idx") as w:
-        for i, label in enumerate(labels):
-            w.write_idx(first_key + i, pack(IRHeader(0, float(label), i, 0), encode_image(smooth_image(rng))))
 
 
 def test_layout_b_uses_every_key_in_index_order(tmp_path):

@@ -8,7 +8,7 @@ from facemae_plugin.formats.split import SplitError, split_by_identity
 
 from tests.conftest import write_layout_a
 from tests.test_cli import facemae, last_json
-from tests.test_shard import write_layout_b
+from tests.conftest import write_layout_b
 
 
 def payloads_by_label(path):

@@ -26,6 +26,7 @@ from facemae_plugin.evaluation.bin_report import verification_report, verify_bin
 from facemae_plugin.export import export_recogniser
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.data.synthetic import make_synthetic_dataset
+from tests.conftest import Hostile
 
 ROC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -219,14 +220,6 @@ def test_verify_bin_refuses_wrong_image_size(tmp_path):
 def facemae(*args):
     return subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
-
-
-class Hostile:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_hostile_bin_is_refused_and_never_runs(tmp_path):

@@ -8,10 +8,8 @@
 """
 import hashlib
 import os
-import pickle
 
 import cv2
-import numpy as np
 import torch
 
 from facemae_plugin.formats.binfile import write_bin
@@ -19,8 +17,8 @@ from facemae_plugin.convert import convert
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.release.baselines import make_privatizer
-from facemae_plugin.formats.recordio import IRHeader, RecordWriter, encode_image, pack
-from tests.conftest import smooth_image, write_layout_a
+from facemae_plugin.formats.recordio import encode_image
+from tests.conftest import write_layout_a
 
 IDENTITY_SIZES = [3, 3, 3, 3]
 
@@ -44,29 +42,6 @@ def build_workspace(root):
     convert(os.path.join(root, "ds"), os.path.join(root, "released"), make_privatizer("blur", sigma=3.0),
             workers=0, progress=False)
     return root
-
-
-def write_layout_b(out_dir, labels, seed=0):
-    """A layout-B shard (im2rec: every key an image) with the given float labels, keys 0..n-1."""
-    os.makedirs(out_dir, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    with RecordWriter(os.path.join(out_dir, "train.rec"), os.path.join(out_dir, "train.idx")) as writer:
-        for key, label in enumerate(labels):
-            writer.write_idx(key, pack(IRHeader(0, float(label), key, 0), encode_image(smooth_image(rng), 95)))
-
-
-class Hostile:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def hostile_pickle(marker):
-    return pickle.dumps(Hostile(marker), protocol=2)
 
 
 def snapshot(root):
