@@ -80,19 +80,21 @@ class Conversion:
 
     # ---------------------------------------------------------------- output directory
 
-    def lock(self):
-        """Hold ``OUT_DIR`` against other conversions and merges (created if needed, never over the input)."""
+    def _make_output_folder(self):
+        """Create ``OUT_DIR``, never where it is or holds the input."""
         refuse_overlap(self.out_dir, [self.shard.directory, self.shard.rec_path, self.shard.idx_path],
                        output_is_dir=True)
         os.makedirs(self.out_dir, exist_ok=True)
+
+    def lock(self):
+        """Hold ``OUT_DIR`` against other conversions and merges (created if needed, never over the input)."""
+        self._make_output_folder()
         return OutputLock(self.out_dir)
 
     def prepare(self, overwrite=False, own_shards=None):
         """Refuse or clear existing output; ``own_shards`` are the shards ``overwrite`` may discard."""
         out = self.out_dir
-        shard = self.shard
-        refuse_overlap(out, [shard.directory, shard.rec_path, shard.idx_path], output_is_dir=True)
-        os.makedirs(out, exist_ok=True)
+        self._make_output_folder()
         if final_exists(out) and not overwrite:
             raise ConversionError(f"{out}: already holds a converted dataset ({REC_NAME}); "
                                   f"pass --overwrite to replace it")
