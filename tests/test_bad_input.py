@@ -22,7 +22,7 @@ from facemae_plugin.core.files import OutputLock, write_json
 from facemae_plugin.formats.recordio import IRHeader, RecordWriter, pack, read_index
 from facemae_plugin.formats.shard import FaceShard
 from tests.conftest import hostile_pickle, write_layout_a, write_layout_b
-from tests.workspace import build_workspace, snapshot
+from tests.workspace import IDENTITY_SIZES, build_workspace, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,6 +208,8 @@ ROWS = [
     # 4. outputs replaced without --overwrite, inputs destroyed
     Row("folder2rec-over-a-shard", ("folder2rec", "faces", "ds"), r"ds/train.rec: a shard file exists; pass --overwrite"),
     Row("folder2rec-into-its-input", ("folder2rec", "faces", "faces", "--overwrite"), r"faces: is \(or overlaps\)"),
+    Row("folder2rec-inside-its-input", ("folder2rec", "faces", "faces/ds"),
+        r"faces/ds: lies inside the input folder faces, which is read whole"),
     Row("synth-over-a-shard", ("synth", "ds", "--identities", 2, "--images-per-identity", 2,
                                "--holdout-identities", 2, "--pairs", 2), r"ds/train.rec: a shard file exists"),
     Row("pairs2bin-onto-its-image", ("pairs2bin", "pairs.txt", "faces/a/0.jpg", "--overwrite"),
@@ -360,6 +362,22 @@ def test_rec2folder_overwrite_replaces_a_planted_link_not_its_target(ws):
     assert not os.path.islink(ws / "out" / "0" / "1.jpg")
     with FaceShard(ws / "ds") as shard:
         assert (ws / "out" / "0" / "1.jpg").read_bytes() == shard.read(1)[1]
+
+
+def test_outputs_inside_an_input_folder_are_written_and_the_input_kept(ws):
+    """Only the named files of a shard folder are read, so a release may live beside them."""
+    before = snapshot(ws / "ds")
+    for argv in [("convert", "ds", "ds/released", "--method", "blur", "--workers", 0),
+                 ("split", "ds", "ds/a", "ds/b", "--fraction", 0.5),
+                 ("rec2folder", "ds", "ds/images")]:
+        result = facemae(ws, *argv)
+        assert result.returncode == 0, f"{argv}: {result.stderr}"
+    assert {path: digest for path, digest in snapshot(ws / "ds").items() if "/" not in path} == before
+    with FaceShard(ws / "ds") as source, FaceShard(ws / "ds" / "released") as released:
+        assert len(released) == len(source)
+        with FaceShard(ws / "ds" / "a") as a, FaceShard(ws / "ds" / "b") as b:
+            assert len(a) + len(b) == len(source)
+    assert sorted(os.listdir(ws / "ds" / "images")) == sorted(str(label) for label in range(len(IDENTITY_SIZES)))
 
 
 def test_rec2folder_bad_record_leaves_no_output_folder(ws):

@@ -102,17 +102,23 @@ def _inside(path, folder):
     return os.path.commonpath([path, folder]) == folder
 
 
-def refuse_overlap(output, inputs, output_is_dir=False):
-    """Refuse an output that is one of ``inputs``, holds one (a folder output) or lies in one that is a folder.
+def refuse_overlap(output, inputs, output_is_dir=False, walked=()):
+    """Refuse an output that is one of ``inputs`` or ``walked``, or holds one (a folder output).
 
-    Paths are compared after resolving links, so ``DS/train.rec`` as the input and ``DS`` as the
-    output, or a link to the input, are caught.
+    An output may lie inside an input folder (``convert DS DS/released``), since only the files
+    named in it are read; not inside a ``walked`` folder, which is read whole, so the output
+    would become input. Paths are compared after resolving links, so ``DS/train.rec`` as the
+    input and ``DS`` as the output, or a link to the input, are caught.
     """
     out = _real(output)
-    for given in inputs:
+    for given in [*inputs, *walked]:
         real = _real(given)
-        if out == real or (output_is_dir and _inside(real, out)) or (os.path.isdir(real) and _inside(out, real)):
+        if out == real or (output_is_dir and _inside(real, out)):
             raise OutputError(f"{output}: is (or overlaps) the input {given}; choose another output")
+    for given in walked:
+        if _inside(out, _real(given)):
+            raise OutputError(f"{output}: lies inside the input folder {given}, which is read whole; "
+                              "choose another output")
 
 
 def replace_dir(tmp_dir, final_dir):

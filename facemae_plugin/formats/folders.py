@@ -60,7 +60,7 @@ def folder_to_rec(image_dir, out_dir, image_size=DEFAULT_IMAGE_SIZE, quality=95,
                   overwrite=False):
     """Write a layout-A shard; returns ``{"identities", "images", "names"}``."""
     identities = list_identity_folders(image_dir)
-    refuse_shard_output(out_dir, overwrite, inputs=[image_dir])
+    refuse_shard_output(out_dir, overwrite, walked=[image_dir])
     total = sum(len(files) for _, files in identities)
     bar = tqdm(total=total, desc="folder2rec", unit="img", disable=not progress)
     with FaceShardWriter(out_dir, image_size=image_size, quality=quality) as writer:

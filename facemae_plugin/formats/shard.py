@@ -273,9 +273,9 @@ def write_property(directory, num_classes, image_size=DEFAULT_IMAGE_SIZE):
     write_bytes(os.path.join(directory, PROPERTY_NAME), f"{num_classes},{image_size[0]},{image_size[1]}\n".encode())
 
 
-def refuse_shard_output(out_dir, overwrite, inputs=()):
-    """Before writing a shard into ``out_dir``: not over one of ``inputs``, not over a shard unless ``overwrite``."""
-    refuse_overlap(out_dir, inputs, output_is_dir=True)
+def refuse_shard_output(out_dir, overwrite, inputs=(), walked=()):
+    """Before writing a shard into ``out_dir``: not over an input (see ``refuse_overlap``), not over a shard unless ``overwrite``."""
+    refuse_overlap(out_dir, inputs, output_is_dir=True, walked=walked)
     refuse_link(out_dir)
     for name in (REC_NAME, IDX_NAME, PROPERTY_NAME):
         refuse_existing(os.path.join(os.fspath(out_dir), name), overwrite, what="a shard file")
