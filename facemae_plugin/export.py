@@ -25,7 +25,9 @@ from .core.errors import CheckpointError, FaceMAEError, UsageError
 from .core.files import atomic_path, refuse_existing, refuse_overlap
 from .data.dataset import normalise_batch
 from .models.backbones import KNOWN_NETWORKS, load_backbone
-from .models.mae import FaceMAE, mask_from_ids, mask_noise_for_keys, num_visible, random_masking
+from .core.keyseed import num_visible
+from .models.mae import FaceMAE
+from .models.masking import mask_from_ids, mask_noise_for_keys, random_masking
 from .models.weights import load_weights_file
 
 OPSET = 17

@@ -16,7 +16,8 @@ from facemae_plugin import cli
 from facemae_plugin.export import (OnnxCheckError, check_recogniser_onnx, export_reconstructor,
                                    export_recogniser, mask_ids_for_keys)
 from facemae_plugin.models.backbones import get_backbone
-from facemae_plugin.models.mae import create_facemae, patchify
+from facemae_plugin.models.mae import create_facemae
+from facemae_plugin.models.masking import patchify
 
 
 def tiny_facemae(seed=0):

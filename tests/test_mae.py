@@ -7,19 +7,10 @@ import pytest
 import torch
 
 from facemae_plugin.train.losses import masked_mse
-from facemae_plugin.models.mae import (
-    CheckpointError,
-    FaceMAE,
-    create_facemae,
-    mask_from_ids,
-    mask_noise_for_keys,
-    num_visible,
-    patchify,
-    random_masking,
-    seed_for_key,
-    sincos_pos_embed_2d,
-    unpatchify,
-)
+from facemae_plugin.core.errors import CheckpointError
+from facemae_plugin.core.keyseed import num_visible, seed_for_key
+from facemae_plugin.models.mae import FaceMAE, create_facemae, sincos_pos_embed_2d
+from facemae_plugin.models.masking import mask_from_ids, mask_noise_for_keys, patchify, random_masking, unpatchify
 
 torch.set_num_threads(2)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from facemae_plugin.models.mae import CheckpointError, create_facemae
+from facemae_plugin.core.errors import CheckpointError
+from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.core.keyseed import variant_key
 from facemae_plugin.release.facemae import ReconstructionStage
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import UsageError
-from ..models.mae import masks_for_keys, num_visible, patchify, unpatchify
+from ..core.keyseed import num_visible
+from ..models.masking import masks_for_keys, patchify, unpatchify
 from .facemae import ReconstructionStage
 from .methods import METHODS, allowed_params
 from .pixelops import gaussian_draws

@@ -21,7 +21,8 @@ from ..core.devices import pick_device
 from ..core.errors import ConfigError
 from ..core.files import sha256_file
 from ..formats.shard import PROVENANCE_NAME
-from ..models.mae import FaceMAE, OUTPUT_MODES, mask_noise_for_keys, masks_for_keys, random_masking
+from ..models.mae import FaceMAE, OUTPUT_MODES
+from ..models.masking import mask_noise_for_keys, masks_for_keys, random_masking
 from .privatizer import Privatizer, as_key_list, variant_keys
 
 

@@ -22,7 +22,8 @@ from ..core.errors import CheckpointError, ConfigError
 from ..data.dataset import FaceRecordDataset
 from ..evaluation.visualise import save_reconstruction_grid
 from ..models.backbones import load_backbone
-from ..models.mae import create_facemae, mask_noise_for_keys
+from ..models.mae import create_facemae
+from ..models.masking import mask_noise_for_keys
 from ..models.weights import load_weights_file
 from .common import (OptimizerStep, atomic_save, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
