@@ -5,7 +5,7 @@
 For each variant (original, FaceMAE full/paste/no-IRM, masked-only, blur, pixelate, noise) and
 seed: release split B, train the protocol's recogniser on it, verify on held-out identities and
 audit the release's leakage with the teacher. Rows run seed-major (every variant's first seed
-before any repeat), results are rewritten after every row, and finished stages are reused, so an
+before any repeat), results are rewritten after every row, and finished steps are reused, so an
 interrupted run resumes where it stopped. Writes results.md, results.json, tradeoff.png and
 samples.png to --out (default WORK_DIR/results) and prints a JSON line.
 
@@ -40,11 +40,11 @@ def parse_args(argv=None):
     parser.add_argument("config", help="a file defining `variants = [dict(name, method, ..., seeds)]` and "
                                        "optionally `protocol = dict(...)`")
     parser.add_argument("--work-dir", default=os.path.join("work_dirs", "demo"),
-                        help="stages live here; the default shares the finished stages of `facemae demo`")
+                        help="steps live here; the default shares the finished steps of `facemae demo`")
     parser.add_argument("--out", default=None, help="results directory (default WORK_DIR/results)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant names")
     parser.add_argument("--finished-only", action="store_true",
-                        help="report only rows whose stages are all finished; train nothing")
+                        help="report only rows whose steps are all finished; train nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 

@@ -11,7 +11,7 @@ split B as it is and on each baseline's release, verifies on the held-out identi
 the originals' error ratio: under 0.5 means headroom. No teacher, FaceMAE or audit is needed.
 
 Each (detail, epochs) cell is a protocol work directory WORK_DIR/d<detail>-e<epochs>; finished
-stages are reused, so an interrupted run resumes. Prints a Markdown table and a JSON line.
+steps are reused, so an interrupted run resumes. Prints a Markdown table and a JSON line.
 """
 import argparse
 import json

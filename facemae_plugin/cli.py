@@ -369,7 +369,7 @@ def _add_split(verbs):
 
 def _add_pretrain(verbs):
     p = verbs.add_parser("pretrain", parents=_parents("common", "device"),
-                         help="stage 1: train the FaceMAE reconstructor (pixel loss + IRM)",
+                         help="pretraining: train the FaceMAE reconstructor (pixel loss + IRM)",
                          description="Train FaceMAE from a recipe with a config.mae block (and config.irm "
                                      "for instance relation matching). Writes facemae.pt, resume.pt and a "
                                      "reconstruction grid PNG per epoch to config.output. Runs under "
@@ -443,13 +443,13 @@ def _add_demo(verbs):
                                      "on split A, release split B through FaceMAE, train a recogniser on the "
                                      "release, verify it on held-out identities and audit the release's leakage. "
                                      "Everything lands in WORK_DIR (report.json, samples.png, ROC, audit plots); "
-                                     "finished stages are reused when run again.")
+                                     "finished steps are reused when run again.")
     p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
     p.add_argument("--protocol", default=None, metavar="CONFIG.py",
                    help="a file defining `protocol = dict(...)` overriding the embedded sizes and budgets "
                         "(see facemae_plugin/protocol/spec.py PROTOCOL_DEFAULTS)")
     p.add_argument("--compare-original", action="store_true",
-                   help="also train the same recogniser on the original split B (one more ~2 min stage)")
+                   help="also train the same recogniser on the original split B (one more ~2 min step)")
     p.set_defaults(run=_demo)
 
 

@@ -1,4 +1,4 @@
-# Stage 1 on the synthetic identities: FaceMAE tiny + IRM against the mbf teacher (CPU).
+# Pretraining on the synthetic identities: FaceMAE tiny + IRM against the mbf teacher (CPU).
 #   facemae pretrain recipes/synth_facemae_tiny.py
 from easydict import EasyDict as edict
 

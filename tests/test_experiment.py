@@ -1,4 +1,4 @@
-"""The protocol behind `facemae demo` and the privacy-utility benchmark: splits, resumable stages, report."""
+"""The protocol behind `facemae demo` and the privacy-utility benchmark: splits, resumable steps, report."""
 import json
 import os
 
@@ -55,7 +55,7 @@ def test_pretrain_overrides_train_their_own_model_with_their_settings(tmp_path):
     plain = experiment.facemae(irm=False)
     swept = experiment.facemae(irm=False, overrides={"w_visible": 0.0})
     assert os.path.dirname(plain["checkpoint"]) != os.path.dirname(swept["checkpoint"])
-    assert os.path.isfile(tmp_path / "stages" / "facemae_no_irm-w_visible0.0.done.json")
+    assert os.path.isfile(tmp_path / "steps" / "facemae_no_irm-w_visible0.0.done.json")
     assert FaceMAE.from_checkpoint(plain["checkpoint"]).extra_config["w_visible"] == 1.0
     assert FaceMAE.from_checkpoint(swept["checkpoint"]).extra_config["w_visible"] == 0.0
 
@@ -93,7 +93,7 @@ def test_every_variant_value_is_checked_before_anything_runs(variant, message):
         check_variant(variant)
 
 
-def test_a_finished_stage_made_from_other_inputs_runs_again(tmp_path):
+def test_a_finished_step_made_from_other_inputs_runs_again(tmp_path):
     experiment = Experiment(tmp_path, TOY, progress=False)
     calls = []
 
@@ -101,10 +101,19 @@ def test_a_finished_stage_made_from_other_inputs_runs_again(tmp_path):
         calls.append(1)
         return {"n": len(calls)}
 
-    assert experiment.run_stage("x", build, {"sigma": 3})["n"] == 1
-    assert experiment.run_stage("x", build, {"sigma": 3})["n"] == 1  # reused
-    assert experiment.run_stage("x", build, {"sigma": 6})["n"] == 2  # edited without renaming: redone
-    assert json.loads((tmp_path / "stages" / "x.done.json").read_text())["inputs"] == {"sigma": 6}
+    assert experiment.run_step("x", build, {"sigma": 3})["n"] == 1
+    assert experiment.run_step("x", build, {"sigma": 3})["n"] == 1  # reused
+    assert experiment.run_step("x", build, {"sigma": 6})["n"] == 2  # edited without renaming: redone
+    assert json.loads((tmp_path / "steps" / "x.done.json").read_text())["inputs"] == {"sigma": 6}
+
+
+def test_an_older_work_directory_keeps_its_finished_steps(tmp_path):
+    Experiment(tmp_path, TOY, progress=False)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "x.done.json").write_text(json.dumps({"n": 1, "inputs": {"sigma": 3}}))
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    assert experiment.run_step("x", lambda: pytest.fail("a finished step ran again"), {"sigma": 3})["n"] == 1
+    assert not (tmp_path / "stages").exists()
 
 
 def test_editing_a_variant_without_renaming_it_releases_it_again(tmp_path):
@@ -123,7 +132,7 @@ def test_a_finished_release_needs_neither_its_checkpoint_nor_its_model(tmp_path,
     experiment.data()
     marker = {"released": str(tmp_path / "released" / "x"), "method": "facemae", "images_per_s": 1.0,
               "inputs": variant_inputs(variant, 0)}
-    (tmp_path / "stages" / "release-facemae_full-s0.done.json").write_text(json.dumps(marker))
+    (tmp_path / "steps" / "release-facemae_full-s0.done.json").write_text(json.dumps(marker))
     monkeypatch.setattr(Experiment, "facemae", lambda *a, **k: pytest.fail("the finished release trained FaceMAE"))
     assert experiment.release(variant, 0)["released"] == marker["released"]
 
@@ -167,10 +176,10 @@ def test_data_detail_reaches_every_split(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_writes_its_report_and_reuses_stages(tmp_path, capsys):
+def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsys):
     report = run_demo(tmp_path, TOY, progress=False, compare_original=True)
     first = capsys.readouterr()
-    assert "[teacher] running" in first.err and "[teacher]" not in first.out  # stage lines are progress
+    assert "[teacher] running" in first.err and "[teacher]" not in first.out  # step lines are progress
     assert [r["variant"] for r in report["rows"]] == ["FaceMAE full 0.75", "original"]
     for r in report["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["instance_rank1"] <= 1.0
@@ -183,12 +192,12 @@ def test_demo_runs_every_stage_writes_its_report_and_reuses_stages(tmp_path, cap
             FaceShard(tmp_path / "released" / "facemae_full_0.75-s0") as released:
         assert list(released.image_keys) == list(original.image_keys)
         assert np.array_equal(released.labels(), original.labels())
-    facemae_stages = {f"{stage}-facemae_full_0.75-s0" for stage in ("release", "recogniser", "verify", "audit")}
-    original_stages = {"recogniser-original-s0", "verify-original-s0", "audit-original"}
-    expected = {"data", "teacher", "facemae", "release-masked_0.75-s0"} | facemae_stages | original_stages
-    assert set(report["stages"]) == expected
+    facemae_steps = {f"{step}-facemae_full_0.75-s0" for step in ("release", "recogniser", "verify", "audit")}
+    original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original"}
+    expected = {"data", "teacher", "facemae", "release-masked_0.75-s0"} | facemae_steps | original_steps
+    assert set(report["steps"]) == expected
     capsys.readouterr()
     again = run_demo(tmp_path, TOY, progress=False, compare_original=True)
     second = capsys.readouterr().err
-    assert "running" not in second and "[teacher] reusing finished stage" in second  # every stage reused
+    assert "running" not in second and "[teacher] reusing finished step" in second  # every step reused
     assert again["rows"] == report["rows"]

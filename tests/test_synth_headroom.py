@@ -1,4 +1,4 @@
-"""benchmarks/synth_headroom.py: the originals' error ratio per (detail, epochs) cell, from real stages."""
+"""benchmarks/synth_headroom.py: the originals' error ratio per (detail, epochs) cell, from real protocol steps."""
 import json
 import os
 
@@ -8,8 +8,8 @@ from tests.conftest import load_benchmark_script
 from tests.test_experiment import TOY
 
 
-def read_stage(cell_dir, name):
-    with open(os.path.join(cell_dir, "stages", f"{name}.done.json")) as f:
+def read_step(cell_dir, name):
+    with open(os.path.join(cell_dir, "steps", f"{name}.done.json")) as f:
         return json.load(f)
 
 
@@ -20,8 +20,8 @@ def test_a_cell_trains_on_the_detailed_data_and_reports_the_originals_error_rati
     protocol = json.loads((cell / "protocol.json").read_text())
     assert protocol["data"]["detail"] == 0.5 and protocol["recogniser"]["num_epoch"] == 1
     assert protocol["data"]["train_identities"] == TOY["data"]["train_identities"]  # the base is kept
-    assert row["original"] == read_stage(cell, "verify-original-s0")["accuracy_flip"]
-    assert row["blur s3"] == read_stage(cell, "verify-blur_s3-s0")["accuracy_flip"]
+    assert row["original"] == read_step(cell, "verify-original-s0")["accuracy_flip"]
+    assert row["blur s3"] == read_step(cell, "verify-blur_s3-s0")["accuracy_flip"]
     best = max(row["pixelate 8"], row["blur s3"])
     assert row["originals_error_ratio"] == pytest.approx((1 - row["original"]) / (1 - best))
     table = bench.markdown([row], ["pixelate 8", "blur s3"])

@@ -3,7 +3,7 @@
 synthesise -> teacher on split A -> FaceMAE tiny + IRM on split A -> release split B
 (unseen identities) -> recogniser trained on the release -> verify on held-out identities
 -> audit the release against the original split B. Every artefact lands in ``WORK_DIR``;
-a re-run reuses finished stages (see ``experiment.Experiment``).
+a re-run reuses finished steps (see ``experiment.Experiment``).
 """
 import json
 
@@ -13,7 +13,7 @@ from .report import markdown_table, save_release_samples, spread_keys
 from .spec import ORIGINAL, load_python_config
 from .verdicts import aggregate
 
-# Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's stages.
+# Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's steps.
 FACEMAE_FULL = {"name": "FaceMAE full 0.75", "method": "facemae", "output": "full", "mask_ratio": 0.75, "irm": True}
 SAMPLE_FACES = 8
 
@@ -31,20 +31,20 @@ def run_demo(work_dir, protocol=None, progress=True, compare_original=False):
          ("FaceMAE\nreleased", released)],
         spread_keys(experiment.path("data", "release"), SAMPLE_FACES))
     report = {"work_dir": experiment.work_dir, "protocol": experiment.protocol, "rows": rows,
-              "stages": stage_seconds(experiment), "samples_png": samples,
+              "steps": step_seconds(experiment), "samples_png": samples,
               "roc_png": rows[0]["roc_png"], "audit": rows[0]["audit"]}
     write_json(experiment.path("report.json"), report, sort_keys=False, default=str)
     print(markdown_table(aggregate(rows)))
-    print(f"stage time: {sum(report['stages'].values()) / 60:.1f} min; samples {samples}; "
+    print(f"step time: {sum(report['steps'].values()) / 60:.1f} min; samples {samples}; "
           f"ROC {report['roc_png']}; report {experiment.path('report.json')}")
     return report
 
 
-def stage_seconds(experiment):
-    """Seconds each stage this run used took when it ran (a reused stage keeps its first timing)."""
+def step_seconds(experiment):
+    """Seconds each step this run used took when it ran (a reused step keeps its first timing)."""
     seconds = {}
-    for name in sorted(experiment.used_stages):
-        with open(experiment.path("stages", f"{name}.done.json")) as f:
+    for name in sorted(experiment.used_steps):
+        with open(experiment.step_marker(name)) as f:
             seconds[name] = json.load(f).get("seconds", 0.0)
     return seconds
 

@@ -1,4 +1,4 @@
-"""The privacy-utility protocol: one work directory, stages that resume, one row per released variant.
+"""The privacy-utility protocol: one work directory, steps that resume, one row per released variant.
 
     data       synthetic split A (teacher + FaceMAE training), split B (to release), held-out .bin
     teacher    recogniser trained on A: the frozen IRM teacher and, never having seen B, the attacker
@@ -7,19 +7,19 @@
     recogniser trained on the released B only, then verified on the held-out identities
     audit      released B against original B: how often a reconstruction retrieves its source
 
-Every stage writes its outputs and then ``<stage>.done.json``; a re-run reuses finished stages.
+Every step writes its outputs and then ``steps/<step>.done.json``; a re-run reuses finished steps.
 Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives its privatizer
 (masks, noise) and its recogniser's initialisation and batch order.
 """
 from ..config import merge_config
 from ..data.synthetic import write_holdout_bin, write_identity_shard
-from .spec import (DETERMINISTIC_METHODS, METHOD_PARAMS, ORIGINAL, ProtocolError, check_variant, facemae_stage_name,
+from .spec import (DETERMINISTIC_METHODS, METHOD_PARAMS, ORIGINAL, ProtocolError, check_variant, facemae_step_name,
                    merge_protocol, slug, variant_inputs)
-from .store import StageStore
+from .store import StepStore
 
 
-class Experiment(StageStore):
-    """The protocol's steps, from data to audited rows, in one work directory (``StageStore``)."""
+class Experiment(StepStore):
+    """The protocol's steps, from data to audited rows, in one work directory (``StepStore``)."""
 
     @property
     def holdout_bin(self):
@@ -47,7 +47,7 @@ class Experiment(StageStore):
                     "identities": {"train": [a.start, a.stop], "release": [b.start, b.stop],
                                    "holdout": [held[0], held[-1] + 1]}}
 
-        return self.run_stage("data", build)
+        return self.run_step("data", build)
 
     # --- models trained on split A ----------------------------------------------------------------
 
@@ -79,19 +79,19 @@ class Experiment(StageStore):
             summary["holdout_accuracy"] = verify_bin(embedder, self.holdout_bin, device=self.device)["accuracy_flip"]
             return summary
 
-        return self.run_stage("teacher", build)
+        return self.run_step("teacher", build)
 
     def facemae(self, irm=True, overrides=None):
         """FaceMAE pretrained on split A; ``irm=False`` is the ablation without the teacher.
 
         ``overrides`` (keys of the protocol's ``facemae`` block, e.g. ``{"irm_weight": 0.3}``) train
-        another model in its own stage, for sweeps of the training recipe.
+        another model in its own step, for sweeps of the training recipe.
         """
         from ..train.pretrain import pretrain
 
         p = self.protocol
         f = merge_protocol(overrides, p.facemae, "pretrain")
-        name = facemae_stage_name(irm, overrides)
+        name = facemae_step_name(irm, overrides)
         if irm and f.irm_weight > 0:
             self.teacher()
         else:
@@ -105,14 +105,14 @@ class Experiment(StageStore):
             "mae": {"preset": f.preset, "patch_size": f.patch_size, "mask_ratio": f.mask_ratio,
                     "output": f.output, "w_visible": f.w_visible},
             "irm": irm_block})
-        return self.run_stage(name, lambda: summarise_training(
+        return self.run_step(name, lambda: summarise_training(
             pretrain(cfg, device=p.device, progress=self.progress)))
 
     # --- one released variant -------------------------------------------------------------------
 
     @staticmethod
     def row_name(variant, seed):
-        """Names the recogniser trained on a (variant, seed) release and its stages."""
+        """Names the recogniser trained on a (variant, seed) release and its steps."""
         return f"{slug(variant['name'])}-s{seed}"
 
     def release_name(self, variant, seed):
@@ -129,14 +129,14 @@ class Experiment(StageStore):
         name = self.release_name(variant, seed)
         out = self.path("released", name)
 
-        def build():  # the privatizer (a FaceMAE checkpoint, perhaps) is needed only to run the stage
+        def build():  # the privatizer (a FaceMAE checkpoint, perhaps) is needed only to run the step
             summary = convert(self.path("data", "release"), out, self.privatizer(variant, seed),
                               quality=self.protocol.release.quality, batch_size=self.protocol.release.batch_size,
                               overwrite=True, progress=self.progress)
             return {"released": out, "method": summary["method"], "images_per_s": summary["images_per_s"]}
 
         shared = variant["method"] in DETERMINISTIC_METHODS  # one release serves every seed
-        return self.run_stage(f"release-{name}", build, variant_inputs(variant, None if shared else seed))
+        return self.run_step(f"release-{name}", build, variant_inputs(variant, None if shared else seed))
 
     def privatizer(self, variant, seed):
         from ..release.baselines import make_privatizer
@@ -163,10 +163,10 @@ class Experiment(StageStore):
         released = self.release(variant, seed)["released"]
         p = self.protocol
         out = self.path("recognisers", self.row_name(variant, seed))
-        # The verify stage evaluates the final model once; per-epoch checks would only cost time.
+        # The verify step evaluates the final model once; per-epoch checks would only cost time.
         cfg = self.recognition_config(p.recogniser, released, p.data.release_identities, out,
                                       p.recogniser.seed + seed, verify_each_epoch=False)
-        return self.run_stage(f"recogniser-{self.row_name(variant, seed)}", lambda: summarise_training(
+        return self.run_step(f"recogniser-{self.row_name(variant, seed)}", lambda: summarise_training(
             train_recogniser(cfg, device=p.device, progress=self.progress)), variant_inputs(variant, seed))
 
     def verify(self, variant, seed):
@@ -182,7 +182,7 @@ class Experiment(StageStore):
             return {key: report[key] for key in ("accuracy_flip", "accuracy_std", "tar_at_far", "far_target",
                                                  "roc_png")}
 
-        return self.run_stage(f"verify-{self.row_name(variant, seed)}", build, variant_inputs(variant, seed))
+        return self.run_step(f"verify-{self.row_name(variant, seed)}", build, variant_inputs(variant, seed))
 
     def attacker(self, kind):
         """``(model.pt, network)`` of an attacker recogniser.
@@ -215,14 +215,14 @@ class Experiment(StageStore):
                                                  "mean_source_cosine", "report")}
 
         shared = variant["method"] in DETERMINISTIC_METHODS
-        return self.run_stage(f"audit-{name}", build, variant_inputs(variant, None if shared else seed))
+        return self.run_step(f"audit-{name}", build, variant_inputs(variant, None if shared else seed))
 
     @staticmethod
     def audit_name(release_name, attacker):
         return release_name if attacker == "teacher" else f"{attacker}-{release_name}"
 
     def row(self, variant, seed, informed_attacker=False):
-        """Every stage of one (variant, seed): released, trained, verified, audited.
+        """Every step of one (variant, seed): released, trained, verified, audited.
 
         ``informed_attacker`` adds the audit by the recogniser trained on the original split B
         (one more training if the ``original`` row has not run yet).
@@ -241,14 +241,14 @@ class Experiment(StageStore):
                 "roc_png": verified["roc_png"], "audit": leaked["report"]}
 
     def row_finished(self, variant, seed, informed_attacker=False):
-        """Whether ``row`` would only reuse finished stages (nothing to train or convert)."""
+        """Whether ``row`` would only reuse finished steps (nothing to train or convert)."""
         release = self.release_name(variant, seed)
         attackers = ["teacher"] + (["informed"] if informed_attacker else [])
         shared = variant["method"] in DETERMINISTIC_METHODS
-        stages = [(f"verify-{self.row_name(variant, seed)}", variant_inputs(variant, seed))]
-        stages += [(f"audit-{self.audit_name(release, a)}", variant_inputs(variant, None if shared else seed))
+        steps = [(f"verify-{self.row_name(variant, seed)}", variant_inputs(variant, seed))]
+        steps += [(f"audit-{self.audit_name(release, a)}", variant_inputs(variant, None if shared else seed))
                    for a in attackers]
-        return all(self.stage_finished(stage, inputs) for stage, inputs in stages)
+        return all(self.step_finished(step, inputs) for step, inputs in steps)
 
     @property
     def device(self):

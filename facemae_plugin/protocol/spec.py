@@ -2,7 +2,7 @@
 
 A protocol file sets ``protocol = dict(...)`` (overriding ``PROTOCOL_DEFAULTS``, unknown keys named)
 and, for the benchmark, ``variants = [dict(name, method, ..., seeds)]``. A variant may set the
-parameters of its method (``METHOD_PARAMS``, from ``release.methods``); its stages are keyed by
+parameters of its method (``METHOD_PARAMS``, from ``release.methods``); its steps are keyed by
 ``variant_inputs`` (everything but its display name).
 """
 import copy
@@ -85,7 +85,7 @@ def load_python_config(path, names):
 
 
 def check_variant(variant):
-    """The whole variant, checked before any stage runs: its method, its keys and their values."""
+    """The whole variant, checked before any step runs: its method, its keys and their values."""
     if not isinstance(variant, dict) or "name" not in variant or "method" not in variant:
         raise ProtocolError(f"variant {variant!r}: expected a dict with name and method")
     name, method = variant["name"], variant["method"]
@@ -121,12 +121,12 @@ def _check_facemae_variant(variant):
 
 
 def variant_inputs(variant, seed=None):
-    """What decides a variant's stages (everything but its display name), to key them by."""
+    """What decides a variant's steps (everything but its display name), to key them by."""
     inputs = {key: value for key, value in variant.items() if key != "name"}
     return json.loads(json.dumps(inputs if seed is None else {**inputs, "seed": seed}))
 
 
-def facemae_stage_name(irm=True, overrides=None):
+def facemae_step_name(irm=True, overrides=None):
     """``facemae``, ``facemae_no_irm`` or ``facemae-<key><value>...`` for a model trained with overrides."""
     name = "facemae" if irm else "facemae_no_irm"
     for key, value in sorted((overrides or {}).items()):
@@ -134,4 +134,4 @@ def facemae_stage_name(irm=True, overrides=None):
     return name
 
 
-# --------------------------------------------------------------------------- stages
+# --------------------------------------------------------------------------- steps

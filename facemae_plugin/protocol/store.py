@@ -1,6 +1,6 @@
 """Resumable steps of a protocol in one work directory: each runs once, its result kept.
 
-A step writes its outputs, then ``stages/<name>.done.json`` with its result and the inputs that
+A step writes its outputs, then ``steps/<name>.done.json`` with its result and the inputs that
 decided it; a re-run reuses a finished step for the same inputs and runs it again for others. The
 work directory is pinned to one protocol (``protocol.json``): finished steps of another are refused.
 """
@@ -12,31 +12,35 @@ import time
 from ..core.files import write_json
 from .spec import ProtocolError, merge_protocol
 
+STEPS_DIR = "steps"
+OLD_STEPS_DIR = "stages"
 
-class StageStore:
+
+class StepStore:
     """The finished steps of one protocol in ``work_dir``."""
 
     def __init__(self, work_dir, protocol=None, progress=True):
         self.work_dir = os.path.abspath(os.fspath(work_dir))
         self.protocol = merge_protocol(protocol)
         self.progress = progress
-        self.reused = set()  # stages already announced as reused, so a re-run prints each once
-        self.used_stages = set()  # every stage this object ran or reused
+        self.reused = set()  # steps already announced as reused, so a re-run prints each once
+        self.used_steps = set()  # every step this object ran or reused
         os.makedirs(self.work_dir, exist_ok=True)
         self._pin_protocol()
+        self._adopt_old_steps()
 
     def _pin_protocol(self):
-        """Finished stages are only valid for the protocol that made them: refuse to mix two."""
+        """Finished steps are only valid for the protocol that made them: refuse to mix two."""
         path = self.path("protocol.json")
         current = json.loads(json.dumps(self.protocol))  # tuples -> lists, as stored
         if os.path.isfile(path):
             with open(path) as f:
                 stored = json.load(f)
-            # A key added to the protocol after these stages ran had its default then too.
+            # A key added to the protocol after these steps ran had its default then too.
             stored = json.loads(json.dumps(merge_protocol(stored)))
             if stored != current:
                 changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
-                raise ProtocolError(f"{self.work_dir} holds stages of another protocol (differs in "
+                raise ProtocolError(f"{self.work_dir} holds steps of another protocol (differs in "
                                     f"{', '.join(changed)}); use a new work directory")
             return
         write_json(path, current, sort_keys=False, default=str)
@@ -44,19 +48,29 @@ class StageStore:
     def path(self, *parts):
         return os.path.join(self.work_dir, *parts)
 
-    def run_stage(self, name, build, inputs=None):
+    def step_marker(self, name):
+        """``steps/<name>.done.json``: written last, so its presence means the step finished."""
+        return self.path(STEPS_DIR, f"{name}.done.json")
+
+    def _adopt_old_steps(self):
+        """An older work directory keeps its markers in ``stages/``: move them, once, to ``steps/``."""
+        old, new = self.path(OLD_STEPS_DIR), self.path(STEPS_DIR)
+        if os.path.isdir(old) and not os.path.lexists(new):
+            os.rename(old, new)
+
+    def run_step(self, name, build, inputs=None):
         """Run ``build()`` unless ``<name>.done.json`` exists for the same ``inputs``; returns its
-        (saved) result with seconds. A finished stage made from other inputs (a variant edited
+        (saved) result with seconds. A finished step made from other inputs (a variant edited
         without renaming it) runs again; a marker from before inputs were recorded is reused."""
-        marker = self.path("stages", f"{name}.done.json")
-        self.used_stages.add(name)
+        marker = self.step_marker(name)
+        self.used_steps.add(name)
         if os.path.isfile(marker):
             with open(marker) as f:
                 done = json.load(f)
             if inputs is None or done.get("inputs", inputs) == inputs:
                 if name not in self.reused:
-                    # Stage lines are progress, like the bars: stderr, so stdout keeps only results.
-                    print(f"[{name}] reusing finished stage", file=sys.stderr, flush=True)
+                    # Step lines are progress, like the bars: stderr, so stdout keeps only results.
+                    print(f"[{name}] reusing finished step", file=sys.stderr, flush=True)
                     self.reused.add(name)
                 return done
             changed = sorted(k for k in set(done["inputs"]) | set(inputs)
@@ -72,9 +86,9 @@ class StageStore:
         write_json(marker, result, sort_keys=False, default=str)
         return result
 
-    def stage_finished(self, name, inputs):
-        """Whether ``run_stage(name, ..., inputs)`` would reuse a finished stage."""
-        marker = self.path("stages", f"{name}.done.json")
+    def step_finished(self, name, inputs):
+        """Whether ``run_step(name, ..., inputs)`` would reuse a finished step."""
+        marker = self.step_marker(name)
         if not os.path.isfile(marker):
             return False
         with open(marker) as f:

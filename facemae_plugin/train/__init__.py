@@ -1,1 +1,1 @@
-"""Recipe runners: FaceMAE pretraining (stage 1) and the arcface-style recognition loop."""
+"""Recipe runners: FaceMAE pretraining and the arcface-style recognition loop."""

@@ -1,4 +1,4 @@
-"""Stage 1: train the FaceMAE reconstructor with the pixel loss and instance relation matching.
+"""Pretraining: train the FaceMAE reconstructor with the pixel loss and instance relation matching.
 
 loss = w_mse * pixel MSE (masked patches + w_visible * visible ones)
      + irm.weight * IRM(frozen teacher; originals vs reconstructions)
@@ -59,7 +59,7 @@ def mask_noise(cfg, epoch, keys, num_patches):
 
 
 class PretrainObjective(torch.nn.Module):
-    """The stage-1 loss; returns ``(total, parts)`` with parts for logging."""
+    """The pretraining loss; returns ``(total, parts)`` with parts for logging."""
 
     def __init__(self, cfg, device):
         super().__init__()
@@ -122,7 +122,7 @@ def load_resume_state(cfg, mae, update):
 
 
 def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
-    """Run stage 1 from ``cfg``; returns a summary dict (also ``summary.json`` in ``cfg.output``)."""
+    """Pretrain FaceMAE from ``cfg``; returns a summary dict (also ``summary.json`` in ``cfg.output``)."""
     check_pretrain_config(cfg)
     process = setup_process(device)
     seed_everything(cfg.seed)
