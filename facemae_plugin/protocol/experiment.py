@@ -11,10 +11,9 @@ Every step writes its outputs and then ``steps/<step>.done.json``; a re-run reus
 Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives its privatizer
 (masks, noise) and its recogniser's initialisation and batch order.
 """
-from ..config import merge_config
 from ..data.synthetic import write_holdout_bin, write_identity_shard
-from .spec import (DETERMINISTIC_METHODS, METHOD_PARAMS, ORIGINAL, ProtocolError, check_variant, facemae_step_name,
-                   merge_protocol, slug, variant_inputs)
+from .recipes import facemae_block, pretrain_config, recognition_config, summarise_training, variant_privatizer
+from .spec import DETERMINISTIC_METHODS, ORIGINAL, ProtocolError, check_variant, facemae_step_name, slug, variant_inputs
 from .store import StepStore
 
 
@@ -51,16 +50,6 @@ class Experiment(StepStore):
 
     # --- models trained on split A ----------------------------------------------------------------
 
-    def recognition_config(self, recipe, rec, num_classes, output, seed, verify_each_epoch=True):
-        p = self.protocol
-        return merge_config({
-            "network": recipe.network, "embedding_size": 512, "margin_list": tuple(recipe.margin_list),
-            "rec": rec, "num_classes": num_classes,
-            "val_targets": [self.holdout_bin] if verify_each_epoch else [],
-            "batch_size": recipe.batch_size, "lr": recipe.lr, "num_epoch": recipe.num_epoch,
-            "warmup_epoch": recipe.warmup_epoch, "num_workers": p.num_workers, "fp16": p.mixed_precision,
-            "seed": seed, "output": output})
-
     def teacher(self):
         from ..train.recognise import train_recogniser
 
@@ -68,8 +57,8 @@ class Experiment(StepStore):
         p = self.protocol
         out = self.path("teacher")
         # Verified once at the end, not per epoch: four held-out passes cost a minute on 2 cores.
-        cfg = self.recognition_config(p.teacher, self.path("data", "train"), p.data.train_identities, out,
-                                      p.teacher.seed, verify_each_epoch=False)
+        cfg = recognition_config(p, p.teacher, self.path("data", "train"), p.data.train_identities, out,
+                                 p.teacher.seed)
         def build():
             from ..evaluation.embed import load_embedder
             from ..evaluation.bin_report import verify_bin
@@ -90,21 +79,14 @@ class Experiment(StepStore):
         from ..train.pretrain import pretrain
 
         p = self.protocol
-        f = merge_protocol(overrides, p.facemae, "pretrain")
+        f = facemae_block(p, {"pretrain": overrides})
         name = facemae_step_name(irm, overrides)
         if irm and f.irm_weight > 0:
             self.teacher()
         else:
             self.data()
-        irm_block = {"weight": f.irm_weight if irm else 0.0, "teacher": self.path("teacher", "model.pt"),
-                     "network": p.teacher.network}
-        cfg = merge_config({
-            "rec": self.path("data", "train"), "batch_size": f.batch_size, "optimizer": "adamw", "lr": f.lr,
-            "weight_decay": 0.05, "num_epoch": f.num_epoch, "warmup_epoch": f.warmup_epoch,
-            "num_workers": p.num_workers, "fp16": p.mixed_precision, "seed": p.seed, "output": self.path(name),
-            "mae": {"preset": f.preset, "patch_size": f.patch_size, "mask_ratio": f.mask_ratio,
-                    "output": f.output, "w_visible": f.w_visible},
-            "irm": irm_block})
+        cfg = pretrain_config(p, f, self.path("data", "train"), self.path(name), f.irm_weight if irm else 0.0,
+                              self.path("teacher", "model.pt"))
         return self.run_step(name, lambda: summarise_training(
             pretrain(cfg, device=p.device, progress=self.progress)))
 
@@ -139,22 +121,11 @@ class Experiment(StepStore):
         return self.run_step(f"release-{name}", build, variant_inputs(variant, None if shared else seed))
 
     def privatizer(self, variant, seed):
-        from ..release.baselines import make_privatizer
-
-        method = variant["method"]
-        # A model trained with its own overrides releases at its own ratio and output unless told otherwise.
-        f = merge_protocol(variant.get("pretrain"), self.protocol.facemae, "pretrain")
-        if method == "facemae":
+        """The variant's privatizer; a ``facemae`` variant's model is trained first if need be."""
+        checkpoint = None
+        if variant["method"] == "facemae":
             checkpoint = self.facemae(irm=variant.get("irm", True), overrides=variant.get("pretrain"))["checkpoint"]
-            return make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=variant.get("mask_ratio", f.mask_ratio),
-                                   output=variant.get("output", f.output), seed=seed, device=self.protocol.device,
-                                   autocast=self.protocol.mixed_precision)
-        kwargs = {key: variant[key] for key in METHOD_PARAMS[method] if key in variant}
-        if method in ("noise", "masked"):
-            kwargs["seed"] = seed
-        if method == "masked":
-            kwargs["patch_size"] = f.patch_size
-        return make_privatizer(method, **kwargs)
+        return variant_privatizer(self.protocol, variant, seed, checkpoint)
 
     def recogniser(self, variant, seed):
         """The shared recogniser recipe trained on the released split B, verified on held-out ids."""
@@ -164,8 +135,7 @@ class Experiment(StepStore):
         p = self.protocol
         out = self.path("recognisers", self.row_name(variant, seed))
         # The verify step evaluates the final model once; per-epoch checks would only cost time.
-        cfg = self.recognition_config(p.recogniser, released, p.data.release_identities, out,
-                                      p.recogniser.seed + seed, verify_each_epoch=False)
+        cfg = recognition_config(p, p.recogniser, released, p.data.release_identities, out, p.recogniser.seed + seed)
         return self.run_step(f"recogniser-{self.row_name(variant, seed)}", lambda: summarise_training(
             train_recogniser(cfg, device=p.device, progress=self.progress)), variant_inputs(variant, seed))
 
@@ -256,9 +226,3 @@ class Experiment(StepStore):
 
         return pick_device(self.protocol.device)
 
-
-def summarise_training(summary):
-    """The JSON-worthy part of a training summary: outputs, speed and per-epoch losses/accuracy."""
-    keep = ("model", "checkpoint", "steps", "images_per_s", "device")
-    epochs = [{k: v for k, v in e.items() if k not in ("losses", "parts")} for e in summary["epochs"]]
-    return {**{k: summary[k] for k in keep if k in summary}, "epochs": epochs}
