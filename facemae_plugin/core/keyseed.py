@@ -2,8 +2,7 @@
 
 ``seed_for_key`` seeds FaceMAE's mask generator (and the noise baseline's) from (seed, record key);
 ``variant_key`` gives the j-th reconstruction of a record its own key; ``num_visible`` is the one
-rule for how many patches a mask ratio leaves visible. ``models.mae`` re-exports
-them, so there is one definition.
+rule for how many patches a mask ratio leaves visible (docs/formats.md, "Masks").
 """
 from .errors import UsageError
 

@@ -3,7 +3,7 @@
 A ``.bin`` is a pickle of ``(bins, issame_list)``: ``2*P`` encoded images and
 ``P`` booleans, pair ``i`` being ``bins[2i], bins[2i+1]``. Pickles can run code
 when loaded, so they are read with an unpickler that admits only the few types
-the format uses and refuses everything else before it is called.
+the format uses and refuses everything else before it is called (docs/formats.md).
 """
 import io
 import os

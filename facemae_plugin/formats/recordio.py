@@ -9,7 +9,7 @@ The on-disk layout follows dmlc-core's ``RecordIOWriter``: each record is
 
 ``pack``/``unpack``/``pack_img``/``unpack_img`` follow ``mxnet.recordio``: a
 24-byte ``IRHeader(flag, label, id, id2)``, with array labels stored as float32
-right after the header and ``flag`` holding their count.
+right after the header and ``flag`` holding their count. docs/formats.md has the byte layout.
 """
 import numbers
 import os

@@ -8,7 +8,8 @@ Two layouts exist:
 * **B** (im2rec): every key in the ``.idx`` is an image with a scalar label.
 
 ``FaceShard`` detects the layout and exposes image keys, labels and identity
-ranges; ``FaceShardWriter`` writes layout A from identities given in order.
+ranges; ``FaceShardWriter`` writes layout A from identities given in order. docs/formats.md
+describes both layouts and the released shards' keys.
 """
 import numbers
 import os
