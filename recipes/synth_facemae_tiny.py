@@ -11,7 +11,7 @@ config.weight_decay = 0.05
 config.num_epoch = 10
 config.warmup_epoch = 1
 config.num_workers = 2
-config.fp16 = True  # bf16 autocast on CPU (about 1.5x here), fp16 on CUDA
+config.fp16 = True  # bf16 autocast on CPU, fp16 on CUDA
 config.seed = 0
 config.mae = edict(preset="tiny", patch_size=8, mask_ratio=0.75, output="full", w_mse=1.0, w_visible=1.0)
 config.irm = edict(weight=1.0, teacher="work_dirs/synth_teacher_mbf/model.pt", network="mbf", variant="mse")

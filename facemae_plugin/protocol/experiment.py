@@ -56,7 +56,7 @@ class Experiment(StepStore):
         self.data()
         p = self.protocol
         out = self.path("teacher")
-        # Verified once at the end, not per epoch: four held-out passes cost a minute on 2 cores.
+        # Verified once at the end, not per epoch: the held-out passes would cost more than the training.
         cfg = recognition_config(p, p.teacher, self.path("data", "train"), p.data.train_identities, out,
                                  p.teacher.seed)
         def build():
