@@ -138,7 +138,7 @@ def broken_record_shard(ws, name="broken"):
 def misframed_shard(ws, name="misframed"):
     """``ds`` whose .idx points image key 5 into the middle of record 1 (no record starts there)."""
     shutil.copytree(ws / "ds", ws / name)
-    index = read_index(ws / name / "train.idx")
+    index = dict(read_index(ws / name / "train.idx"))
     index[5] = index[1] + 4
     write(ws / name / "train.idx", "".join(f"{k}\t{v}\n" for k, v in index.items()))
 

@@ -216,8 +216,12 @@ class MXIndexedRecordIO:
             raise NotImplementedError(f"compat mxnet: key_type must be int, got {key_type!r}")
         self.idx_path, self.uri, self.flag, self.key_type = idx_path, uri, flag, key_type
         self._reader = _recordio.IndexedRecordReader(uri, idx_path)
-        self.idx = self._reader.index
-        self.keys = self._reader.keys
+        self.idx = self._reader.index  # a read-only mapping over numpy arrays
+
+    @property
+    def keys(self):
+        """The keys in ``.idx`` order as a list of ints, as MXNet gives them (built on each access)."""
+        return self._reader.keys.tolist()
 
     def read_idx(self, idx):
         return self._reader.read_idx(int(idx))

@@ -24,7 +24,7 @@ class KeyPlan:
         self.layout = shard.layout
         self.image_keys = shard.image_keys  # [N] int64, the order images are converted in
         self.k = int(k)
-        self.max_key = max(shard.reader.keys) if shard.reader.keys else -1
+        self.max_key = shard.reader.index.max_key
 
     def __len__(self):
         return len(self.image_keys)

@@ -13,7 +13,7 @@ import os
 import shutil
 
 from ..core.files import OutputLock, sha256_file, temp_name, write_bytes
-from ..formats.recordio import read_index
+from ..formats.recordindex import read_index, write_index_lines
 from ..formats.shard import IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, REC_NAME
 from .layout import SHARDS_DIR, ConversionError, final_exists, read_json_or_none, remove_files, remove_final
 
@@ -127,7 +127,7 @@ def concatenate_records(parts, rec_path, idx_path, expected_sha256=None):
                 digest = _copy_hashed(part_rec, rec_out)
                 if expected is not None:
                     _check_sha256(part_rec, digest, expected[0])
-                idx_out.writelines(f"{key}\t{base + offset}\n" for key, offset in index.items())
+                write_index_lines(idx_out, index.file_keys, index.file_offsets() + base)
                 base += size
                 count += len(index)
             for handle in (rec_out, idx_out):

@@ -18,8 +18,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..core.errors import FaceMAEError
 from ..core.files import refuse_link, temp_name
+from .errors import RecordIOError
+from .recordindex import read_index
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -30,10 +31,6 @@ _RECORD_HEAD = struct.Struct("<II")
 IRHeader = namedtuple("HEADER", ["flag", "label", "id", "id2"])
 _IR_FORMAT = struct.Struct("IfQQ")
 IR_HEADER_SIZE = _IR_FORMAT.size  # 24
-
-
-class RecordIOError(FaceMAEError):
-    """A .rec/.idx file does not hold what the format promises; the message names where."""
 
 
 def _aligned(length):
@@ -376,58 +373,6 @@ class RecordReader(ClosedOnExit):
         self._file.close()
 
 
-def read_index(idx_path, rec_size=None):
-    """Parse an ``.idx`` file into ``{key: offset}`` in file order.
-
-    Malformed lines, duplicate keys, offsets that cannot be a record start (not
-    a multiple of 4) and offsets past the end of the ``.rec`` (when ``rec_size``
-    is given) raise ``RecordIOError`` naming the file, line and key.
-    """
-    idx_path = os.fspath(idx_path)
-    index = {}
-    with open(idx_path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            where = f"{idx_path}:{line_no}"
-            line = _ascii_line(raw, where)
-            fields = line.strip().split("\t")
-            if fields == [""]:
-                continue
-            key, offset = _parse_index_fields(fields, line, where)
-            if key in index:
-                raise RecordIOError(f"{where}: duplicate key {key} (first at offset {index[key]})")
-            _check_index_offset(key, offset, rec_size, where)
-            index[key] = offset
-    return index
-
-
-def _ascii_line(raw, where):
-    try:
-        return raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise RecordIOError(f"{where}: expected 'key<TAB>offset' in ASCII digits, got bytes {raw[:40]!r}") from None
-
-
-def _parse_index_fields(fields, line, where):
-    if len(fields) == 2 and all(field.strip().isdigit() or field.strip().lstrip("-").isdigit() for field in fields):
-        return int(fields[0]), int(fields[1])
-    shown = line.rstrip("\r\n")
-    raise RecordIOError(f"{where}: expected 'key<TAB>offset' with two integers, got {shown!r}")
-
-
-def _check_index_offset(key, offset, rec_size, where):
-    if offset < 0 or (rec_size is not None and offset >= rec_size):
-        raise RecordIOError(
-            f"{where}: key {key} points at offset {offset}, outside the .rec "
-            f"(expected 0 <= offset < {rec_size} bytes)"
-        )
-    # Records are padded to 4 bytes, so every record starts at a multiple of 4.
-    if offset % 4:
-        raise RecordIOError(
-            f"{where}: key {key} points at offset {offset}, which is not a multiple of 4 "
-            f"and so cannot be the start of a record"
-        )
-
-
 def default_idx_path(rec_path):
     root, _ = os.path.splitext(os.fspath(rec_path))
     return root + ".idx"
@@ -440,8 +385,8 @@ class IndexedRecordReader(ClosedOnExit):
         self._file = _RecordFile(rec_path)
         self.path = self._file.path
         self.idx_path = os.fspath(idx_path) if idx_path else default_idx_path(rec_path)
-        self.index = read_index(self.idx_path, rec_size=self._file.size)
-        self.keys = list(self.index)
+        self.index = read_index(self.idx_path, rec_size=self._file.size)  # RecordIndex: numpy arrays
+        self.keys = self.index.file_keys  # [N] int64, file order
 
     def __len__(self):
         return len(self.index)
@@ -452,7 +397,7 @@ class IndexedRecordReader(ClosedOnExit):
     def read_idx(self, key):
         """Payload of the record stored under ``key``."""
         try:
-            offset = self.index[key]
+            offset = self.index.offset(key)
         except KeyError:
             raise RecordIOError(f"{self.idx_path}: no record with key {key}") from None
         payload, _ = _read_record_at(self._file, offset, key)

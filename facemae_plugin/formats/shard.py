@@ -139,7 +139,9 @@ class FaceShard(ClosedOnExit):
         first_identity, end = self.header_range
         index = self.reader.index
         # Of any len(index) + 1 keys one is missing, so the search stops there whatever the header claims.
-        missing = next((k for k in range(1, min(end, len(index) + 2)) if k not in index), None)
+        wanted = np.arange(1, min(end, len(index) + 2), dtype=np.int64)  # [M]
+        absent = wanted[~index.contains_many(wanted)]
+        missing = int(absent[0]) if len(absent) else None
         if missing is not None:
             raise RecordIOError(
                 f"{self.idx_path}: the header record (key 0) promises image keys 1..{first_identity - 1} "
@@ -196,7 +198,7 @@ class FaceShard(ClosedOnExit):
             from tqdm import tqdm
 
             keys = tqdm(keys, desc="labels", unit="rec", leave=False)
-        return np.asarray([self.label(k) for k in keys], dtype=np.int64)
+        return np.fromiter((self.label(k) for k in keys), dtype=np.int64, count=len(self.image_keys))
 
     def close(self):
         self.reader.close()

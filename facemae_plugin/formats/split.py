@@ -19,11 +19,14 @@ class SplitError(FaceMAEError):
 
 
 def group_keys_by_label(shard, progress=False):
-    """``{label: [image keys]}`` in key order, for either layout."""
-    groups = {}
-    for key, label in zip(shard.image_keys.tolist(), shard.labels(progress=progress).tolist()):
-        groups.setdefault(label, []).append(key)
-    return groups
+    """``{label: int64 array of image keys}`` in key order, for either layout (one array per identity)."""
+    labels = shard.labels(progress=progress)  # [N]
+    order = np.argsort(labels, kind="stable")  # [N] stable: each identity's keys stay in file order
+    sorted_labels = labels[order]
+    firsts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) if len(labels) else []
+    keys = shard.image_keys[order]
+    bounds = [*firsts[1:], len(labels)]
+    return {int(sorted_labels[start]): keys[start:end] for start, end in zip(firsts, bounds)}
 
 
 def choose_identities(labels, fraction, seed):
@@ -48,7 +51,7 @@ def split_by_identity(in_dir, out_a, out_b, fraction=0.5, seed=0, overwrite=Fals
         for name, out in (("a", out_a), ("b", out_b)):
             with FaceShardWriter(out, image_size=shard.image_size) as writer:
                 for label in tqdm(parts[name], desc=f"part {name.upper()}", unit="id", disable=not progress):
-                    writer.add_identity([shard.read(key)[1] for key in groups[label]])
+                    writer.add_identity([shard.read(key)[1] for key in groups[label].tolist()])
     return {"in_dir": os.fspath(in_dir), "fraction": fraction, "seed": seed,
             "a": {"out_dir": os.fspath(out_a), "identities": len(parts["a"]),
                   "images": sum(len(groups[label]) for label in parts["a"]), "original_labels": parts["a"]},
