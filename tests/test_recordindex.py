@@ -42,16 +42,19 @@ def outcome(parse, path):
 def test_fast_path_gives_the_written_index_or_the_reference_error(tmp_path_factory, lines, final_newline):
     path = write(tmp_path_factory.mktemp("idx") / "a.idx", lines, final_newline)
     fast, reference = outcome(read_index, path), outcome(read_index_lines, path)
-    whole, blocks = recordindex._read_canonical(path), recordindex._read_canonical(path, chunk=5)
+    whole, blocks = recordindex._read_canonical(path), recordindex._read_canonical(path, block=5)
     assert (whole is None) == (blocks is None)  # lines cut across blocks parse as they would whole
     if whole is not None:
-        assert all(np.array_equal(a, b) for a, b in zip(whole, blocks))
+        assert (whole.first_bad, whole.ascending) == (blocks.first_bad, blocks.ascending)
+        whole, blocks = whole.index(), blocks.index()
+        assert whole.file_keys.tolist() == blocks.file_keys.tolist()
+        assert whole.file_offsets().tolist() == blocks.file_offsets().tolist()
     if isinstance(reference, str):
         assert fast == reference
         return
     assert isinstance(fast, RecordIndex)
     if all(key is not None and max(len(str(abs(key))), len(str(abs(offset)))) <= 18 for key, offset, _ in lines):
-        assert recordindex._parse_canonical(path.read_bytes()) is not None, "a canonical file left the fast path"
+        assert recordindex._read_canonical(path) is not None, "a canonical file left the fast path"
         expected = {key: offset for key, offset, _ in lines}
         assert len(expected) == len(lines)  # the reference accepted it: no duplicates
         assert list(fast) == [key for key, _, _ in lines] and dict(fast) == expected
@@ -78,14 +81,17 @@ def test_lookups_agree_with_a_dict(file_keys, probes):
 
 def test_contiguous_keys_are_found_by_arithmetic():
     index = RecordIndex(np.arange(10, 20), np.arange(10) * 8)
-    assert index._dense and index[15] == 40 and 9 not in index and 20 not in index and "15" not in index
+    assert index.nbytes == 8 * 10  # the offsets alone
+    assert index[15] == 40 and 9 not in index and 20 not in index and "15" not in index
     assert index.contains_many([9, 10, 19, 20]).tolist() == [False, True, True, False]
+    assert index.file_keys.tolist() == list(range(10, 20)) and index.max_key == 19
 
 
-@pytest.mark.parametrize("order, bytes_per_key", [("ascending", 16), ("shuffled", 24)])
-def test_an_index_costs_at_most_24_bytes_per_key(tmp_path, order, bytes_per_key):
+@pytest.mark.parametrize("gaps, order, bytes_per_key", [(False, "ascending", 8), (True, "ascending", 16),
+                                                        (False, "shuffled", 16), (True, "shuffled", 24)])
+def test_an_index_costs_at_most_24_bytes_per_key(tmp_path, gaps, order, bytes_per_key):
     n = 50_000
-    file_keys = np.arange(0, 2 * n, 2)  # not contiguous: binary search
+    file_keys = np.arange(0, 2 * n, 2) if gaps else np.arange(n)
     if order == "shuffled":
         np.random.default_rng(0).shuffle(file_keys)
     path = tmp_path / "a.idx"
@@ -93,6 +99,7 @@ def test_an_index_costs_at_most_24_bytes_per_key(tmp_path, order, bytes_per_key)
     index = read_index(path)
     assert index.nbytes == bytes_per_key * n
     assert index.file_keys.tolist() == file_keys.tolist() and index[int(file_keys[7])] == 28
+    assert index.file_offsets().tolist() == list(range(0, 4 * n, 4))
 
 
 def test_the_reference_parser_refuses_a_double_minus_by_line(tmp_path):

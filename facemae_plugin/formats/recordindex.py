@@ -1,13 +1,13 @@
 """The ``.idx`` of a RecordIO file as numpy arrays: a few bytes per key, parsed at C speed.
 
 A dict of Python ints costs over 100 bytes per key, and forked DataLoader workers copy its pages
-as reference counts touch them. ``RecordIndex`` holds the keys in file order and, for lookups,
-the keys in ascending order with their offsets: 16 bytes per key when the file lists its keys in
-ascending order (InsightFace's and MXNet's writers do), 24 otherwise. Arrays are never touched by
-reference counting, so workers share their pages.
+as reference counts touch them. ``RecordIndex`` keeps numpy arrays, which reference counting
+never touches, so workers share their pages. It stores what the keys need: 8 bytes per key
+(the offsets) when the file lists one contiguous ascending run of keys (InsightFace's and
+MXNet's writers do), 16 when the keys are ascending with gaps or a shuffled run, 24 otherwise.
 
-``read_index`` takes a fast path for files in the canonical form ``KEY\\tOFFSET\\n`` (optional
-``-``, digits, an optional ``\\r``): the structure is checked with vectorised byte tests, then
+``read_index`` takes a fast path for files in the canonical form ``KEY\tOFFSET\n`` (optional
+``-``, digits, an optional ``\r``): blocks of lines are checked with vectorised byte tests, then
 numpy parses the numbers. Anything else (blank lines, spaces, a malformed line) goes through
 ``read_index_lines``, the line-by-line reference parser, which also gives every error its
 message; an error found on the fast path is reported with the same message, for the first bad
@@ -22,40 +22,64 @@ from .errors import RecordIOError
 
 _DIGITS_MAX = 18  # decimal digits that always fit an int64
 _TAB, _NEWLINE, _CR, _MINUS = 9, 10, 13, 45
+_BLOCK = 1 << 22  # bytes parsed at a time: their temporaries are reused from block to block
 
 
 class RecordIndex(Mapping):
     """``key -> offset`` of one ``.idx``, in file order; read-only.
 
-    ``file_keys``: int64 [N] in file order. ``offset(key)`` and ``offsets_of(keys)`` look keys up
-    (binary search, or arithmetic when the keys are one contiguous ascending run).
+    ``file_keys`` (int64 [N], file order) and ``file_offsets()``; ``offset(key)``,
+    ``offsets_of(keys)`` and ``contains_many(keys)`` look keys up by binary search, or by
+    arithmetic when the keys form one contiguous run.
     """
 
     def __init__(self, keys, offsets):
         keys = np.ascontiguousarray(keys, dtype=np.int64)  # [N] file order
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)  # [N] file order
-        self.file_keys = keys
-        if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
-            self._sorted_keys, self._sorted_offsets = keys, offsets  # shared: 16 bytes per key
+        self._n = len(keys)
+        self._first = int(keys.min()) if len(keys) else 0
+        ascending = len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1]))
+        run = bool(self._n) and int(keys.max()) - self._first == self._n - 1  # sorted keys are first..first+n-1
+        if ascending:
+            self._file_keys = None if run else keys
+            self._sorted_keys, self._sorted_offsets = self._file_keys, offsets
         else:
             order = np.argsort(keys, kind="stable")
-            self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]  # 24 bytes per key
-        n = len(keys)
-        self._dense = n > 0 and int(self._sorted_keys[-1]) - int(self._sorted_keys[0]) == n - 1
-        self._first = int(self._sorted_keys[0]) if n else 0
+            self._file_keys = keys
+            self._sorted_keys = None if run else keys[order]
+            self._sorted_offsets = offsets[order]
+        self._ascending = ascending
+
+    @classmethod
+    def run(cls, first, offsets):
+        """The index of keys ``first, first + 1, ...`` listed in that order, at ``offsets``."""
+        index = cls.__new__(cls)
+        index._n, index._first, index._ascending = len(offsets), int(first), True
+        index._file_keys = index._sorted_keys = None
+        index._sorted_offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        return index
+
+    @property
+    def file_keys(self):
+        """[N] int64 keys in file order (made on each call when they are one ascending run)."""
+        if self._file_keys is None:
+            return np.arange(self._first, self._first + self._n, dtype=np.int64)
+        return self._file_keys
 
     @property
     def nbytes(self):
-        """Bytes the arrays hold (the shared ones counted once)."""
-        arrays = {id(a): a for a in (self.file_keys, self._sorted_keys, self._sorted_offsets)}
+        """Bytes the index holds (arrays shared between roles counted once)."""
+        arrays = {id(a): a for a in (self._file_keys, self._sorted_keys, self._sorted_offsets) if a is not None}
         return sum(a.nbytes for a in arrays.values())
 
     @property
     def max_key(self):
-        return int(self._sorted_keys[-1]) if len(self) else -1
+        if not self._n:
+            return -1
+        return self._first + self._n - 1 if self._sorted_keys is None else int(self._sorted_keys[-1])
 
     def __len__(self):
-        return len(self.file_keys)
+        return self._n
 
     def __iter__(self):
         return (int(key) for key in self.file_keys)
@@ -75,9 +99,7 @@ class RecordIndex(Mapping):
 
     def file_offsets(self):
         """[N] int64 offsets in file order (a new array unless the keys were listed ascending)."""
-        if self._sorted_keys is self.file_keys:
-            return self._sorted_offsets
-        return self.offsets_of(self.file_keys)
+        return self._sorted_offsets if self._ascending else self.offsets_of(self._file_keys)
 
     def offsets_of(self, keys):
         """[M] int64 offsets of ``keys`` (each must be present), vectorised."""
@@ -85,31 +107,32 @@ class RecordIndex(Mapping):
         found = self.contains_many(keys)
         if not found.all():
             raise KeyError(int(keys[~found][0]))
-        if self._dense:
+        if self._sorted_keys is None:
             return self._sorted_offsets[keys - self._first]
         return self._sorted_offsets[np.searchsorted(self._sorted_keys, keys)]
 
     def contains_many(self, keys):
         """[M] bool: which of ``keys`` the index holds, vectorised."""
         keys = np.asarray(keys, dtype=np.int64)
-        if not len(self):
+        if not self._n:
             return np.zeros(keys.shape, dtype=bool)
-        if self._dense:
-            return (keys >= self._first) & (keys <= self._first + len(self) - 1)
-        positions = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self) - 1)
+        if self._sorted_keys is None:
+            return (keys >= self._first) & (keys <= self._first + self._n - 1)
+        positions = np.minimum(np.searchsorted(self._sorted_keys, keys), self._n - 1)
         return self._sorted_keys[positions] == keys
 
     def _position(self, key):
+        """Row of ``key`` in the ascending-key arrays, or None."""
         if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
             return None
         key = int(key)
-        if not len(self) or not -(1 << 63) <= key < (1 << 63):
+        if not self._n or not -(1 << 63) <= key < (1 << 63):
             return None
-        if self._dense:
+        if self._sorted_keys is None:
             position = key - self._first
-            return position if 0 <= position < len(self) else None
+            return position if 0 <= position < self._n else None
         position = int(np.searchsorted(self._sorted_keys, key))
-        if position < len(self) and int(self._sorted_keys[position]) == key:
+        if position < self._n and int(self._sorted_keys[position]) == key:
             return position
         return None
 
@@ -121,13 +144,12 @@ def read_index(idx_path, rec_size=None):
     (not a multiple of 4) and offsets past the end of the ``.rec`` (when ``rec_size`` is given)
     raise ``RecordIOError`` naming the file, line and key.
     """
-    parsed = _read_canonical(idx_path)
-    if parsed is None:
+    columns = _read_canonical(idx_path, rec_size)
+    if columns is None:
         return read_index_lines(idx_path, rec_size)
-    keys, offsets = parsed
-    _check_parsed(idx_path, keys, offsets, rec_size)
+    _check_parsed(idx_path, columns, rec_size)
     _return_freed_memory()
-    return RecordIndex(keys, offsets)
+    return columns.index()
 
 
 def read_index_lines(idx_path, rec_size=None):
@@ -161,31 +183,94 @@ def write_index_lines(f, keys, offsets, chunk=1 << 16):
 # ----------------------------------------------------------------------------- the fast path
 
 
-def _read_canonical(idx_path, chunk=1 << 26):
-    """``(keys, offsets)`` of a canonical file read in blocks of whole lines, or None if it is not one.
+def _read_canonical(idx_path, rec_size=None, block=_BLOCK):
+    """The ``_Columns`` of a canonical file, parsed a block of whole lines at a time, or None.
 
-    Blocks bound the parse's temporary arrays (a few hundred bytes per line of a block) whatever
-    the file's size; the result is 16 bytes per key.
+    The newlines are counted first, so the columns are allocated once at their final size; while
+    the keys are one ascending run only the offsets are kept.
     """
-    keys, offsets = [], []
     with open(idx_path, "rb") as f:
-        tail = b""
+        columns = _Columns(_count_lines(f, block), rec_size)
+        f.seek(0)
         while True:
-            block = f.read(chunk)
-            if not block:
+            data = f.read(block)
+            if not data:
                 break
-            block = tail + block
-            cut = block.rfind(b"\n") + 1
-            block, tail = block[:cut], block[cut:]
-            parsed = _parse_canonical(block) if block else (np.zeros(0, np.int64),) * 2
-            if parsed is None:
+            data += f.readline()  # finish the block's last line
+            parsed = _parse_canonical(data)
+            if parsed is None or not columns.add(*parsed):
                 return None
-            keys.append(parsed[0])
-            offsets.append(parsed[1])
-        parsed = _parse_canonical(tail)  # a last line without a newline
-    if parsed is None:
-        return None
-    return np.concatenate([*keys, parsed[0]]), np.concatenate([*offsets, parsed[1]])
+    return columns
+
+
+def _count_lines(f, block):
+    """Newlines in ``f``, plus one for a last line without one."""
+    count, last = 0, b"\n"
+    while True:
+        data = f.read(block)
+        if not data:
+            return count + (last != b"\n")
+        count += data.count(b"\n")
+        last = data[-1:]
+
+
+class _Columns:
+    """The keys and offsets of a file, filled block by block into arrays of the final size.
+
+    Each block's offsets are checked as they arrive (``first_bad``: the first row whose offset
+    cannot start a record) and whether the keys still ascend (``ascending``: then none repeats).
+    """
+
+    def __init__(self, capacity, rec_size=None):
+        self.offsets = np.empty(capacity, np.int64)
+        self.keys = None  # only once the keys stop being one ascending run
+        self.first, self.n = 0, 0
+        self.rec_size = rec_size
+        self.first_bad = None
+        self.ascending = True
+
+    def add(self, keys, offsets):
+        """Append a block's columns; False when the file holds more lines than were counted."""
+        m = len(keys)
+        if self.n + m > len(self.offsets):
+            return False
+        if not self.n and m:
+            self.first = int(keys[0])
+        if self.keys is None and m and not _continues_run(keys, self.first + self.n):
+            self.keys = np.empty(len(self.offsets), np.int64)
+            self.keys[:self.n] = np.arange(self.first, self.first + self.n)
+        if self.keys is not None:
+            if self.ascending and m:
+                previous = self.keys[self.n - 1] if self.n else keys[0] - 1
+                self.ascending = bool(keys[0] > previous and np.all(keys[1:] > keys[:-1]))
+            self.keys[self.n:self.n + m] = keys
+        self.offsets[self.n:self.n + m] = offsets
+        if self.first_bad is None:
+            bad = _bad_offsets(offsets, self.rec_size)
+            if bad.any():
+                self.first_bad = self.n + int(np.argmax(bad))
+        self.n += m
+        return True
+
+    def key_at(self, row):
+        return self.first + row if self.keys is None else int(self.keys[row])
+
+    def index(self):
+        offsets = self.offsets[:self.n]
+        if self.keys is None:
+            return RecordIndex.run(self.first, offsets)
+        return RecordIndex(self.keys[:self.n], offsets)
+
+
+def _bad_offsets(offsets, rec_size):
+    """[M] bool: offsets that cannot start a record (negative, misaligned, past the .rec)."""
+    bad = (offsets < 0) | ((offsets & 3) != 0)
+    return bad | (offsets >= rec_size) if rec_size is not None else bad
+
+
+def _continues_run(keys, start):
+    """Whether ``keys`` are ``start, start + 1, ...``."""
+    return int(keys[0]) == start and (len(keys) == 1 or bool(np.all(np.diff(keys) == 1)))
 
 
 def _return_freed_memory():
@@ -201,6 +286,35 @@ def _parse_canonical(data):
     b = np.frombuffer(data, dtype=np.uint8)
     if not len(b):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lines = _count_plain_lines(b)
+    if lines is None:
+        lines = _count_signed_lines(b)
+    if lines is None:
+        return None
+    values = np.fromstring(data, dtype=np.int64, sep=" ")  # [2 * lines] C parse; tabs and newlines are whitespace
+    if len(values) != 2 * lines:
+        return None
+    return values[0::2].copy(), values[1::2].copy()
+
+
+def _count_plain_lines(b):
+    """Lines of ``b`` if every one is ``DIGITS\tDIGITS\n`` (what writers produce), else None. A few passes."""
+    if np.any(b > 57):  # above '9': letters, bytes beyond ASCII
+        return None
+    separators = np.flatnonzero(b < 48)  # [2 * lines] tab, newline, tab, newline... if plain
+    if b[-1] != _NEWLINE:
+        separators = np.append(separators, len(b))  # a last line without a newline
+    found = b[separators[:-1]] if b[-1] != _NEWLINE else b[separators]
+    if len(separators) % 2 or not (np.all(found[0::2] == _TAB) and np.all(found[1::2] == _NEWLINE)):
+        return None
+    lengths = np.diff(separators) - 1  # [2 * lines - 1] digits of every field but the first
+    if not (1 <= separators[0] <= _DIGITS_MAX and np.all(lengths >= 1) and np.all(lengths <= _DIGITS_MAX)):
+        return None
+    return len(separators) // 2
+
+
+def _count_signed_lines(b):
+    """Lines of ``b`` if every one is canonical with signs or a ``\r`` allowed, else None."""
     ends = np.flatnonzero(b == _NEWLINE)  # [lines] positions of each line's newline
     if b[-1] != _NEWLINE:
         ends = np.append(ends, len(b))  # a last line without a newline
@@ -224,11 +338,7 @@ def _parse_canonical(data):
     lengths = field_ends - field_starts - signed  # digits per field
     if np.any(lengths < 1) or np.any(lengths > _DIGITS_MAX):
         return None
-    text = data.decode("ascii").replace("\t", " ")
-    values = np.fromstring(text, dtype=np.int64, sep=" ")  # [2 * lines] C parse; only binary mode is deprecated
-    if len(values) != 2 * len(ends):
-        return None
-    return values[0::2].copy(), values[1::2].copy()
+    return len(ends)
 
 
 def _byte_before(b, ends):
@@ -239,25 +349,23 @@ def _byte_before(b, ends):
     return before
 
 
-def _check_parsed(idx_path, keys, offsets, rec_size):
+def _check_parsed(idx_path, columns, rec_size):
     """The reference parser's per-line checks, vectorised; the first bad line in file order raises."""
-    ascending = len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1]))  # then no key repeats: skip the sort
-    bad_offset = (offsets < 0) | (offsets % 4 != 0)
-    if rec_size is not None:
-        bad_offset |= offsets >= rec_size
-    first_bad = int(np.argmax(bad_offset)) if bad_offset.any() else len(keys)
-    first_repeat = len(keys)
-    if not ascending:
+    offsets = columns.offsets[:columns.n]  # [N] file order
+    first_bad = columns.n if columns.first_bad is None else columns.first_bad
+    if not columns.ascending:  # ascending keys cannot repeat
+        keys = columns.keys[:columns.n]
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         repeats = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
-        first_repeat = int(order[repeats + 1].min()) if len(repeats) else len(keys)
-    if first_repeat <= first_bad and first_repeat < len(keys):  # a line is checked for duplicates first
-        key = int(keys[first_repeat])
-        first = int(order[np.searchsorted(sorted_keys, key)])
-        raise RecordIOError(duplicate_message(f"{idx_path}:{first_repeat + 1}", key, int(offsets[first])))
-    if first_bad < len(keys):
-        check_index_offset(int(keys[first_bad]), int(offsets[first_bad]), rec_size, f"{idx_path}:{first_bad + 1}")
+        if len(repeats):
+            first_repeat = int(order[repeats + 1].min())
+            if first_repeat <= first_bad:  # a line is checked for a repeated key first
+                key = int(keys[first_repeat])
+                first = int(order[np.searchsorted(sorted_keys, key)])
+                raise RecordIOError(duplicate_message(f"{idx_path}:{first_repeat + 1}", key, int(offsets[first])))
+    if first_bad < columns.n:
+        check_index_offset(columns.key_at(first_bad), int(offsets[first_bad]), rec_size, f"{idx_path}:{first_bad + 1}")
 
 
 # ----------------------------------------------------------------------------- messages
