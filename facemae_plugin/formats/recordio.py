@@ -386,7 +386,11 @@ class IndexedRecordReader(ClosedOnExit):
         self.path = self._file.path
         self.idx_path = os.fspath(idx_path) if idx_path else default_idx_path(rec_path)
         self.index = read_index(self.idx_path, rec_size=self._file.size)  # RecordIndex: numpy arrays
-        self.keys = self.index.file_keys  # [N] int64, file order
+
+    @property
+    def keys(self):
+        """[N] int64 keys in ``.idx`` order (see ``RecordIndex.file_keys``)."""
+        return self.index.file_keys
 
     def __len__(self):
         return len(self.index)
