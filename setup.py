@@ -32,6 +32,7 @@ setup(
         "opencv-python-headless",
         "tqdm",
         "matplotlib",
+        "faiss-cpu",  # the audit's approximate search beyond the exact limit
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "insightface", "scikit-learn"],

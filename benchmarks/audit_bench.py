@@ -1,12 +1,13 @@
-"""Benchmark the privacy audit's retrieval: time and peak memory against the gallery size.
+"""Benchmark the privacy audit's retrieval: time, peak memory and recall against the gallery size.
 
 For each size N a fresh process draws N random 512-d gallery embeddings (identities of
---images-per-identity rows each) and N queries = gallery + Gaussian noise, then times
-``retrieval_metrics`` (L2 normalisation, chunked top-5 search, source ranks, impostor sample,
-TAR@FAR) with float32 torch matmuls on the CPU. Memory is the process's peak RSS (VmHWM,
-reset once the embeddings exist) during the search and the part of it the search adds over
-the embeddings (2 x N x D float32) already in memory; the full N x N float32 score matrix,
-never formed, is shown for comparison.
+--images-per-identity rows each) and N queries = gallery + Gaussian noise (each query's planted
+match is its source), writes both as unit rows to disk-backed arrays a block at a time (the
+audit's ``EmbeddingRows``; never all in memory), then times ``evaluate_retrieval`` on them:
+exact chunked search or, beyond the exact limit (``--search auto``), the approximate search with
+its recall@1 measured against exact search on --recall-queries sampled queries. Memory is the
+process's peak RSS (VmHWM, anonymous and file-backed pages together, reset once the embeddings
+are on disk); the full N x N float32 score matrix, never formed, is shown for comparison.
 
 Prints a Markdown table and, last, one JSON line {"bench": "audit", "rows": [...]}.
 Timings are rough when other jobs share the CPU.
@@ -34,6 +35,12 @@ def parse_args(argv=None):
     parser.add_argument("--chunk", type=int, default=None, help="query rows per chunk (default: automatic)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random embeddings (default 0)")
+    parser.add_argument("--search", choices=("auto", "exact", "approximate"), default="auto",
+                        help="the audit's search (default auto: exact up to its pair limit)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="precision of the embeddings on disk (default float32)")
+    parser.add_argument("--recall-queries", type=int, default=1000,
+                        help="queries whose approximate top-1 is checked by exact search (default 1000)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # one size, in-process
     return parser.parse_args(argv)
 
@@ -55,38 +62,59 @@ def reset_peak_rss():
 
 def measure_one(size, args):
     """Run in a fresh process: one gallery size, returns a result row."""
+    import tempfile
+
     import numpy as np
     import torch
 
-    from facemae_plugin.evaluation.retrieval import default_chunk, retrieval_metrics
+    from facemae_plugin.evaluation.embedding_store import EmbeddingRows
+    from facemae_plugin.evaluation.retrieval import default_chunk, evaluate_retrieval, unit_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    gallery = rng.standard_normal((size, args.dim), dtype=np.float32)  # [N, D]
-    queries = gallery + np.float32(args.noise) * rng.standard_normal((size, args.dim), dtype=np.float32)
     keys = np.arange(size)
     labels = keys // args.images_per_identity
-    del rng  # the embeddings stay; their generation's temporaries must not count as the search's
-    reset_peak_rss()
-    before = rss_mib("VmRSS")
-    start = time.perf_counter()
-    metrics = retrieval_metrics(queries, gallery, keys, keys, labels, labels, ks=(1, 5), chunk=args.chunk)
-    seconds = time.perf_counter() - start
-    peak = rss_mib("VmHWM")
-    return {"gallery": size, "queries": size, "dim": args.dim, "chunk": args.chunk or default_chunk(size),
-            "threads": torch.get_num_threads(), "seconds": seconds, "queries_per_s": size / seconds,
-            "peak_rss_mib": peak, "embeddings_rss_mib": before, "search_added_mib": peak - before,
-            "full_matrix_gib": size * size * 4 / 2 ** 30, "instance_rank1": metrics["instance_rank1"],
-            "identity_rank5": metrics["identity_rank5"], "tar_at_far": metrics["tar_at_far"],
-            "impostor_pairs": metrics["impostor_pairs"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        gallery, queries = planted_embeddings(size, args, tmp, EmbeddingRows, unit_rows)
+        reset_peak_rss()
+        before = rss_mib("VmRSS")
+        start = time.perf_counter()
+        report = evaluate_retrieval(queries, gallery, keys, keys, labels, labels, ks=(1, 5), chunk=args.chunk,
+                                    normalised=True, search=args.search, recall_queries=args.recall_queries,
+                                    seed=args.seed)
+        seconds = time.perf_counter() - start
+        peak = rss_mib("VmHWM")
+    metrics = report.metrics
+    return {"gallery": size, "queries": size, "dim": args.dim, "dtype": args.dtype,
+            "chunk": args.chunk or default_chunk(size), "threads": torch.get_num_threads(),
+            "seconds": seconds, "queries_per_s": size / seconds, "peak_rss_mib": peak,
+            "start_rss_mib": before, "full_matrix_gib": size * size * 4 / 2 ** 30, "search": metrics["search"],
+            "instance_rank1": metrics["instance_rank1"], "identity_rank5": metrics["identity_rank5"],
+            "tar_at_far": metrics["tar_at_far"], "impostor_pairs": metrics["impostor_pairs"]}
+
+
+def planted_embeddings(size, args, folder, rows_class, unit_rows, block=1 << 16):
+    """``(gallery, queries)`` memory maps of unit rows, drawn and written a block at a time."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    gallery = rows_class(f"{folder}/gallery.npy", size, args.dtype)
+    queries = rows_class(f"{folder}/queries.npy", size, args.dtype)
+    for start in range(0, size, block):
+        rows = min(block, size - start)
+        g = rng.standard_normal((rows, args.dim), dtype=np.float32)  # [b, D]
+        q = g + np.float32(args.noise) * rng.standard_normal((rows, args.dim), dtype=np.float32)
+        gallery.append(unit_rows(g).numpy())
+        queries.append(unit_rows(q).numpy())
+    return gallery.finish(), queries.finish()
 
 
 def run_child(size, args):
     """Measure one size in a fresh interpreter, so each peak RSS is that size's own."""
     command = [sys.executable, __file__, "--child", str(size), "--dim", str(args.dim),
                "--images-per-identity", str(args.images_per_identity), "--noise", str(args.noise),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed), "--search", args.search, "--dtype", args.dtype,
+               "--recall-queries", str(args.recall_queries)]
     if args.chunk:
         command += ["--chunk", str(args.chunk)]
     if args.threads:
@@ -96,12 +124,15 @@ def run_child(size, args):
 
 
 def markdown_table(rows):
-    lines = ["| gallery = queries | chunk rows | threads | time (s) | queries/s | peak RSS in search (MiB) | "
-             "added by search (MiB) | N x N fp32 matrix (GiB, never formed) | instance rank-1 | TAR@FAR=1e-3 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| gallery = queries | search | recall@1 (sampled) | threads | time (s) | queries/s | "
+             "peak RSS in search (MiB) | N x N fp32 matrix (GiB, never formed) | instance rank-1 | TAR@FAR=1e-3 |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['gallery']:,} | {r['chunk']} | {r['threads']} | {r['seconds']:.1f} | "
-                     f"{r['queries_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['search_added_mib']:.0f} | "
+        search = r["search"]
+        recall = "exact" if search["method"] == "exact" else (
+            f"{search['recall_at_1']:.4f} of {search['recall_queries']} ({search['candidates']} candidates)")
+        lines.append(f"| {r['gallery']:,} | {search['method']} | {recall} | {r['threads']} | {r['seconds']:.1f} | "
+                     f"{r['queries_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['full_matrix_gib']:.1f} | {r['instance_rank1']:.4f} | {r['tar_at_far']:.4f} |")
     return "\n".join(lines)
 

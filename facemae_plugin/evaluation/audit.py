@@ -20,8 +20,9 @@ from ..core.files import sha256_file, write_json
 from ..data.dataset import normalise
 from ..formats.shard import PROVENANCE_NAME, FaceShard
 from .embed import embed_with_flip
+from .embedding_store import EmbeddingRows, ScratchFolder
 from .plots import new_figure, save_figure
-from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval
+from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval, unit_rows
 
 AUDIT_JSON = "audit.json"
 HISTOGRAM_PNG = "similarity_histogram.png"
@@ -86,50 +87,65 @@ def check_same_labels(original, original_labels, released, released_labels):
                                   f"{original.rec_path} labels it {by_key[key]}; expected the same labels")
 
 
-def embed_shard(shard, embedder, batch_size=64, device="cpu", progress=False, desc="embed"):
-    """Every image of ``shard`` in ``image_keys`` order -> (embeddings [N, D] float32, labels [N] int64).
+def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=False, desc="embed"):
+    """Every image of ``shard`` in ``image_keys`` order (image + flip) as unit rows appended to ``rows``.
 
-    Embeddings are image + flip, not normalised. Images are decoded one batch at a time, so a
-    large shard never sits in memory as floats.
+    ``rows`` is an ``EmbeddingRows`` of ``len(shard)`` rows; returns ``(its memory map [N, D], labels
+    [N] int64)``. Images are decoded and embeddings written one batch at a time, so neither the
+    images nor the embeddings of a large shard sit in memory.
     """
     from tqdm import tqdm
 
     keys = shard.image_keys
-    embeddings, labels = [], np.empty(len(keys), np.int64)
+    labels = np.empty(len(keys), np.int64)
     for start in tqdm(range(0, len(keys), batch_size), desc=desc, unit="batch", disable=not progress):
         batch = []
         for i in range(start, min(start + batch_size, len(keys))):
             labels[i], payload = shard.read(keys[i])
             batch.append(normalise(shard.decode(keys[i], payload)))  # [3, H, W] RGB
-        images = torch.stack(batch)  # [B, 3, H, W]
-        embeddings.append(embed_with_flip(embedder, images, batch_size, device).astype(np.float32))
-    dim = embeddings[0].shape[1] if embeddings else 0
-    return (np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)), labels
+        embeddings = embed_with_flip(embedder, torch.stack(batch), batch_size, device)  # [B, D] float64
+        rows.append(unit_rows(embeddings.astype(np.float32)).numpy())
+    return rows.finish(), labels
 
 
 # ----------------------------------------------------------------------------- the job
 
 
+def _embed_and_search(original, released, embedder, scratch, batch_size, device, progress, dtype, options):
+    """Both shards embedded into ``scratch``, then the search: ``(RetrievalReport, gallery labels, query labels)``."""
+    gallery, gallery_labels = embed_shard(
+        original, embedder, EmbeddingRows(os.path.join(scratch, "original.npy"), len(original), dtype),
+        batch_size, device, progress, "original")
+    query, query_labels = embed_shard(
+        released, embedder, EmbeddingRows(os.path.join(scratch, "released.npy"), len(released), dtype),
+        batch_size, device, progress, "released")
+    check_same_labels(original, gallery_labels, released, released_labels=query_labels)
+    result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
+                                gallery_labels, **options)
+    return result, gallery_labels, query_labels
+
+
 def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, device="cpu", ks=DEFAULT_KS,
           far_target=FAR_TARGET, max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, examples=8, chunk=None,
-          progress=False, model=None, plots=True):
+          progress=False, model=None, plots=True, search="auto", embedding_dtype="float32", recall_queries=None):
     """Audit ``released_dir`` against ``original_dir`` with ``embedder``; returns the report dict.
 
     ``embedder``: a torch recogniser or ``OnnxEmbedder`` (see ``embed.load_embedder``); ``model``
     only names it in the report. ``out_dir`` defaults to ``<released_dir>/audit``. ``plots=False``
-    writes only audit.json (the figures take seconds; the metrics do not need them).
+    writes only audit.json (the figures take seconds; the metrics do not need them). Embeddings
+    live on disk in ``out_dir`` while the audit runs (``embedding_dtype``, see
+    ``embedding_store``); ``search`` and ``recall_queries`` as in ``retrieval.evaluate_retrieval``.
     """
     if batch_size < 1:
         raise AuditInputError(f"batch size must be a positive integer, got {batch_size}")
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(os.fspath(released_dir), "audit")
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
         check_same_records(original, released)
-        gallery, gallery_labels = embed_shard(original, embedder, batch_size, device, progress, "original")
-        query, query_labels = embed_shard(released, embedder, batch_size, device, progress, "released")
-        check_same_labels(original, gallery_labels, released, released_labels=query_labels)
-        result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
-                                    gallery_labels, ks=ks, chunk=chunk, device=device, far_target=far_target,
-                                    max_impostors=max_impostors, seed=seed)
+        with ScratchFolder(out_dir) as scratch:
+            result, gallery_labels, query_labels = _embed_and_search(
+                original, released, embedder, scratch, batch_size, device, progress, embedding_dtype,
+                dict(ks=ks, chunk=chunk, device=device, far_target=far_target, max_impostors=max_impostors, seed=seed,
+                     normalised=True, search=search, recall_queries=recall_queries, progress=progress))
         most, least = leak_ranking(result, released.image_keys, original.image_keys, query_labels, examples)
         os.makedirs(out_dir, exist_ok=True)
         figures = {}

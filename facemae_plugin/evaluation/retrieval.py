@@ -21,6 +21,8 @@ COUNT_BLOCK = 1 << 23  # scores compared at a time when ranking sources (see _co
 DEFAULT_MAX_IMPOSTORS = 1_000_000  # impostor pairs beyond this are sampled, not enumerated
 DEFAULT_KS = (1, 5)
 FAR_TARGET = 1e-3
+EXACT_PAIRS = 25_000_000_000  # (query, gallery) pairs searched exactly under search="auto"; more go approximate
+SEARCHES = ("auto", "exact", "approximate")
 
 
 class RetrievalInputError(FaceMAEError):
@@ -45,6 +47,7 @@ class RetrievalReport:
     search: SearchResult
     source_index: np.ndarray  # [Q] gallery row of each query's source record
     impostor_scores: np.ndarray  # [M] released-vs-other-identity cosines (all or a sample)
+    recall_rows: np.ndarray = None  # [S] queries whose approximate top-1 was checked against exact search
 
 
 def unit_rows(embeddings):
@@ -174,16 +177,17 @@ def _as_matrix(x, name):
 def source_rows(query_keys, gallery_keys):
     """Gallery row of each query's key ([Q] int64); a query key absent from the gallery is named."""
     gallery_keys = np.asarray(gallery_keys, dtype=np.int64)
-    position = {int(key): row for row, key in enumerate(gallery_keys)}
-    if len(position) != len(gallery_keys):
+    query_keys = np.asarray(query_keys, dtype=np.int64)
+    order = np.argsort(gallery_keys, kind="stable")
+    sorted_keys = gallery_keys[order]
+    if len(sorted_keys) > 1 and np.any(sorted_keys[1:] == sorted_keys[:-1]):
         raise RetrievalInputError("gallery keys must be unique")
-    rows = np.empty(len(query_keys), np.int64)
-    for i, key in enumerate(np.asarray(query_keys, dtype=np.int64)):
-        row = position.get(int(key))
-        if row is None:
-            raise RetrievalInputError(f"query key {int(key)} has no source record in the gallery")
-        rows[i] = row
-    return rows
+    positions = np.minimum(np.searchsorted(sorted_keys, query_keys), max(len(sorted_keys) - 1, 0))
+    found = sorted_keys[positions] == query_keys if len(sorted_keys) else np.zeros(len(query_keys), bool)
+    if not found.all():
+        missing = int(query_keys[~found][0])
+        raise RetrievalInputError(f"query key {missing} has no source record in the gallery")
+    return order[positions]
 
 
 class ImpostorCollector:
@@ -216,6 +220,12 @@ class ImpostorCollector:
         columns = self.columns[start:stop].to(scores.device)  # [c, m]
         other = query_labels != self.gallery_labels.to(scores.device)[columns]  # [c, m]
         self._parts.append(scores.gather(1, columns)[other].cpu().numpy())
+
+    def take_sampled(self, start, stop, pair_scores):
+        """Scores [c, m] of queries ``start:stop`` with their drawn ``columns``, computed by the caller."""
+        columns = self.columns[start:stop]  # [c, m]
+        other = (self.query_labels[start:stop, None] != self.gallery_labels[columns]).numpy()  # [c, m]
+        self._parts.append(np.asarray(pair_scores, np.float32)[other])
 
     def scores(self):
         """All collected impostor scores, [M] float32 in query order."""
@@ -264,8 +274,14 @@ def score_tar_at_far(genuine, impostor, far_target=FAR_TARGET):
 
 def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_labels, gallery_labels,
                        ks=DEFAULT_KS, chunk=None, device="cpu", far_target=FAR_TARGET,
-                       max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0):
-    """Search every query in the gallery (cosine) and measure leakage; see ``retrieval_metrics``."""
+                       max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, normalised=False, search="auto",
+                       recall_queries=None, progress=False):
+    """Search every query in the gallery (cosine) and measure leakage; see ``retrieval_metrics``.
+
+    ``normalised=True``: the embeddings are unit rows already (numpy or memory maps), used as
+    they are. ``search``: ``exact``, ``approximate`` (``approximate.approximate_search``) or
+    ``auto``, exact up to ``EXACT_PAIRS`` (query, gallery) pairs.
+    """
     ks = sorted({int(k) for k in ks})
     query_labels = _labels(query_labels, len(query_emb), "query")
     gallery_labels = _labels(gallery_labels, len(gallery_emb), "gallery")
@@ -274,26 +290,36 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
             f"need one key per embedding: {len(query_keys)} query keys for {len(query_emb)} rows, "
             f"{len(gallery_keys)} gallery keys for {len(gallery_emb)} rows")
     source_index = source_rows(query_keys, gallery_keys)
-    q, g = unit_rows(query_emb), unit_rows(gallery_emb)  # [Q, D], [G, D]
+    q, g = (query_emb, gallery_emb) if normalised else (unit_rows(query_emb), unit_rows(gallery_emb))  # [Q, D], [G, D]
     collector = ImpostorCollector(query_labels, gallery_labels, max_impostors, seed)
-    search = chunked_search(q, g, max(ks), source_index=source_index, chunk=chunk, device=device,
-                            impostors=collector)
+    method = choose_search(search, len(q), len(g), collector.exhaustive)
+    recall_rows = None
+    if method == "exact":
+        result = chunked_search(q, g, max(ks), source_index=source_index, chunk=chunk, device=device,
+                                impostors=collector)
+        search_info = {"method": "exact"}
+    else:
+        from .approximate import RECALL_QUERIES, approximate_search
+
+        result, search_info, recall_rows = approximate_search(
+            q, g, max(ks), source_index, collector, recall_queries or RECALL_QUERIES, seed=seed, progress=progress)
     impostors, exhaustive = collector.scores(), collector.exhaustive
 
-    metrics = {"queries": int(len(q)), "gallery": int(len(g)), "dim": int(q.shape[1])}
-    found_source = search.top_indices == source_index[:, None]  # [Q, k]
-    found_identity = gallery_labels[search.top_indices] == query_labels[:, None]  # [Q, k]
+    metrics = {"queries": int(len(q)), "gallery": int(len(g)), "dim": int(q.shape[1]), "search": search_info}
+    found_source = result.top_indices == source_index[:, None]  # [Q, k]
+    found_identity = gallery_labels[result.top_indices] == query_labels[:, None]  # [Q, k]
     for k in ks:
         metrics[f"instance_rank{k}"] = float(found_source[:, :k].any(1).mean()) if len(q) else 0.0
         metrics[f"identity_rank{k}"] = float(found_identity[:, :k].any(1).mean()) if len(q) else 0.0
-    metrics["mean_source_cosine"] = float(np.mean(search.source_scores, dtype=np.float64)) if len(q) else None
-    metrics["median_source_rank"] = float(np.median(search.source_ranks)) if len(q) else None
-    verification = score_tar_at_far(search.source_scores, impostors, far_target)
+    metrics["mean_source_cosine"] = float(np.mean(result.source_scores, dtype=np.float64)) if len(q) else None
+    exact_ranks = len(q) and method == "exact"  # approximate ranks stop at the candidate count
+    metrics["median_source_rank"] = float(np.median(result.source_ranks)) if exact_ranks else None
+    verification = score_tar_at_far(result.source_scores, impostors, far_target)
     metrics.update({"far_target": far_target, "tar_at_far": verification["tar"],
                     "far": verification["far"], "threshold": verification["threshold"],
                     "impostor_pairs": int(len(impostors)), "impostors_exhaustive": exhaustive,
                     "mean_impostor_cosine": float(np.mean(impostors, dtype=np.float64)) if len(impostors) else None})
-    return RetrievalReport(metrics, search, source_index, impostors)
+    return RetrievalReport(metrics, result, source_index, impostors, recall_rows)
 
 
 def retrieval_metrics(query_emb, gallery_emb, query_keys, gallery_keys, query_labels, gallery_labels,
@@ -314,6 +340,19 @@ def retrieval_metrics(query_emb, gallery_emb, query_keys, gallery_keys, query_la
     """
     return evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_labels,
                               gallery_labels, ks, chunk, device, far_target, max_impostors, seed).metrics
+
+
+def choose_search(search, num_queries, gallery_size, exhaustive_impostors):
+    """``exact`` or ``approximate`` for ``search`` (one of ``SEARCHES``) at this size."""
+    if search not in SEARCHES:
+        raise RetrievalInputError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    if search == "auto":
+        small = num_queries * gallery_size <= EXACT_PAIRS or exhaustive_impostors
+        return "exact" if small else "approximate"
+    if search == "approximate" and exhaustive_impostors:
+        raise RetrievalInputError("approximate search samples impostors, but these sets have at most max_impostors "
+                                  "impostor pairs; search exactly or lower max_impostors")
+    return search
 
 
 def _labels(labels, n, name):
