@@ -73,7 +73,8 @@ def make(spec):
         return Identity()
     params = dict(spec.get("params", {}))
     if spec["method"] == "facemae":
-        params["device"] = "cpu"
+        params["device"] = spec.get("device", "cpu")
+        params["autocast"] = spec.get("autocast", False)
     return make_privatizer(spec["method"], **params)
 
 
@@ -179,7 +180,7 @@ def specs(args, checkpoints):
     rows = [("copy-only", "copy", {}, 1), ("copy-only", "copy", {}, all_cores)]
     rows += [(f"{m} {p}", m, {k: v}, all_cores) for m, p, k, v in (
         ("blur", "sigma=3", "sigma", 3.0), ("pixelate", "block=8", "block_size", 8),
-        ("noise", "std=25", "std", 25.0), ("masked", "ratio=0.75", "mask_ratio", 0.75))]
+        ("noise", "std=25", "std", 25.0), ("masked", "ratio=0.75", "mask_ratio", 0.75)) if m in args.baselines]
     for preset in args.models:
         for output in ("full", "paste"):
             params = {"checkpoint": str(checkpoints[preset]), "output": output}
@@ -201,12 +202,17 @@ def main():
     parser.add_argument("--work-dir", default=os.path.join(REPO_ROOT, "work_dirs", "convert_bench"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--models", default="tiny,small", help="FaceMAE presets to time (default tiny,small)")
+    parser.add_argument("--device", default="cpu", help="where FaceMAE runs: cpu or cuda (default cpu)")
+    parser.add_argument("--autocast", action="store_true", help="FaceMAE in bf16 (CPU) / fp16 (CUDA) autocast")
+    parser.add_argument("--baselines", default="blur,pixelate,noise,masked",
+                        help="comma list of baseline methods to time (default all; '' for none)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(json.loads(args.child))))
         return
     args.models = [m for m in args.models.split(",") if m]
+    args.baselines = [m for m in args.baselines.split(",") if m]
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -219,7 +225,7 @@ def main():
     copy_rate = {}
     for name, method, params, workers in specs(args, checkpoints):
         spec = {"method": method, "params": params, "batch_size": args.batch_size, "workers": workers,
-                "shard": str(full), "out": str(out)}
+                "shard": str(full), "out": str(out), "device": args.device, "autocast": args.autocast}
         run = measure(spec)
         alone = efficiency = shared = None
         if method == "copy":
@@ -247,7 +253,7 @@ def main():
                         "pool_peak_rss_mb": run["pool_peak_rss_mb"]}
 
     print(f"\n### facemae convert, {args.images} images, batch {args.batch_size}, "
-          f"{len(os.sched_getaffinity(0))} cores, CPU\n")
+          f"{len(os.sched_getaffinity(0))} cores, FaceMAE on {args.device}{' with autocast' if args.autocast else ''}\n")
     print("| run | converter img/s | privatizer-only img/s | efficiency (vs slowest) | efficiency "
           "(shared cores) | peak RSS MB | worker peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -261,7 +267,8 @@ def main():
               f"{m['pool_peak_rss_mb']:.0f} |")
     efficiencies = [r["efficiency"] for r in results.values() if r["efficiency"] is not None]
     summary = {
-        "bench": "convert", "images": args.images, "batch_size": args.batch_size,
+        "bench": "convert", "images": args.images, "batch_size": args.batch_size, "device": args.device,
+        "autocast": args.autocast,
         "cores": len(os.sched_getaffinity(0)), "runs": results, "memory": memory,
         "min_efficiency": min(efficiencies) if efficiencies else None, "target_efficiency": TARGET_EFFICIENCY,
         "rss_growth_mb": memory["full"]["peak_rss_mb"] - memory["quarter"]["peak_rss_mb"],

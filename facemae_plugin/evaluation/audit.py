@@ -22,7 +22,7 @@ from ..formats.shard import PROVENANCE_NAME, FaceShard
 from .embed import embed_with_flip
 from .embedding_store import EmbeddingRows, ScratchFolder
 from .plots import new_figure, save_figure
-from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval, unit_rows
+from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval, source_rows, unit_rows
 
 AUDIT_JSON = "audit.json"
 HISTOGRAM_PNG = "similarity_histogram.png"
@@ -38,13 +38,12 @@ class AuditInputError(FaceMAEError):
 
 def check_same_records(original, released):
     """Both shards must hold the same image keys; the first key missing on either side is named."""
-    original_keys, released_keys = set(original.image_keys.tolist()), set(released.image_keys.tolist())
-    missing = sorted(original_keys - released_keys)
-    if missing:
+    missing = np.setdiff1d(original.image_keys, released.image_keys)  # ascending
+    if len(missing):
         raise AuditInputError(f"{released.rec_path}: key {missing[0]} of the original {original.rec_path} "
                               f"is missing ({len(missing)} key(s) missing); expected the same keys")
-    extra = sorted(released_keys - original_keys)
-    if extra:
+    extra = np.setdiff1d(released.image_keys, original.image_keys)
+    if len(extra):
         raise AuditInputError(f"{released.rec_path}: key {extra[0]} is not in the original "
                               f"{original.rec_path} ({len(extra)} extra key(s)); expected the same keys")
 
@@ -80,11 +79,12 @@ def check_provenance(original, released):
 
 def check_same_labels(original, original_labels, released, released_labels):
     """A record must keep its identity label in the release; the first differing key is named."""
-    by_key = dict(zip(original.image_keys.tolist(), original_labels.tolist()))
-    for key, label in zip(released.image_keys.tolist(), released_labels.tolist()):
-        if by_key[key] != label:
-            raise AuditInputError(f"{released.rec_path} key {key}: label {label}, but the original "
-                                  f"{original.rec_path} labels it {by_key[key]}; expected the same labels")
+    expected = original_labels[source_rows(released.image_keys, original.image_keys)]  # [N] in released order
+    differs = np.flatnonzero(expected != released_labels)
+    if len(differs):
+        i = differs[0]
+        raise AuditInputError(f"{released.rec_path} key {released.image_keys[i]}: label {released_labels[i]}, but the "
+                              f"original {original.rec_path} labels it {expected[i]}; expected the same labels")
 
 
 def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=False, desc="embed"):
