@@ -148,7 +148,7 @@ def _verify(args):
     # Every .bin is read (restricted unpickler) before the model loads: bad sets fail fast.
     sets = [(path, *load_bin(path)) for path in args.bins]
     device = str(pick_device(args.device))
-    embedder = load_embedder(args.model, args.network, device=device)
+    embedder = load_embedder(args.model, args.network, device=device, precision=args.precision)
     reports = []
     for path, images, issame in sets:
         report = verify_loaded(embedder, path, images, issame, args.batch_size, device,
@@ -158,7 +158,8 @@ def _verify(args):
               f"{report['accuracy_flip']:.5f}+-{report['accuracy_std']:.5f}  TAR@FAR={report['far_target']:g}: "
               f"{report['tar_at_far']:.5f}+-{report['tar_std']:.5f} (FAR {report['far']:.5f})")
     shown = "  ".join(f"{r['name']} {r['accuracy_flip'] * 100:.2f}%" for r in reports)
-    return f"verify: {shown}", {"model": args.model, "device": device, "sets": reports}
+    return (f"verify: {shown} ({embedder.precision})",
+            {"model": args.model, "device": device, "precision": embedder.precision, "sets": reports})
 
 
 def _export(args):
@@ -255,7 +256,7 @@ def _audit(args):
 
     check_release(args.original, args.released)  # mismatched shards fail before the model loads
     device = str(pick_device(args.device))
-    embedder = load_embedder(args.model, args.network, device=device)
+    embedder = load_embedder(args.model, args.network, device=device, precision=args.precision)
     report = audit(args.original, args.released, embedder, out_dir=args.out, batch_size=args.batch_size,
                    device=device, max_impostors=args.max_impostors, seed=args.seed,
                    progress=not args.quiet, model=args.model, search=args.search,
@@ -268,8 +269,18 @@ def _audit(args):
             f"{report['instance_rank1'] * 100:.2f}% rank-5 {report['instance_rank5'] * 100:.2f}%, identity "
             f"rank-1 {report['identity_rank1'] * 100:.2f}% rank-5 {report['identity_rank5'] * 100:.2f}%, "
             f"TAR@FAR={report['far_target']:g} {tar}, mean source cosine {report['mean_source_cosine']:.4f} "
-            f"({searched}) -> {report['report']}"), report
+            f"({searched}, {embedder.precision}) -> {report['report']}"), report
 
+
+def _add_precision(p, default, why):
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
+                   help=f"how a .pt recogniser runs: fp32 (contiguous float32), fast (channels_last under fp16 "
+                        f"autocast on CUDA, bf16 on a CPU) or auto (fast where fp16/native bf16 exists, else "
+                        f"fp32). Default {default}: {why}")
+
+
+# The recogniser precisions as evaluation.embed.PRECISIONS spells them (a test keeps them equal).
+PRECISIONS = ("auto", "fp32", "fast")
 
 # The audit's choices as evaluation.retrieval.SEARCHES and evaluation.embedding_store.EMBEDDING_DTYPES
 # spell them (a test keeps them equal); named here so that building the parser imports no torch.
@@ -406,6 +417,7 @@ def _add_verify(verbs):
     p.add_argument("bins", metavar="BIN", nargs="+", help="verification sets (lfw.bin, cfp_fp.bin, ...)")
     p.add_argument("--model", required=True, help="model.pt (arcface_torch state_dict) or model.onnx")
     p.add_argument("--roc-dir", default=None, help="write <name>_roc.png per set into this folder")
+    _add_precision(p, "auto", "verification accuracy moves by at most a few pairs")
     p.set_defaults(run=_verify)
 
 
@@ -447,6 +459,8 @@ def _add_audit(verbs):
                         "and reported); auto searches exactly up to 2.5e10 (released, original) pairs (default auto)")
     p.add_argument("--recall-queries", type=POSITIVE_INT, default=1000,
                    help="released images whose approximate top-1 is checked by exact search (default 1000)")
+    _add_precision(p, "fp32", "bf16 rounding can merge a weak recogniser's embeddings of near-duplicate faces, "
+                              "which is what the audit counts")
     p.add_argument("--embedding-dtype", choices=AUDIT_EMBEDDING_DTYPES, default="float32",
                    help="precision of the embeddings kept on disk while the audit runs; float16 halves them "
                         "(default float32, the exact figures)")

@@ -32,3 +32,22 @@ def autocast(device, enabled, dtype=None):
     """Mixed precision in ``amp_dtype(device)`` (or ``dtype``); fp32 when not ``enabled``."""
     device = torch.device(device)
     return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype(device), enabled=bool(enabled))
+
+
+def native_bf16():
+    """Whether this CPU computes bfloat16 in hardware (``avx512_bf16`` or ``amx_bf16``); Linux only."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def fast_inference_dtype(device):
+    """The reduced precision inference runs in where it is fast: fp16 on CUDA, bf16 on a CPU with
+    native bf16; None (stay in fp32) elsewhere, where emulated bf16 is slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if native_bf16() else None

@@ -154,7 +154,7 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
             figures["examples"] = save_leak_examples(original, released, most, least,
                                                      os.path.join(out_dir, EXAMPLES_PNG))
     report = {"original": os.fspath(original_dir), "released": os.fspath(released_dir), "model": model,
-              "device": str(device), **result.metrics, "most_leaking": most, "least_leaking": least,
+              "device": str(device), "precision": getattr(embedder, "precision", None), **result.metrics, "most_leaking": most, "least_leaking": least,
               "plots": figures, "report": os.path.join(out_dir, AUDIT_JSON)}
     write_json(report["report"], report, sort_keys=False, default=str)
     return report

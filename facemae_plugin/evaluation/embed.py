@@ -1,7 +1,14 @@
-"""Embeddings of verification images: each image plus its horizontal flip, as arcface_torch evaluates."""
+"""Embeddings of verification images: each image plus its horizontal flip, as arcface_torch evaluates.
+
+A torch recogniser runs in one of two precisions (``PRECISIONS``): ``fp32`` (contiguous memory,
+float32, the reference) or ``fast`` (channels_last memory and autocast in ``fast_inference_dtype``:
+fp16 on CUDA, bf16 on a CPU that computes it natively). ``auto`` picks ``fast`` where there is such
+a dtype. Embeddings leave the model as float32 either way.
+"""
 import numpy as np
 import torch
 
+from ..core.devices import autocast, fast_inference_dtype
 from ..core.errors import CheckpointError, InputError, UsageError
 from ..data.dataset import normalise_batch
 from ..formats.recordio import decode_image
@@ -97,13 +104,48 @@ class OnnxEmbedder:
         return self
 
 
-def load_embedder(path, network=None, device="cpu"):
-    """A recogniser from ``model.pt`` (needs ``network``) or ``model.onnx``, ready for ``embed_with_flip``."""
+PRECISIONS = ("auto", "fp32", "fast")
+
+
+class MixedPrecisionEmbedder(torch.nn.Module):
+    """A torch recogniser in channels_last memory under autocast in ``dtype``; float32 embeddings out."""
+
+    def __init__(self, model, device, dtype):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+        self.device, self.dtype = torch.device(device), dtype
+
+    def forward(self, images):  # [N, 3, 112, 112] -> [N, D] float32
+        with autocast(self.device, True, self.dtype):
+            return self.model(images.contiguous(memory_format=torch.channels_last)).float()
+
+
+def with_precision(model, device, precision="auto"):
+    """``(embedder, precision name)``: ``model`` as it will run for ``precision`` (see the module docstring)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = fast_inference_dtype(device)
+    if precision == "fp32" or (precision == "auto" and dtype is None):
+        return model, "fp32"
+    dtype = dtype or torch.bfloat16  # "fast" asked for explicitly: bf16 even where it is emulated
+    return MixedPrecisionEmbedder(model, device, dtype).eval(), str(dtype).replace("torch.", "")
+
+
+def load_embedder(path, network=None, device="cpu", precision="fp32"):
+    """A recogniser from ``model.pt`` (needs ``network``) or ``model.onnx``, ready for ``embed_with_flip``.
+
+    ``precision`` applies to ``.pt`` models (``with_precision``); the embedder's ``precision``
+    attribute names what runs (an ONNX graph runs as exported).
+    """
     from ..models.backbones import load_backbone
 
     path = str(path)
     if path.endswith(".onnx"):
-        return OnnxEmbedder(path)
+        embedder = OnnxEmbedder(path)
+        embedder.precision = "onnx"
+        return embedder
     if network is None:
         raise UsageError(f"{path}: a .pt model needs its network name (e.g. --network r50)")
-    return load_backbone(path, network, device=str(device))
+    embedder, name = with_precision(load_backbone(path, network, device=str(device)), device, precision)
+    embedder.precision = name
+    return embedder
