@@ -63,7 +63,7 @@ def cuda_available():
     return torch.cuda.is_available()
 
 
-def run_step(name, command, timeout, env=None):
+def run_step(command, timeout, env=None):
     """Run one step; ``{"ok", "seconds", "result" (its last JSON line) or "error"}``."""
     started = time.perf_counter()
     try:
@@ -162,7 +162,7 @@ def main(argv=None):
         make_checkpoint(work / "facemae_tiny.pt")
         results = {}
         for name, command, env in steps(args, work, toy):
-            results[name] = run_step(name, command, args.step_timeout, env)
+            results[name] = run_step(command, args.step_timeout, env)
             state = "ok" if results[name]["ok"] else "FAILED"
             print(f"{name:11s} {state:6s} {results[name]['seconds']:7.1f} s", flush=True)
     print(json.dumps({"bench": "gpu_check", "cuda": not toy, "device": args.device, "steps": results}))

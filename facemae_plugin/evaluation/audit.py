@@ -112,7 +112,7 @@ def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=Fal
 
 
 def _embed_and_search(original, released, embedder, scratch, batch_size, device, progress, dtype, options):
-    """Both shards embedded into ``scratch``, then the search: ``(RetrievalReport, gallery labels, query labels)``."""
+    """Both shards embedded into ``scratch``, then the search: ``(RetrievalReport, query labels)``."""
     gallery, gallery_labels = embed_shard(
         original, embedder, EmbeddingRows(os.path.join(scratch, "original.npy"), len(original), dtype),
         batch_size, device, progress, "original")
@@ -122,7 +122,7 @@ def _embed_and_search(original, released, embedder, scratch, batch_size, device,
     check_same_labels(original, gallery_labels, released, released_labels=query_labels)
     result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
                                 gallery_labels, **options)
-    return result, gallery_labels, query_labels
+    return result, query_labels
 
 
 def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, device="cpu", ks=DEFAULT_KS,
@@ -142,7 +142,7 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
         check_same_records(original, released)
         with ScratchFolder(out_dir) as scratch:
-            result, gallery_labels, query_labels = _embed_and_search(
+            result, query_labels = _embed_and_search(
                 original, released, embedder, scratch, batch_size, device, progress, embedding_dtype,
                 dict(ks=ks, chunk=chunk, device=device, far_target=far_target, max_impostors=max_impostors, seed=seed,
                      normalised=True, search=search, recall_queries=recall_queries, progress=progress))

@@ -33,7 +33,8 @@ class RecordIndex(Mapping):
     arithmetic when the keys form one contiguous run.
     """
 
-    def __init__(self, keys, offsets):
+    def __init__(self, keys, offsets, order=None):
+        """``keys``, ``offsets``: [N] in file order, keys unique; ``order``: their stable argsort, if known."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)  # [N] file order
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)  # [N] file order
         self._n = len(keys)
@@ -44,7 +45,7 @@ class RecordIndex(Mapping):
             self._file_keys = None if run else keys
             self._sorted_keys, self._sorted_offsets = self._file_keys, offsets
         else:
-            order = np.argsort(keys, kind="stable")
+            order = np.argsort(keys, kind="stable") if order is None else order
             self._file_keys = keys
             self._sorted_keys = None if run else keys[order]
             self._sorted_offsets = offsets[order]
@@ -147,9 +148,9 @@ def read_index(idx_path, rec_size=None):
     columns = _read_canonical(idx_path, rec_size)
     if columns is None:
         return read_index_lines(idx_path, rec_size)
-    _check_parsed(idx_path, columns, rec_size)
+    order = _check_parsed(idx_path, columns)
     _return_freed_memory()
-    return columns.index()
+    return columns.index(order)
 
 
 def read_index_lines(idx_path, rec_size=None):
@@ -255,11 +256,12 @@ class _Columns:
     def key_at(self, row):
         return self.first + row if self.keys is None else int(self.keys[row])
 
-    def index(self):
+    def index(self, order=None):
+        """The ``RecordIndex``; ``order``: the keys' stable argsort when ``_check_parsed`` made one."""
         offsets = self.offsets[:self.n]
         if self.keys is None:
             return RecordIndex.run(self.first, offsets)
-        return RecordIndex(self.keys[:self.n], offsets)
+        return RecordIndex(self.keys[:self.n], offsets, order)
 
 
 def _bad_offsets(offsets, rec_size):
@@ -349,10 +351,15 @@ def _byte_before(b, ends):
     return before
 
 
-def _check_parsed(idx_path, columns, rec_size):
-    """The reference parser's per-line checks, vectorised; the first bad line in file order raises."""
+def _check_parsed(idx_path, columns):
+    """The reference parser's per-line checks, vectorised; the first bad line in file order raises.
+
+    Returns the keys' stable argsort when repeats had to be looked for (keys not ascending), so
+    that the index is built without sorting them again; else None.
+    """
     offsets = columns.offsets[:columns.n]  # [N] file order
     first_bad = columns.n if columns.first_bad is None else columns.first_bad
+    order = None
     if not columns.ascending:  # ascending keys cannot repeat
         keys = columns.keys[:columns.n]
         order = np.argsort(keys, kind="stable")
@@ -365,7 +372,9 @@ def _check_parsed(idx_path, columns, rec_size):
                 first = int(order[np.searchsorted(sorted_keys, key)])
                 raise RecordIOError(duplicate_message(f"{idx_path}:{first_repeat + 1}", key, int(offsets[first])))
     if first_bad < columns.n:
-        check_index_offset(columns.key_at(first_bad), int(offsets[first_bad]), rec_size, f"{idx_path}:{first_bad + 1}")
+        check_index_offset(columns.key_at(first_bad), int(offsets[first_bad]), columns.rec_size,
+                           f"{idx_path}:{first_bad + 1}")
+    return order
 
 
 # ----------------------------------------------------------------------------- messages
