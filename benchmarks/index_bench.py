@@ -34,35 +34,6 @@ STRIDE = 7000  # bytes per record slot in the sparse .rec, about a 112x112 JPEG 
 READS = 20_000
 LOADER_WORKERS = 4
 
-MXNET_MEASURE = r"""
-import gc, json, random, sys, time
-import mxnet as mx
-rec, idx, keys_path, reads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-def status():
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-    return {name: int(fields[name].split()[0]) for name in ("RssAnon", "VmRSS", "VmHWM")}
-keys = json.load(open(keys_path))
-gc.collect()
-before = status()
-start = time.perf_counter()
-reader = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
-open_s = time.perf_counter() - start
-gc.collect()
-after = status()
-rng = random.Random(0)
-order = [rng.choice(keys) for _ in range(reads)]
-for key in order[:1000]:
-    reader.read_idx(key)
-start = time.perf_counter()
-for key in order:
-    reader.read_idx(key)
-read_s = time.perf_counter() - start
-print(json.dumps({"open_s": open_s, "anon_kb": after["RssAnon"] - before["RssAnon"],
-                  "peak_kb": after["VmHWM"] - before["VmRSS"],
-                  "reads_per_s": reads / read_s, "keys": len(reader.keys)}))
-"""
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,5800000,17000000",
@@ -74,7 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", type=Path, default=None, help="where shards are built (default: a temp dir)")
     parser.add_argument("--mxnet-python", default=None,
                         help="interpreter that can import mxnet (default: $FACEMAE_MXNET_PYTHON, else .venv-mxnet)")
-    parser.add_argument("--measure-ours", nargs=3, metavar=("REC", "KEYS", "READS"), help=argparse.SUPPRESS)
+    # Internal: one reader measured in a fresh process (ours here, MXNet's in the oracle venv, which runs this
+    # file too: everything it imports at the top is the standard library).
+    parser.add_argument("--measure", nargs=5, metavar=("READER", "REC", "IDX", "KEYS", "READS"), help=argparse.SUPPRESS)
     parser.add_argument("--measure-loader", nargs=2, metavar=("DIR", "KEYS"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -113,17 +86,28 @@ def build_sparse_shard(directory, n, real, seed=0):
 # --------------------------------------------------------------------------- measuring
 
 
-def measure_ours(rec, keys_path, reads):
+def open_reader(kind, rec, idx):
+    """``(reader, key count)`` opener for ``kind``: ``ours`` (IndexedRecordReader) or ``mxnet``."""
+    if kind == "mxnet":
+        import mxnet as mx
+
+        return lambda: mx.recordio.MXIndexedRecordIO(idx, rec, "r")
+    from facemae_plugin.formats.recordio import IndexedRecordReader
+
+    return lambda: IndexedRecordReader(rec, idx)
+
+
+def measure_reader(kind, rec, idx, keys_path, reads):
+    """Open time and the resident memory the open added, then random ``read_idx`` of the real records."""
     import gc
     import random
 
-    from facemae_plugin.formats.recordio import IndexedRecordReader
-
+    opener = open_reader(kind, rec, idx)
     keys = json.loads(Path(keys_path).read_text())
     gc.collect()
     before = status_kib()
     start = time.perf_counter()
-    reader = IndexedRecordReader(rec)
+    reader = opener()
     open_s = time.perf_counter() - start
     gc.collect()
     after = status_kib()
@@ -135,13 +119,15 @@ def measure_ours(rec, keys_path, reads):
     for key in order:
         reader.read_idx(key)
     read_s = time.perf_counter() - start
-    return {"open_s": open_s, "anon_kb": after["RssAnon"] - before["RssAnon"],
-            "peak_kb": after["VmHWM"] - before["VmRSS"],
-            "reads_per_s": reads / read_s, "keys": len(reader), "index_bytes": reader.index.nbytes}
+    result = {"open_s": open_s, "anon_kb": after["RssAnon"] - before["RssAnon"],
+              "peak_kb": after["VmHWM"] - before["VmRSS"], "reads_per_s": reads / read_s, "keys": len(reader.keys)}
+    if kind == "ours":
+        result["index_bytes"] = reader.index.nbytes
+    return result
 
 
 def status_kib():
-    """Anonymous, total and peak resident memory of this process, in KiB (as the MXNet side reads them)."""
+    """Anonymous, total and peak resident memory of this process, in KiB."""
     with open("/proc/self/status") as f:
         fields = dict(line.split(":", 1) for line in f if ":" in line)
     return {name: int(fields[name].split()[0]) for name in ("RssAnon", "VmRSS", "VmHWM")}
@@ -186,12 +172,8 @@ def measure_loader(directory, keys_path):
                           for i, (a, b) in enumerate(zip(first, last))]}
 
 
-def run_ours(rec, keys_path):
-    return run_json([sys.executable, __file__, "--measure-ours", str(rec), str(keys_path), str(READS)])
-
-
-def run_mxnet(python, rec, idx, keys_path):
-    return run_json([python, "-c", MXNET_MEASURE, str(rec), str(idx), str(keys_path), str(READS)])
+def run_measure(python, kind, rec, idx, keys_path):
+    return run_json([python, __file__, "--measure", kind, str(rec), str(idx), str(keys_path), str(READS)])
 
 
 # --------------------------------------------------------------------------- report
@@ -229,9 +211,9 @@ def print_table(rows, loader):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.measure_ours:
-        rec, keys_path, reads = args.measure_ours
-        print(json.dumps(measure_ours(rec, keys_path, int(reads))))
+    if args.measure:
+        kind, rec, idx, keys_path, reads = args.measure
+        print(json.dumps(measure_reader(kind, rec, idx, keys_path, int(reads))))
         return
     if args.measure_loader:
         print(json.dumps(measure_loader(*args.measure_loader)))
@@ -242,8 +224,8 @@ def main(argv=None):
         rows = []
         for n in sizes:
             rec, idx, keys_path = build_sparse_shard(Path(tmp) / f"keys-{n}", n, args.real_records)
-            ours = run_ours(rec, keys_path)
-            mxnet = run_mxnet(mxnet_python, rec, idx, keys_path) if mxnet_python else None
+            ours = run_measure(sys.executable, "ours", rec, idx, keys_path)
+            mxnet = run_measure(mxnet_python, "mxnet", rec, idx, keys_path) if mxnet_python else None
             rows.append(size_row(n, ours, mxnet))
         loader = None
         if args.loader_keys:
