@@ -8,6 +8,7 @@ arcface_torch evaluates); every released image queries the whole original galler
   audit.json                  the metrics, the inputs, the most/least leaking records
   similarity_histogram.png    source-pair vs impostor cosines, with the TAR@FAR threshold
   leak_examples.png           original | released of the most and least leaking records
+  training_set_histogram.png  with a training set: nearest identity-centre cosines (``lookalikes``)
 """
 import json
 import os
@@ -21,12 +22,14 @@ from ..data.dataset import normalise
 from ..formats.shard import PROVENANCE_NAME, FaceShard
 from .embed import embed_with_flip
 from .embedding_store import EmbeddingRows, ScratchFolder
+from .lookalikes import training_set_leakage
 from .plots import new_figure, save_figure
 from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval, source_rows, unit_rows
 
 AUDIT_JSON = "audit.json"
 HISTOGRAM_PNG = "similarity_histogram.png"
 EXAMPLES_PNG = "leak_examples.png"
+TRAINING_SET_PNG = "training_set_histogram.png"
 
 
 class AuditInputError(FaceMAEError):
@@ -48,12 +51,22 @@ def check_same_records(original, released):
                               f"{original.rec_path} ({len(extra)} extra key(s)); expected the same keys")
 
 
-def check_release(original_dir, released_dir):
+def check_release(original_dir, released_dir, training_set=None):
     """Fail fast, before any model loads, when the two shards do not hold the same keys."""
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
         check_same_records(original, released)
         check_provenance(original, released)
+        if training_set is not None:
+            check_training_set(original, training_set)
         return len(original)
+
+
+def check_training_set(original, training_dir):
+    """The reconstructor's training set must be another shard than the original: its people are others."""
+    with FaceShard(training_dir) as training:
+        if sha256_file(training.idx_path) == sha256_file(original.idx_path):
+            raise AuditInputError(f"{training.idx_path}: the training set is the original shard {original.rec_path} "
+                                  "itself; give the shard the reconstructor was trained on")
 
 
 def check_provenance(original, released):
@@ -112,7 +125,8 @@ def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=Fal
 
 
 def _embed_and_search(original, released, embedder, scratch, batch_size, device, progress, dtype, options):
-    """Both shards embedded into ``scratch``, then the search: ``(RetrievalReport, query labels)``."""
+    """Both shards embedded into ``scratch``, then the search: ``(RetrievalReport, query labels, query
+    rows [Q, D], gallery rows [G, D])``."""
     gallery, gallery_labels = embed_shard(
         original, embedder, EmbeddingRows(os.path.join(scratch, "original.npy"), len(original), dtype),
         batch_size, device, progress, "original")
@@ -122,12 +136,23 @@ def _embed_and_search(original, released, embedder, scratch, batch_size, device,
     check_same_labels(original, gallery_labels, released, released_labels=query_labels)
     result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
                                 gallery_labels, **options)
-    return result, query_labels
+    return result, query_labels, query, gallery
+
+
+def _training_set_leakage(training_dir, query, gallery, source_index, embedder, scratch, batch_size, device,
+                          progress, dtype, options):
+    """Look-alikes of ``training_dir``'s identities among the released and (paired) original images."""
+    with FaceShard(training_dir) as training:
+        train, train_labels = embed_shard(
+            training, embedder, EmbeddingRows(os.path.join(scratch, "training.npy"), len(training), dtype),
+            batch_size, device, progress, "training set")
+    return training_set_leakage(query, gallery, train, train_labels, original_rows=source_index, **options)
 
 
 def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, device="cpu", ks=DEFAULT_KS,
           far_target=FAR_TARGET, max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, examples=8, chunk=None,
-          progress=False, model=None, plots=True, search="auto", embedding_dtype="float32", recall_queries=None):
+          progress=False, model=None, plots=True, search="auto", embedding_dtype="float32", recall_queries=None,
+          training_set=None):
     """Audit ``released_dir`` against ``original_dir`` with ``embedder``; returns the report dict.
 
     ``embedder``: a torch recogniser or ``OnnxEmbedder`` (see ``embed.load_embedder``); ``model``
@@ -135,17 +160,24 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
     writes only audit.json (the figures take seconds; the metrics do not need them). Embeddings
     live on disk in ``out_dir`` while the audit runs (``embedding_dtype``, see
     ``embedding_store``); ``search`` and ``recall_queries`` as in ``retrieval.evaluate_retrieval``.
+    ``training_set``: the shard the release's reconstructor was trained on; adds ``training_set``,
+    its look-alikes among the released and the original images (``lookalikes``).
     """
     if batch_size < 1:
         raise AuditInputError(f"batch size must be a positive integer, got {batch_size}")
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(os.fspath(released_dir), "audit")
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
         check_same_records(original, released)
+        if training_set is not None:
+            check_training_set(original, training_set)
         with ScratchFolder(out_dir) as scratch:
-            result, query_labels = _embed_and_search(
+            result, query_labels, query, gallery = _embed_and_search(
                 original, released, embedder, scratch, batch_size, device, progress, embedding_dtype,
                 dict(ks=ks, chunk=chunk, device=device, far_target=far_target, max_impostors=max_impostors, seed=seed,
                      normalised=True, search=search, recall_queries=recall_queries, progress=progress))
+            lookalikes = None if training_set is None else _training_set_leakage(
+                training_set, query, gallery, result.source_index, embedder, scratch, batch_size, device, progress,
+                embedding_dtype, dict(far_target=far_target, max_impostors=max_impostors, seed=seed))
         most, least = leak_ranking(result, released.image_keys, original.image_keys, query_labels, examples)
         os.makedirs(out_dir, exist_ok=True)
         figures = {}
@@ -153,8 +185,13 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
             figures["histogram"] = plot_similarity_histogram(result, os.path.join(out_dir, HISTOGRAM_PNG))
             figures["examples"] = save_leak_examples(original, released, most, least,
                                                      os.path.join(out_dir, EXAMPLES_PNG))
+            if lookalikes is not None:
+                figures["training_set"] = plot_training_set_histogram(*lookalikes,
+                                                                      os.path.join(out_dir, TRAINING_SET_PNG))
     report = {"original": os.fspath(original_dir), "released": os.fspath(released_dir), "model": model,
-              "device": str(device), "precision": getattr(embedder, "precision", None), **result.metrics, "most_leaking": most, "least_leaking": least,
+              "device": str(device), "precision": getattr(embedder, "precision", None), **result.metrics,
+              "most_leaking": most, "least_leaking": least,
+              "training_set": None if lookalikes is None else {"dir": os.fspath(training_set), **lookalikes[0]},
               "plots": figures, "report": os.path.join(out_dir, AUDIT_JSON)}
     write_json(report["report"], report, sort_keys=False, default=str)
     return report
@@ -198,6 +235,26 @@ def plot_similarity_histogram(result, path):
     axes.set_ylabel("density")
     axes.set_title(f"leakage: instance rank-1 {metrics['instance_rank1'] * 100:.1f}%, "
                    f"identity rank-1 {metrics['identity_rank1'] * 100:.1f}%", fontsize=10)
+    axes.legend(loc="upper left", fontsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_training_set_histogram(metrics, released_scores, original_scores, path):
+    """Nearest training-identity cosines of released and original images, the look-alike threshold marked."""
+    figure = new_figure(6, 4)
+    axes = figure.add_subplot(1, 1, 1)
+    bins = _shared_bins(released_scores, original_scores)
+    axes.hist(original_scores, bins=bins, density=True, alpha=0.55, color="C0",
+              label=f"original images: {metrics['original_fraction'] * 100:.1f}% above")
+    axes.hist(released_scores, bins=bins, density=True, alpha=0.55, color="C3",
+              label=f"released images: {metrics['released_fraction'] * 100:.1f}% above")
+    axes.axvline(metrics["threshold"], color="k", ls="--", lw=1, label=f"FAR {metrics['far_target']:g} threshold")
+    axes.set_xlabel(f"cosine to the nearest of {metrics['training_identities']} training identities")
+    axes.set_ylabel("density")
+    verdict = "flagged" if metrics["flagged"] else "not flagged"
+    axes.set_title(f"look-alikes of the training set: McNemar z {metrics['mcnemar_z']:.1f} ({verdict})", fontsize=10)
     axes.legend(loc="upper left", fontsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()
