@@ -1,4 +1,5 @@
 """Both training loops on a tiny synthetic shard: outputs, determinism, resume, config errors."""
+import hashlib
 import json
 import os
 
@@ -48,6 +49,16 @@ def test_recogniser_writes_an_arcface_model_pt(synth_dir, tmp_path):
     model = load_backbone(os.path.join(tmp_path, "model.pt"), "mbf")  # strict load, arcface keys
     assert model(torch.zeros(1, 3, 112, 112)).shape == (1, 64)
     assert 0.0 <= summary["epochs"][0]["val"]["holdout"] <= 1.0
+    with open(os.path.join(tmp_path, "summary.json")) as f:  # the data it learnt from, named by its .idx
+        assert json.load(f)["data"] == summary["data"] == expected_fingerprint(synth_dir)
+
+
+def expected_fingerprint(shard_dir):
+    """The fingerprint of a shard, computed independently: the .idx bytes' sha256 and the header's counts."""
+    with open(os.path.join(shard_dir, "train.idx"), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with FaceShard(shard_dir) as shard:
+        return {"idx_sha256": digest, "layout": "A", "images": 36, "identities": len(shard.identity_ranges())}
 
 
 def test_recogniser_config_errors_come_before_training(synth_dir, tmp_path):
@@ -66,6 +77,7 @@ def test_pretrain_lowers_the_pixel_loss_and_saves_everything(synth_dir, tmp_path
     assert last < 0.8 * first
     model = FaceMAE.from_checkpoint(os.path.join(tmp_path, "facemae.pt"))
     assert model.step == summary["steps"] and model.extra_config["mask_ratio"] == 0.75
+    assert model.extra_config["data"] == summary["data"] == expected_fingerprint(synth_dir)
     assert os.path.isfile(os.path.join(tmp_path, "grid_epoch003.png"))
 
 

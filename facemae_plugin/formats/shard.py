@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ..core.files import refuse_existing, refuse_link, refuse_overlap, write_bytes
+from ..core.files import refuse_existing, refuse_link, refuse_overlap, sha256_file, write_bytes
 from .recordio import (
     ClosedOnExit,
     CommitOnSuccess,
@@ -199,6 +199,16 @@ class FaceShard(ClosedOnExit):
 
             keys = tqdm(keys, desc="labels", unit="rec", leave=False)
         return np.fromiter((self.label(k) for k in keys), dtype=np.int64, count=len(self.image_keys))
+
+    def fingerprint(self):
+        """What names this shard's data, cheaply: its ``.idx`` sha256, layout, images and identities.
+
+        The ``.idx`` holds every key and offset, so two shards with one hash hold the same records
+        at the same sizes; the identities are the header's count (layout A) or ``property``'s.
+        """
+        identities = len(self.identity_keys) if self.layout == "A" else (self.property[0] if self.property else None)
+        return {"idx_sha256": sha256_file(self.idx_path), "layout": self.layout, "images": len(self.image_keys),
+                "identities": identities}
 
     def close(self):
         self.reader.close()

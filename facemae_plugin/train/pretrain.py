@@ -136,6 +136,7 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
     steps_per_epoch = len(dataset) // (cfg.batch_size * process.world_size)
     total_steps, warmup_steps = steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch
     grid_batch = fixed_grid_batch(dataset, cfg.mae.grid_images)
+    trained_on = dataset.shard.fingerprint() if process.is_main else None  # kept in the checkpoint
 
     started, seen_before = time.time(), seen
     for epoch in range(start_epoch, cfg.num_epoch):
@@ -161,14 +162,14 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
                              "img_s": f"{(seen - seen_before) / (time.time() - started):.0f}"})
             if max_steps is not None and step >= max_steps:
                 break
-        history.append(end_of_epoch(cfg, process, mae, grid_batch, epoch, step, epoch_parts))
+        history.append(end_of_epoch(cfg, process, mae, grid_batch, epoch, step, epoch_parts, trained_on))
         save_resume_state(cfg, process, mae, update, epoch, step, history, seen)
         if max_steps is not None and step >= max_steps:
             break
     summary = {"checkpoint": os.path.join(cfg.output, CHECKPOINT_NAME), "steps": step, "epochs": history,
                "images_per_s": (seen - seen_before) / max(time.time() - started, 1e-9),
                "images_seen": seen, "world_size": process.world_size,
-               "device": str(process.device)}
+               "device": str(process.device), "data": trained_on}
     if process.is_main:
         with open(os.path.join(cfg.output, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -190,7 +191,7 @@ def fixed_grid_batch(dataset, count):
     return torch.stack([item[0] for item in items]), torch.tensor([item[2] for item in items])
 
 
-def end_of_epoch(cfg, process, mae, grid_batch, epoch, step, parts):
+def end_of_epoch(cfg, process, mae, grid_batch, epoch, step, parts, trained_on):
     record = {"epoch": epoch + 1, "step": step,
               **{name: sum(p[name] for p in parts) / max(len(parts), 1) for name in (parts[0] if parts else {})},
               "losses": [p["loss"] for p in parts], "parts": parts}
@@ -198,7 +199,7 @@ def end_of_epoch(cfg, process, mae, grid_batch, epoch, step, parts):
         return record
     extra = {"recipe": os.path.basename(cfg.get("config_path", "")), "mask_ratio": cfg.mae.mask_ratio,
              "output": cfg.mae.output, "w_visible": cfg.mae.w_visible,
-             "irm_weight": cfg.irm.weight if cfg.get("irm") else 0.0}
+             "irm_weight": cfg.irm.weight if cfg.get("irm") else 0.0, "data": trained_on}
     mae.save_checkpoint(os.path.join(cfg.output, CHECKPOINT_NAME), step=step, extra_config=extra)
 
     images, keys = grid_batch

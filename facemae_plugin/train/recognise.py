@@ -153,7 +153,8 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
             break
     summary = {"model": os.path.join(cfg.output, "model.pt"), "steps": step, "epochs": history,
                "images_per_s": step * cfg.batch_size * process.world_size / (time.time() - started),
-               "world_size": process.world_size, "device": str(process.device)}
+               "world_size": process.world_size, "device": str(process.device),
+               "data": dataset.shard.fingerprint() if process.is_main else None}
     if process.is_main:
         with open(os.path.join(cfg.output, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
