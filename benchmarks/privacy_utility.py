@@ -22,8 +22,8 @@ import sys
 from facemae_plugin.protocol.experiment import Experiment
 from facemae_plugin.protocol.spec import check_variant, load_python_config
 from facemae_plugin.core.files import write_json
-from facemae_plugin.protocol.report import (markdown_table, matched_ratio_table, plot_tradeoff, save_release_samples,
-                                            spread_keys)
+from facemae_plugin.evaluation.samples import save_release_samples, spread_keys
+from facemae_plugin.protocol.report import markdown_table, matched_ratio_table, plot_tradeoff
 from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
 
 SAMPLE_FACES = 8

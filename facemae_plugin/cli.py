@@ -283,6 +283,49 @@ def _lookalike_text(lookalikes):
             f"(McNemar z {lookalikes['mcnemar_z']:.1f}, {verdict})")
 
 
+def _release(args):
+    import shlex
+
+    from .convert import privatizer_from_args
+    from .core.devices import pick_device
+    from .publish.release import release_dataset
+
+    attackers = _attackers(args.attacker, args.attacker_network)
+    device = str(pick_device(args.device))
+    card = release_dataset(args.in_dir, args.out_dir, privatizer_from_args(args), attackers, val_bins=args.val or (),
+                           training_set=args.training_set, quality=args.quality, batch_size=args.batch_size,
+                           workers=args.workers, device=device, overwrite=args.overwrite, progress=not args.quiet,
+                           command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
+                           seed=args.seed, target_leakage=args.target_leakage,
+                           privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)))
+    leaks = "; ".join(f"{a['name']}: instance rank-1 {a['leakage']['instance_rank1'] * 100:.2f}%, identity rank-1 "
+                      f"{a['leakage']['identity_rank1'] * 100:.2f}%" for a in card["attackers"])
+    return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; {leaks}; "
+            f"card {os.path.join(args.out_dir, 'RELEASE.md')}"), card
+
+
+def _with_strength(args, value):
+    """``args`` with the method's strength parameter (``publish.calibrate.STRENGTHS``) set to ``value``."""
+    from .publish.calibrate import STRENGTHS
+
+    changed = argparse.Namespace(**vars(args))
+    setattr(changed, METHODS[args.method].params[STRENGTHS[args.method].param], value)
+    return changed
+
+
+def _attackers(models, networks):
+    """``--attacker`` models with their ``--attacker-network``: one network per attacker, or one for all."""
+    from .publish.release import Attacker
+
+    networks = networks or [None]
+    if len(networks) not in (1, len(models)):
+        raise UsageError(f"--attacker-network: give one network for all attackers or one per --attacker "
+                         f"({len(models)}), got {len(networks)}")
+    if len(networks) == 1:
+        networks = networks * len(models)
+    return [Attacker(model, network) for model, network in zip(models, networks)]
+
+
 def _add_precision(p, default, why):
     p.add_argument("--precision", choices=PRECISIONS, default=default,
                    help=f"how a .pt recogniser runs: fp32 (contiguous float32), fast (channels_last under fp16 "
@@ -310,6 +353,25 @@ SHARED_OPTIONS = {
     "seed": (("--seed", dict(type=int, default=0, help="seed of the verb's random draws: same inputs and seed, "
                                                      "same bytes (default 0)")),),
     "overwrite": (("--overwrite", dict(action="store_true", help="replace an existing output (never an input)")),),
+    # How convert and release privatize the images: the method and its parameters.
+    "method": (
+        ("--checkpoint", dict(default=None, help="facemae.pt (needed by --method facemae)")),
+        ("--method", dict(choices=tuple(METHODS), default="facemae", help="; ".join(
+            f"{name}: {spec.summary}" for name, spec in METHODS.items()) + " (default facemae)")),
+        ("--mask-ratio", dict(type=MASK_RATIO, default=0.75, help="facemae/masked (default 0.75)")),
+        ("--output", dict(choices=("full", "paste"), default="full", help="facemae output mode")),
+        ("--k", dict(type=POSITIVE_INT, default=1, help="reconstructions per image (default 1)")),
+        ("--sigma", dict(type=_number(float, 0.0, low_open=True), default=3.0,
+                         help="blur sigma in pixels (default 3)")),
+        ("--block-size", dict(type=POSITIVE_INT, default=8, help="pixelate block in pixels (default 8)")),
+        ("--noise-std", dict(type=_number(float, 0.0), default=25.0, help="noise std in grey levels (default 25)")),
+        ("--patch-size", dict(type=POSITIVE_INT, default=None,
+                              help="masked: patch size (default: the checkpoint's, else 8)")),
+        ("--quality", dict(type=QUALITY, default=95, help="JPEG quality (default 95)")),
+        ("--workers", dict(type=COUNT, default=None,
+                           help="decode/encode processes (default: cores - 1; 0 = in this process)")),
+        ("--autocast", dict(action="store_true", help="fp16 on CUDA / bf16 on CPU for the model")),
+    ),
 }
 _PARENTS = {}
 
@@ -501,7 +563,8 @@ def _add_demo(verbs):
 
 
 def _add_convert(verbs):
-    p = verbs.add_parser("convert", parents=_parents("common", "seed", "batch-size", "device", "overwrite"),
+    p = verbs.add_parser("convert",
+                         parents=_parents("common", "seed", "batch-size", "device", "overwrite", "method"),
                          help="shard -> privatized shard (FaceMAE or a baseline)",
                          description="Replace every image of IN_DIR by its FaceMAE reconstruction (or a "
                                      "baseline: blur, pixelate, noise, masked); keys, labels, header, identity "
@@ -510,27 +573,44 @@ def _add_convert(verbs):
                                      "one shard and rank 0 merges.")
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--checkpoint", default=None, help="facemae.pt (needed by --method facemae)")
-    p.add_argument("--method", choices=tuple(METHODS), default="facemae",
-                   help="; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items()) + " (default facemae)")
-    p.add_argument("--mask-ratio", type=MASK_RATIO, default=0.75, help="facemae/masked (default 0.75)")
-    p.add_argument("--output", choices=("full", "paste"), default="full", help="facemae output mode")
-    p.add_argument("--k", type=POSITIVE_INT, default=1, help="reconstructions per image (default 1)")
-    p.add_argument("--sigma", type=_number(float, 0.0, low_open=True), default=3.0,
-                   help="blur sigma in pixels (default 3)")
-    p.add_argument("--block-size", type=POSITIVE_INT, default=8, help="pixelate block in pixels (default 8)")
-    p.add_argument("--noise-std", type=_number(float, 0.0), default=25.0,
-                   help="noise std in grey levels (default 25)")
-    p.add_argument("--patch-size", type=POSITIVE_INT, default=None,
-                   help="masked: patch size (default: the checkpoint's, else 8)")
-    p.add_argument("--quality", type=QUALITY, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--workers", type=COUNT, default=None,
-                   help="decode/encode processes (default: cores - 1; 0 = in this process)")
-    p.add_argument("--autocast", action="store_true", help="fp16 on CUDA / bf16 on CPU for the model")
     p.add_argument("--num-shards", type=POSITIVE_INT, default=None, help="split the images into N shards (default 1)")
     p.add_argument("--shard", type=COUNT, default=None, help="run only shard I (then: facemae merge OUT_DIR)")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
     p.set_defaults(run=_convert)
+
+
+def _add_release(verbs):
+    p = verbs.add_parser("release", parents=_parents("common", "seed", "batch-size", "device", "overwrite", "method"),
+                         help="convert, audit and publish: a released shard with its dataset card",
+                         description="Convert IN_DIR with the chosen method, audit the release against IN_DIR "
+                                     "with every --attacker (rank-1/5 instance and identity hits, TAR@FAR=1e-3 of "
+                                     "source pairs, mean source cosine), verify each attacker on the --val sets, "
+                                     "and write OUT_DIR/RELEASE.md with its JSON twin RELEASE.json (source, "
+                                     "method and parameters, reconstructor and the data it was trained on, "
+                                     "attackers, leakage, the command), samples.png and the audits' plots. The "
+                                     "work happens in OUT_DIR.partial and becomes OUT_DIR only when the card is "
+                                     "written; rerun the same command to resume a stopped release.")
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--attacker", action="append", required=True, metavar="MODEL",
+                   help="a recogniser that tries to re-identify the released faces: model.pt (arcface_torch "
+                        "state_dict) or model.onnx; repeat for several")
+    p.add_argument("--attacker-network", action="append", default=None, metavar="NETWORK",
+                   help="backbone of a .pt attacker (r18, r34, r50, r100, mbf): once for all, or once per --attacker")
+    p.add_argument("--val", nargs="+", default=None, metavar="BIN",
+                   help="verification sets (lfw.bin, cfp_fp.bin, ...): each attacker's accuracy goes on the card")
+    p.add_argument("--training-set", default=None, metavar="A_DIR",
+                   help="the shard the FaceMAE reconstructor was trained on: also measure look-alikes of its "
+                        "identities among the released images (see facemae audit --help); must match the data the "
+                        "checkpoint records")
+    p.add_argument("--target-leakage", type=_number(float, 0.0, 1.0), default=None, metavar="X",
+                   help="release at the weakest setting of the method (mask ratio for facemae and masked, sigma for "
+                        "blur, block size for pixelate, std for noise) whose rank-1 instance leakage under the first "
+                        "attacker is at most X (a fraction), found by bisection on up to 100 of IN_DIR's identities; "
+                        "the whole release is then audited again and the card records every point")
+    p.add_argument("--search", choices=AUDIT_SEARCHES, default="auto", help="the audit's search (see facemae audit)")
+    _add_precision(p, "fp32", "the audit's figures, as facemae audit computes them")
+    p.set_defaults(run=_release)
 
 
 def _add_merge(verbs):
@@ -564,7 +644,7 @@ def _add_arcface_train(verbs):
 VERBS = (  # each adds one verb: its options and the function that runs it
     _add_synth, _add_inspect, _add_folder2rec, _add_rec2folder, _add_pairs2bin, _add_split, _add_pretrain,
     _add_train, _add_verify, _add_export, _add_audit, _add_demo, _add_convert, _add_merge,
-    _add_arcface_train)
+    _add_release, _add_arcface_train)
 
 
 def build_parser():
@@ -584,7 +664,9 @@ def _exit_on_sigterm(signum, frame):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as given, for the records a verb writes
     # SIGTERM (kill, docker stop, a scheduler's time limit) ends the command like Ctrl-C: cleanup
     # runs, worker pools are shut down and temp files removed, instead of leaving orphans behind.
     in_main_thread = threading.current_thread() is threading.main_thread()

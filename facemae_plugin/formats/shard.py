@@ -287,7 +287,8 @@ def write_property(directory, num_classes, image_size=DEFAULT_IMAGE_SIZE):
 
 
 def refuse_shard_output(out_dir, overwrite, inputs=(), walked=()):
-    """Before writing a shard into ``out_dir``: not over an input (see ``refuse_overlap``), not over a shard unless ``overwrite``."""
+    """Before writing a shard into ``out_dir``: not over an input (see ``refuse_overlap``), not over a shard
+    unless ``overwrite``."""
     refuse_overlap(out_dir, inputs, output_is_dir=True, walked=walked)
     refuse_link(out_dir)
     for name in (REC_NAME, IDX_NAME, PROPERTY_NAME):

@@ -38,6 +38,14 @@ def choose_identities(labels, fraction, seed):
     return sorted(rng.choice(sorted(labels), size=count, replace=False).tolist())
 
 
+def write_identities(shard, groups, labels, out_dir, progress=False, desc="identities"):
+    """A layout-A shard of ``shard``'s identities ``labels`` (``groups`` as ``group_keys_by_label``
+    gives them), in that order and renumbered ``0..n-1``; the image bytes are copied as they are."""
+    with FaceShardWriter(out_dir, image_size=shard.image_size) as writer:
+        for label in tqdm(labels, desc=desc, unit="id", disable=not progress):
+            writer.add_identity([shard.read(key)[1] for key in groups[label].tolist()])
+
+
 def split_by_identity(in_dir, out_a, out_b, fraction=0.5, seed=0, overwrite=False, progress=True):
     """Write parts A and B; returns a summary with each part's original labels."""
     with FaceShard(in_dir) as shard:
@@ -49,9 +57,7 @@ def split_by_identity(in_dir, out_a, out_b, fraction=0.5, seed=0, overwrite=Fals
         part_a = set(choose_identities(list(groups), fraction, seed))
         parts = {"a": sorted(part_a), "b": sorted(set(groups) - part_a)}
         for name, out in (("a", out_a), ("b", out_b)):
-            with FaceShardWriter(out, image_size=shard.image_size) as writer:
-                for label in tqdm(parts[name], desc=f"part {name.upper()}", unit="id", disable=not progress):
-                    writer.add_identity([shard.read(key)[1] for key in groups[label].tolist()])
+            write_identities(shard, groups, parts[name], out, progress, f"part {name.upper()}")
     return {"in_dir": os.fspath(in_dir), "fraction": fraction, "seed": seed,
             "a": {"out_dir": os.fspath(out_a), "identities": len(parts["a"]),
                   "images": sum(len(groups[label]) for label in parts["a"]), "original_labels": parts["a"]},

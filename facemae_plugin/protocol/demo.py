@@ -9,7 +9,8 @@ import json
 
 from ..core.files import write_json
 from .experiment import Experiment
-from .report import markdown_table, save_release_samples, spread_keys
+from ..evaluation.samples import save_release_samples, spread_keys
+from .report import markdown_table
 from .spec import ORIGINAL, load_python_config
 from .verdicts import aggregate
 

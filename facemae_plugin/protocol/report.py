@@ -1,8 +1,5 @@
-"""What a person reads after a protocol run: the results tables, sample releases, the trade-off plot."""
-import numpy as np
-
+"""What a person reads after a protocol run: the results tables and the trade-off plot."""
 from ..evaluation.plots import new_figure, save_figure
-from ..formats.shard import FaceShard
 from .verdicts import ATTACKERS, BASELINE_METHODS, COLUMNS, family_points, matched_leakage_verdict
 
 METHOD_COLOURS = {"facemae": "tab:red", "original": "tab:grey", "blur": "tab:blue", "pixelate": "tab:orange",
@@ -77,33 +74,6 @@ def _draw_family_curves(axes, summary, leak_key):
                   label=method)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(title="baseline strengths", fontsize=8, loc="best")
-
-
-def spread_keys(shard_dir, count):
-    """``count`` image keys spread evenly over a shard (so over its identities)."""
-    with FaceShard(shard_dir) as shard:
-        keys = shard.image_keys
-        picks = np.linspace(0, len(keys) - 1, num=min(count, len(keys))).round().astype(int)
-        return [int(keys[i]) for i in picks]
-
-
-def save_release_samples(path, sources, keys):
-    """One row per released set (``[(label, shard_dir)]``), one column per record key: the same faces."""
-    label_width = 2.3  # inches for row labels such as "FaceMAE no-IRM full 0.75"
-    width = 1.1 * len(keys) + label_width
-    figure = new_figure(width, 1.15 * len(sources) + 0.3)
-    for r, (label, shard_dir) in enumerate(sources):
-        with FaceShard(shard_dir) as shard:
-            for c, key in enumerate(keys):
-                axes = figure.add_subplot(len(sources), len(keys), r * len(keys) + c + 1)
-                axes.imshow(shard.decode(key))
-                axes.set_xticks([])
-                axes.set_yticks([])
-                if c == 0:
-                    axes.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    figure.subplots_adjust(left=(label_width - 0.1) / width, right=0.99, top=0.98, bottom=0.02,
-                           wspace=0.04, hspace=0.04)
-    return save_figure(figure, path)
 
 
 def matched_ratio_table(summary, leak_keys=ATTACKERS, baselines=BASELINE_METHODS):

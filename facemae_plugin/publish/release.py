@@ -1,0 +1,222 @@
+"""``facemae release``: a privatized shard that carries its measured leakage.
+
+    convert IN_DIR  ->  audit the release against IN_DIR with each attacker  ->  verify each attacker
+    on the ``.bin`` sets  ->  sample sheet  ->  the card (``card``), written last
+
+Everything is made in ``OUT_DIR.partial`` beside ``OUT_DIR`` and renamed to ``OUT_DIR`` once the
+card is in it, so a folder named ``OUT_DIR`` is always a finished, audited release. A rerun of a
+stopped release resumes its conversion there (a finished conversion with the same provenance is
+kept; the audits run again).
+"""
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+from ..core.errors import FaceMAEError
+from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, sha256_file, write_json
+from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard
+from .calibrate import calibrate
+from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, write_card
+
+PARTIAL_SUFFIX = ".partial"
+AUDIT_DIR = "audit"
+SAMPLES_PNG = "samples.png"
+SAMPLE_FACES = 8
+RELEASE_FILES = (AUDIT_DIR, SAMPLES_PNG, CARD_JSON, CARD_MD)  # what a release adds to a conversion's folder
+
+
+class ReleaseError(FaceMAEError):
+    """A release that cannot be made as asked; the message names the file or option."""
+
+
+@dataclass
+class Attacker:
+    """A recogniser that tries to re-identify the released faces: ``model.pt`` (with its network) or ``.onnx``."""
+
+    model: str
+    network: str = None
+
+
+def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), training_set=None, quality=95,
+                    batch_size=64, workers=None, device="cpu", overwrite=False, progress=True, command=None,
+                    precision="fp32", search="auto", seed=0, target_leakage=None, privatizer_at=None):
+    """Convert, audit and card ``in_dir`` into ``out_dir``; returns the card (also ``OUT_DIR/RELEASE.json``).
+
+    ``attackers``: ``Attacker`` list (at least one). ``val_bins``: ``.bin`` sets each attacker is
+    verified on. ``training_set``: the shard a FaceMAE reconstructor was trained on, for the
+    look-alike audit (``evaluation.lookalikes``). ``target_leakage``: release at the weakest
+    setting whose rank-1 instance leakage under the first attacker is at most this
+    (``calibrate``); ``privatizer_at(value)`` builds the method at a setting, ``privatizer`` is
+    then only checked.
+    """
+    from ..convert import convert
+    from ..evaluation.audit import audit
+    from ..evaluation.samples import save_release_samples, spread_keys
+
+    in_dir, out_dir = os.path.abspath(os.fspath(in_dir)), os.path.abspath(os.fspath(out_dir))
+    staging = out_dir + PARTIAL_SUFFIX
+    source = check_release_output(in_dir, out_dir, staging, overwrite)
+    trained = training_set_entry(training_set)
+    reconstructor = reconstructor_entry(privatizer, source, trained)
+    loaded = load_attackers(attackers, device, precision)
+    val_sets = load_val_sets(val_bins)
+    calibration = None
+    if target_leakage is not None:
+        name, _, embedder, _ = loaded[0]
+        calibration = calibrate(in_dir, os.path.dirname(out_dir), provenance_method(privatizer), privatizer_at,
+                                embedder, name, target_leakage, seed=seed, device=device, batch_size=batch_size,
+                                convert_settings=dict(quality=quality, batch_size=batch_size, workers=workers),
+                                progress=progress)
+        privatizer = privatizer_at(calibration["value"])
+
+    provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(
+        quality=quality, batch_size=batch_size, workers=workers, progress=progress), convert)
+    entries = []
+    for name, attacker, embedder, digest in loaded:
+        audit_dir = os.path.join(staging, AUDIT_DIR, name)
+        report = audit(in_dir, staging, embedder, out_dir=audit_dir, batch_size=batch_size, device=device,
+                       progress=progress, model=attacker.model, search=search, seed=seed, training_set=training_set)
+        verification = verify_attacker(embedder, val_sets, batch_size, device, progress)
+        entries.append(attacker_entry(name, attacker.model, digest, attacker.network, embedder.precision,
+                                      verification, report, os.path.join(AUDIT_DIR, name)))
+        relocate_audit(os.path.join(audit_dir, "audit.json"), staging, out_dir)
+    save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
+                         spread_keys(in_dir, SAMPLE_FACES))
+    with FaceShard(staging) as released:
+        released_entry = {"path": out_dir, "images": len(released), "idx_sha256": sha256_file(released.idx_path)}
+    if calibration is not None:  # the whole release, audited by the calibration's attacker
+        calibration["released_instance_rank1"] = entries[0]["leakage"]["instance_rank1"]
+    card = build_card(source, released_entry, provenance, reconstructor, entries, trained, calibration,
+                      SAMPLES_PNG, command)
+    write_card(staging, card)  # last: a folder with a card holds a finished release
+    replace_dir(staging, out_dir)
+    return card
+
+
+# ----------------------------------------------------------------------------- checks, before any work
+
+
+def check_release_output(in_dir, out_dir, staging, overwrite):
+    """Refuse an ``OUT_DIR`` that exists (without ``overwrite``) or overlaps the input; returns the source entry."""
+    with FaceShard(in_dir) as shard:
+        refuse_overlap(out_dir, [shard.directory, shard.rec_path, shard.idx_path], output_is_dir=True)
+        refuse_overlap(staging, [shard.directory, shard.rec_path, shard.idx_path], output_is_dir=True)
+        source = {"path": in_dir, **shard.fingerprint()}
+    for path in (out_dir, staging):
+        refuse_link(path)
+    if os.path.lexists(out_dir) and not overwrite:
+        raise OutputError(f"{out_dir}: exists; pass --overwrite to replace it with a new release")
+    return source
+
+
+def training_set_entry(training_set):
+    if training_set is None:
+        return None
+    with FaceShard(training_set) as shard:
+        return {"path": os.path.abspath(os.fspath(training_set)), **shard.fingerprint()}
+
+
+def provenance_method(privatizer):
+    return privatizer.provenance()["method"]
+
+
+def reconstructor_entry(privatizer, source, training_set):
+    """A FaceMAE release's model on the card; refused when trained on the very people it releases."""
+    if provenance_method(privatizer) != "facemae":
+        return None
+    trained_on = privatizer.model.extra_config.get("data")
+    checkpoint = privatizer.checkpoint or {"path": None, "sha256": None}
+    if trained_on is not None and trained_on.get("idx_sha256") == source["idx_sha256"]:
+        raise ReleaseError(f"{checkpoint['path']}: this reconstructor was trained on {source['path']} itself, so "
+                           "its reconstructions would be of people it has learnt; train it on other identities")
+    recorded = None if trained_on is None else trained_on.get("idx_sha256")
+    if recorded is not None and training_set is not None and recorded != training_set["idx_sha256"]:
+        raise ReleaseError(f"--training-set {training_set['path']}: not the data {checkpoint['path']} was trained on "
+                           f"(its .idx sha256 is {training_set['idx_sha256'][:12]}..., the checkpoint records "
+                           f"{recorded[:12]}...)")
+    return {"checkpoint": checkpoint["path"], "sha256": checkpoint["sha256"], "trained_on": trained_on}
+
+
+def load_attackers(attackers, device, precision):
+    """``[(name, attacker, embedder, sha256)]``: every model loaded (and named uniquely) before any work."""
+    from ..evaluation.embed import load_embedder
+
+    if not attackers:
+        raise ReleaseError("a release needs at least one attacker (--attacker model.pt) to measure its leakage")
+    loaded, names = [], set()
+    for attacker in attackers:
+        stem = os.path.splitext(os.path.basename(attacker.model))[0] or "attacker"
+        name, n = stem, 2
+        while name in names:
+            name, n = f"{stem}-{n}", n + 1
+        names.add(name)
+        embedder = load_embedder(attacker.model, attacker.network, device=device, precision=precision)
+        loaded.append((name, attacker, embedder, sha256_file(attacker.model)))
+    return loaded
+
+
+def load_val_sets(val_bins):
+    from ..formats.binfile import load_bin
+
+    return [(os.path.abspath(os.fspath(path)), *load_bin(os.fspath(path))) for path in val_bins]
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def convert_into(in_dir, staging, privatizer, overwrite, settings, convert):
+    """The conversion in ``staging``: resumed, or kept when finished with the same provenance; returns it.
+
+    ``overwrite`` lets the conversion replace shards of another conversion left in ``staging``.
+    """
+    from ..convert import Conversion
+
+    job = Conversion(in_dir, staging, privatizer, settings["quality"], settings["batch_size"], settings["workers"],
+                     progress=False)
+    expected = job.provenance()
+    job.shard.close()
+    finished = os.path.isfile(os.path.join(staging, REC_NAME))
+    if finished and _read_json(os.path.join(staging, PROVENANCE_NAME)) == json.loads(json.dumps(expected)):
+        return expected
+    if finished:  # another method or setting: the release files of that attempt go with it
+        for name in RELEASE_FILES:
+            path = os.path.join(staging, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+    convert(in_dir, staging, privatizer, overwrite=finished or overwrite, **settings)
+    return expected
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def verify_attacker(embedder, val_sets, batch_size, device, progress):
+    from ..evaluation.bin_report import verify_loaded
+
+    return [verify_loaded(embedder, path, images, issame, batch_size, device, progress=progress)
+            for path, images, issame in val_sets]
+
+
+def relocate_audit(path, staging, final):
+    """``audit.json`` names the paths it will have once ``staging`` becomes ``final``."""
+    with open(path) as f:
+        report = json.load(f)
+
+    def moved(value):
+        inside = isinstance(value, str) and (value == staging or value.startswith(staging + os.sep))
+        return final + value[len(staging):] if inside else value
+
+    for key in ("released", "report"):
+        report[key] = moved(report[key])
+    report["plots"] = {kind: moved(p) for kind, p in report["plots"].items()}
+    if report.get("training_set"):
+        report["training_set"]["dir"] = moved(report["training_set"]["dir"])
+    write_json(path, report, sort_keys=False)

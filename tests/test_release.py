@@ -1,0 +1,204 @@
+"""`facemae release`: convert + audit + card, never a finished-looking folder without its card, calibration."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from facemae_plugin.convert import convert
+from facemae_plugin.data.synthetic import make_synthetic_dataset, write_identity_shard
+from facemae_plugin.formats.shard import FaceShard
+from facemae_plugin.models.backbones import get_backbone
+from facemae_plugin.models.mae import create_facemae
+from facemae_plugin.publish.calibrate import BISECTION_STEPS, STRENGTHS, VALUE_DECIMALS, CalibrationError
+from facemae_plugin.publish.release import Attacker, ReleaseError, release_dataset
+from facemae_plugin.release.baselines import make_privatizer
+
+
+def facemae(*args):
+    return subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+
+
+def tree_hashes(folder):
+    """sha256 of every file under ``folder``: what "the input is unchanged" means."""
+    hashes = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                hashes[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A shard to release (with its held-out .bin), another shard of other people, a random mbf attacker."""
+    root = tmp_path_factory.mktemp("release")
+    make_synthetic_dataset(root / "ds", identities=8, images_per_identity=3, holdout_identities=3, num_pairs=20,
+                           progress=False)
+    write_identity_shard(root / "other", 0, range(100, 106), 3, progress=False)
+    torch.manual_seed(0)
+    torch.save(get_backbone("mbf").state_dict(), root / "model.pt")
+    return root
+
+
+def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figures(world, tmp_path):
+    before = tree_hashes(world / "ds")
+    out = tmp_path / "released"
+    result = facemae("release", world / "ds", out, "--method", "blur", "--sigma", 4, "--attacker", world / "model.pt",
+                     "--attacker-network", "mbf", "--val", world / "ds" / "holdout.bin", "--device", "cpu",
+                     "--workers", 0, "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout.strip().splitlines()[-1])
+    with open(out / "RELEASE.json") as f:
+        assert json.load(f) == card
+    with open(out / "audit" / "model" / "audit.json") as f:
+        report = json.load(f)
+    attacker = card["attackers"][0]
+    for key, value in attacker["leakage"].items():
+        assert report[key] == value, key
+    assert report["released"] == str(out) and report["report"] == str(out / "audit" / "model" / "audit.json")
+    assert all(os.path.isfile(path) for path in report["plots"].values())
+    # The released shard is what `facemae convert` makes with the same settings, byte for byte.
+    convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), workers=0, progress=False)
+    assert tree_hashes(tmp_path / "converted")["train.rec"] == tree_hashes(out)["train.rec"]
+    with FaceShard(world / "ds") as shard:
+        assert card["source"] == {"path": str(world / "ds"), **shard.fingerprint()}
+    assert card["method"] == {"method": "blur", "sigma": 4.0, "k": 1}
+    assert attacker["sha256"] == hashlib.sha256((world / "model.pt").read_bytes()).hexdigest()
+    assert list(attacker["verification"]) == ["holdout"] and attacker["verification"]["holdout"]["pairs"] == 20
+    text = (out / "RELEASE.md").read_text()
+    assert f"{report['instance_rank1'] * 100:.2f}%" in text and "facemae release" in text and "samples.png" in text
+    assert os.path.isfile(out / "samples.png") and not os.path.exists(f"{out}.partial")
+    assert tree_hashes(world / "ds") == before
+
+
+def test_a_release_whose_audit_fails_is_left_partial_and_a_rerun_finishes_it(world, tmp_path, monkeypatch):
+    out = tmp_path / "released"
+    args = (world / "ds", out, make_privatizer("pixelate", block_size=8), [Attacker(str(world / "model.pt"), "mbf")])
+
+    def failing_audit(*_, **__):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("facemae_plugin.evaluation.audit.audit", failing_audit)
+    with pytest.raises(OSError, match="disk full"):
+        release_dataset(*args, workers=0, progress=False)
+    partial = tmp_path / "released.partial"
+    assert not out.exists() and (partial / "train.rec").is_file() and not (partial / "RELEASE.md").exists()
+    monkeypatch.undo()
+
+    def no_second_conversion(*_, **__):
+        raise AssertionError("the finished conversion should have been kept")
+
+    monkeypatch.setattr("facemae_plugin.convert.convert", no_second_conversion)
+    card = release_dataset(*args, workers=0, progress=False)
+    assert (out / "RELEASE.md").is_file() and not partial.exists() and card["method"]["method"] == "pixelate"
+
+
+def test_an_existing_release_is_refused_without_overwrite(world, tmp_path):
+    (tmp_path / "released").mkdir()
+    result = facemae("release", world / "ds", tmp_path / "released", "--method", "blur", "--attacker",
+                     world / "model.pt", "--attacker-network", "mbf", "--quiet")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "exists; pass --overwrite" in result.stderr and os.listdir(tmp_path / "released") == []
+
+
+def facemae_checkpoint(path, trained_on):
+    torch.manual_seed(0)
+    model = create_facemae("tiny", patch_size=16)
+    return model.save_checkpoint(path, extra_config={"data": trained_on})
+
+
+def test_a_reconstructor_trained_on_the_release_or_another_set_is_refused(world, tmp_path):
+    with FaceShard(world / "ds") as ds, FaceShard(world / "other") as other:
+        own, elsewhere = ds.fingerprint(), other.fingerprint()
+    attackers = [Attacker(str(world / "model.pt"), "mbf")]
+    own_model = make_privatizer("facemae", checkpoint=facemae_checkpoint(tmp_path / "own.pt", own))
+    with pytest.raises(ReleaseError, match="trained on .*ds itself"):
+        release_dataset(world / "ds", tmp_path / "a", own_model, attackers, progress=False)
+    other_model = make_privatizer("facemae", checkpoint=facemae_checkpoint(tmp_path / "other.pt", elsewhere))
+    write_identity_shard(tmp_path / "third", 0, range(200, 203), 2, progress=False)
+    with pytest.raises(ReleaseError, match="--training-set .*third: not the data"):
+        release_dataset(world / "ds", tmp_path / "b", other_model, attackers, training_set=tmp_path / "third",
+                        progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["other.pt", "own.pt", "third"]  # nothing written
+
+
+def test_a_facemae_release_names_its_reconstructor_and_the_look_alikes_of_its_training_set(world, tmp_path):
+    with FaceShard(world / "other") as other:
+        trained_on = other.fingerprint()
+    checkpoint = facemae_checkpoint(tmp_path / "facemae.pt", trained_on)
+    card = release_dataset(world / "ds", tmp_path / "released", make_privatizer("facemae", checkpoint=checkpoint,
+                                                                              output="paste"),
+                           [Attacker(str(world / "model.pt"), "mbf")], training_set=world / "other", workers=0,
+                           progress=False)
+    assert card["reconstructor"]["trained_on"] == trained_on
+    assert card["reconstructor"]["sha256"] == hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
+    with open(tmp_path / "released" / "audit" / "model" / "audit.json") as f:
+        lookalikes = json.load(f)["training_set"]
+    assert {k: lookalikes[k] for k in card["attackers"][0]["training_set"]} == card["attackers"][0]["training_set"]
+    assert "Look-alikes of the 6 identities" in (tmp_path / "released" / "RELEASE.md").read_text()
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory):
+    """15 identities x 3 images: enough faces that heavy privatization hides most of them from a random mbf."""
+    root = tmp_path_factory.mktemp("crowd")
+    write_identity_shard(root / "ds", 0, range(15), 3, progress=False)
+    torch.manual_seed(0)
+    torch.save(get_backbone("mbf").state_dict(), root / "model.pt")
+    return root
+
+
+def privatizer_factory(method, tmp_path):
+    if method == "facemae":
+        checkpoint = facemae_checkpoint(tmp_path / "facemae.pt", None)
+        return lambda value: make_privatizer("facemae", checkpoint=checkpoint, output="paste", mask_ratio=value)
+    if method == "masked":
+        return lambda value: make_privatizer("masked", mask_ratio=value, patch_size=16)
+    return lambda value: make_privatizer("blur", sigma=value)
+
+
+@pytest.mark.slow
+# Blur keeps each photo's pose and lighting, which is what finds its source: even its strongest setting
+# leaks more here than the masking methods' target, so blur is held to a higher one.
+@pytest.mark.parametrize("method, target", [("facemae", 0.4), ("masked", 0.4), ("blur", 0.8)])
+def test_calibration_brackets_the_target_within_one_bisection_step(crowd, tmp_path, method, target):
+    at = privatizer_factory(method, tmp_path)
+    card = release_dataset(crowd / "ds", tmp_path / "released", at(STRENGTHS[method].weakest),
+                           [Attacker(str(crowd / "model.pt"), "mbf")], workers=0, progress=False,
+                           target_leakage=target, privatizer_at=at)
+    calibration = card["calibration"]
+    points = {p["value"]: p["instance_rank1"] for p in calibration["points"]}
+    chosen = calibration["value"]
+    assert points[chosen] <= target and card["method"][calibration["param"]] == pytest.approx(chosen)
+    strength = STRENGTHS[method]
+    step = (strength.strongest - strength.weakest) / 2 ** BISECTION_STEPS
+    weaker = [v for v, leak in points.items() if v < chosen and leak > target]
+    # midpoints are rounded to VALUE_DECIMALS: each of the steps may move the bracket by half a unit
+    assert chosen == strength.weakest or chosen - max(weaker) <= step + BISECTION_STEPS * 0.5 * 10 ** -VALUE_DECIMALS
+    assert calibration["identities"] == 15 and calibration["images"] == 45
+    assert calibration["released_instance_rank1"] == card["attackers"][0]["leakage"]["instance_rank1"]
+
+
+def test_an_unreachable_target_stops_with_one_line_and_writes_nothing(crowd, tmp_path):
+    result = facemae("release", crowd / "ds", tmp_path / "released", "--method", "blur", "--target-leakage", 0,
+                     "--attacker", crowd / "model.pt", "--attacker-network", "mbf", "--workers", 0, "--quiet")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "even the strongest setting sigma=16 leaks" in lines[0] and "no release written" in lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_target_outside_zero_to_one_is_refused_before_any_work(crowd, tmp_path):
+    at = privatizer_factory("blur", tmp_path)
+    with pytest.raises(CalibrationError, match="must be a fraction"):
+        release_dataset(crowd / "ds", tmp_path / "released", at(1.0), [Attacker(str(crowd / "model.pt"), "mbf")],
+                        progress=False, target_leakage=1.5, privatizer_at=at)
+    assert os.listdir(tmp_path) == []
