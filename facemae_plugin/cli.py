@@ -283,6 +283,23 @@ def _lookalike_text(lookalikes):
             f"(McNemar z {lookalikes['mcnemar_z']:.1f}, {verdict})")
 
 
+def _benchmark(args):
+    import shlex
+
+    from .protocol.benchmark import run_benchmark
+
+    result = run_benchmark(args.config, args.work_dir, args.out, only=args.only, finished_only=args.finished_only,
+                           progress=not args.quiet, command="facemae " + shlex.join(args.argv))
+    print(result["table"])
+    print("\n".join(v["text"] for v in result["verdicts"].values()))
+    compact = {"benchmark": "privacy_utility", "rows": len(result["rows"]), "out_dir": result["out_dir"],
+               **{name: verdict["holds"] for name, verdict in result["verdicts"].items()},
+               "summary": {e["variant"]: {k: e[k][0] for k in ("accuracy", "instance_rank1")}
+                           for e in result["summary"]}}
+    return (f"benchmark: {len(result['rows'])} row(s) -> {os.path.join(result['out_dir'], 'results.md')} "
+            f"(tradeoff.png, samples.png beside it)"), compact
+
+
 def _release(args):
     import shlex
 
@@ -579,6 +596,29 @@ def _add_convert(verbs):
     p.set_defaults(run=_convert)
 
 
+def _add_benchmark(verbs):
+    p = verbs.add_parser("benchmark", parents=_parents("common"),
+                         help="the privacy-utility table: every release method, one recogniser recipe, two attackers",
+                         description="Run a benchmark file (`variants = [dict(name, method, ..., seeds)]` and "
+                                     "optionally `protocol = dict(...)`): for each variant and seed release split B, "
+                                     "train the protocol's recogniser on it, verify it on every verification set "
+                                     "and audit the release's leakage with the teacher (trained on split A) and the "
+                                     "informed attacker (trained on the original split B). protocol.data is the "
+                                     "synthetic default, or your shards: dict(train=DIR, release=DIR, "
+                                     "val=[lfw.bin, ...]) or dict(source=DIR, fraction=0.5, val=[...]); "
+                                     "teacher=dict(checkpoint=model.pt) and facemae=dict(checkpoint=facemae.pt) "
+                                     "use models trained already. Finished steps are reused; writes results.md, "
+                                     "results.json, tradeoff.png and samples.png.")
+    p.add_argument("config", metavar="CONFIG", help="benchmark file, e.g. benchmarks/configs/privacy_utility_synth.py")
+    p.add_argument("--work-dir", default=os.path.join("work_dirs", "demo"),
+                   help="steps live here; the default shares the finished steps of `facemae demo`")
+    p.add_argument("--out", default=None, help="results folder (default WORK_DIR/results)")
+    p.add_argument("--only", nargs="*", default=None, metavar="NAME", help="run only these variant names")
+    p.add_argument("--finished-only", action="store_true",
+                   help="report only rows whose steps are all finished; train nothing")
+    p.set_defaults(run=_benchmark)
+
+
 def _add_release(verbs):
     p = verbs.add_parser("release", parents=_parents("common", "seed", "batch-size", "device", "overwrite", "method"),
                          help="convert, audit and publish: a released shard with its dataset card",
@@ -644,7 +684,7 @@ def _add_arcface_train(verbs):
 VERBS = (  # each adds one verb: its options and the function that runs it
     _add_synth, _add_inspect, _add_folder2rec, _add_rec2folder, _add_pairs2bin, _add_split, _add_pretrain,
     _add_train, _add_verify, _add_export, _add_audit, _add_demo, _add_convert, _add_merge,
-    _add_release, _add_arcface_train)
+    _add_release, _add_benchmark, _add_arcface_train)
 
 
 def build_parser():

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
+from facemae_plugin.protocol import benchmark as bench
 from facemae_plugin.protocol.spec import merge_protocol
 from facemae_plugin.protocol.report import markdown_table, matched_ratio_table, plot_tradeoff, tradeoff_panels
 from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
-from tests.conftest import load_benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,12 +140,7 @@ def test_tradeoff_plot_leaves_out_an_attacker_no_row_was_audited_by(tmp_path):
     assert os.path.isfile(plot_tradeoff(summary, str(tmp_path / "t.png")))
 
 
-def load_benchmark():
-    return load_benchmark_script("privacy_utility")
-
-
 def test_benchmark_runs_every_variants_first_seed_before_any_repeat():
-    bench = load_benchmark()
     a, b, c = ({"name": n, "seeds": s} for n, s in (("a", [0, 1, 2]), ("b", [0]), ("c", [5, 6])))
     plan = [(v["name"], seed) for v, seed in bench.planned_rows([a, b, c])]
     assert plan == [("a", 0), ("b", 0), ("c", 5), ("a", 1), ("c", 6), ("a", 2)]
@@ -155,7 +150,6 @@ def test_benchmark_runs_every_variants_first_seed_before_any_repeat():
 @pytest.mark.parametrize("name", ["privacy_utility_synth.py", "privacy_utility_synth_detail.py",
                                   "privacy_utility_smoke.py"])
 def test_shipped_benchmark_configs_load_and_name_known_methods(name):
-    bench = load_benchmark()
     protocol, variants = bench.load_benchmark_config(os.path.join(ROOT, "benchmarks", "configs", name))
     names = [v["name"] for v in variants]
     assert len(names) == len(set(names)) and "FaceMAE full 0.75" in names and "original" in names
@@ -163,7 +157,6 @@ def test_shipped_benchmark_configs_load_and_name_known_methods(name):
 
 
 def test_benchmark_results_carry_both_verdicts_for_both_attackers(tmp_path):
-    bench = load_benchmark()
     rows = [row("original", "original", 0, 0.95, 1.0), row("FaceMAE full 0.75", "facemae", 0, 0.80, 0.5),
             row("blur s3", "blur", 0, 0.94, 0.99), row("blur s9", "blur", 0, 0.55, 0.2)]
     experiment = type("Run", (), {"protocol": {"seed": 0}})()

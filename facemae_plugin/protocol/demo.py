@@ -28,9 +28,9 @@ def run_demo(work_dir, protocol=None, progress=True, compare_original=False):
     masked = experiment.release({"name": "masked 0.75", "method": "masked", "mask_ratio": 0.75}, 0)["released"]
     samples = save_release_samples(
         experiment.path("samples.png"),
-        [("original", experiment.path("data", "release")), ("FaceMAE input\n(masked)", masked),
+        [("original", experiment.splits["release"]), ("FaceMAE input\n(masked)", masked),
          ("FaceMAE\nreleased", released)],
-        spread_keys(experiment.path("data", "release"), SAMPLE_FACES))
+        spread_keys(experiment.splits["release"], SAMPLE_FACES))
     report = {"work_dir": experiment.work_dir, "protocol": experiment.protocol, "rows": rows,
               "steps": step_seconds(experiment), "samples_png": samples,
               "roc_png": rows[0]["roc_png"], "audit": rows[0]["audit"]}

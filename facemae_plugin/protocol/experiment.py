@@ -1,24 +1,40 @@
 """The privacy-utility protocol: one work directory, steps that resume, one row per released variant.
 
-    data       synthetic split A (teacher + FaceMAE training), split B (to release), held-out .bin
-    teacher    recogniser trained on A: the frozen IRM teacher and, never having seen B, the attacker
-    facemae    FaceMAE pretrained on A (with IRM, and without it for the ablation)
+    data       split A (teacher + FaceMAE training), split B (to release), the verification .bin sets:
+               synthetic, or the user's shards (``datasets``)
+    teacher    recogniser trained on A (or given): the frozen IRM teacher and, never having seen B, the attacker
+    facemae    FaceMAE pretrained on A (or given), with IRM, and without it for the ablation
     release    split B passed through a privatizer (FaceMAE, blur, pixelate, noise, masked-only)
-    recogniser trained on the released B only, then verified on the held-out identities
-    audit      released B against original B: how often a reconstruction retrieves its source
+    recogniser trained on the released B only, then verified on every verification set
+    audit      released B against original B: how often a reconstruction retrieves its source, and
+               (teacher) how often a released face resembles one of A's people
 
 Every step writes its outputs and then ``steps/<step>.done.json``; a re-run reuses finished steps.
 Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives its privatizer
 (masks, noise) and its recogniser's initialisation and batch order.
 """
+import os
+
 from ..data.synthetic import write_holdout_bin, write_identity_shard
+from ..formats.split import split_by_identity
+from .datasets import check_disjoint, check_trained_on, data_mode, recorded_data, shard_summary, val_sets
 from .recipes import facemae_block, pretrain_config, recognition_config, summarise_training, variant_privatizer
 from .spec import DETERMINISTIC_METHODS, ORIGINAL, ProtocolError, check_variant, facemae_step_name, slug, variant_inputs
 from .store import StepStore
+from .verdicts import VAL_PREFIX
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 class Experiment(StepStore):
     """The protocol's steps, from data to audited rows, in one work directory (``StepStore``)."""
+
+    def __init__(self, work_dir, protocol=None, progress=True):
+        super().__init__(work_dir, protocol, progress)
+        self._data = None  # the data step's result, once read
 
     @property
     def holdout_bin(self):
@@ -27,68 +43,135 @@ class Experiment(StepStore):
     # --- data -----------------------------------------------------------------------------
 
     def data(self):
-        """Split A, split B and the held-out pairs: three disjoint ranges of synthetic identities."""
+        """Split A (train), split B (release) and the verification sets (see ``datasets``)."""
+        if self._data is not None:
+            return self._data
+        mode = data_mode(self.protocol.data)
+        if mode == "synthetic":
+            self._data = self.run_step("data", self._synthetic_data)
+            return self._data
+        done = self.run_step("data", lambda: self._user_data(mode))
+        for name in ("train", "release"):  # the user's folders must still hold what the steps were made from
+            current = shard_summary(done[name], name)["fingerprint"]
+            if current != done["fingerprints"][name]:
+                raise ProtocolError(f"protocol.data.{name}: {done[name]} changed since the steps in {self.work_dir} "
+                                    "were made from it; use a new work directory")
+        self._data = done
+        return done
+
+    def _synthetic_data(self):
+        """Three disjoint ranges of synthetic identities: split A, split B and the held-out pairs."""
         p = self.protocol
         d = p.data
         a = range(d.train_identities)
         b = range(a.stop, a.stop + d.release_identities)
         held = list(range(b.stop, b.stop + d.holdout_identities))
+        write_identity_shard(self.path("data", "train"), p.seed, a, d.train_images_per_identity,
+                             progress=self.progress, desc="split A", detail=d.detail)
+        write_identity_shard(self.path("data", "release"), p.seed, b, d.release_images_per_identity,
+                             progress=self.progress, desc="split B", detail=d.detail)
+        pairs = write_holdout_bin(self.holdout_bin, p.seed, held, d.holdout_images_per_identity,
+                                  d.num_pairs, progress=self.progress, detail=d.detail)
+        return {"train": self.path("data", "train"), "release": self.path("data", "release"),
+                "holdout": self.holdout_bin, "pairs": pairs,
+                "identities": {"train": [a.start, a.stop], "release": [b.start, b.stop],
+                               "holdout": [held[0], held[-1] + 1]},
+                "classes": {"train": len(a), "release": len(b)}, "val": val_sets(d, self.holdout_bin)}
 
-        def build():
-            write_identity_shard(self.path("data", "train"), p.seed, a, d.train_images_per_identity,
-                                 progress=self.progress, desc="split A", detail=d.detail)
-            write_identity_shard(self.path("data", "release"), p.seed, b, d.release_images_per_identity,
-                                 progress=self.progress, desc="split B", detail=d.detail)
-            pairs = write_holdout_bin(self.holdout_bin, p.seed, held, d.holdout_images_per_identity,
-                                      d.num_pairs, progress=self.progress, detail=d.detail)
-            return {"train": self.path("data", "train"), "release": self.path("data", "release"),
-                    "holdout": self.holdout_bin, "pairs": pairs,
-                    "identities": {"train": [a.start, a.stop], "release": [b.start, b.stop],
-                                   "holdout": [held[0], held[-1] + 1]}}
+    def _user_data(self, mode):
+        """The user's shards: two folders checked for shared people, or one split by identity here."""
+        d = self.protocol.data
+        sets = val_sets(d)  # before any work: a missing .bin is named now
+        if mode == "source":
+            split_by_identity(d.source, self.path("data", "train"), self.path("data", "release"), d.fraction,
+                              seed=self.protocol.seed, overwrite=True, progress=self.progress)
+            train, release = (shard_summary(self.path("data", name), name) for name in ("train", "release"))
+        else:
+            train, release = shard_summary(d.train, "train"), shard_summary(d.release, "release")
+            check_disjoint(train, release, self.progress)
+        return {"train": train["path"], "release": release["path"], "val": sets,
+                "classes": {"train": train["classes"], "release": release["classes"]},
+                "fingerprints": {"train": train["fingerprint"], "release": release["fingerprint"]}}
 
-        return self.run_step("data", build)
+    @property
+    def splits(self):
+        """The data step's result, with what a step finished before these keys existed implies."""
+        done = self.data()
+        d = self.protocol.data
+        return {**done, "val": done.get("val") or {"holdout": self.holdout_bin},
+                "classes": done.get("classes") or {"train": d.train_identities, "release": d.release_identities}}
+
+    def verify_sets(self, embedder, roc_dir=None):
+        """Every verification set verified by ``embedder``: ``{name: report}`` (see ``bin_report``)."""
+        from ..evaluation.bin_report import verify_bin
+
+        return {name: verify_bin(embedder, path, device=self.device, roc_dir=roc_dir)
+                for name, path in self.splits["val"].items()}
+
+    def _given_model(self, what, model, recorded):
+        """A model the protocol names instead of training it, checked against the splits it must fit."""
+        splits = self.splits
+        fingerprints = splits.get("fingerprints") or {
+            name: shard_summary(splits[name], name)["fingerprint"] for name in ("train", "release")}
+        train, release = ({"path": splits[name], "fingerprint": fingerprints[name]} for name in ("train", "release"))
+        check_trained_on(model, recorded, train, release, what)
 
     # --- models trained on split A ----------------------------------------------------------------
 
     def teacher(self):
+        """The recogniser trained on split A (or the protocol's ``teacher.checkpoint``), verified on every set."""
         from ..train.recognise import train_recogniser
 
-        self.data()
         p = self.protocol
+        splits = self.splits
         out = self.path("teacher")
-        # Verified once at the end, not per epoch: the held-out passes would cost more than the training.
-        cfg = recognition_config(p, p.teacher, self.path("data", "train"), p.data.train_identities, out,
-                                 p.teacher.seed)
+
         def build():
             from ..evaluation.embed import load_embedder
-            from ..evaluation.bin_report import verify_bin
 
-            summary = summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))
+            if p.teacher.checkpoint:
+                self._given_model("teacher", p.teacher.checkpoint, recorded_data(p.teacher.checkpoint))
+                summary = {"model": os.path.abspath(p.teacher.checkpoint), "given": True}
+            else:
+                # Verified once at the end, not per epoch: the held-out passes would cost more than the training.
+                cfg = recognition_config(p, p.teacher, splits["train"], splits["classes"]["train"], out,
+                                         p.teacher.seed)
+                summary = summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))
             embedder = load_embedder(summary["model"], p.teacher.network, device=self.device)
-            summary["holdout_accuracy"] = verify_bin(embedder, self.holdout_bin, device=self.device)["accuracy_flip"]
+            summary["val_accuracy"] = {name: report["accuracy_flip"]
+                                       for name, report in self.verify_sets(embedder).items()}
             return summary
 
-        return self.run_step("teacher", build)
+        return self.run_step("teacher", build, {"checkpoint": p.teacher.checkpoint} if p.teacher.checkpoint else None)
 
     def facemae(self, irm=True, overrides=None):
         """FaceMAE pretrained on split A; ``irm=False`` is the ablation without the teacher.
 
         ``overrides`` (keys of the protocol's ``facemae`` block, e.g. ``{"irm_weight": 0.3}``) train
-        another model in its own step, for sweeps of the training recipe.
+        another model in its own step, for sweeps of the training recipe. A ``checkpoint`` (the
+        protocol's serves the default model with IRM; an override's serves its own) is used as it is.
         """
         from ..train.pretrain import pretrain
 
         p = self.protocol
         f = facemae_block(p, {"pretrain": overrides})
         name = facemae_step_name(irm, overrides)
+        given = (overrides or {}).get("checkpoint") or (p.facemae.checkpoint if irm and not overrides else None)
+        if given:
+            return self.run_step(name, lambda: self._given_facemae(given), {"checkpoint": given})
         if irm and f.irm_weight > 0:
             self.teacher()
-        else:
-            self.data()
-        cfg = pretrain_config(p, f, self.path("data", "train"), self.path(name), f.irm_weight if irm else 0.0,
-                              self.path("teacher", "model.pt"))
+        splits = self.splits
+        cfg = pretrain_config(p, f, splits["train"], self.path(name), f.irm_weight if irm else 0.0,
+                              self.path("teacher", "model.pt") if not p.teacher.checkpoint else p.teacher.checkpoint)
         return self.run_step(name, lambda: summarise_training(
             pretrain(cfg, device=p.device, progress=self.progress)))
+
+    def _given_facemae(self, checkpoint):
+        from ..models.mae import FaceMAE
+
+        self._given_model("facemae", checkpoint, FaceMAE.from_checkpoint(checkpoint).extra_config.get("data"))
+        return {"checkpoint": os.path.abspath(checkpoint), "given": True}
 
     # --- one released variant -------------------------------------------------------------------
 
@@ -105,14 +188,14 @@ class Experiment(StepStore):
         """Split B through the variant's privatizer; ``original`` releases split B itself."""
         from ..convert import convert
 
-        self.data()
+        original = self.splits["release"]
         if variant["method"] == "original":
-            return {"released": self.path("data", "release"), "method": "original"}
+            return {"released": original, "method": "original"}
         name = self.release_name(variant, seed)
         out = self.path("released", name)
 
         def build():  # the privatizer (a FaceMAE checkpoint, perhaps) is needed only to run the step
-            summary = convert(self.path("data", "release"), out, self.privatizer(variant, seed),
+            summary = convert(original, out, self.privatizer(variant, seed),
                               quality=self.protocol.release.quality, batch_size=self.protocol.release.batch_size,
                               overwrite=True, progress=self.progress)
             return {"released": out, "method": summary["method"], "images_per_s": summary["images_per_s"]}
@@ -135,22 +218,28 @@ class Experiment(StepStore):
         p = self.protocol
         out = self.path("recognisers", self.row_name(variant, seed))
         # The verify step evaluates the final model once; per-epoch checks would only cost time.
-        cfg = recognition_config(p, p.recogniser, released, p.data.release_identities, out, p.recogniser.seed + seed)
+        cfg = recognition_config(p, p.recogniser, released, self.splits["classes"]["release"], out,
+                                 p.recogniser.seed + seed)
         return self.run_step(f"recogniser-{self.row_name(variant, seed)}", lambda: summarise_training(
             train_recogniser(cfg, device=p.device, progress=self.progress)), variant_inputs(variant, seed))
 
     def verify(self, variant, seed):
+        """The row's recogniser on every verification set; ``accuracy_flip`` and ``tar_at_far`` are their means."""
         from ..evaluation.embed import load_embedder
-        from ..evaluation.bin_report import verify_bin
 
         model = self.recogniser(variant, seed)["model"]
         out = self.path("recognisers", self.row_name(variant, seed))
 
         def build():
             embedder = load_embedder(model, self.protocol.recogniser.network, device=self.device)
-            report = verify_bin(embedder, self.holdout_bin, device=self.device, roc_dir=out)
-            return {key: report[key] for key in ("accuracy_flip", "accuracy_std", "tar_at_far", "far_target",
-                                                 "roc_png")}
+            reports = self.verify_sets(embedder, roc_dir=out)
+            per_set = {name: {key: report[key] for key in ("accuracy_flip", "accuracy_std", "tar_at_far", "far_target",
+                                                           "roc_png")} for name, report in reports.items()}
+            first = next(iter(per_set.values()))
+            return {"accuracy_flip": _mean(r["accuracy_flip"] for r in per_set.values()),
+                    "accuracy_std": first["accuracy_std"], "far_target": first["far_target"],
+                    "tar_at_far": _mean(r["tar_at_far"] for r in per_set.values()), "roc_png": first["roc_png"],
+                    "val": per_set}
 
         return self.run_step(f"verify-{self.row_name(variant, seed)}", build, variant_inputs(variant, seed))
 
@@ -178,11 +267,17 @@ class Experiment(StepStore):
 
         def build():
             embedder = load_embedder(model, network, device=self.device)
-            report = audit(self.path("data", "release"), released, embedder, device=self.device,
-                           out_dir=self.path("audits", name),
-                           progress=self.progress, model=model, plots=attacker == "teacher")
-            return {key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
-                                                 "mean_source_cosine", "report")}
+            # The teacher's audit also asks whether released faces resemble split A's people.
+            report = audit(self.splits["release"], released, embedder, device=self.device,
+                           out_dir=self.path("audits", name), progress=self.progress, model=model,
+                           plots=attacker == "teacher",
+                           training_set=self.splits["train"] if attacker == "teacher" else None)
+            lookalikes = report["training_set"]
+            return {**{key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
+                                                    "mean_source_cosine", "report")},
+                    "training_set": None if lookalikes is None else {
+                        key: lookalikes[key] for key in ("released_fraction", "original_fraction", "mcnemar_z",
+                                                         "flagged")}}
 
         shared = variant["method"] in DETERMINISTIC_METHODS
         return self.run_step(f"audit-{name}", build, variant_inputs(variant, None if shared else seed))
@@ -202,8 +297,14 @@ class Experiment(StepStore):
         leaked = self.audit(variant, seed)
         informed = self.audit(variant, seed, attacker="informed") if informed_attacker else \
             dict.fromkeys(("instance_rank1", "identity_rank1"))
+        # a step finished before these keys existed verified the held-out set only, and had no look-alikes
+        per_set = verified.get("val") or {"holdout": {"accuracy_flip": verified["accuracy_flip"]}}
+        lookalikes = leaked.get("training_set")
         return {"variant": variant["name"], "method": variant["method"], "seed": seed,
                 "accuracy": verified["accuracy_flip"], "error": 1.0 - verified["accuracy_flip"],
+                **{f"{VAL_PREFIX}{name}": report["accuracy_flip"] for name, report in per_set.items()},
+                "lookalike_excess": None if lookalikes is None else
+                lookalikes["released_fraction"] - lookalikes["original_fraction"],
                 "tar_at_far": verified["tar_at_far"], "instance_rank1": leaked["instance_rank1"],
                 "identity_rank1": leaked["identity_rank1"], "source_tar_at_far": leaked["tar_at_far"],
                 "informed_instance_rank1": informed["instance_rank1"],

@@ -1,6 +1,6 @@
 """What a person reads after a protocol run: the results tables and the trade-off plot."""
 from ..evaluation.plots import new_figure, save_figure
-from .verdicts import ATTACKERS, BASELINE_METHODS, COLUMNS, family_points, matched_leakage_verdict
+from .verdicts import ATTACKERS, BASELINE_METHODS, family_points, matched_leakage_verdict, table_columns
 
 METHOD_COLOURS = {"facemae": "tab:red", "original": "tab:grey", "blur": "tab:blue", "pixelate": "tab:orange",
                   "noise": "tab:green", "masked": "tab:purple"}
@@ -8,11 +8,12 @@ METHOD_COLOURS = {"facemae": "tab:red", "original": "tab:grey", "blur": "tab:blu
 
 def markdown_table(summary):
     """A Markdown table, ``mean ± std`` where a row has more than one seed."""
-    lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|---|---:|" + "---:|" * len(COLUMNS)]
+    columns = table_columns(summary)
+    lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
     for entry in summary:
         cells = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns:
             mean, std = entry[key]
             if mean is None:
                 cells.append("–")

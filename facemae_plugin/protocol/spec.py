@@ -18,17 +18,22 @@ from ..release.methods import METHODS
 
 PROTOCOL_DEFAULTS = {
     "seed": 0,
+    # The synthetic sizes, or the user's data (train + release, or source + fraction; see datasets).
     "data": {"train_identities": 100, "train_images_per_identity": 20, "release_identities": 100,
              "release_images_per_identity": 15, "holdout_identities": 50, "holdout_images_per_identity": 20,
-             "num_pairs": 1000, "detail": 0.0},
+             "num_pairs": 1000, "detail": 0.0,
+             "train": None, "release": None, "source": None, "fraction": 0.5, "val": None},
     # CosFace margins: converge faster than ArcFace's on a few hundred identities.
+    # checkpoint: a recogniser trained on the train split already (model.pt); nothing is trained then.
     "teacher": {"network": "mbf", "num_epoch": 4, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
-                "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
+                "margin_list": (1.0, 0.0, 0.4), "seed": 2048, "checkpoint": None},
     # Batch 32: twice the updates of 64 for the same CPU time, which a short run needs more than
     # gradient precision.
     # w_visible: weight of the pixel loss on visible patches (0 is MAE's masked-only loss).
+    # checkpoint: a FaceMAE (with IRM) trained on the train split already (facemae.pt).
     "facemae": {"preset": "tiny", "patch_size": 8, "mask_ratio": 0.75, "output": "full", "irm_weight": 1.0,
-                "w_visible": 1.0, "num_epoch": 10, "warmup_epoch": 1, "batch_size": 32, "lr": 1e-3},
+                "w_visible": 1.0, "num_epoch": 10, "warmup_epoch": 1, "batch_size": 32, "lr": 1e-3,
+                "checkpoint": None},
     # Every released variant trains this same recogniser with the same budget.
     "recogniser": {"network": "mbf", "num_epoch": 3, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
                    "margin_list": (1.0, 0.0, 0.4), "seed": 2048},

@@ -16,10 +16,28 @@ COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.
     ("informed_instance_rank1", "rank-1 instance leak, informed attacker %", "{:.1f}"),
 )
 
+VAL_PREFIX = "acc_"  # a row's accuracy on one verification set: acc_<set name>
+LOOKALIKE_COLUMN = ("lookalike_excess", "look-alikes of split A, excess over originals %", "{:.1f}")
+
 BASELINE_METHODS = ("blur", "pixelate", "noise", "masked")  # the release methods FaceMAE is compared with
 # (leakage key, attacker): the teacher never saw the released identities; the informed attacker is the
 # recogniser trained on the original release split, who knows them.
 ATTACKERS = (("instance_rank1", "teacher"), ("informed_instance_rank1", "informed"))
+
+
+def table_columns(rows):
+    """``COLUMNS``, with one accuracy column per verification set where there are several, and the
+    look-alike excess where a row measured it; ``rows`` are rows or their aggregated entries."""
+    def measured(value):
+        return (value[0] if isinstance(value, (tuple, list)) else value) is not None
+
+    sets = list(dict.fromkeys(key for row in rows for key in row if key.startswith(VAL_PREFIX)))
+    columns = list(COLUMNS)
+    if len(sets) > 1:
+        columns[1:1] = [(key, f"{key[len(VAL_PREFIX):]} acc. %", "{:.2f}") for key in sets]
+    if any(measured(row.get(LOOKALIKE_COLUMN[0], None)) for row in rows):
+        columns.append(LOOKALIKE_COLUMN)
+    return tuple(columns)
 
 
 def aggregate(rows):
@@ -27,10 +45,11 @@ def aggregate(rows):
     groups = {}
     for row in rows:
         groups.setdefault(row["variant"], []).append(row)
+    columns = table_columns(rows)
     summary = []
     for variant, members in groups.items():
         entry = {"variant": variant, "method": members[0]["method"], "seeds": [m["seed"] for m in members]}
-        for key, _, _ in COLUMNS:
+        for key, _, _ in columns:
             values = np.array([m[key] for m in members if m.get(key) is not None], dtype=np.float64)
             entry[key] = (float(values.mean()), float(values.std())) if len(values) else (None, None)
         summary.append(entry)

@@ -1,0 +1,103 @@
+"""``facemae benchmark CONFIG``: the privacy-utility table, one recogniser recipe trained on every released variant.
+
+For each variant (original, FaceMAE full/paste/no-IRM, masked-only, blur, pixelate, noise) and
+seed: release split B, train the protocol's recogniser on it, verify it on every verification set
+and audit the release's leakage with the teacher (and with the informed attacker). Rows run
+seed-major (every variant's first seed before any repeat), results are rewritten after every row,
+and finished steps are reused, so an interrupted run resumes where it stopped. Writes results.md,
+results.json, tradeoff.png and samples.png to the results folder.
+
+Two verdicts on FaceMAE's claim (at most half the error), each for both attackers: against the
+most accurate baseline that leaks at least as much, and against each baseline method at FaceMAE's
+own leakage, interpolated between its strengths (blur s3 / s6 ...; the originals are strength 0).
+"""
+import os
+
+from ..core.files import write_json
+from ..evaluation.samples import save_release_samples, spread_keys
+from .experiment import Experiment
+from .report import markdown_table, matched_ratio_table, plot_tradeoff
+from .spec import ProtocolError, check_variant, load_python_config
+from .verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
+
+SAMPLE_FACES = 8
+VERDICTS = {  # results.json key: (judge, leakage column)
+    "verdict": (tradeoff_verdict, "instance_rank1"),
+    "verdict_informed": (tradeoff_verdict, "informed_instance_rank1"),
+    "verdict_matched": (matched_leakage_verdict, "instance_rank1"),
+    "verdict_matched_informed": (matched_leakage_verdict, "informed_instance_rank1"),
+}
+
+
+def planned_rows(variants, only=None):
+    """``[(variant, seed)]`` seed-major: each variant's i-th seed before any variant's (i+1)-th."""
+    rows, depth = [], max(len(v["seeds"]) for v in variants)
+    for i in range(depth):
+        rows += [(v, v["seeds"][i]) for v in variants if i < len(v["seeds"]) and (not only or v["name"] in only)]
+    return rows
+
+
+def load_benchmark_config(path):
+    """``(protocol, variants)`` of a benchmark file; every variant checked, its ``seeds`` a list."""
+    protocol, variants = load_python_config(path, ["protocol", "variants"])
+    if not variants:
+        raise ProtocolError(f"{path}: defines no `variants`")
+    for variant in variants:
+        seeds = variant.get("seeds", [0])
+        check_variant({k: v for k, v in variant.items() if k != "seeds"})
+        variant["seeds"] = list(seeds)
+    return protocol, variants
+
+
+def write_results(experiment, rows, out_dir, command):
+    """results.md, results.json and tradeoff.png for the rows so far; returns (summary, verdicts, table)."""
+    summary = aggregate(rows)
+    verdicts = {name: judge(summary, leak_key=key) for name, (judge, key) in VERDICTS.items()}
+    table = markdown_table(summary)
+    plot = plot_tradeoff(summary, os.path.join(out_dir, "tradeoff.png"))
+    verdict_text = "\n\n".join(v["text"] for v in verdicts.values())
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(f"# Privacy vs utility\n\n`{command}`\n\n{table}\n\n{verdict_text}\n\n"
+                "Every FaceMAE row's error over each baseline's error at the same leakage (claim: <= 0.50):\n\n"
+                f"{matched_ratio_table(summary)}\n\n"
+                "Accuracy: 10-fold verification (image + flip), the mean over the verification sets where there "
+                "are several. Leakage: released image retrieves its own source (instance) or a same-identity "
+                "original (identity) at rank 1, attacker = the teacher recogniser (trained on split A, never saw "
+                "split B; also IRM's teacher). Informed attacker: the same recogniser recipe trained on the "
+                "original split B (seed 0). Look-alikes of split A: released images whose nearest split-A identity "
+                "is above the teacher's FAR=1e-3 threshold, less the same fraction of the original images.\n")
+    write_json(os.path.join(out_dir, "results.json"),
+               {"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
+                **verdicts, "plot": plot}, sort_keys=False, default=str)
+    return summary, verdicts, table
+
+
+def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False, progress=True, command=""):
+    """Every planned row of ``config`` in ``work_dir``; returns the results (also in ``out_dir``)."""
+    protocol, variants = load_benchmark_config(config)
+    experiment = Experiment(work_dir, protocol, progress=progress)
+    out_dir = out_dir or experiment.path("results")
+    # Rows take the variant without its seed list.
+    plan = [({k: v for k, v in variant.items() if k != "seeds"}, seed)
+            for variant, seed in planned_rows(variants, only)]
+    if finished_only:
+        plan = [(v, seed) for v, seed in plan if experiment.row_finished(v, seed, informed_attacker=True)]
+    if not plan:
+        raise ProtocolError(f"{config}: no rows to run" + (" are finished yet" if finished_only else "")
+                            + (f" (--only {' '.join(only)})" if only else ""))
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for n, (variant, seed) in enumerate(plan, 1):
+        print(f"=== row {n}/{len(plan)}: {variant['name']} seed {seed}", flush=True)
+        rows.append(experiment.row(variant, seed, informed_attacker=True))
+        summary, verdicts, table = write_results(experiment, rows, out_dir, command)
+    first_rows = {}  # each variant's first planned seed, in plan order
+    for variant, seed in plan:
+        first_rows.setdefault(variant["name"], (variant, seed))
+    original = experiment.splits["release"]
+    sources = [("original", original)] + [(v["name"], experiment.release(v, seed)["released"])
+                                          for v, seed in first_rows.values() if v["method"] != "original"]
+    samples = save_release_samples(os.path.join(out_dir, "samples.png"), sources,
+                                   spread_keys(original, SAMPLE_FACES))
+    return {"rows": rows, "summary": summary, "verdicts": verdicts, "table": table, "out_dir": out_dir,
+            "samples_png": samples}
