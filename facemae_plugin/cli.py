@@ -181,15 +181,15 @@ def _export(args):
 
 
 def _demo(args):
-    from .protocol.demo import run_demo
+    import shlex
 
-    from .protocol.demo import load_protocol_file
+    from .protocol.demo import load_protocol_file, run_demo
 
     result = run_demo(args.work_dir, load_protocol_file(args.protocol), progress=not args.quiet,
-                      compare_original=args.compare_original)
-    row = result["rows"][0]
-    return (f"demo: {row['variant']} release: held-out accuracy {row['accuracy'] * 100:.2f}%, rank-1 "
-            f"instance leakage {row['instance_rank1'] * 100:.1f}% -> {result['work_dir']}/report.json", result)
+                      command="facemae " + shlex.join(args.argv))
+    rows = "; ".join(f"{row['variant']} {row['accuracy'] * 100:.2f}% accuracy, {row['instance_rank1'] * 100:.1f}% "
+                     "rank-1 leakage" for row in result["rows"])
+    return f"demo: {rows} -> {result['work_dir']}/report.json, card {result['card']}", result
 
 
 def _convert(args):
@@ -566,16 +566,18 @@ def _add_demo(verbs):
     p = verbs.add_parser("demo", parents=_parents("common"),
                          help="the whole pipeline on the embedded synthetic default (CPU, 20-60 min)",
                          description="Synthesise disjoint identity splits, train a teacher and FaceMAE tiny + IRM "
-                                     "on split A, release split B through FaceMAE, train a recogniser on the "
-                                     "release, verify it on held-out identities and audit the release's leakage. "
-                                     "Everything lands in WORK_DIR (report.json, samples.png, ROC, audit plots); "
-                                     "finished steps are reused when run again.")
+                                     "on split A, release split B through FaceMAE and through blur, train the same "
+                                     "recogniser on the originals and on each release, verify each on held-out "
+                                     "identities, audit each release's leakage, and publish the FaceMAE release "
+                                     "with its card (WORK_DIR/release/RELEASE.md). Everything lands in WORK_DIR "
+                                     "(report.json, samples.png, tradeoff.png, ROC, audit plots); finished steps "
+                                     "are reused when run again.")
     p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
     p.add_argument("--protocol", default=None, metavar="CONFIG.py",
                    help="a file defining `protocol = dict(...)` overriding the embedded sizes and budgets "
                         "(see facemae_plugin/protocol/spec.py PROTOCOL_DEFAULTS)")
     p.add_argument("--compare-original", action="store_true",
-                   help="also train the same recogniser on the original split B (one more ~2 min step)")
+                   help="accepted for older scripts: the originals are always compared now")
     p.set_defaults(run=_demo)
 
 

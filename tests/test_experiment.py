@@ -177,15 +177,24 @@ def test_data_detail_reaches_every_split(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsys):
-    report = run_demo(tmp_path, TOY, progress=False, compare_original=True)
+    report = run_demo(tmp_path, TOY, progress=False)
     first = capsys.readouterr()
     assert "[teacher] running" in first.err and "[teacher]" not in first.out  # step lines are progress
-    assert [r["variant"] for r in report["rows"]] == ["FaceMAE full 0.75", "original"]
+    assert [r["variant"] for r in report["rows"]] == ["original", "blur s3", "FaceMAE full 0.75"]
     for r in report["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["instance_rank1"] <= 1.0
         assert r["error"] == pytest.approx(1.0 - r["accuracy"])
-    for path in (report["samples_png"], report["roc_png"], report["audit"], tmp_path / "report.json"):
+    for path in (report["samples_png"], report["roc_png"], report["audit"], report["tradeoff_png"],
+                 report["card"], tmp_path / "report.json"):
         assert os.path.isfile(path)
+    # The published release is the protocol's own FaceMAE release, byte for byte, and its card says so.
+    with open(tmp_path / "released" / "facemae_full_0.75-s0" / "train.rec", "rb") as f, \
+            open(tmp_path / "release" / "train.rec", "rb") as g:
+        assert f.read() == g.read()
+    with open(tmp_path / "release" / "RELEASE.json") as f:
+        card = json.load(f)
+    assert card["attackers"][0]["leakage"]["instance_rank1"] == report["rows"][-1]["instance_rank1"]
+    assert card["attackers"][0]["training_set"] is not None
     with open(tmp_path / "report.json") as f:
         assert json.load(f)["rows"] == report["rows"]
     with FaceShard(tmp_path / "data" / "release") as original, \
@@ -194,10 +203,11 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
         assert np.array_equal(released.labels(), original.labels())
     facemae_steps = {f"{step}-facemae_full_0.75-s0" for step in ("release", "recogniser", "verify", "audit")}
     original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original"}
-    expected = {"data", "teacher", "facemae", "release-masked_0.75-s0"} | facemae_steps | original_steps
+    blur_steps = {"release-blur_s3", "recogniser-blur_s3-s0", "verify-blur_s3-s0", "audit-blur_s3"}
+    expected = {"data", "teacher", "facemae", "release-masked_0.75-s0"} | facemae_steps | original_steps | blur_steps
     assert set(report["steps"]) == expected
     capsys.readouterr()
-    again = run_demo(tmp_path, TOY, progress=False, compare_original=True)
+    again = run_demo(tmp_path, TOY, progress=False)
     second = capsys.readouterr().err
     assert "running" not in second and "[teacher] reusing finished step" in second  # every step reused
     assert again["rows"] == report["rows"]

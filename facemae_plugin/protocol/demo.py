@@ -1,44 +1,76 @@
-"""``facemae demo``: the whole FaceMAE pipeline on the embedded synthetic default.
+"""``facemae demo``: the whole FaceMAE pipeline on the embedded synthetic default, beside two references.
 
-synthesise -> teacher on split A -> FaceMAE tiny + IRM on split A -> release split B
-(unseen identities) -> recogniser trained on the release -> verify on held-out identities
--> audit the release against the original split B. Every artefact lands in ``WORK_DIR``;
-a re-run reuses finished steps (see ``experiment.Experiment``).
+synthesise -> teacher on split A -> FaceMAE tiny + IRM on split A -> release split B (unseen
+identities) through FaceMAE, and through blur as a baseline -> the same recogniser recipe trained
+on the originals, on blur's release and on FaceMAE's -> verify each on held-out identities -> audit
+each release against the original split B -> the FaceMAE release published with its card
+(``publish.release``). Every artefact lands in ``WORK_DIR``; a re-run reuses finished steps (see
+``experiment.Experiment``).
 """
 import json
+import os
 
 from ..core.files import write_json
-from .experiment import Experiment
 from ..evaluation.samples import save_release_samples, spread_keys
-from .report import markdown_table
+from .experiment import Experiment
+from .report import markdown_table, plot_tradeoff
 from .spec import ORIGINAL, load_python_config
 from .verdicts import aggregate
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's steps.
 FACEMAE_FULL = {"name": "FaceMAE full 0.75", "method": "facemae", "output": "full", "mask_ratio": 0.75, "irm": True}
+BLUR = {"name": "blur s3", "method": "blur", "sigma": 3.0}
+MASKED = {"name": "masked 0.75", "method": "masked", "mask_ratio": 0.75}
+VARIANTS = (ORIGINAL, BLUR, FACEMAE_FULL)  # the untouched data, a baseline, FaceMAE: one recogniser budget
 SAMPLE_FACES = 8
+RELEASE_DIR = "release"  # the FaceMAE release as a user publishes it, card and all
 
 
-def run_demo(work_dir, protocol=None, progress=True, compare_original=False):
+def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
     """Run the pipeline; returns the report (also ``WORK_DIR/report.json``)."""
     experiment = Experiment(work_dir, protocol, progress)
-    variants = [FACEMAE_FULL] + ([ORIGINAL] if compare_original else [])
-    rows = [experiment.row(variant, seed=0) for variant in variants]
+    rows = [experiment.row(variant, seed=0) for variant in VARIANTS]
+    original = experiment.splits["release"]
     released = experiment.release(FACEMAE_FULL, 0)["released"]
-    masked = experiment.release({"name": "masked 0.75", "method": "masked", "mask_ratio": 0.75}, 0)["released"]
+    masked = experiment.release(MASKED, 0)["released"]
+    blurred = experiment.release(BLUR, 0)["released"]
     samples = save_release_samples(
         experiment.path("samples.png"),
-        [("original", experiment.splits["release"]), ("FaceMAE input\n(masked)", masked),
+        [("original", original), ("blur s3", blurred), ("FaceMAE input\n(masked)", masked),
          ("FaceMAE\nreleased", released)],
-        spread_keys(experiment.splits["release"], SAMPLE_FACES))
+        spread_keys(original, SAMPLE_FACES))
+    summary = aggregate(rows)
+    tradeoff = plot_tradeoff(summary, experiment.path("tradeoff.png"), title="demo: utility vs leakage")
+    card = publish_facemae(experiment, command)
     report = {"work_dir": experiment.work_dir, "protocol": experiment.protocol, "rows": rows,
-              "steps": step_seconds(experiment), "samples_png": samples,
-              "roc_png": rows[0]["roc_png"], "audit": rows[0]["audit"]}
+              "steps": step_seconds(experiment), "samples_png": samples, "tradeoff_png": tradeoff,
+              "roc_png": rows[-1]["roc_png"], "audit": rows[-1]["audit"],
+              "card": os.path.join(card["released"]["path"], "RELEASE.md")}
     write_json(experiment.path("report.json"), report, sort_keys=False, default=str)
-    print(markdown_table(aggregate(rows)))
-    print(f"step time: {sum(report['steps'].values()) / 60:.1f} min; samples {samples}; "
-          f"ROC {report['roc_png']}; report {experiment.path('report.json')}")
+    print(markdown_table(summary))
+    print("Higher accuracy and lower leakage are better; the originals leak every source by definition. "
+          "blur s3 is one baseline at one strength (facemae benchmark compares them all).")
+    print(f"step time: {sum(report['steps'].values()) / 60:.1f} min; samples {samples}; trade-off {tradeoff}; "
+          f"card {report['card']}; report {experiment.path('report.json')}")
     return report
+
+
+def publish_facemae(experiment, command):
+    """The demo's FaceMAE release published as ``facemae release`` would: audited by the teacher, with its card."""
+    from ..publish.release import Attacker, release_dataset
+
+    card_json = experiment.path(RELEASE_DIR, "RELEASE.json")
+    if os.path.isfile(card_json):  # published by an earlier run of this work directory
+        print(f"[{RELEASE_DIR}] reusing the published release", flush=True)
+        with open(card_json) as f:
+            return json.load(f)
+    p = experiment.protocol
+    splits = experiment.splits
+    return release_dataset(
+        splits["release"], experiment.path(RELEASE_DIR), experiment.privatizer(FACEMAE_FULL, 0),
+        [Attacker(experiment.teacher()["model"], p.teacher.network)], val_bins=list(splits["val"].values()),
+        training_set=splits["train"], quality=p.release.quality, batch_size=p.release.batch_size,
+        device=str(experiment.device), progress=experiment.progress, command=command)
 
 
 def step_seconds(experiment):
