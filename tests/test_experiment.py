@@ -211,3 +211,23 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     second = capsys.readouterr().err
     assert "running" not in second and "[teacher] reusing finished step" in second  # every step reused
     assert again["rows"] == report["rows"]
+
+
+def test_a_variant_with_a_target_leakage_releases_at_its_calibrated_setting(tmp_path):
+    from facemae_plugin.publish.calibrate import STRENGTHS
+
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    variant = {"name": "blur to 0.9", "method": "blur", "target_leakage": 0.9}
+    with pytest.raises(ProtocolError, match="give one of them, not both"):
+        check_variant({**variant, "sigma": 2.0})
+    with pytest.raises(ProtocolError, match="expected a fraction"):
+        check_variant({**variant, "target_leakage": 2})
+    released = experiment.release(variant, 0)["released"]
+    with open(tmp_path / "steps" / "calibrate-blur_to_0.9.done.json") as f:
+        calibration = json.load(f)
+    with open(os.path.join(released, "facemae_provenance.json")) as f:
+        assert json.load(f)["privatizer"]["sigma"] == calibration["value"]
+    points = {p["value"]: p["instance_rank1"] for p in calibration["points"]}
+    assert points[calibration["value"]] <= 0.9 and STRENGTHS["blur"].strongest in points
+    assert experiment.calibrated(variant, 0) == {"name": "blur to 0.9", "method": "blur",
+                                                 "sigma": calibration["value"]}

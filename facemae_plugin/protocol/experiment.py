@@ -19,7 +19,8 @@ from ..data.synthetic import write_holdout_bin, write_identity_shard
 from ..formats.split import split_by_identity
 from .datasets import check_disjoint, check_trained_on, data_mode, recorded_data, shard_summary, val_sets
 from .recipes import facemae_block, pretrain_config, recognition_config, summarise_training, variant_privatizer
-from .spec import DETERMINISTIC_METHODS, ORIGINAL, ProtocolError, check_variant, facemae_step_name, slug, variant_inputs
+from .spec import (DETERMINISTIC_METHODS, ORIGINAL, TARGET_KEY, ProtocolError, check_variant, facemae_step_name, slug,
+                   variant_inputs)
 from .store import StepStore
 from .verdicts import VAL_PREFIX
 
@@ -204,11 +205,40 @@ class Experiment(StepStore):
         return self.run_step(f"release-{name}", build, variant_inputs(variant, None if shared else seed))
 
     def privatizer(self, variant, seed):
-        """The variant's privatizer; a ``facemae`` variant's model is trained first if need be."""
+        """The variant's privatizer; a ``facemae`` variant's model is trained first if need be, and a
+        variant with a ``target_leakage`` is calibrated first (``calibration``)."""
         checkpoint = None
         if variant["method"] == "facemae":
             checkpoint = self.facemae(irm=variant.get("irm", True), overrides=variant.get("pretrain"))["checkpoint"]
+        if TARGET_KEY in variant:
+            variant = self.calibrated(variant, seed)
         return variant_privatizer(self.protocol, variant, seed, checkpoint)
+
+    def calibrated(self, variant, seed):
+        """``variant`` with its strength set by bisection to the weakest meeting its ``target_leakage``
+        on split B, the teacher attacking (``publish.calibrate``; its own step)."""
+        from ..evaluation.embed import load_embedder
+        from ..publish.calibrate import STRENGTHS, calibrate
+
+        method, param = variant["method"], STRENGTHS[variant["method"]].param
+        plain = {key: value for key, value in variant.items() if key != TARGET_KEY}
+        checkpoint = self.facemae(irm=variant.get("irm", True), overrides=variant.get("pretrain"))["checkpoint"] \
+            if method == "facemae" else None
+        teacher = self.teacher()["model"]
+
+        def build():
+            embedder = load_embedder(teacher, self.protocol.teacher.network, device=self.device)
+            return calibrate(self.splits["release"], self.path("calibration"), method,
+                             lambda value: variant_privatizer(self.protocol, {**plain, param: value}, seed, checkpoint),
+                             embedder, "teacher", variant[TARGET_KEY], seed=seed, device=self.device,
+                             convert_settings=dict(quality=self.protocol.release.quality,
+                                                   batch_size=self.protocol.release.batch_size),
+                             progress=self.progress)
+
+        shared = method in DETERMINISTIC_METHODS
+        done = self.run_step(f"calibrate-{self.release_name(variant, seed)}", build,
+                             variant_inputs(variant, None if shared else seed))
+        return {**plain, param: done["value"]}
 
     def recogniser(self, variant, seed):
         """The shared recogniser recipe trained on the released split B, verified on held-out ids."""
@@ -309,7 +339,8 @@ class Experiment(StepStore):
                 "identity_rank1": leaked["identity_rank1"], "source_tar_at_far": leaked["tar_at_far"],
                 "informed_instance_rank1": informed["instance_rank1"],
                 "informed_identity_rank1": informed["identity_rank1"],
-                "roc_png": verified["roc_png"], "audit": leaked["report"]}
+                "roc_png": verified["roc_png"], "audit": leaked["report"],
+                "setting": self.calibrated(variant, seed) if TARGET_KEY in variant else None}
 
     def row_finished(self, variant, seed, informed_attacker=False):
         """Whether ``row`` would only reuse finished steps (nothing to train or convert)."""

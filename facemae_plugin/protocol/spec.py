@@ -53,7 +53,10 @@ PROTOCOL_ONLY = {"facemae": ("irm", "pretrain")}
 METHOD_PARAMS = {"original": (), **{
     name: (*(p for p in spec.params if p not in PROTOCOL_FIXED.get(name, ())), *PROTOCOL_ONLY.get(name, ()))
     for name, spec in METHODS.items()}}
-VARIANT_KEYS = {"name", "method", *(key for params in METHOD_PARAMS.values() for key in params)}
+# A variant of a method with a strength may ask for the weakest setting that meets a leakage
+# target instead of naming one (``publish.calibrate``; the teacher is the attacker).
+TARGET_KEY = "target_leakage"
+VARIANT_KEYS = {"name", "method", TARGET_KEY, *(key for params in METHOD_PARAMS.values() for key in params)}
 
 
 def slug(name):
@@ -96,10 +99,13 @@ def check_variant(variant):
     name, method = variant["name"], variant["method"]
     if method not in METHOD_PARAMS:
         raise ProtocolError(f"variant {name}: unknown method {method!r}; expected one of {', '.join(METHOD_PARAMS)}")
-    extra = sorted(set(variant) - {"name", "method", *METHOD_PARAMS[method]})
+    extra = sorted(set(variant) - {"name", "method", *METHOD_PARAMS[method],
+                                   *((TARGET_KEY,) if method != "original" else ())})
     if extra:
         raise ProtocolError(f"variant {name}: method {method} takes no {', '.join(extra)}; expected some of "
                             f"{', '.join(METHOD_PARAMS[method]) or 'nothing'}")
+    if TARGET_KEY in variant:
+        _check_target(variant)
     if method == "facemae":
         _check_facemae_variant(variant)
     elif method != "original":
@@ -110,6 +116,16 @@ def check_variant(variant):
         except FaceMAEError as exc:
             raise ProtocolError(f"variant {name}: {exc}") from None
     return variant
+
+
+def _check_target(variant):
+    from ..publish.calibrate import STRENGTHS
+
+    target, param = variant[TARGET_KEY], STRENGTHS[variant["method"]].param
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
+        raise ProtocolError(f"variant {variant['name']}: {TARGET_KEY} {target!r}, expected a fraction in [0, 1]")
+    if param in variant:
+        raise ProtocolError(f"variant {variant['name']}: {TARGET_KEY} chooses {param}; give one of them, not both")
 
 
 def _check_facemae_variant(variant):
