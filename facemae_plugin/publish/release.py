@@ -171,13 +171,14 @@ def convert_into(in_dir, staging, privatizer, overwrite, settings, convert):
     ``overwrite`` lets the conversion replace shards of another conversion left in ``staging``.
     """
     from ..convert import Conversion
+    from ..convert.layout import read_json_or_none
 
     job = Conversion(in_dir, staging, privatizer, settings["quality"], settings["batch_size"], settings["workers"],
                      progress=False)
     expected = job.provenance()
     job.shard.close()
     finished = os.path.isfile(os.path.join(staging, REC_NAME))
-    if finished and _read_json(os.path.join(staging, PROVENANCE_NAME)) == json.loads(json.dumps(expected)):
+    if finished and read_json_or_none(os.path.join(staging, PROVENANCE_NAME)) == json.loads(json.dumps(expected)):
         return expected
     if finished:  # another method or setting: the release files of that attempt go with it
         for name in RELEASE_FILES:
@@ -188,14 +189,6 @@ def convert_into(in_dir, staging, privatizer, overwrite, settings, convert):
                 os.remove(path)
     convert(in_dir, staging, privatizer, overwrite=finished or overwrite, **settings)
     return expected
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def verify_attacker(embedder, val_sets, batch_size, device, progress):
