@@ -106,6 +106,18 @@ def test_an_existing_release_is_refused_without_overwrite(world, tmp_path):
     assert "exists; pass --overwrite" in result.stderr and os.listdir(tmp_path / "released") == []
 
 
+def test_releases_that_could_not_be_audited_are_refused_before_any_work(world, tmp_path):
+    attackers = [Attacker(str(world / "model.pt"), "mbf")]
+    with pytest.raises(ReleaseError, match="--k 2: a release is audited record by record"):
+        release_dataset(world / "ds", tmp_path / "a", make_privatizer("blur", k=2), attackers, progress=False)
+    with pytest.raises(ReleaseError, match="--training-set .*ds: is the shard being released"):
+        release_dataset(world / "ds", tmp_path / "b", make_privatizer("blur"), attackers, training_set=world / "ds",
+                        progress=False)
+    with pytest.raises(ReleaseError, match="needs at least one attacker"):
+        release_dataset(world / "ds", tmp_path / "c", make_privatizer("blur"), [], progress=False)
+    assert os.listdir(tmp_path) == []
+
+
 def facemae_checkpoint(path, trained_on):
     torch.manual_seed(0)
     model = create_facemae("tiny", patch_size=16)

@@ -51,13 +51,15 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
     then only checked.
     """
     from ..convert import convert
-    from ..evaluation.audit import audit
     from ..evaluation.samples import save_release_samples, spread_keys
 
     in_dir, out_dir = os.path.abspath(os.fspath(in_dir)), os.path.abspath(os.fspath(out_dir))
     staging = out_dir + PARTIAL_SUFFIX
     source = check_release_output(in_dir, out_dir, staging, overwrite)
-    trained = training_set_entry(training_set)
+    if privatizer.k != 1:
+        raise ReleaseError(f"--k {privatizer.k}: a release is audited record by record against its source, so it "
+                           "holds one image per original (--k 1)")
+    trained = training_set_entry(training_set, source)
     reconstructor = reconstructor_entry(privatizer, source, trained)
     loaded = load_attackers(attackers, device, precision)
     val_sets = load_val_sets(val_bins)
@@ -72,15 +74,9 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
 
     provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(
         quality=quality, batch_size=batch_size, workers=workers, progress=progress), convert)
-    entries = []
-    for name, attacker, embedder, digest in loaded:
-        audit_dir = os.path.join(staging, AUDIT_DIR, name)
-        report = audit(in_dir, staging, embedder, out_dir=audit_dir, batch_size=batch_size, device=device,
-                       progress=progress, model=attacker.model, search=search, seed=seed, training_set=training_set)
-        verification = verify_attacker(embedder, val_sets, batch_size, device, progress)
-        entries.append(attacker_entry(name, attacker.model, digest, attacker.network, embedder.precision,
-                                      verification, report, os.path.join(AUDIT_DIR, name)))
-        relocate_audit(os.path.join(audit_dir, "audit.json"), staging, out_dir)
+    entries = [audit_attacker(in_dir, staging, out_dir, attacker, val_sets, dict(
+        batch_size=batch_size, device=device, progress=progress, search=search, seed=seed,
+        training_set=training_set)) for attacker in loaded]
     save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
                          spread_keys(in_dir, SAMPLE_FACES))
     with FaceShard(staging) as released:
@@ -110,11 +106,16 @@ def check_release_output(in_dir, out_dir, staging, overwrite):
     return source
 
 
-def training_set_entry(training_set):
+def training_set_entry(training_set, source):
+    """The ``--training-set`` on the card; it must be another shard than the one released."""
     if training_set is None:
         return None
     with FaceShard(training_set) as shard:
-        return {"path": os.path.abspath(os.fspath(training_set)), **shard.fingerprint()}
+        entry = {"path": os.path.abspath(os.fspath(training_set)), **shard.fingerprint()}
+    if entry["idx_sha256"] == source["idx_sha256"]:
+        raise ReleaseError(f"--training-set {entry['path']}: is the shard being released ({source['path']}); give "
+                           "the shard the reconstructor was trained on")
+    return entry
 
 
 def provenance_method(privatizer):
@@ -191,11 +192,19 @@ def convert_into(in_dir, staging, privatizer, overwrite, settings, convert):
     return expected
 
 
-def verify_attacker(embedder, val_sets, batch_size, device, progress):
+def audit_attacker(in_dir, staging, out_dir, loaded, val_sets, options):
+    """One attacker's audit of the release in ``staging`` and its verification: its card entry."""
+    from ..evaluation.audit import audit
     from ..evaluation.bin_report import verify_loaded
 
-    return [verify_loaded(embedder, path, images, issame, batch_size, device, progress=progress)
-            for path, images, issame in val_sets]
+    name, attacker, embedder, digest = loaded
+    audit_dir = os.path.join(staging, AUDIT_DIR, name)
+    report = audit(in_dir, staging, embedder, out_dir=audit_dir, model=attacker.model, **options)
+    verification = [verify_loaded(embedder, path, images, issame, options["batch_size"], options["device"],
+                                  progress=options["progress"]) for path, images, issame in val_sets]
+    relocate_audit(os.path.join(audit_dir, "audit.json"), staging, out_dir)
+    return attacker_entry(name, attacker.model, digest, attacker.network, embedder.precision, verification, report,
+                          os.path.join(AUDIT_DIR, name))
 
 
 def relocate_audit(path, staging, final):
