@@ -261,7 +261,7 @@ def _audit(args):
                    device=device, max_impostors=args.max_impostors, seed=args.seed,
                    progress=not args.quiet, model=args.model, search=args.search,
                    embedding_dtype=args.embedding_dtype, recall_queries=args.recall_queries,
-                   training_set=args.training_set)
+                   training_set=args.training_set, embedding_cache=args.embedding_cache)
     tar = "n/a" if report["tar_at_far"] is None else f"{report['tar_at_far']:.4f}"
     search = report["search"]
     searched = "exact search" if search["method"] == "exact" else (
@@ -559,6 +559,9 @@ def _add_audit(verbs):
                         "images resemble one of its identities (cosine to the identity's centre above the FAR=1e-3 "
                         "threshold measured on A), against the same fraction for the originals, flagged when the "
                         "release holds more than chance allows (McNemar z > 3)")
+    p.add_argument("--embedding-cache", default=None, metavar="DIR",
+                   help="keep the original's (and the training set's) embeddings in DIR, so that the next audit "
+                        "of another release with the same --model file embeds only the release")
     p.set_defaults(run=_audit)
 
 

@@ -162,3 +162,36 @@ def test_cli_audit_with_a_training_set(splits, tmp_path):
     report = json.loads(last)
     assert "look-alikes of the 12 training identities" in summary and "not flagged" in summary
     assert report["training_set"]["training_images"] == 48 and report["training_set"]["impostor_pairs"] == 48 * 11
+
+
+def test_an_embedding_cache_gives_the_same_figures_and_embeds_the_shared_shards_once(splits, tmp_path, monkeypatch):
+    import torch
+
+    from facemae_plugin.evaluation import audit as audit_module
+    from facemae_plugin.models.backbones import get_backbone
+
+    torch.manual_seed(0)
+    torch.save(get_backbone("mbf").state_dict(), tmp_path / "model.pt")
+    model = load_mbf(tmp_path / "model.pt")
+    planted_release(splits / "b", splits / "a", tmp_path / "planted", every=3)
+    plain = audit(splits / "b", tmp_path / "planted", model, out_dir=tmp_path / "plain", plots=False,
+                  training_set=splits / "a")
+    embedded = []
+    real = audit_module.embed_shard
+    monkeypatch.setattr(audit_module, "embed_shard", lambda shard, *a, **k: embedded.append(shard.rec_path) or
+                        real(shard, *a, **k))
+    options = dict(plots=False, training_set=splits / "a", embedding_cache=tmp_path / "cache",
+                   model=str(tmp_path / "model.pt"))
+    first = audit(splits / "b", tmp_path / "planted", model, out_dir=tmp_path / "first", **options)
+    second = audit(splits / "b", splits / "b", model, out_dir=tmp_path / "second", **options)
+    assert len(embedded) == 4  # first: original, released, training set; second: its release only
+    figures = ("instance_rank1", "identity_rank1", "tar_at_far", "mean_source_cosine")
+    assert {k: first[k] for k in figures} == {k: plain[k] for k in figures}
+    assert first["training_set"] == {**plain["training_set"]}
+    assert second["instance_rank1"] == 1.0
+
+
+def load_mbf(path):
+    from facemae_plugin.evaluation.embed import load_embedder
+
+    return load_embedder(path, "mbf")

@@ -214,3 +214,20 @@ def test_a_target_outside_zero_to_one_is_refused_before_any_work(crowd, tmp_path
         release_dataset(crowd / "ds", tmp_path / "released", at(1.0), [Attacker(str(crowd / "model.pt"), "mbf")],
                         progress=False, target_leakage=1.5, privatizer_at=at)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_finished_conversion_is_published_without_converting_again(world, tmp_path, monkeypatch):
+    convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), workers=0, progress=False)
+    attackers = [Attacker(str(world / "model.pt"), "mbf")]
+    with pytest.raises(ReleaseError, match="differs in privatizer"):
+        release_dataset(world / "ds", tmp_path / "other", make_privatizer("blur", sigma=5.0), attackers,
+                        converted=tmp_path / "converted", workers=0, progress=False)
+
+    def no_conversion(*_, **__):
+        raise AssertionError("the given conversion should have been published")
+
+    monkeypatch.setattr("facemae_plugin.convert.convert", no_conversion)
+    release_dataset(world / "ds", tmp_path / "released", make_privatizer("blur", sigma=4.0), attackers,
+                    converted=tmp_path / "converted", workers=0, progress=False)
+    assert tree_hashes(tmp_path / "released")["train.rec"] == tree_hashes(tmp_path / "converted")["train.rec"]
+    assert (tmp_path / "released" / "RELEASE.md").is_file()

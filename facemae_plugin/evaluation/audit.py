@@ -21,7 +21,7 @@ from ..core.files import sha256_file, write_json
 from ..data.dataset import normalise
 from ..formats.shard import PROVENANCE_NAME, FaceShard
 from .embed import embed_with_flip
-from .embedding_store import EmbeddingRows, ScratchFolder
+from .embedding_store import EmbeddingCache, EmbeddingRows, ScratchFolder
 from .lookalikes import training_set_leakage
 from .plots import new_figure, save_figure
 from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval, source_rows, unit_rows
@@ -124,35 +124,55 @@ def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=Fal
 # ----------------------------------------------------------------------------- the job
 
 
-def _embed_and_search(original, released, embedder, scratch, batch_size, device, progress, dtype, options):
-    """Both shards embedded into ``scratch``, then the search: ``(RetrievalReport, query labels, query
+class _Embedder:
+    """Shards embedded by one model for one audit: into its scratch folder, or through a cache."""
+
+    def __init__(self, embedder, scratch, batch_size, device, progress, dtype, cache=None, model=None):
+        self.embedder, self.scratch, self.batch_size = embedder, scratch, batch_size
+        self.device, self.progress, self.dtype = device, progress, dtype
+        usable = cache is not None and model is not None and os.path.isfile(model)
+        self.cache = EmbeddingCache(cache) if usable else None
+        self.model_sha256 = sha256_file(model) if usable else None
+
+    def __call__(self, shard, name, cached=False):
+        """``(rows [N, D], labels [N])`` of ``shard``; ``cached`` shards are looked up and kept."""
+        key = None
+        if cached and self.cache is not None:
+            key = self.cache.key(sha256_file(shard.idx_path), self.model_sha256, self.dtype,
+                                 getattr(self.embedder, "precision", None), self.batch_size)
+            found = self.cache.lookup(key)
+            if found is not None:
+                return found
+        path = self.cache.rows_path(key) if key else os.path.join(self.scratch, f"{name}.npy")
+        rows, labels = embed_shard(shard, self.embedder, EmbeddingRows(path, len(shard), self.dtype),
+                                   self.batch_size, self.device, self.progress, name)
+        if key:
+            self.cache.commit(key, labels)
+        return rows, labels
+
+
+def _embed_and_search(original, released, embed, options):
+    """Both shards embedded (``_Embedder``), then the search: ``(RetrievalReport, query labels, query
     rows [Q, D], gallery rows [G, D])``."""
-    gallery, gallery_labels = embed_shard(
-        original, embedder, EmbeddingRows(os.path.join(scratch, "original.npy"), len(original), dtype),
-        batch_size, device, progress, "original")
-    query, query_labels = embed_shard(
-        released, embedder, EmbeddingRows(os.path.join(scratch, "released.npy"), len(released), dtype),
-        batch_size, device, progress, "released")
+    gallery, gallery_labels = embed(original, "original", cached=True)
+    query, query_labels = embed(released, "released")
     check_same_labels(original, gallery_labels, released, released_labels=query_labels)
     result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
                                 gallery_labels, **options)
     return result, query_labels, query, gallery
 
 
-def _training_set_leakage(training_dir, query, gallery, source_index, embedder, scratch, batch_size, device,
-                          progress, dtype, options):
+def _training_set_leakage(training_dir, query, gallery, source_index, embed, options):
     """Look-alikes of ``training_dir``'s identities among the released and (paired) original images."""
     with FaceShard(training_dir) as training:
-        train, train_labels = embed_shard(
-            training, embedder, EmbeddingRows(os.path.join(scratch, "training.npy"), len(training), dtype),
-            batch_size, device, progress, "training set")
+        train, train_labels = embed(training, "training set", cached=True)
     return training_set_leakage(query, gallery, train, train_labels, original_rows=source_index, **options)
 
 
 def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, device="cpu", ks=DEFAULT_KS,
           far_target=FAR_TARGET, max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, examples=8, chunk=None,
           progress=False, model=None, plots=True, search="auto", embedding_dtype="float32", recall_queries=None,
-          training_set=None):
+          training_set=None, embedding_cache=None):
     """Audit ``released_dir`` against ``original_dir`` with ``embedder``; returns the report dict.
 
     ``embedder``: a torch recogniser or ``OnnxEmbedder`` (see ``embed.load_embedder``); ``model``
@@ -162,6 +182,8 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
     ``embedding_store``); ``search`` and ``recall_queries`` as in ``retrieval.evaluate_retrieval``.
     ``training_set``: the shard the release's reconstructor was trained on; adds ``training_set``,
     its look-alikes among the released and the original images (``lookalikes``).
+    ``embedding_cache``: a folder where the original's and the training set's embeddings are kept
+    for later audits by the same ``model`` file (``embedding_store.EmbeddingCache``).
     """
     if batch_size < 1:
         raise AuditInputError(f"batch size must be a positive integer, got {batch_size}")
@@ -171,13 +193,13 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
         if training_set is not None:
             check_training_set(original, training_set)
         with ScratchFolder(out_dir) as scratch:
-            result, query_labels, query, gallery = _embed_and_search(
-                original, released, embedder, scratch, batch_size, device, progress, embedding_dtype,
-                dict(ks=ks, chunk=chunk, device=device, far_target=far_target, max_impostors=max_impostors, seed=seed,
-                     normalised=True, search=search, recall_queries=recall_queries, progress=progress))
+            embed = _Embedder(embedder, scratch, batch_size, device, progress, embedding_dtype, embedding_cache, model)
+            result, query_labels, query, gallery = _embed_and_search(original, released, embed, dict(
+                ks=ks, chunk=chunk, device=device, far_target=far_target, max_impostors=max_impostors, seed=seed,
+                normalised=True, search=search, recall_queries=recall_queries, progress=progress))
             lookalikes = None if training_set is None else _training_set_leakage(
-                training_set, query, gallery, result.source_index, embedder, scratch, batch_size, device, progress,
-                embedding_dtype, dict(far_target=far_target, max_impostors=max_impostors, seed=seed))
+                training_set, query, gallery, result.source_index, embed,
+                dict(far_target=far_target, max_impostors=max_impostors, seed=seed))
         most, least = leak_ranking(result, released.image_keys, original.image_keys, query_labels, examples)
         os.makedirs(out_dir, exist_ok=True)
         figures = {}

@@ -5,6 +5,8 @@ memory they would set the audit's size limit. Rows are written as they are compu
 back through the page cache, so resident memory stays at a batch plus what the search holds.
 ``float16`` halves the files; ``float32`` keeps the exact search's figures bit for bit.
 """
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -62,3 +64,43 @@ class ScratchFolder:
     def __exit__(self, *exc):
         shutil.rmtree(self.path, ignore_errors=True)
         return False
+
+
+class EmbeddingCache:
+    """Embeddings of whole shards by one model, kept in ``folder`` for the next audit that needs them.
+
+    A protocol audits many releases of one original with one attacker, and asks each time about the
+    same training set: the original's and the training set's embeddings are the same every time.
+    An entry is named by everything that decides its bytes: the shard's ``.idx`` sha256, the model
+    file's sha256, the dtype, the precision and the batch size. Its ``.json`` is written last, so an
+    entry cut short is computed again.
+    """
+
+    def __init__(self, folder):
+        self.folder = os.fspath(folder)
+
+    def key(self, idx_sha256, model_sha256, dtype, precision, batch_size):
+        digest = hashlib.sha256(json.dumps([idx_sha256, model_sha256, dtype, precision, batch_size]).encode())
+        return digest.hexdigest()[:24]
+
+    def rows_path(self, key):
+        os.makedirs(self.folder, exist_ok=True)
+        return os.path.join(self.folder, f"{key}.npy")
+
+    def lookup(self, key):
+        """``(rows [N, D] memory map, labels [N] int64)`` of a finished entry, or None."""
+        if not os.path.isfile(os.path.join(self.folder, f"{key}.done.json")):
+            return None
+        try:
+            return (np.load(self.rows_path(key), mmap_mode="c"),
+                    np.load(os.path.join(self.folder, f"{key}.labels.npy")))
+        except (OSError, ValueError):
+            return None
+
+    def commit(self, key, labels):
+        """Mark the rows written at ``rows_path(key)`` finished, with their ``labels`` [N]."""
+        from ..core.files import atomic_path, write_json
+
+        with atomic_path(os.path.join(self.folder, f"{key}.labels.npy"), suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(labels, np.int64))
+        write_json(os.path.join(self.folder, f"{key}.done.json"), {"rows": int(len(labels))})

@@ -66,11 +66,14 @@ def publish_facemae(experiment, command):
             return json.load(f)
     p = experiment.protocol
     splits = experiment.splits
+    # The protocol's FaceMAE release is this very conversion, and its audits embedded the same
+    # originals with the same teacher: publish both instead of computing them again.
     return release_dataset(
         splits["release"], experiment.path(RELEASE_DIR), experiment.privatizer(FACEMAE_FULL, 0),
         [Attacker(experiment.teacher()["model"], p.teacher.network)], val_bins=list(splits["val"].values()),
         training_set=splits["train"], quality=p.release.quality, batch_size=p.release.batch_size,
-        device=str(experiment.device), progress=experiment.progress, command=command)
+        device=str(experiment.device), progress=experiment.progress, command=command,
+        converted=experiment.release(FACEMAE_FULL, 0)["released"], embedding_cache=experiment.embedding_cache)
 
 
 def step_seconds(experiment):

@@ -301,7 +301,8 @@ class Experiment(StepStore):
             report = audit(self.splits["release"], released, embedder, device=self.device,
                            out_dir=self.path("audits", name), progress=self.progress, model=model,
                            plots=attacker == "teacher",
-                           training_set=self.splits["train"] if attacker == "teacher" else None)
+                           training_set=self.splits["train"] if attacker == "teacher" else None,
+                           embedding_cache=self.embedding_cache)
             lookalikes = report["training_set"]
             return {**{key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
                                                     "mean_source_cosine", "report")},
@@ -311,6 +312,11 @@ class Experiment(StepStore):
 
         shared = variant["method"] in DETERMINISTIC_METHODS
         return self.run_step(f"audit-{name}", build, variant_inputs(variant, None if shared else seed))
+
+    @property
+    def embedding_cache(self):
+        """Where audits keep the originals' and split A's embeddings, one entry per attacker model."""
+        return self.path("embeddings")
 
     @staticmethod
     def audit_name(release_name, attacker):

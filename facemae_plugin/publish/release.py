@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..core.errors import FaceMAEError
 from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, sha256_file, write_json
+from ..convert.layout import read_json_or_none
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard
 from .calibrate import calibrate
 from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, write_card
@@ -40,7 +41,8 @@ class Attacker:
 
 def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), training_set=None, quality=95,
                     batch_size=64, workers=None, device="cpu", overwrite=False, progress=True, command=None,
-                    precision="fp32", search="auto", seed=0, target_leakage=None, privatizer_at=None):
+                    precision="fp32", search="auto", seed=0, target_leakage=None, privatizer_at=None,
+                    converted=None, embedding_cache=None):
     """Convert, audit and card ``in_dir`` into ``out_dir``; returns the card (also ``OUT_DIR/RELEASE.json``).
 
     ``attackers``: ``Attacker`` list (at least one). ``val_bins``: ``.bin`` sets each attacker is
@@ -48,7 +50,9 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
     look-alike audit (``evaluation.lookalikes``). ``target_leakage``: release at the weakest
     setting whose rank-1 instance leakage under the first attacker is at most this
     (``calibrate``); ``privatizer_at(value)`` builds the method at a setting, ``privatizer`` is
-    then only checked.
+    then only checked. ``converted``: a finished ``facemae convert`` of ``in_dir`` with this very
+    privatizer and settings, published instead of converting again (its provenance must match).
+    ``embedding_cache``: as ``evaluation.audit.audit`` takes it.
     """
     from ..convert import convert
     from ..evaluation.samples import save_release_samples, spread_keys
@@ -73,10 +77,10 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
         privatizer = privatizer_at(calibration["value"])
 
     provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(
-        quality=quality, batch_size=batch_size, workers=workers, progress=progress), convert)
+        quality=quality, batch_size=batch_size, workers=workers, progress=progress), convert, converted)
     entries = [audit_attacker(in_dir, staging, out_dir, attacker, val_sets, dict(
         batch_size=batch_size, device=device, progress=progress, search=search, seed=seed,
-        training_set=training_set)) for attacker in loaded]
+        training_set=training_set, embedding_cache=embedding_cache)) for attacker in loaded]
     save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
                          spread_keys(in_dir, SAMPLE_FACES))
     with FaceShard(staging) as released:
@@ -166,20 +170,24 @@ def load_val_sets(val_bins):
 # ----------------------------------------------------------------------------- steps
 
 
-def convert_into(in_dir, staging, privatizer, overwrite, settings, convert):
+def convert_into(in_dir, staging, privatizer, overwrite, settings, convert, converted=None):
     """The conversion in ``staging``: resumed, or kept when finished with the same provenance; returns it.
 
-    ``overwrite`` lets the conversion replace shards of another conversion left in ``staging``.
+    ``overwrite`` lets the conversion replace shards of another conversion left in ``staging``;
+    ``converted`` is a finished conversion to copy instead (see ``release_dataset``).
     """
     from ..convert import Conversion
-    from ..convert.layout import read_json_or_none
 
     job = Conversion(in_dir, staging, privatizer, settings["quality"], settings["batch_size"], settings["workers"],
                      progress=False)
     expected = job.provenance()
     job.shard.close()
     finished = os.path.isfile(os.path.join(staging, REC_NAME))
-    if finished and read_json_or_none(os.path.join(staging, PROVENANCE_NAME)) == json.loads(json.dumps(expected)):
+    expected_json = json.loads(json.dumps(expected))
+    if finished and read_json_or_none(os.path.join(staging, PROVENANCE_NAME)) == expected_json:
+        return expected
+    if converted is not None and not finished:
+        copy_conversion(converted, staging, expected_json)
         return expected
     if finished:  # another method or setting: the release files of that attempt go with it
         for name in RELEASE_FILES:
@@ -190,6 +198,24 @@ def convert_into(in_dir, staging, privatizer, overwrite, settings, convert):
                 os.remove(path)
     convert(in_dir, staging, privatizer, overwrite=finished or overwrite, **settings)
     return expected
+
+
+def copy_conversion(converted, staging, expected):
+    """The shard files of a finished conversion into ``staging``, ``train.rec`` last (under a temporary name)."""
+    from ..core.files import atomic_path
+    from ..formats.shard import IDX_NAME, PROPERTY_NAME
+
+    found = read_json_or_none(os.path.join(converted, PROVENANCE_NAME))
+    if found != expected:
+        differ = sorted(k for k in set(expected) | set(found or {}) if (found or {}).get(k) != expected.get(k))
+        raise ReleaseError(f"{converted}: not a conversion of this source with these settings (its "
+                           f"{PROVENANCE_NAME} differs in {', '.join(differ) or 'everything'})")
+    os.makedirs(staging, exist_ok=True)
+    for name in (IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, REC_NAME):
+        source = os.path.join(converted, name)
+        if os.path.isfile(source):
+            with atomic_path(os.path.join(staging, name)) as tmp:
+                shutil.copyfile(source, tmp)
 
 
 def audit_attacker(in_dir, staging, out_dir, loaded, val_sets, options):
