@@ -41,26 +41,31 @@ def world(tmp_path_factory):
                            progress=False)
     write_identity_shard(root / "other", 0, range(100, 106), 3, progress=False)
     torch.manual_seed(0)
-    torch.save(get_backbone("mbf").state_dict(), root / "model.pt")
+    (root / "attacker").mkdir()
+    torch.save(get_backbone("mbf").state_dict(), root / "attacker" / "model.pt")  # named "attacker" on the card
     return root
+
+
+def attackers_of(world):
+    return [Attacker(str(world / "attacker" / "model.pt"), "mbf")]
 
 
 def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figures(world, tmp_path):
     before = tree_hashes(world / "ds")
     out = tmp_path / "released"
-    result = facemae("release", world / "ds", out, "--method", "blur", "--sigma", 4, "--attacker", world / "model.pt",
-                     "--attacker-network", "mbf", "--val", world / "ds" / "holdout.bin", "--device", "cpu",
-                     "--workers", 0, "--quiet", "--json")
+    result = facemae("release", world / "ds", out, "--method", "blur", "--sigma", 4, "--attacker",
+                     world / "attacker" / "model.pt", "--attacker-network", "mbf", "--val",
+                     world / "ds" / "holdout.bin", "--device", "cpu", "--workers", 0, "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     card = json.loads(result.stdout.strip().splitlines()[-1])
     with open(out / "RELEASE.json") as f:
         assert json.load(f) == card
-    with open(out / "audit" / "model" / "audit.json") as f:
+    with open(out / "audit" / "attacker" / "audit.json") as f:
         report = json.load(f)
     attacker = card["attackers"][0]
     for key, value in attacker["leakage"].items():
         assert report[key] == value, key
-    assert report["released"] == str(out) and report["report"] == str(out / "audit" / "model" / "audit.json")
+    assert report["released"] == str(out) and report["report"] == str(out / "audit" / "attacker" / "audit.json")
     assert all(os.path.isfile(path) for path in report["plots"].values())
     # The released shard is what `facemae convert` makes with the same settings, byte for byte.
     convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), workers=0, progress=False)
@@ -68,7 +73,7 @@ def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figur
     with FaceShard(world / "ds") as shard:
         assert card["source"] == {"path": str(world / "ds"), **shard.fingerprint()}
     assert card["method"] == {"method": "blur", "sigma": 4.0, "k": 1}
-    assert attacker["sha256"] == hashlib.sha256((world / "model.pt").read_bytes()).hexdigest()
+    assert attacker["sha256"] == hashlib.sha256((world / "attacker" / "model.pt").read_bytes()).hexdigest()
     assert list(attacker["verification"]) == ["holdout"] and attacker["verification"]["holdout"]["pairs"] == 20
     text = (out / "RELEASE.md").read_text()
     assert f"{report['instance_rank1'] * 100:.2f}%" in text and "facemae release" in text and "samples.png" in text
@@ -78,7 +83,7 @@ def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figur
 
 def test_a_release_whose_audit_fails_is_left_partial_and_a_rerun_finishes_it(world, tmp_path, monkeypatch):
     out = tmp_path / "released"
-    args = (world / "ds", out, make_privatizer("pixelate", block_size=8), [Attacker(str(world / "model.pt"), "mbf")])
+    args = (world / "ds", out, make_privatizer("pixelate", block_size=8), attackers_of(world))
 
     def failing_audit(*_, **__):
         raise OSError("disk full")
@@ -101,13 +106,13 @@ def test_a_release_whose_audit_fails_is_left_partial_and_a_rerun_finishes_it(wor
 def test_an_existing_release_is_refused_without_overwrite(world, tmp_path):
     (tmp_path / "released").mkdir()
     result = facemae("release", world / "ds", tmp_path / "released", "--method", "blur", "--attacker",
-                     world / "model.pt", "--attacker-network", "mbf", "--quiet")
+                     world / "attacker" / "model.pt", "--attacker-network", "mbf", "--quiet")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "exists; pass --overwrite" in result.stderr and os.listdir(tmp_path / "released") == []
 
 
 def test_releases_that_could_not_be_audited_are_refused_before_any_work(world, tmp_path):
-    attackers = [Attacker(str(world / "model.pt"), "mbf")]
+    attackers = attackers_of(world)
     with pytest.raises(ReleaseError, match="--k 2: a release is audited record by record"):
         release_dataset(world / "ds", tmp_path / "a", make_privatizer("blur", k=2), attackers, progress=False)
     with pytest.raises(ReleaseError, match="--training-set .*ds: is the shard being released"):
@@ -127,7 +132,7 @@ def facemae_checkpoint(path, trained_on):
 def test_a_reconstructor_trained_on_the_release_or_another_set_is_refused(world, tmp_path):
     with FaceShard(world / "ds") as ds, FaceShard(world / "other") as other:
         own, elsewhere = ds.fingerprint(), other.fingerprint()
-    attackers = [Attacker(str(world / "model.pt"), "mbf")]
+    attackers = attackers_of(world)
     own_model = make_privatizer("facemae", checkpoint=facemae_checkpoint(tmp_path / "own.pt", own))
     with pytest.raises(ReleaseError, match="trained on .*ds itself"):
         release_dataset(world / "ds", tmp_path / "a", own_model, attackers, progress=False)
@@ -145,11 +150,11 @@ def test_a_facemae_release_names_its_reconstructor_and_the_look_alikes_of_its_tr
     checkpoint = facemae_checkpoint(tmp_path / "facemae.pt", trained_on)
     card = release_dataset(world / "ds", tmp_path / "released", make_privatizer("facemae", checkpoint=checkpoint,
                                                                               output="paste"),
-                           [Attacker(str(world / "model.pt"), "mbf")], training_set=world / "other", workers=0,
+                           attackers_of(world), training_set=world / "other", workers=0,
                            progress=False)
     assert card["reconstructor"]["trained_on"] == trained_on
     assert card["reconstructor"]["sha256"] == hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
-    with open(tmp_path / "released" / "audit" / "model" / "audit.json") as f:
+    with open(tmp_path / "released" / "audit" / "attacker" / "audit.json") as f:
         lookalikes = json.load(f)["training_set"]
     assert {k: lookalikes[k] for k in card["attackers"][0]["training_set"]} == card["attackers"][0]["training_set"]
     assert "Look-alikes of the 6 identities" in (tmp_path / "released" / "RELEASE.md").read_text()
@@ -218,7 +223,7 @@ def test_a_target_outside_zero_to_one_is_refused_before_any_work(crowd, tmp_path
 
 def test_a_finished_conversion_is_published_without_converting_again(world, tmp_path, monkeypatch):
     convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), workers=0, progress=False)
-    attackers = [Attacker(str(world / "model.pt"), "mbf")]
+    attackers = attackers_of(world)
     with pytest.raises(ReleaseError, match="differs in privatizer"):
         release_dataset(world / "ds", tmp_path / "other", make_privatizer("blur", sigma=5.0), attackers,
                         converted=tmp_path / "converted", workers=0, progress=False)

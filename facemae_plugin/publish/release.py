@@ -151,7 +151,7 @@ def load_attackers(attackers, device, precision):
         raise ReleaseError("a release needs at least one attacker (--attacker model.pt) to measure its leakage")
     loaded, names = [], set()
     for attacker in attackers:
-        stem = os.path.splitext(os.path.basename(attacker.model))[0] or "attacker"
+        stem = attacker_stem(attacker.model)
         name, n = stem, 2
         while name in names:
             name, n = f"{stem}-{n}", n + 1
@@ -159,6 +159,14 @@ def load_attackers(attackers, device, precision):
         embedder = load_embedder(attacker.model, attacker.network, device=device, precision=precision)
         loaded.append((name, attacker, embedder, sha256_file(attacker.model)))
     return loaded
+
+
+def attacker_stem(model):
+    """An attacker's name from its file: ``work_dirs/teacher/model.pt`` (arcface_torch's naming) -> ``teacher``."""
+    stem = os.path.splitext(os.path.basename(model))[0]
+    if stem == "model":
+        stem = os.path.basename(os.path.dirname(os.path.abspath(model))) or stem
+    return stem or "attacker"
 
 
 def load_val_sets(val_bins):
