@@ -567,7 +567,7 @@ def _add_audit(verbs):
 
 def _add_demo(verbs):
     p = verbs.add_parser("demo", parents=_parents("common"),
-                         help="the whole pipeline on the embedded synthetic default (CPU, 20-60 min)",
+                         help="the whole pipeline on the embedded synthetic default (CPU: about an hour on 2 cores)",
                          description="Synthesise disjoint identity splits, train a teacher and FaceMAE tiny + IRM "
                                      "on split A, release split B through FaceMAE and through blur, train the same "
                                      "recogniser on the originals and on each release, verify each on held-out "
