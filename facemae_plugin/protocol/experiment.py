@@ -233,7 +233,7 @@ class Experiment(StepStore):
                              embedder, "teacher", variant[TARGET_KEY], seed=seed, device=self.device,
                              convert_settings=dict(quality=self.protocol.release.quality,
                                                    batch_size=self.protocol.release.batch_size),
-                             progress=self.progress)
+                             progress=self.progress, model=teacher)
 
         shared = method in DETERMINISTIC_METHODS
         done = self.run_step(f"calibrate-{self.release_name(variant, seed)}", build,

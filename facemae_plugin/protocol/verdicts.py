@@ -88,7 +88,8 @@ def tradeoff_verdict(summary, facemae="FaceMAE full 0.75", paste="FaceMAE paste 
     less_than_paste = None
     if paste_entry is not None and leak(paste_entry) is not None:
         less_than_paste = leak(ours) < leak(paste_entry)
-        text += f" {paste}: leakage {100 * leak(paste_entry):.1f}% ({'higher' if less_than_paste else 'not higher'} than full)."
+        relation = "higher" if less_than_paste else "not higher"
+        text += f" {paste}: leakage {100 * leak(paste_entry):.1f}% ({relation} than full)."
     holds = ratio <= 0.5 and bool(comparable) and less_than_paste is not False
     text += " Claim holds." if holds else " Claim does not hold here."
     original_ratio = _original_ratio(by_name.get(original), best["error"][0])

@@ -49,13 +49,14 @@ class CalibrationError(FaceMAEError):
 
 def calibrate(in_dir, work_parent, method, privatizer_at, embedder, attacker_name, target, seed=0,
               identities=CALIBRATION_IDENTITIES, steps=BISECTION_STEPS, convert_settings=None, device="cpu",
-              batch_size=64, progress=False):
+              batch_size=64, progress=False, model=None):
     """Bisect ``method``'s strength until rank-1 instance leakage is at most ``target``; returns the record.
 
     ``privatizer_at(value)`` builds the method's privatizer at one setting. The subset and every
     point live in a hidden folder inside ``work_parent``, removed at the end. The record holds the
     chosen ``value``, every measured point and the subset's size; ``CalibrationError`` when even
-    the strongest setting leaks more than ``target``.
+    the strongest setting leaks more than ``target``. ``model``: the attacker's file, so that the
+    subset's originals are embedded once for every point.
     """
     if method not in STRENGTHS:
         raise CalibrationError(f"--target-leakage: method {method} has no strength to calibrate; expected one of "
@@ -68,7 +69,7 @@ def calibrate(in_dir, work_parent, method, privatizer_at, embedder, attacker_nam
     try:
         subset, size = _write_subset(in_dir, os.path.join(scratch, "subset"), identities, seed)
         measure = _Measure(subset, scratch, privatizer_at, embedder, convert_settings or {}, device, batch_size,
-                           progress)
+                           progress, model)
         value = _bisect(strength, measure, target, steps, attacker_name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -91,10 +92,11 @@ def _write_subset(in_dir, out_dir, identities, seed):
 class _Measure:
     """Rank-1 instance leakage of the subset released at one setting (each setting measured once)."""
 
-    def __init__(self, subset, scratch, privatizer_at, embedder, convert_settings, device, batch_size, progress):
+    def __init__(self, subset, scratch, privatizer_at, embedder, convert_settings, device, batch_size, progress,
+                 model):
         self.subset, self.scratch, self.privatizer_at, self.embedder = subset, scratch, privatizer_at, embedder
         self.convert_settings, self.device, self.batch_size = convert_settings, device, batch_size
-        self.progress = progress
+        self.progress, self.model = progress, model
         self.points = []
 
     def __call__(self, param, value):
@@ -107,7 +109,8 @@ class _Measure:
         out = os.path.join(self.scratch, f"point-{len(self.points)}")
         convert(self.subset, out, self.privatizer_at(value), progress=False, **self.convert_settings)
         report = audit(self.subset, out, self.embedder, out_dir=os.path.join(out, "audit"), plots=False,
-                       batch_size=self.batch_size, device=self.device)
+                       batch_size=self.batch_size, device=self.device, model=self.model,
+                       embedding_cache=os.path.join(self.scratch, "embeddings"))
         shutil.rmtree(out, ignore_errors=True)
         point = {"param": param, "value": value, "instance_rank1": report["instance_rank1"],
                  "identity_rank1": report["identity_rank1"]}

@@ -69,11 +69,11 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
     val_sets = load_val_sets(val_bins)
     calibration = None
     if target_leakage is not None:
-        name, _, embedder, _ = loaded[0]
+        name, attacker, embedder, _ = loaded[0]
         calibration = calibrate(in_dir, os.path.dirname(out_dir), provenance_method(privatizer), privatizer_at,
                                 embedder, name, target_leakage, seed=seed, device=device, batch_size=batch_size,
                                 convert_settings=dict(quality=quality, batch_size=batch_size, workers=workers),
-                                progress=progress)
+                                progress=progress, model=attacker.model)
         privatizer = privatizer_at(calibration["value"])
 
     provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(
