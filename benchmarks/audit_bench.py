@@ -130,7 +130,8 @@ def markdown_table(rows):
     for r in rows:
         search = r["search"]
         recall = "exact" if search["method"] == "exact" else (
-            f"{search['recall_at_1']:.4f} of {search['recall_queries']} ({search['candidates']} candidates)")
+            f"{search['recall_at_1']:.4f} of {search['recall_queries']} ({search['probes']} of {search['lists']} "
+            f"lists, {search['candidates']} candidates)")
         lines.append(f"| {r['gallery']:,} | {search['method']} | {recall} | {r['threads']} | {r['seconds']:.1f} | "
                      f"{r['queries_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['full_matrix_gib']:.1f} | {r['instance_rank1']:.4f} | {r['tar_at_far']:.4f} |")

@@ -545,7 +545,7 @@ def _add_audit(verbs):
     p.add_argument("--max-impostors", type=POSITIVE_INT, default=1_000_000,
                    help="impostor pairs scored; more are sampled with --seed (default 1000000)")
     p.add_argument("--search", choices=AUDIT_SEARCHES, default="auto",
-                   help="exact search, or approximate (faiss binary codes re-ranked exactly, recall measured "
+                   help="exact search, or approximate (a faiss inverted file re-ranked exactly, recall measured "
                         "and reported); auto searches exactly up to 2.5e10 (released, original) pairs (default auto)")
     p.add_argument("--recall-queries", type=POSITIVE_INT, default=1000,
                    help="released images whose approximate top-1 is checked by exact search (default 1000)")

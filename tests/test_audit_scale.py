@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from facemae_plugin.evaluation import retrieval
+from facemae_plugin.evaluation import approximate, retrieval
 from facemae_plugin.evaluation.audit import audit
 from facemae_plugin.evaluation.embed import embed_with_flip
 from facemae_plugin.evaluation.embedding_store import EmbeddingRows
@@ -86,11 +86,36 @@ def test_approximate_search_reports_the_recall_brute_force_finds(noise):
     assert got.metrics["median_source_rank"] is None and exact.metrics["median_source_rank"] is not None
 
 
-def test_approximate_search_adds_candidates_until_recall_is_reached():
-    query, gallery, keys, labels = planted(3000, 64, 2.5)  # weak matches: 32 candidates do not suffice
+def test_approximate_search_searches_harder_until_recall_is_reached():
+    query, gallery, keys, labels = planted(3000, 64, 2.5)  # weak matches: the first effort does not suffice
     got = evaluate_retrieval(query, gallery, keys, keys, labels, labels, normalised=True, search="approximate",
                              max_impostors=2000, recall_queries=300).metrics["search"]
-    assert got["candidates"] > 32 and (got["recall_at_1"] >= 0.99 or got["candidates"] == 1024)
+    first = approximate.Effort(min(approximate.FIRST_PROBES, got["lists"]), approximate.CANDIDATES)
+    assert (got["probes"], got["candidates"]) != (first.probes, first.candidates)
+    assert got["probes"] >= first.probes and got["candidates"] >= first.candidates
+    assert got["recall_at_1"] >= 0.99 or (got["probes"], got["candidates"]) == (got["lists"], 1024)
+
+
+def test_approximate_search_is_deterministic_for_a_seed():
+    query, gallery, keys, labels = planted(3000, 64, 1.5)
+    runs = [evaluate_retrieval(query, gallery, keys, keys, labels, labels, normalised=True, search="approximate",
+                               max_impostors=2000, recall_queries=200, seed=5) for _ in range(2)]
+    assert runs[0].metrics == runs[1].metrics
+    assert np.array_equal(runs[0].search.top_indices, runs[1].search.top_indices)
+
+
+def test_queries_whose_probed_lists_run_short_are_searched_exactly():
+    query, gallery, _, _ = planted(400, 32, 1.0)
+    index = approximate.build_index(gallery, seed=0)
+    assert index.nlist > 1  # one probed list holds fewer rows than asked for
+    k = len(gallery) // index.nlist + 20
+    scores, rows, candidates = approximate.search_block(index, approximate.Effort(1, len(gallery)), query[:50],
+                                                         gallery, k)
+    assert np.isinf(candidates).any(1).all()  # faiss ran out of rows for every query
+    brute = query[:50].astype(np.float64) @ gallery.astype(np.float64).T  # [50, G]
+    want = np.argsort(-brute, axis=1)[:, :k]
+    assert [set(r) for r in rows.tolist()] == [set(r) for r in want.tolist()]
+    assert np.allclose(scores, -np.sort(-np.take_along_axis(brute, want, 1), axis=1), atol=1e-5)
 
 
 def test_auto_searches_exactly_up_to_the_pair_limit(monkeypatch):
