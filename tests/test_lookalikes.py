@@ -142,7 +142,7 @@ def test_a_planted_leak_is_flagged_and_the_plain_release_is_not(splits, tmp_path
 
 
 def test_the_original_as_its_own_training_set_is_refused(splits, tmp_path):
-    with pytest.raises(AuditInputError, match="the training set is the original shard"):
+    with pytest.raises(AuditInputError, match="--training-set .* is the shard being released"):
         audit(splits / "b", splits / "b", PixelProjection(), out_dir=tmp_path / "out", training_set=splits / "b")
 
 

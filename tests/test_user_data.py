@@ -88,7 +88,7 @@ def test_a_given_teacher_is_checked_against_the_data_it_was_trained_on(shards, t
     with FaceShard(shards / "release") as release:
         (model.parent / "summary.json").write_text(json.dumps({"data": release.fingerprint()}))
     protocol = {**user_protocol(shards), "teacher": {**TOY["teacher"], "checkpoint": str(model)}}
-    with pytest.raises(ProtocolError, match="was trained on the release split"):
+    with pytest.raises(ProtocolError, match="was trained on .* itself"):
         Experiment(tmp_path / "w", protocol, progress=False).teacher()
     with FaceShard(shards / "train") as train:
         (model.parent / "summary.json").write_text(json.dumps({"data": train.fingerprint()}))

@@ -19,7 +19,7 @@ import torch
 from ..core.errors import FaceMAEError
 from ..core.files import sha256_file, write_json
 from ..data.dataset import normalise
-from ..formats.shard import PROVENANCE_NAME, FaceShard
+from ..formats.shard import PROVENANCE_NAME, FaceShard, lineage_problem
 from .embed import embed_with_flip
 from .embedding_store import EmbeddingCache, EmbeddingRows, ScratchFolder
 from .lookalikes import training_set_leakage
@@ -64,9 +64,10 @@ def check_release(original_dir, released_dir, training_set=None):
 def check_training_set(original, training_dir):
     """The reconstructor's training set must be another shard than the original: its people are others."""
     with FaceShard(training_dir) as training:
-        if sha256_file(training.idx_path) == sha256_file(original.idx_path):
-            raise AuditInputError(f"{training.idx_path}: the training set is the original shard {original.rec_path} "
-                                  "itself; give the shard the reconstructor was trained on")
+        problem = lineage_problem({"path": original.directory, **original.fingerprint()},
+                                  training_set={"path": training.directory, **training.fingerprint()})
+    if problem is not None:
+        raise AuditInputError(f"--training-set {problem}; give the shard the reconstructor was trained on")
 
 
 def check_provenance(original, released):

@@ -214,6 +214,25 @@ class FaceShard(ClosedOnExit):
         self.reader.close()
 
 
+def lineage_problem(released, trained_on=None, training_set=None):
+    """Why a model and its training set cannot stand for releasing ``released``, or None.
+
+    ``released`` and ``training_set``: ``{"path": ..., **FaceShard.fingerprint()}`` of the shard
+    released and of the one the model should have learnt from; ``trained_on``: the fingerprint a
+    model recorded of its own training data (None where it records none). A model that has seen
+    the released people measures, or protects, nothing. Shards are compared by ``.idx`` sha256.
+    """
+    if training_set is not None and training_set["idx_sha256"] == released["idx_sha256"]:
+        return f"{training_set['path']} is the shard being released ({released['path']}), not a training set"
+    recorded = (trained_on or {}).get("idx_sha256")
+    if recorded is not None and recorded == released["idx_sha256"]:
+        return f"trained on {released['path']} itself, so it has learnt the very people being released"
+    if recorded is not None and training_set is not None and recorded != training_set["idx_sha256"]:
+        return (f"trained on other data (.idx sha256 {recorded[:12]}...) than {training_set['path']} "
+                f"({training_set['idx_sha256'][:12]}...)")
+    return None
+
+
 class FaceShardWriter(CommitOnSuccess):
     """Write a layout-A shard from identities given in order.
 

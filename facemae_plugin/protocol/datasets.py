@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ..formats.shard import FaceShard
+from ..formats.shard import FaceShard, lineage_problem
 from .spec import ProtocolError
 
 USER_KEYS = ("train", "release", "source")
@@ -58,16 +58,22 @@ def val_sets(data, synthetic_bin=None):
     return sets
 
 
-def shard_summary(path, name):
-    """The fingerprint of a protocol's shard and the classes a recogniser trained on it needs."""
+def shard_fingerprint(path, name):
+    """``FaceShard.fingerprint()`` of a protocol's shard, its problems named by the protocol key."""
     try:
         with FaceShard(path) as shard:
-            fingerprint = shard.fingerprint()
-            classes = fingerprint["identities"]
-            if classes is None:  # layout B without a property file: the labels say
-                classes = int(shard.labels().max()) + 1 if len(shard) else 0
+            return shard.fingerprint()
     except (OSError, ValueError) as exc:
         raise ProtocolError(f"protocol.data.{name}: {exc}") from None
+
+
+def shard_summary(path, name):
+    """The fingerprint of a protocol's shard and the classes a recogniser trained on it needs."""
+    fingerprint = shard_fingerprint(path, name)
+    classes = fingerprint["identities"]
+    if classes is None:  # layout B without a property file: the labels say
+        with FaceShard(path) as shard:
+            classes = int(shard.labels().max()) + 1 if len(shard) else 0
     return {"path": os.path.abspath(os.fspath(path)), "classes": int(classes), "fingerprint": fingerprint}
 
 
@@ -105,15 +111,10 @@ def check_disjoint(train, release, progress=False):
 
 def check_trained_on(model, recorded, train, release, what):
     """A given model's recorded training data must be the train split, never the release split."""
-    if recorded is None:
-        return
-    if recorded.get("idx_sha256") == release["fingerprint"]["idx_sha256"]:
-        raise ProtocolError(f"protocol.{what}.checkpoint: {model} was trained on the release split "
-                            f"{release['path']}; a model that has seen the released people measures no privacy")
-    if recorded.get("idx_sha256") != train["fingerprint"]["idx_sha256"]:
-        raise ProtocolError(f"protocol.{what}.checkpoint: {model} was trained on other data (.idx sha256 "
-                            f"{str(recorded.get('idx_sha256'))[:12]}...) than the train split {train['path']} "
-                            f"({train['fingerprint']['idx_sha256'][:12]}...)")
+    problem = lineage_problem({"path": release["path"], **release["fingerprint"]}, recorded,
+                              {"path": train["path"], **train["fingerprint"]})
+    if problem is not None:
+        raise ProtocolError(f"protocol.{what}.checkpoint: {model} was {problem}")
 
 
 def recorded_data(model):

@@ -17,7 +17,8 @@ import os
 
 from ..data.synthetic import write_holdout_bin, write_identity_shard
 from ..formats.split import split_by_identity
-from .datasets import check_disjoint, check_trained_on, data_mode, recorded_data, shard_summary, val_sets
+from .datasets import (check_disjoint, check_trained_on, data_mode, recorded_data, shard_fingerprint, shard_summary,
+                       val_sets)
 from .recipes import facemae_block, pretrain_config, recognition_config, summarise_training, variant_privatizer
 from .spec import (DETERMINISTIC_METHODS, ORIGINAL, TARGET_KEY, ProtocolError, check_variant, facemae_step_name, slug,
                    variant_inputs)
@@ -53,8 +54,7 @@ class Experiment(StepStore):
             return self._data
         done = self.run_step("data", lambda: self._user_data(mode))
         for name in ("train", "release"):  # the user's folders must still hold what the steps were made from
-            current = shard_summary(done[name], name)["fingerprint"]
-            if current != done["fingerprints"][name]:
+            if shard_fingerprint(done[name], name) != done["fingerprints"][name]:
                 raise ProtocolError(f"protocol.data.{name}: {done[name]} changed since the steps in {self.work_dir} "
                                     "were made from it; use a new work directory")
         self._data = done
@@ -113,7 +113,7 @@ class Experiment(StepStore):
         """A model the protocol names instead of training it, checked against the splits it must fit."""
         splits = self.splits
         fingerprints = splits.get("fingerprints") or {
-            name: shard_summary(splits[name], name)["fingerprint"] for name in ("train", "release")}
+            name: shard_fingerprint(splits[name], name) for name in ("train", "release")}
         train, release = ({"path": splits[name], "fingerprint": fingerprints[name]} for name in ("train", "release"))
         check_trained_on(model, recorded, train, release, what)
 

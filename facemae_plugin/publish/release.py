@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..core.errors import FaceMAEError
 from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, sha256_file, write_json
 from ..convert.layout import read_json_or_none
-from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard
+from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import calibrate
 from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, write_card
 
@@ -116,9 +116,9 @@ def training_set_entry(training_set, source):
         return None
     with FaceShard(training_set) as shard:
         entry = {"path": os.path.abspath(os.fspath(training_set)), **shard.fingerprint()}
-    if entry["idx_sha256"] == source["idx_sha256"]:
-        raise ReleaseError(f"--training-set {entry['path']}: is the shard being released ({source['path']}); give "
-                           "the shard the reconstructor was trained on")
+    problem = lineage_problem(source, training_set=entry)
+    if problem is not None:
+        raise ReleaseError(f"--training-set {problem}; give the shard the reconstructor was trained on")
     return entry
 
 
@@ -132,14 +132,9 @@ def reconstructor_entry(privatizer, source, training_set):
         return None
     trained_on = privatizer.model.extra_config.get("data")
     checkpoint = privatizer.checkpoint or {"path": None, "sha256": None}
-    if trained_on is not None and trained_on.get("idx_sha256") == source["idx_sha256"]:
-        raise ReleaseError(f"{checkpoint['path']}: this reconstructor was trained on {source['path']} itself, so "
-                           "its reconstructions would be of people it has learnt; train it on other identities")
-    recorded = None if trained_on is None else trained_on.get("idx_sha256")
-    if recorded is not None and training_set is not None and recorded != training_set["idx_sha256"]:
-        raise ReleaseError(f"--training-set {training_set['path']}: not the data {checkpoint['path']} was trained on "
-                           f"(its .idx sha256 is {training_set['idx_sha256'][:12]}..., the checkpoint records "
-                           f"{recorded[:12]}...)")
+    problem = lineage_problem(source, trained_on, training_set)
+    if problem is not None:
+        raise ReleaseError(f"{checkpoint['path']}: this reconstructor was {problem}")
     return {"checkpoint": checkpoint["path"], "sha256": checkpoint["sha256"], "trained_on": trained_on}
 
 
