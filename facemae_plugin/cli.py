@@ -148,7 +148,8 @@ def _verify(args):
     # Every .bin is read (restricted unpickler) before the model loads: bad sets fail fast.
     sets = [(path, *load_bin(path)) for path in args.bins]
     device = str(pick_device(args.device))
-    embedder = load_embedder(args.model, args.network, device=device, precision=args.precision)
+    embedder = load_embedder(args.model, args.network, device=device, precision=args.precision,
+                            compile=args.compile)
     reports = []
     for path, images, issame in sets:
         report = verify_loaded(embedder, path, images, issame, args.batch_size, device,
@@ -256,7 +257,8 @@ def _audit(args):
 
     check_release(args.original, args.released, args.training_set)  # mismatched shards fail before the model loads
     device = str(pick_device(args.device))
-    embedder = load_embedder(args.model, args.network, device=device, precision=args.precision)
+    embedder = load_embedder(args.model, args.network, device=device, precision=args.precision,
+                            compile=args.compile)
     report = audit(args.original, args.released, embedder, out_dir=args.out, batch_size=args.batch_size,
                    device=device, max_impostors=args.max_impostors, seed=args.seed,
                    progress=not args.quiet, model=args.model, search=args.search,
@@ -313,7 +315,7 @@ def _release(args):
                            training_set=args.training_set, quality=args.quality, batch_size=args.batch_size,
                            workers=args.workers, device=device, overwrite=args.overwrite, progress=not args.quiet,
                            command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
-                           seed=args.seed, target_leakage=args.target_leakage,
+                           compile=args.compile, seed=args.seed, target_leakage=args.target_leakage,
                            privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)))
     leaks = "; ".join(f"{a['name']}: instance rank-1 {a['leakage']['instance_rank1'] * 100:.2f}%, identity rank-1 "
                       f"{a['leakage']['identity_rank1'] * 100:.2f}%" for a in card["attackers"])
@@ -348,6 +350,9 @@ def _add_precision(p, default, why):
                    help=f"how a .pt recogniser runs: fp32 (contiguous float32), fast (channels_last under fp16 "
                         f"autocast on CUDA, bf16 on a CPU) or auto (fast where fp16/native bf16 exists, else "
                         f"fp32). Default {default}: {why}")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="keep a .pt recogniser eager on long jobs (by default, after its first few thousand images "
+                        "it switches to a torch.compile graph of itself: the same embeddings, faster)")
 
 
 # The recogniser precisions as evaluation.embed.PRECISIONS spells them (a test keeps them equal).

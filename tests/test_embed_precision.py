@@ -53,6 +53,58 @@ def test_an_unknown_precision_is_refused():
         with_precision(get_backbone("mbf"), "cpu", "half")
 
 
+class SmallNet(torch.nn.Module):
+    """A conv, batch norm, PReLU and a linear head: the layers a compiled recogniser fuses, compiled in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.BatchNorm2d(8),
+                                        torch.nn.PReLU(8), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+        self.head = torch.nn.Linear(128, 16)
+
+    def forward(self, x):  # [N, 3, 112, 112] -> [N, 16]
+        return self.head(self.body(x))
+
+
+def test_a_long_job_switches_to_the_compiled_graph_and_keeps_its_embeddings():
+    model = SmallNet().eval()
+    compiling = embed.CompilingEmbedder(model, after=8).eval()
+    batches = [torch.rand(n, 3, 112, 112) * 2 - 1 for n in (8, 8, 5, 20)]  # eager, compiled, padded, split
+    with torch.no_grad():
+        got = [compiling(b) for b in batches]
+        want = [model(b) for b in batches]
+    assert compiling.compiled is not None and not compiling.failed and compiling.batch_size == 8
+    assert torch.equal(got[0], want[0])  # the first `after` images ran eagerly
+    for g, w in zip(got[1:], want[1:]):
+        assert g.shape == w.shape and torch.allclose(g, w, atol=1e-5)
+    assert list(dict(compiling.named_parameters())) == [f"model.{n}" for n, _ in model.named_parameters()]
+
+
+def test_a_compiler_that_fails_leaves_the_model_eager_with_one_line(monkeypatch, capsys):
+    def no_compiler(module, **kwargs):
+        def run(x):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return run
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    model = SmallNet().eval()
+    compiling = embed.CompilingEmbedder(model, after=0)
+    x = torch.rand(4, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(compiling(x), model(x)) and torch.equal(compiling(x), model(x))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["facemae: torch.compile failed (RuntimeError: no C++ compiler found); embedding without it"]
+
+
+def test_load_embedder_compiles_torch_models_unless_told_not_to(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(get_backbone("mbf").state_dict(), path)
+    assert isinstance(load_embedder(path, "mbf"), embed.CompilingEmbedder)
+    plain = load_embedder(path, "mbf", compile=False)
+    assert not isinstance(plain, embed.CompilingEmbedder) and plain.precision == "fp32"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """An mbf trained briefly on synthetic faces, its training shard and a 300-pair held-out .bin."""
@@ -101,3 +153,5 @@ def test_the_cli_offers_the_librarys_precisions_and_audits_in_fp32_by_default():
     parser = cli.build_parser()
     assert parser.parse_args(["verify", "x.bin", "--model", "m.pt"]).precision == "auto"
     assert parser.parse_args(["audit", "--original", "a", "--released", "b", "--model", "m.pt"]).precision == "fp32"
+    assert parser.parse_args(["verify", "x.bin", "--model", "m.pt"]).compile is True
+    assert parser.parse_args(["verify", "x.bin", "--model", "m.pt", "--no-compile"]).compile is False

@@ -4,7 +4,13 @@ A torch recogniser runs in one of two precisions (``PRECISIONS``): ``fp32`` (con
 float32, the reference) or ``fast`` (channels_last memory and autocast in ``fast_inference_dtype``:
 fp16 on CUDA, bf16 on a CPU that computes it natively). ``auto`` picks ``fast`` where there is such
 a dtype. Embeddings leave the model as float32 either way.
+
+Either precision may also be compiled (``CompilingEmbedder``): a job that embeds more than
+``COMPILE_AFTER_IMAGES`` images switches to a ``torch.compile`` graph of the same model.
 """
+import logging
+import sys
+
 import numpy as np
 import torch
 
@@ -14,6 +20,7 @@ from ..data.dataset import normalise_batch
 from ..formats.recordio import decode_image
 
 RECOGNISER_INPUT = (112, 112)  # (height, width) of the aligned faces a recogniser takes
+COMPILE_AFTER_IMAGES = 2048  # images (flips included) run eagerly first: fewer would not repay the compile
 
 
 def decode_faces(images, where="bin", start=0, stop=None):
@@ -120,6 +127,49 @@ class MixedPrecisionEmbedder(torch.nn.Module):
             return self.model(images.contiguous(memory_format=torch.channels_last)).float()
 
 
+class CompilingEmbedder(torch.nn.Module):
+    """A torch recogniser that compiles itself (``torch.compile``) once its job proves long.
+
+    The first ``after`` images run eagerly, so short jobs (tests, small ``.bin`` sets) never pay
+    the compile, tens of seconds on a CPU; from then on every batch runs one compiled graph with
+    the weights frozen in, which fuses each layer's normalisation and activation into its
+    convolution. The graph is built for the first compiled batch's size: a shorter batch is padded
+    with zero images, a longer one split.
+    Where compiling fails (no C++ compiler, an unsupported device) one line on stderr says so and
+    the model stays eager.
+    """
+
+    def __init__(self, model, after=COMPILE_AFTER_IMAGES):
+        super().__init__()
+        self.model, self.after, self.seen = model, after, 0
+        self.compiled, self.batch_size, self.failed = None, None, False
+
+    def forward(self, images):  # [N, 3, 112, 112] -> [N, D]
+        self.seen += len(images)
+        if self.failed or self.seen <= self.after or len(images) == 0:
+            return self.model(images)
+        if self.compiled is None:  # kept out of the module tree: it shares the model's parameters
+            # On a machine without CUDA, compiling logs that it found none: true, and not the user's concern.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            # freezing: the weights become constants, so convolutions get their weights pre-packed once
+            compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})
+            self.__dict__["compiled"], self.batch_size = compiled, len(images)
+        try:
+            return torch.cat([self._run(images[s:s + self.batch_size])
+                              for s in range(0, len(images), self.batch_size)])
+        except Exception as exc:  # the compiler, not the model: the eager model runs what it could not
+            self.failed = True
+            reason = (str(exc).strip().splitlines() or [""])[0][:160]
+            print(f"facemae: torch.compile failed ({type(exc).__name__}: {reason}); embedding without it",
+                  file=sys.stderr)
+            return self.model(images)
+
+    def _run(self, chunk):  # [n <= batch_size, 3, H, W] -> [n, D]
+        missing = self.batch_size - len(chunk)
+        padded = torch.cat([chunk, chunk.new_zeros((missing, *chunk.shape[1:]))]) if missing else chunk
+        return self.compiled(padded)[:len(chunk)]
+
+
 def with_precision(model, device, precision="auto"):
     """``(embedder, precision name)``: ``model`` as it will run for ``precision`` (see the module docstring)."""
     if precision not in PRECISIONS:
@@ -131,11 +181,12 @@ def with_precision(model, device, precision="auto"):
     return MixedPrecisionEmbedder(model, device, dtype).eval(), str(dtype).replace("torch.", "")
 
 
-def load_embedder(path, network=None, device="cpu", precision="fp32"):
+def load_embedder(path, network=None, device="cpu", precision="fp32", compile=True):
     """A recogniser from ``model.pt`` (needs ``network``) or ``model.onnx``, ready for ``embed_with_flip``.
 
-    ``precision`` applies to ``.pt`` models (``with_precision``); the embedder's ``precision``
-    attribute names what runs (an ONNX graph runs as exported).
+    ``precision`` applies to ``.pt`` models (``with_precision``), and so does ``compile``
+    (``CompilingEmbedder``); the embedder's ``precision`` attribute names what runs (an ONNX
+    graph runs as exported).
     """
     from ..models.backbones import load_backbone
 
@@ -147,5 +198,7 @@ def load_embedder(path, network=None, device="cpu", precision="fp32"):
     if network is None:
         raise UsageError(f"{path}: a .pt model needs its network name (e.g. --network r50)")
     embedder, name = with_precision(load_backbone(path, network, device=str(device)), device, precision)
+    if compile:
+        embedder = CompilingEmbedder(embedder).eval()
     embedder.precision = name
     return embedder

@@ -42,7 +42,7 @@ class Attacker:
 def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), training_set=None, quality=95,
                     batch_size=64, workers=None, device="cpu", overwrite=False, progress=True, command=None,
                     precision="fp32", search="auto", seed=0, target_leakage=None, privatizer_at=None,
-                    converted=None, embedding_cache=None):
+                    converted=None, embedding_cache=None, compile=True):
     """Convert, audit and card ``in_dir`` into ``out_dir``; returns the card (also ``OUT_DIR/RELEASE.json``).
 
     ``attackers``: ``Attacker`` list (at least one). ``val_bins``: ``.bin`` sets each attacker is
@@ -52,7 +52,8 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
     (``calibrate``); ``privatizer_at(value)`` builds the method at a setting, ``privatizer`` is
     then only checked. ``converted``: a finished ``facemae convert`` of ``in_dir`` with this very
     privatizer and settings, published instead of converting again (its provenance must match).
-    ``embedding_cache``: as ``evaluation.audit.audit`` takes it.
+    ``embedding_cache``: as ``evaluation.audit.audit`` takes it. ``precision`` and ``compile``: how the
+    attackers run (``evaluation.embed.load_embedder``).
     """
     from ..convert import convert
     from ..evaluation.samples import save_release_samples, spread_keys
@@ -65,7 +66,7 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
                            "holds one image per original (--k 1)")
     trained = training_set_entry(training_set, source)
     reconstructor = reconstructor_entry(privatizer, source, trained)
-    loaded = load_attackers(attackers, device, precision)
+    loaded = load_attackers(attackers, device, precision, compile)
     val_sets = load_val_sets(val_bins)
     calibration = None
     if target_leakage is not None:
@@ -138,7 +139,7 @@ def reconstructor_entry(privatizer, source, training_set):
     return {"checkpoint": checkpoint["path"], "sha256": checkpoint["sha256"], "trained_on": trained_on}
 
 
-def load_attackers(attackers, device, precision):
+def load_attackers(attackers, device, precision, compile=True):
     """``[(name, attacker, embedder, sha256)]``: every model loaded (and named uniquely) before any work."""
     from ..evaluation.embed import load_embedder
 
@@ -151,7 +152,8 @@ def load_attackers(attackers, device, precision):
         while name in names:
             name, n = f"{stem}-{n}", n + 1
         names.add(name)
-        embedder = load_embedder(attacker.model, attacker.network, device=device, precision=precision)
+        embedder = load_embedder(attacker.model, attacker.network, device=device, precision=precision,
+                                 compile=compile)
         loaded.append((name, attacker, embedder, sha256_file(attacker.model)))
     return loaded
 
