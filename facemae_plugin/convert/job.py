@@ -11,7 +11,7 @@ import time
 
 from .. import __version__
 from ..core.errors import FaceMAEError
-from ..core.files import OutputLock, json_text, refuse_overlap, sha256_file, write_bytes
+from ..core.files import OutputLock, json_text, refuse_overlap, write_bytes
 from ..formats.recordio import RecordWriter
 from ..formats.shard import PROPERTY_NAME, REC_NAME, FaceShard
 from ..release.methods import METHODS
@@ -44,7 +44,7 @@ class Conversion:
         # cheap per-image privatizers (pure functions of image, key, seed) run in the decode workers
         # as torch-free pixelops with the same bytes; model stages (FaceMAE) have none and run here
         self.worker_op = privatizer.worker_op()
-        self.idx_sha256 = sha256_file(self.shard.idx_path)
+        self.idx_sha256 = self.shard.idx_sha256
         self.fingerprint = self._fingerprint()
         self.shards = ShardFolder(os.path.join(self.out_dir, SHARDS_DIR), self.num_shards, self.fingerprint)
 

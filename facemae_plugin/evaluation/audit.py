@@ -84,7 +84,7 @@ def check_provenance(original, released):
             recorded = json.loads(f.read().decode("utf-8"))["source"]["idx_sha256"]
     except (ValueError, KeyError, TypeError):
         raise AuditInputError(f"{path}: unreadable provenance (expected JSON with source.idx_sha256)") from None
-    actual = sha256_file(original.idx_path)
+    actual = original.idx_sha256
     if recorded != actual:
         raise AuditInputError(f"{path}: this release was made from a shard whose .idx has sha256 "
                               f"{str(recorded)[:12]}..., but {original.idx_path} has {actual[:12]}...; audit a "
@@ -139,7 +139,7 @@ class _Embedder:
         """``(rows [N, D], labels [N])`` of ``shard``; ``cached`` shards are looked up and kept."""
         key = None
         if cached and self.cache is not None:
-            key = self.cache.key(sha256_file(shard.idx_path), self.model_sha256, self.dtype,
+            key = self.cache.key(shard.idx_sha256, self.model_sha256, self.dtype,
                                  getattr(self.embedder, "precision", None), self.batch_size)
             found = self.cache.lookup(key)
             if found is not None:

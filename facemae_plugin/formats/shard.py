@@ -11,6 +11,7 @@ Two layouts exist:
 ranges; ``FaceShardWriter`` writes layout A from identities given in order. docs/formats.md
 describes both layouts and the released shards' keys.
 """
+import functools
 import numbers
 import os
 
@@ -200,6 +201,11 @@ class FaceShard(ClosedOnExit):
             keys = tqdm(keys, desc="labels", unit="rec", leave=False)
         return np.fromiter((self.label(k) for k in keys), dtype=np.int64, count=len(self.image_keys))
 
+    @functools.cached_property
+    def idx_sha256(self):
+        """sha256 of the ``.idx``, hashed once per open shard: several checks name the shard by it."""
+        return sha256_file(self.idx_path)
+
     def fingerprint(self):
         """What names this shard's data, cheaply: its ``.idx`` sha256, layout, images and identities.
 
@@ -207,7 +213,7 @@ class FaceShard(ClosedOnExit):
         at the same sizes; the identities are the header's count (layout A) or ``property``'s.
         """
         identities = len(self.identity_keys) if self.layout == "A" else (self.property[0] if self.property else None)
-        return {"idx_sha256": sha256_file(self.idx_path), "layout": self.layout, "images": len(self.image_keys),
+        return {"idx_sha256": self.idx_sha256, "layout": self.layout, "images": len(self.image_keys),
                 "identities": identities}
 
     def close(self):

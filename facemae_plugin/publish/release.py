@@ -85,7 +85,7 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
     save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
                          spread_keys(in_dir, SAMPLE_FACES))
     with FaceShard(staging) as released:
-        released_entry = {"path": out_dir, "images": len(released), "idx_sha256": sha256_file(released.idx_path)}
+        released_entry = {"path": out_dir, "images": len(released), "idx_sha256": released.idx_sha256}
     if calibration is not None:  # the whole release, audited by the calibration's attacker
         calibration["released_instance_rank1"] = entries[0]["leakage"]["instance_rank1"]
     card = build_card(source, released_entry, provenance, reconstructor, entries, trained, calibration,
