@@ -8,7 +8,7 @@ product and re-ranks its ``candidates`` best by their exact inner products, read
 embeddings on disk.
 
 How many lists to probe depends on the data: clustered face embeddings need few, isotropic
-random ones (the benchmark's) a quarter of them. So recall is measured, never assumed: for
+random ones (the benchmark's) many more. So recall is measured, never assumed: for
 ``recall_queries`` queries drawn with the audit's seed the exact top-1 (a brute-force pass over
 the whole gallery) is compared with the approximate one, the probes grow by a quarter until the
 recall reaches ``recall_target``, and once every list is probed the candidates double up to
@@ -29,7 +29,7 @@ PROBE_STEP = 1.25  # probes grow by a quarter: each step costs the sample little
 RECALL_TARGET = 0.99
 RECALL_QUERIES = 1000
 TRAIN_ROWS_PER_LIST = 64  # k-means sample size per list (faiss asks for at least 39)
-DIMS_PER_SUBVECTOR = 8
+DIMS_PER_SUBVECTOR = 8  # 4 bits per 8 dimensions; coarser codes rank weak matches too poorly to re-rank them
 ROW_BLOCK = 1 << 16  # gallery rows added or brute-forced at a time
 RERANK_BUDGET = 1 << 24  # gathered embedding floats per re-ranking block (64 MiB)
 

@@ -131,7 +131,7 @@ class CompilingEmbedder(torch.nn.Module):
     """A torch recogniser that compiles itself (``torch.compile``) once its job proves long.
 
     The first ``after`` images run eagerly, so short jobs (tests, small ``.bin`` sets) never pay
-    the compile, tens of seconds on a CPU; from then on every batch runs one compiled graph with
+    for the compile; from then on every batch runs one compiled graph with
     the weights frozen in, which fuses each layer's normalisation and activation into its
     convolution. The graph is built for the first compiled batch's size: a shorter batch is padded
     with zero images, a longer one split.
