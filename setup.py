@@ -33,6 +33,7 @@ setup(
         "tqdm",
         "matplotlib",
         "faiss-cpu",  # the audit's approximate search beyond the exact limit
+        "openvino",  # the compiled CPU runtime of long embedding jobs (verify, audit)
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "insightface", "scikit-learn"],

@@ -1,5 +1,6 @@
 """Embedding throughput: a recogniser in float32 against the fast path (channels_last + autocast), each
-eager and compiled (``CompilingEmbedder``, compiled from the first batch).
+eager and through each compiler that runs here (``CompilingEmbedder``, compiled from the first batch):
+``torch.compile`` everywhere, OpenVINO on a CPU.
 
 For each network (default mbf and r50; random weights seeded, or a trained --model for mbf), embeds
 the images of a synthetic verification set (image + flip, as ``facemae verify`` does) with every
@@ -47,22 +48,42 @@ def embed_pass(embedder, images, batch_size, device):
     import numpy as np
     import torch
 
-    from facemae_plugin.evaluation.embed import embed_plain_and_flipped
+    from facemae_plugin.evaluation.embed import embed_plain_and_flipped, embedding_job
 
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     plain, flipped = [], []
-    for start in range(0, len(images), batch_size):
-        a, b = embed_plain_and_flipped(embedder, images[start:start + batch_size], device)
-        plain.append(a)
-        flipped.append(b)
+    with embedding_job(embedder, 2 * len(images)):
+        for start in range(0, len(images), batch_size):
+            a, b = embed_plain_and_flipped(embedder, images[start:start + batch_size], device)
+            plain.append(a)
+            flipped.append(b)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     return np.concatenate(plain), np.concatenate(flipped), time.perf_counter() - started
 
 
-PATHS = ("fp32", "fast", "fp32 compiled", "fast compiled")
+def build_paths(fresh, device):
+    """``({name: embedder}, fast dtype name)``: each precision eager and through each compiler that runs here."""
+    import torch
+
+    from facemae_plugin.core.devices import native_bf16
+    from facemae_plugin.evaluation.embed import CompilingEmbedder, OpenVinoCompiler, TorchCompiler, with_precision
+    from facemae_plugin.evaluation.openvino_graph import openvino_available
+
+    paths, fast_name = {}, None
+    for precision in ("fp32", "fast"):
+        embedder, name = with_precision(fresh(), device, precision)
+        fast_name = name if precision == "fast" else fast_name
+        paths[precision] = embedder
+        compiled, _ = with_precision(fresh(), device, precision)
+        paths[f"{precision} torch.compile"] = CompilingEmbedder(compiled, TorchCompiler(compiled), after=0).eval()
+        dtype = torch.float32 if name == "fp32" else getattr(torch, name)
+        if torch.device(device).type == "cpu" and openvino_available() and (dtype == torch.float32 or native_bf16()):
+            model = fresh()
+            paths[f"{precision} openvino"] = CompilingEmbedder(model, OpenVinoCompiler(model, dtype), after=0).eval()
+    return paths, fast_name
 
 
 def measure(network, args, bin_path, device):
@@ -70,7 +91,7 @@ def measure(network, args, bin_path, device):
     import torch
 
     from facemae_plugin.evaluation.bin_report import verification_report
-    from facemae_plugin.evaluation.embed import CompilingEmbedder, decode_faces, with_precision
+    from facemae_plugin.evaluation.embed import decode_faces
     from facemae_plugin.formats.binfile import load_bin
     from facemae_plugin.models.backbones import get_backbone, load_backbone
 
@@ -83,11 +104,7 @@ def measure(network, args, bin_path, device):
             return load_backbone(args.model, "mbf", device=str(device))
         return get_backbone(network).to(device).eval()
 
-    reference, _ = with_precision(fresh(), device, "fp32")
-    fast, precision = with_precision(fresh(), device, "fast")
-    paths = {"fp32": reference, "fast": fast,
-             "fp32 compiled": CompilingEmbedder(with_precision(fresh(), device, "fp32")[0], after=0).eval(),
-             "fast compiled": CompilingEmbedder(with_precision(fresh(), device, "fast")[0], after=0).eval()}
+    paths, precision = build_paths(fresh, device)
     warm_up = {}
     for name, embedder in paths.items():  # autocast kernels, and the compile of the compiled paths
         warm_up[name] = embed_pass(embedder, decoded[:args.batch_size], args.batch_size, device)[2]

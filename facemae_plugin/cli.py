@@ -160,7 +160,8 @@ def _verify(args):
               f"{report['tar_at_far']:.5f}+-{report['tar_std']:.5f} (FAR {report['far']:.5f})")
     shown = "  ".join(f"{r['name']} {r['accuracy_flip'] * 100:.2f}%" for r in reports)
     return (f"verify: {shown} ({embedder.precision})",
-            {"model": args.model, "device": device, "precision": embedder.precision, "sets": reports})
+            {"model": args.model, "device": device, "precision": embedder.precision, "runtime": embedder.runtime,
+             "sets": reports})
 
 
 def _export(args):
@@ -351,8 +352,9 @@ def _add_precision(p, default, why):
                         f"autocast on CUDA, bf16 on a CPU) or auto (fast where fp16/native bf16 exists, else "
                         f"fp32). Default {default}: {why}")
     p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="keep a .pt recogniser eager on long jobs (by default, after its first few thousand images "
-                        "it switches to a torch.compile graph of itself: the same embeddings, faster)")
+                   help="keep a .pt recogniser eager on long jobs (by default a set of more than a few hundred "
+                        "images runs through a compiled graph of it: OpenVINO's on a CPU, torch.compile's on "
+                        "CUDA; the same embeddings to float rounding, several times faster)")
 
 
 # The recogniser precisions as evaluation.embed.PRECISIONS spells them (a test keeps them equal).

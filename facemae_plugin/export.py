@@ -81,11 +81,9 @@ def export_recogniser(model, out_path, network=None, opset=OPSET, check=True, ov
     model = model.float().eval().cpu()
     if getattr(model, "fp16", False):
         raise ValueError("the recogniser runs under fp16 autocast; build it with fp16=False to export fp32")
-    dummy = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)  # batch 2 so no size-1 dim gets specialised
 
     def write(tmp):
-        _torch_export(model, (dummy,), tmp, opset, input_names=["data"], output_names=["embedding"],
-                      dynamic_axes={"data": {0: "None"}, "embedding": {0: "None"}})
+        write_recogniser_graph(model, tmp, opset)
         graph = _load_onnx(tmp)
         _set_metadata(graph, {"producer": "facemae-plugin", "network": str(network or type(model).__name__),
                               "input_normalisation": "(x - 127.5) / 127.5, RGB, outside the graph"})
@@ -94,6 +92,14 @@ def export_recogniser(model, out_path, network=None, opset=OPSET, check=True, ov
 
     summary = _write_atomically(out_path, write)
     return {"onnx": os.fspath(out_path), "kind": "recogniser", "opset": opset, **summary}
+
+
+def write_recogniser_graph(model, out, opset=OPSET):
+    """The recogniser graph of a float32 ``model`` (input ``data``, output ``embedding``, dynamic N) into
+    ``out``, a path or a binary file object; the one export every recogniser graph goes through."""
+    dummy = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)  # batch 2 so no size-1 dim gets specialised
+    _torch_export(model, (dummy,), out, opset, input_names=["data"], output_names=["embedding"],
+                  dynamic_axes={"data": {0: "None"}, "embedding": {0: "None"}})
 
 
 def check_recogniser_onnx(onnx_path, torch_model, num_images=8, seed=0):

@@ -67,18 +67,77 @@ class SmallNet(torch.nn.Module):
         return self.head(self.body(x))
 
 
-def test_a_long_job_switches_to_the_compiled_graph_and_keeps_its_embeddings():
+def test_a_long_job_runs_the_compiled_graph_and_keeps_its_embeddings():
     model = SmallNet().eval()
-    compiling = embed.CompilingEmbedder(model, after=8).eval()
-    batches = [torch.rand(n, 3, 112, 112) * 2 - 1 for n in (8, 8, 5, 20)]  # eager, compiled, padded, split
+    compiling = embed.CompilingEmbedder(model, embed.TorchCompiler(model), after=8).eval()
+    batches = [torch.rand(n, 3, 112, 112) * 2 - 1 for n in (8, 5, 20)]  # compiled, padded, split
     with torch.no_grad():
-        got = [compiling(b) for b in batches]
+        with compiling.job(8):  # not more than `after`: eager, bit for bit
+            assert torch.equal(compiling(batches[0]), model(batches[0])) and compiling.compiled is None
+        with compiling.job(9):
+            got = [compiling(b) for b in batches]
         want = [model(b) for b in batches]
+        assert torch.equal(compiling(batches[0]), want[0])  # outside a job: eager again
     assert compiling.compiled is not None and not compiling.failed and compiling.batch_size == 8
-    assert torch.equal(got[0], want[0])  # the first `after` images ran eagerly
-    for g, w in zip(got[1:], want[1:]):
+    for g, w in zip(got, want):
         assert g.shape == w.shape and torch.allclose(g, w, atol=1e-5)
     assert list(dict(compiling.named_parameters())) == [f"model.{n}" for n, _ in model.named_parameters()]
+
+
+def test_a_jobs_embeddings_do_not_depend_on_the_jobs_before_it():
+    model = SmallNet().eval()
+    compiling = embed.CompilingEmbedder(model, embed.TorchCompiler(model), after=8).eval()
+    short, long = torch.rand(4, 3, 112, 112), torch.rand(16, 3, 112, 112)
+    with torch.no_grad():
+        with embed.embedding_job(compiling, 4):
+            before = compiling(short)
+        with embed.embedding_job(compiling, 16):
+            first = compiling(long)
+        with embed.embedding_job(compiling, 4):
+            assert torch.equal(compiling(short), before)
+        with embed.embedding_job(compiling, 16):
+            assert torch.equal(compiling(long), first)
+
+
+def test_embedding_job_leaves_other_embedders_alone():
+    model = SmallNet().eval()
+    with embed.embedding_job(model, 10**6) as inside:
+        assert inside is model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_openvino_graph_embeds_as_the_torch_model_does(dtype):
+    """Oracle: the eager torch model in float32, on the same images."""
+    pytest.importorskip("openvino")
+    from facemae_plugin.core.devices import native_bf16
+
+    if dtype == torch.bfloat16 and not native_bf16():
+        pytest.skip("bf16 inference needs a CPU with avx512_bf16 or amx_bf16")
+    model = get_backbone("mbf").eval()
+    compiling = embed.CompilingEmbedder(model, embed.OpenVinoCompiler(model, dtype), after=0).eval()
+    x = torch.rand(11, 3, 112, 112) * 2 - 1
+    with torch.no_grad(), compiling.job(11):
+        got, again, alone = compiling(x[:8]), compiling(x[:8]), compiling(x[8:])  # graph for 8; 3 padded
+        want = model(x)
+    assert got.dtype == torch.float32 and got.shape == (8, 512)
+    assert torch.equal(got, again)  # the same batch, the same bytes
+    cosine = torch.nn.functional.cosine_similarity(torch.cat([got, alone]), want)
+    assert cosine.min() > (0.99999 if dtype == torch.float32 else 0.999)
+    if dtype == torch.float32:
+        assert torch.allclose(torch.cat([got, alone]), want, rtol=1e-3, atol=1e-4 * want.abs().max().item())
+
+
+def test_a_cpu_job_compiles_with_openvino_where_it_runs_the_dtype_natively(monkeypatch):
+    model = get_backbone("mbf").eval()
+    monkeypatch.setattr(embed, "openvino_available", lambda: True)
+    monkeypatch.setattr(embed, "native_bf16", lambda: False)
+    assert isinstance(embed.pick_compiler(model, model, "cpu", torch.float32), embed.OpenVinoCompiler)
+    assert isinstance(embed.pick_compiler(model, model, "cpu", torch.bfloat16), embed.TorchCompiler)
+    assert isinstance(embed.pick_compiler(model, model, "cuda", torch.float16), embed.TorchCompiler)
+    monkeypatch.setattr(embed, "native_bf16", lambda: True)
+    assert embed.pick_compiler(model, model, "cpu", torch.bfloat16).dtype == torch.bfloat16
+    monkeypatch.setattr(embed, "openvino_available", lambda: False)
+    assert isinstance(embed.pick_compiler(model, model, "cpu", torch.float32), embed.TorchCompiler)
 
 
 def test_a_compiler_that_fails_leaves_the_model_eager_with_one_line(monkeypatch, capsys):
@@ -89,9 +148,9 @@ def test_a_compiler_that_fails_leaves_the_model_eager_with_one_line(monkeypatch,
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     model = SmallNet().eval()
-    compiling = embed.CompilingEmbedder(model, after=0)
+    compiling = embed.CompilingEmbedder(model, embed.TorchCompiler(model), after=0)
     x = torch.rand(4, 3, 112, 112)
-    with torch.no_grad():
+    with torch.no_grad(), compiling.job(8):
         assert torch.equal(compiling(x), model(x)) and torch.equal(compiling(x), model(x))
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["facemae: torch.compile failed (RuntimeError: no C++ compiler found); embedding without it"]
@@ -100,9 +159,10 @@ def test_a_compiler_that_fails_leaves_the_model_eager_with_one_line(monkeypatch,
 def test_load_embedder_compiles_torch_models_unless_told_not_to(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(get_backbone("mbf").state_dict(), path)
-    assert isinstance(load_embedder(path, "mbf"), embed.CompilingEmbedder)
+    compiling = load_embedder(path, "mbf")
+    assert isinstance(compiling, embed.CompilingEmbedder) and compiling.compiler.name in compiling.runtime
     plain = load_embedder(path, "mbf", compile=False)
-    assert not isinstance(plain, embed.CompilingEmbedder) and plain.precision == "fp32"
+    assert not isinstance(plain, embed.CompilingEmbedder) and (plain.precision, plain.runtime) == ("fp32", "torch")
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +178,43 @@ def trained(tmp_path_factory):
     return root
 
 
+def every_path(model_path):
+    """``{name: embedder}``: the reference (fp32, eager) and each path a long job can take here."""
+    paths = {"fp32 eager": load_embedder(model_path, "mbf", precision="fp32", compile=False),
+             "fp32": load_embedder(model_path, "mbf", precision="fp32")}
+    if embed.fast_inference_dtype("cpu") is not None:
+        paths["fast"] = load_embedder(model_path, "mbf", precision="fast")
+    return paths
+
+
 @pytest.mark.slow
 def test_fast_verification_is_within_a_tenth_of_a_point_of_fp32(trained):
-    model = trained / "mbf" / "model.pt"
-    reports = {p: verify_bin(load_embedder(model, "mbf", precision=p), trained / "synth" / "holdout.bin")
-               for p in ("fp32", "fast")}
-    assert abs(reports["fast"]["accuracy_flip"] - reports["fp32"]["accuracy_flip"]) <= 0.001
-    plain = {p: r["xnorm"] for p, r in reports.items()}
-    assert plain["fast"] == pytest.approx(plain["fp32"], rel=0.01)
+    bin_path = trained / "synth" / "holdout.bin"  # 300 pairs: 1,200 images with flips, a long job
+    paths = every_path(trained / "mbf" / "model.pt")
+    reports = {name: verify_bin(embedder, bin_path) for name, embedder in paths.items()}
+    reference = reports.pop("fp32 eager")
+    for name, report in reports.items():
+        assert abs(report["accuracy_flip"] - reference["accuracy_flip"]) <= 0.001, name
+        assert report["xnorm"] == pytest.approx(reference["xnorm"], rel=0.01), name
+
+
+@pytest.mark.slow
+def test_fast_audit_rank1_is_within_a_fifth_of_a_point_of_fp32(trained, tmp_path):
+    from facemae_plugin.evaluation.audit import audit
+    from tests.test_audit import blurred_copy
+
+    make_synthetic_dataset(tmp_path / "faces", identities=50, images_per_identity=20, holdout_identities=2,
+                           num_pairs=10, progress=False)  # 1,000 faces: a fifth of a point is two of them
+    blurred_copy(tmp_path / "faces", tmp_path / "blurred", sigma=2)
+    reports = {name: audit(tmp_path / "faces", tmp_path / "blurred", embedder,
+                           out_dir=tmp_path / name.replace(" ", "_"), plots=False)
+               for name, embedder in every_path(trained / "mbf" / "model.pt").items()}
+    reference = reports.pop("fp32 eager")
+    assert 0.05 < reference["instance_rank1"] < 0.95  # neither all nor none found: rank-1 can move
+    for name, report in reports.items():
+        assert "openvino" in report["runtime"] or "torch.compile" in report["runtime"]
+        for figure in ("instance_rank1", "identity_rank1"):
+            assert abs(report[figure] - reference[figure]) <= 0.002, (name, figure)
 
 
 def test_cli_verify_says_which_precision_ran(tmp_path):

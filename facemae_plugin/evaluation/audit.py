@@ -20,7 +20,7 @@ from ..core.errors import FaceMAEError
 from ..core.files import sha256_file, write_json
 from ..data.dataset import normalise
 from ..formats.shard import PROVENANCE_NAME, FaceShard, lineage_problem
-from .embed import embed_with_flip
+from .embed import embed_with_flip, embedding_job
 from .embedding_store import EmbeddingCache, EmbeddingRows, ScratchFolder
 from .lookalikes import training_set_leakage
 from .plots import new_figure, save_figure
@@ -112,13 +112,14 @@ def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=Fal
 
     keys = shard.image_keys
     labels = np.empty(len(keys), np.int64)
-    for start in tqdm(range(0, len(keys), batch_size), desc=desc, unit="batch", disable=not progress):
-        batch = []
-        for i in range(start, min(start + batch_size, len(keys))):
-            labels[i], payload = shard.read(keys[i])
-            batch.append(normalise(shard.decode(keys[i], payload)))  # [3, H, W] RGB
-        embeddings = embed_with_flip(embedder, torch.stack(batch), batch_size, device)  # [B, D] float64
-        rows.append(unit_rows(embeddings.astype(np.float32)).numpy())
+    with embedding_job(embedder, 2 * len(keys)):
+        for start in tqdm(range(0, len(keys), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch = []
+            for i in range(start, min(start + batch_size, len(keys))):
+                labels[i], payload = shard.read(keys[i])
+                batch.append(normalise(shard.decode(keys[i], payload)))  # [3, H, W] RGB
+            embeddings = embed_with_flip(embedder, torch.stack(batch), batch_size, device)  # [B, D] float64
+            rows.append(unit_rows(embeddings.astype(np.float32)).numpy())
     return rows.finish(), labels
 
 
@@ -140,7 +141,8 @@ class _Embedder:
         key = None
         if cached and self.cache is not None:
             key = self.cache.key(shard.idx_sha256, self.model_sha256, self.dtype,
-                                 getattr(self.embedder, "precision", None), self.batch_size)
+                                 getattr(self.embedder, "precision", None), getattr(self.embedder, "runtime", None),
+                                 self.batch_size)
             found = self.cache.lookup(key)
             if found is not None:
                 return found
@@ -212,7 +214,8 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
                 figures["training_set"] = plot_training_set_histogram(*lookalikes,
                                                                       os.path.join(out_dir, TRAINING_SET_PNG))
     report = {"original": os.fspath(original_dir), "released": os.fspath(released_dir), "model": model,
-              "device": str(device), "precision": getattr(embedder, "precision", None), **result.metrics,
+              "device": str(device), "precision": getattr(embedder, "precision", None),
+              "runtime": getattr(embedder, "runtime", None), **result.metrics,
               "most_leaking": most, "least_leaking": least,
               "training_set": None if lookalikes is None else {"dir": os.fspath(training_set), **lookalikes[0]},
               "plots": figures, "report": os.path.join(out_dir, AUDIT_JSON)}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.errors import UsageError
 from ..formats.binfile import load_bin
-from .embed import decode_faces, embed_plain_and_flipped
+from .embed import decode_faces, embed_plain_and_flipped, embedding_job
 from .plots import plot_roc
 from .verification import l2_normalize, pair_distances, ten_fold_accuracy, ten_fold_tar_at_far
 
@@ -62,8 +62,8 @@ def embed_images_and_flips(embedder, images, batch_size=64, device="cpu", progre
 
     embedder.eval()
     plain, flipped = [], []
-    with tqdm(total=len(images), desc=f"verify {os.path.basename(where)}", unit="img",
-              disable=not progress) as bar:
+    with embedding_job(embedder, 2 * len(images)), tqdm(total=len(images), desc=f"verify {os.path.basename(where)}",
+                                                         unit="img", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
             batch = decode_faces(images, where, start, start + batch_size)  # [B, 3, 112, 112]
             batch_plain, batch_flipped = embed_plain_and_flipped(embedder, batch, device)

@@ -5,22 +5,28 @@ float32, the reference) or ``fast`` (channels_last memory and autocast in ``fast
 fp16 on CUDA, bf16 on a CPU that computes it natively). ``auto`` picks ``fast`` where there is such
 a dtype. Embeddings leave the model as float32 either way.
 
-Either precision may also be compiled (``CompilingEmbedder``): a job that embeds more than
-``COMPILE_AFTER_IMAGES`` images switches to a ``torch.compile`` graph of the same model.
+Either precision may also be compiled (``CompilingEmbedder``): a job (``embedding_job``) that embeds
+more than a few hundred images runs a compiled graph of the same model, OpenVINO's on a CPU
+(``openvino_graph``), ``torch.compile``'s elsewhere (``pick_compiler``).
 """
+import contextlib
 import logging
 import sys
 
 import numpy as np
 import torch
 
-from ..core.devices import autocast, fast_inference_dtype
+from ..core.devices import autocast, fast_inference_dtype, native_bf16
 from ..core.errors import CheckpointError, InputError, UsageError
 from ..data.dataset import normalise_batch
 from ..formats.recordio import decode_image
+from .openvino_graph import OpenVinoGraph, openvino_available
 
 RECOGNISER_INPUT = (112, 112)  # (height, width) of the aligned faces a recogniser takes
-COMPILE_AFTER_IMAGES = 2048  # images (flips included) run eagerly first: fewer would not repay the compile
+# the most images (flips included) a job embeds eagerly: fewer would not repay building a compiled
+# graph (torch.compile generates and builds C++; OpenVINO exports and reads an ONNX graph)
+COMPILE_AFTER_IMAGES = 2048
+OPENVINO_AFTER_IMAGES = 512
 
 
 def decode_faces(images, where="bin", start=0, stop=None):
@@ -127,40 +133,86 @@ class MixedPrecisionEmbedder(torch.nn.Module):
             return self.model(images.contiguous(memory_format=torch.channels_last)).float()
 
 
-class CompilingEmbedder(torch.nn.Module):
-    """A torch recogniser that compiles itself (``torch.compile``) once its job proves long.
+class TorchCompiler:
+    """``torch.compile`` of a torch embedder, weights frozen in: the compiled path on any device."""
 
-    The first ``after`` images run eagerly, so short jobs (tests, small ``.bin`` sets) never pay
-    for the compile; from then on every batch runs one compiled graph with
-    the weights frozen in, which fuses each layer's normalisation and activation into its
-    convolution. The graph is built for the first compiled batch's size: a shorter batch is padded
-    with zero images, a longer one split.
-    Where compiling fails (no C++ compiler, an unsupported device) one line on stderr says so and
-    the model stays eager.
+    name = "torch.compile"
+    after = COMPILE_AFTER_IMAGES
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+    def __call__(self, batch_size):  # the graph specialises on the first batch it runs
+        # On a machine without CUDA, compiling logs that it found none: true, and not the user's concern.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        # freezing: the weights become constants, so convolutions get their weights pre-packed once
+        return torch.compile(self.embedder, dynamic=False, options={"freezing": True})
+
+
+class OpenVinoCompiler:
+    """The float32 recogniser as an ``OpenVinoGraph`` inferring in ``dtype``: the compiled path on a CPU."""
+
+    name = "openvino"
+    after = OPENVINO_AFTER_IMAGES
+
+    def __init__(self, model, dtype):
+        self.model, self.dtype = model, dtype
+
+    def __call__(self, batch_size):
+        return OpenVinoGraph(self.model, batch_size, self.dtype, RECOGNISER_INPUT)
+
+
+def pick_compiler(model, embedder, device, dtype):
+    """OpenVINO on a CPU where it imports and runs ``dtype`` natively, else ``torch.compile`` of ``embedder``."""
+    native = dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16())
+    if torch.device(device).type == "cpu" and native and openvino_available():
+        return OpenVinoCompiler(model, dtype)
+    return TorchCompiler(embedder)
+
+
+class CompilingEmbedder(torch.nn.Module):
+    """A torch recogniser that runs long jobs through a compiled graph of itself.
+
+    A job (``job``) that embeds more than ``after`` images (the compiler's own default unless
+    given) runs every batch through the graph ``compiler`` builds (``TorchCompiler`` or
+    ``OpenVinoCompiler``, see ``pick_compiler``); shorter jobs (tests, small ``.bin`` sets) and
+    calls outside a job run eagerly, so they never pay for building it. Which path embeds an image
+    so depends on its job alone, never on what ran before. The graph is built once, for the
+    first compiled batch's size: a shorter batch is padded with zero images, a longer one split.
+    Where compiling or running the graph fails (no C++ compiler, an unsupported device or layer)
+    one line on stderr says so and the model stays eager.
     """
 
-    def __init__(self, model, after=COMPILE_AFTER_IMAGES):
+    def __init__(self, model, compiler, after=None):
         super().__init__()
-        self.model, self.after, self.seen = model, after, 0
-        self.compiled, self.batch_size, self.failed = None, None, False
+        self.model, self.compiler = model, compiler
+        self.after = compiler.after if after is None else after
+        self.runtime = f"torch, {compiler.name} for jobs over {self.after} images"
+        self.long_job, self.batch_size, self.failed = False, None, False
+        # kept out of the module tree: a torch graph shares the model's parameters
+        self.__dict__["compiled"] = None
+
+    @contextlib.contextmanager
+    def job(self, images):
+        """Within it, batches run as suits a job of ``images`` forward passes (flips included)."""
+        self.long_job = images > self.after
+        try:
+            yield self
+        finally:
+            self.long_job = False
 
     def forward(self, images):  # [N, 3, 112, 112] -> [N, D]
-        self.seen += len(images)
-        if self.failed or self.seen <= self.after or len(images) == 0:
+        if self.failed or not self.long_job or len(images) == 0:
             return self.model(images)
-        if self.compiled is None:  # kept out of the module tree: it shares the model's parameters
-            # On a machine without CUDA, compiling logs that it found none: true, and not the user's concern.
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            # freezing: the weights become constants, so convolutions get their weights pre-packed once
-            compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})
-            self.__dict__["compiled"], self.batch_size = compiled, len(images)
         try:
+            if self.compiled is None:
+                self.__dict__["compiled"], self.batch_size = self.compiler(len(images)), len(images)
             return torch.cat([self._run(images[s:s + self.batch_size])
                               for s in range(0, len(images), self.batch_size)])
         except Exception as exc:  # the compiler, not the model: the eager model runs what it could not
             self.failed = True
             reason = (str(exc).strip().splitlines() or [""])[0][:160]
-            print(f"facemae: torch.compile failed ({type(exc).__name__}: {reason}); embedding without it",
+            print(f"facemae: {self.compiler.name} failed ({type(exc).__name__}: {reason}); embedding without it",
                   file=sys.stderr)
             return self.model(images)
 
@@ -168,6 +220,13 @@ class CompilingEmbedder(torch.nn.Module):
         missing = self.batch_size - len(chunk)
         padded = torch.cat([chunk, chunk.new_zeros((missing, *chunk.shape[1:]))]) if missing else chunk
         return self.compiled(padded)[:len(chunk)]
+
+
+def embedding_job(embedder, images):
+    """Context of one embedding job of ``images`` forward passes: ``CompilingEmbedder.job`` where
+    ``embedder`` has one, nothing otherwise (an ONNX graph, a plain backbone)."""
+    job = getattr(embedder, "job", None)
+    return job(images) if job is not None else contextlib.nullcontext(embedder)
 
 
 def with_precision(model, device, precision="auto"):
@@ -185,20 +244,24 @@ def load_embedder(path, network=None, device="cpu", precision="fp32", compile=Tr
     """A recogniser from ``model.pt`` (needs ``network``) or ``model.onnx``, ready for ``embed_with_flip``.
 
     ``precision`` applies to ``.pt`` models (``with_precision``), and so does ``compile``
-    (``CompilingEmbedder``); the embedder's ``precision`` attribute names what runs (an ONNX
-    graph runs as exported).
+    (``CompilingEmbedder``); the embedder's ``precision`` attribute names the dtype that runs and
+    its ``runtime`` what runs it (an ONNX graph runs as exported, by ONNX Runtime).
     """
     from ..models.backbones import load_backbone
 
     path = str(path)
     if path.endswith(".onnx"):
         embedder = OnnxEmbedder(path)
-        embedder.precision = "onnx"
+        embedder.precision, embedder.runtime = "onnx", "onnxruntime"
         return embedder
     if network is None:
         raise UsageError(f"{path}: a .pt model needs its network name (e.g. --network r50)")
-    embedder, name = with_precision(load_backbone(path, network, device=str(device)), device, precision)
+    model = load_backbone(path, network, device=str(device))
+    embedder, name = with_precision(model, device, precision)
     if compile:
-        embedder = CompilingEmbedder(embedder).eval()
+        dtype = torch.float32 if name == "fp32" else getattr(torch, name)
+        embedder = CompilingEmbedder(embedder, pick_compiler(model, embedder, device, dtype)).eval()
+    else:
+        embedder.runtime = "torch"
     embedder.precision = name
     return embedder

@@ -72,15 +72,16 @@ class EmbeddingCache:
     A protocol audits many releases of one original with one attacker, and asks each time about the
     same training set: the original's and the training set's embeddings are the same every time.
     An entry is named by everything that decides its bytes: the shard's ``.idx`` sha256, the model
-    file's sha256, the dtype, the precision and the batch size. Its ``.json`` is written last, so an
-    entry cut short is computed again.
+    file's sha256, the dtype, the precision, the runtime and the batch size. Its ``.json`` is written
+    last, so an entry cut short is computed again.
     """
 
     def __init__(self, folder):
         self.folder = os.fspath(folder)
 
-    def key(self, idx_sha256, model_sha256, dtype, precision, batch_size):
-        digest = hashlib.sha256(json.dumps([idx_sha256, model_sha256, dtype, precision, batch_size]).encode())
+    def key(self, idx_sha256, model_sha256, dtype, precision, runtime, batch_size):
+        digest = hashlib.sha256(json.dumps([idx_sha256, model_sha256, dtype, precision, runtime,
+                                            batch_size]).encode())
         return digest.hexdigest()[:24]
 
     def rows_path(self, key):
