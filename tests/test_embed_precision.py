@@ -199,22 +199,27 @@ def test_fast_verification_is_within_a_tenth_of_a_point_of_fp32(trained):
 
 
 @pytest.mark.slow
-def test_fast_audit_rank1_is_within_a_fifth_of_a_point_of_fp32(trained, tmp_path):
+def test_fast_audit_rank1_is_within_a_fifth_of_a_point_of_fp32(tmp_path):
+    """A seeded random mbf: its embeddings spread like a recogniser's, where the briefly trained one's
+    sit within 1e-6 of one another, so that any rounding, fp32 included, reorders them."""
     from facemae_plugin.evaluation.audit import audit
     from tests.test_audit import blurred_copy
 
-    make_synthetic_dataset(tmp_path / "faces", identities=50, images_per_identity=20, holdout_identities=2,
-                           num_pairs=10, progress=False)  # 1,000 faces: a fifth of a point is two of them
-    blurred_copy(tmp_path / "faces", tmp_path / "blurred", sigma=2)
+    torch.manual_seed(0)
+    torch.save(get_backbone("mbf").state_dict(), tmp_path / "mbf.pt")
+    make_synthetic_dataset(tmp_path / "faces", identities=25, images_per_identity=20, holdout_identities=2,
+                           num_pairs=10, progress=False)  # 500 faces: a fifth of a point is one of them
+    blurred_copy(tmp_path / "faces", tmp_path / "blurred", sigma=10)
     reports = {name: audit(tmp_path / "faces", tmp_path / "blurred", embedder,
                            out_dir=tmp_path / name.replace(" ", "_"), plots=False)
-               for name, embedder in every_path(trained / "mbf" / "model.pt").items()}
+               for name, embedder in every_path(tmp_path / "mbf.pt").items()}
     reference = reports.pop("fp32 eager")
-    assert 0.05 < reference["instance_rank1"] < 0.95  # neither all nor none found: rank-1 can move
+    for figure in ("instance_rank1", "identity_rank1"):  # neither all nor none found: rank-1 can move
+        assert 0.2 < reference[figure] < 0.9, figure
     for name, report in reports.items():
         assert "openvino" in report["runtime"] or "torch.compile" in report["runtime"]
         for figure in ("instance_rank1", "identity_rank1"):
-            assert abs(report[figure] - reference[figure]) <= 0.002, (name, figure)
+            assert abs(report[figure] - reference[figure]) <= 0.002 + 1e-9, (name, figure)
 
 
 def test_cli_verify_says_which_precision_ran(tmp_path):
