@@ -348,9 +348,9 @@ def _attackers(models, networks):
 
 def _add_precision(p, default, why):
     p.add_argument("--precision", choices=PRECISIONS, default=default,
-                   help=f"how a .pt recogniser runs: fp32 (contiguous float32), fast (channels_last under fp16 "
-                        f"autocast on CUDA, bf16 on a CPU) or auto (fast where fp16/native bf16 exists, else "
-                        f"fp32). Default {default}: {why}")
+                   help=f"how a .pt recogniser runs: fp32 (float32), fast (fp16 on CUDA, bf16 on a CPU: "
+                        f"channels_last under autocast, and bf16 inference in the OpenVINO graph of long jobs) "
+                        f"or auto (fast where fp16/native bf16 exists, else fp32). Default {default}: {why}")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="keep a .pt recogniser eager on long jobs (by default a set of more than a few hundred "
                         "images runs through a compiled graph of it: OpenVINO's on a CPU, torch.compile's on "
