@@ -5,6 +5,7 @@ The graph is the recogniser's own ONNX export (``export.write_recogniser_graph``
 embeddings) or with bfloat16 inference on a CPU that computes it natively. OpenVINO runs on torch's
 thread count, so ``torch.set_num_threads`` and ``OMP_NUM_THREADS`` bound it as they bound torch.
 """
+import functools
 import io
 
 import numpy as np
@@ -12,6 +13,14 @@ import torch
 
 # torch dtype of a recogniser's precision -> OpenVINO's inference precision hint
 INFERENCE_PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+@functools.lru_cache(maxsize=None)
+def openvino_core():
+    """The process's one OpenVINO ``Core``: every graph shares its CPU plugin instead of loading its own."""
+    import openvino
+
+    return openvino.Core()
 
 
 def openvino_available():
@@ -28,13 +37,11 @@ class OpenVinoGraph:
     and get ``[batch_size, D]`` float32 embeddings, as from ``model`` in ``dtype``."""
 
     def __init__(self, model, batch_size, dtype, image_size):
-        import openvino
-
         from ..export import write_recogniser_graph
 
         graph_bytes = io.BytesIO()
         write_recogniser_graph(model.float().eval().cpu(), graph_bytes)
-        core = openvino.Core()
+        core = openvino_core()
         graph = core.read_model(graph_bytes.getvalue())
         graph.reshape([batch_size, 3, *image_size])  # a static shape: OpenVINO picks kernels for it once
         compiled = core.compile_model(graph, "CPU", {
