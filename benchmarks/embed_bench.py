@@ -68,9 +68,8 @@ def build_paths(fresh, device):
     """``({name: embedder}, fast dtype name)``: each precision eager and through each compiler that runs here."""
     import torch
 
-    from facemae_plugin.core.devices import native_bf16
-    from facemae_plugin.evaluation.embed import CompilingEmbedder, OpenVinoCompiler, TorchCompiler, with_precision
-    from facemae_plugin.evaluation.openvino_graph import openvino_available
+    from facemae_plugin.evaluation.embed import (CompilingEmbedder, OpenVinoCompiler, TorchCompiler, pick_compiler,
+                                                 with_precision)
 
     paths, fast_name = {}, None
     for precision in ("fp32", "fast"):
@@ -80,9 +79,10 @@ def build_paths(fresh, device):
         compiled, _ = with_precision(fresh(), device, precision)
         paths[f"{precision} torch.compile"] = CompilingEmbedder(compiled, TorchCompiler(compiled), after=0).eval()
         dtype = torch.float32 if name == "fp32" else getattr(torch, name)
-        if torch.device(device).type == "cpu" and openvino_available() and (dtype == torch.float32 or native_bf16()):
-            model = fresh()
-            paths[f"{precision} openvino"] = CompilingEmbedder(model, OpenVinoCompiler(model, dtype), after=0).eval()
+        model = fresh()
+        openvino = pick_compiler(model, model, device, dtype)  # OpenVINO wherever a job would run it
+        if isinstance(openvino, OpenVinoCompiler):
+            paths[f"{precision} openvino"] = CompilingEmbedder(model, openvino, after=0).eval()
     return paths, fast_name
 
 

@@ -49,7 +49,6 @@ class OpenVinoGraph:
             "PERFORMANCE_HINT": "LATENCY",  # one stream using every thread: one batch at a time, as the jobs feed it
             "INFERENCE_NUM_THREADS": torch.get_num_threads()})
         self.request = compiled.create_infer_request()
-        self.batch_size = batch_size
 
     def __call__(self, images):  # [batch_size, 3, H, W] -> [batch_size, D] float32
         x = np.ascontiguousarray(images.detach().cpu().float().numpy())
