@@ -206,6 +206,7 @@ def _convert(args):
         shard, num_shards, distributed = int(os.environ["RANK"]), world_size, True
     if shard is not None and num_shards is None:
         raise UsageError("--shard I needs --num-shards N")
+    args.secret_seed = _secret_seed(args)
     privatizer = privatizer_from_args(args)
     quiet = args.quiet or (distributed and shard != 0)
     result = convert(args.in_dir, args.out_dir, privatizer, quality=args.quality, batch_size=args.batch_size,
@@ -216,6 +217,15 @@ def _convert(args):
     return (f"convert: {result['images_in']} images (layout {result['layout']}, {result['method']}, "
             f"k={result['k']}) -> {result['images_out']} {done} {args.out_dir}; shards run "
             f"{result['shards_run']}, already done {result['shards_skipped']}{rate}"), result
+
+
+def _secret_seed(args):
+    """A seeded method's secret seed (``convert.secret``) when ``--seed`` is not given, else None."""
+    from .convert.secret import publisher_seed
+
+    if args.seed is not None or not METHODS[args.method].seeded:
+        return None
+    return publisher_seed(args.out_dir)[0]
 
 
 def _merge(args):
@@ -253,28 +263,41 @@ def _arcface_train(args):
 
 def _audit(args):
     from .core.devices import pick_device
-    from .evaluation.audit import audit, check_release
+    from .evaluation.attackers import attacker_stem, unique_names, worst_text
+    from .evaluation.audit import check_release
     from .evaluation.embed import load_embedder
+    from .evaluation.suite import SuiteAttacker, audit_suite, pixel_attacker
 
     check_release(args.original, args.released, args.training_set)  # mismatched shards fail before the model loads
     device = str(pick_device(args.device))
-    embedder = load_embedder(args.model, args.network, device=device, precision=args.precision,
-                            compile=args.compile)
-    report = audit(args.original, args.released, embedder, out_dir=args.out, batch_size=args.batch_size,
-                   device=device, max_impostors=args.max_impostors, seed=args.seed,
-                   progress=not args.quiet, model=args.model, search=args.search,
-                   embedding_dtype=args.embedding_dtype, recall_queries=args.recall_queries,
-                   training_set=args.training_set, embedding_cache=args.embedding_cache)
-    tar = "n/a" if report["tar_at_far"] is None else f"{report['tar_at_far']:.4f}"
-    search = report["search"]
-    searched = "exact search" if search["method"] == "exact" else (
-        f"approximate search, recall@1 {search['recall_at_1']:.4f} on {search['recall_queries']} queries")
-    return (f"audit: {report['queries']} released vs {report['gallery']} originals: instance rank-1 "
-            f"{report['instance_rank1'] * 100:.2f}% rank-5 {report['instance_rank5'] * 100:.2f}%, identity "
-            f"rank-1 {report['identity_rank1'] * 100:.2f}% rank-5 {report['identity_rank5'] * 100:.2f}%, "
-            f"TAR@FAR={report['far_target']:g} {tar}, mean source cosine {report['mean_source_cosine']:.4f} "
-            f"({searched}, {embedder.precision}){_lookalike_text(report['training_set'])} -> "
-            f"{report['report']}"), report
+    attackers = [pixel_attacker()]
+    if args.model is not None:
+        embedder = load_embedder(args.model, args.network, device=device, precision=args.precision,
+                                 compile=args.compile)
+        name = unique_names([attackers[0].name, attacker_stem(args.model)])[1]
+        attackers.append(SuiteAttacker(name, embedder, "recogniser", model=args.model))
+    out_dir = args.out or os.path.join(args.released, "audit")
+    summary = audit_suite(args.original, args.released, attackers, out_dir, batch_size=args.batch_size,
+                          device=device, max_impostors=args.max_impostors, seed=args.seed, progress=not args.quiet,
+                          search=args.search, embedding_dtype=args.embedding_dtype,
+                          recall_queries=args.recall_queries, training_set=args.training_set,
+                          embedding_cache=args.embedding_cache)
+    figures = "; ".join(_attacker_text(name, entry) for name, entry in summary["attackers"].items())
+    lookalikes = ""
+    if args.model is not None:
+        with open(summary["attackers"][attackers[-1].name]["report"]) as f:
+            lookalikes = _lookalike_text(json.load(f)["training_set"])
+    first = next(iter(summary["attackers"].values()))
+    return (f"audit: {first['queries']} released vs {first['gallery']} originals; worst case: "
+            f"{worst_text(summary['worst_case'])}; {figures}{lookalikes} -> {summary['report']}"), summary
+
+
+def _attacker_text(name, entry):
+    reid = "n/a" if entry["reid_rank1"] is None else f"{entry['reid_rank1'] * 100:.2f}%"
+    tar = "n/a" if entry["tar_at_far"] is None else f"{entry['tar_at_far']:.4f}"
+    return (f"{name}: instance rank-1 {entry['instance_rank1'] * 100:.2f}% "
+            f"rank-5 {entry['instance_rank5'] * 100:.2f}%, "
+            f"re-identification rank-1 {reid}, TAR@FAR={entry['far_target']:g} {tar}")
 
 
 def _lookalike_text(lookalikes):
@@ -308,20 +331,22 @@ def _release(args):
 
     from .convert import privatizer_from_args
     from .core.devices import pick_device
+    from .evaluation.attackers import worst_text
     from .publish.release import release_dataset
 
     attackers = _attackers(args.attacker, args.attacker_network)
     device = str(pick_device(args.device))
+    args.secret_seed = _secret_seed(args)
     card = release_dataset(args.in_dir, args.out_dir, privatizer_from_args(args), attackers, val_bins=args.val or (),
                            training_set=args.training_set, quality=args.quality, batch_size=args.batch_size,
                            workers=args.workers, device=device, overwrite=args.overwrite, progress=not args.quiet,
                            command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
-                           compile=args.compile, seed=args.seed, target_leakage=args.target_leakage,
-                           privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)))
-    leaks = "; ".join(f"{a['name']}: instance rank-1 {a['leakage']['instance_rank1'] * 100:.2f}%, identity rank-1 "
-                      f"{a['leakage']['identity_rank1'] * 100:.2f}%" for a in card["attackers"])
-    return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; {leaks}; "
-            f"card {os.path.join(args.out_dir, 'RELEASE.md')}"), card
+                           compile=args.compile, seed=args.seed or 0, target_leakage=args.target_leakage,
+                           privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)),
+                           reapply=args.reapply)
+    leaks = "; ".join(_attacker_text(a["name"], a["leakage"]) for a in card["attackers"])
+    return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; worst "
+            f"case: {worst_text(card['worst_case'])}; {leaks}; card {os.path.join(args.out_dir, 'RELEASE.md')}"), card
 
 
 def _with_strength(args, value):
@@ -376,6 +401,11 @@ SHARED_OPTIONS = {
                                          help="images per forward pass (default 64)")),),
     "seed": (("--seed", dict(type=int, default=0, help="seed of the verb's random draws: same inputs and seed, "
                                                      "same bytes (default 0)")),),
+    # convert and release: the seed a seeded method (facemae, noise, masked) draws its masks or noise from
+    "secret-seed": (("--seed", dict(type=int, default=None, help=(
+        "publish this seed: anyone with the sources (and the checkpoint) can then regenerate the release byte "
+        "for byte. Default: a seed drawn from the operating system, kept in OUT_DIR.secret.json beside the "
+        "output (mode 0600, read again by a resumed run), never inside it"))),),
     "overwrite": (("--overwrite", dict(action="store_true", help="replace an existing output (never an input)")),),
     # How convert and release privatize the images: the method and its parameters.
     "method": (
@@ -539,15 +569,20 @@ def _add_export(verbs):
 def _add_audit(verbs):
     p = verbs.add_parser("audit", parents=_parents("common", "network", "batch-size", "device", "seed"),
                          help="privacy leakage of a released shard, measured by face retrieval",
-                         description="Embed the original and released shards (same keys and labels) with "
-                                     "an attacker's recogniser (image + flip); every released image queries "
-                                     "all originals. Reports rank-1/5 instance hits (own source record) and "
-                                     "identity hits, TAR@FAR=1e-3 of (released, source) pairs against "
-                                     "impostors and the mean source cosine; writes audit.json, "
-                                     "similarity_histogram.png and leak_examples.png to --out.")
+                         description="Every released image (same keys and labels as the original shard) queries "
+                                     "all originals, once per attacker: the model-free pixel attacker (grey "
+                                     "28x28 pixels, always run) and the --model recogniser (image + flip). "
+                                     "Reports per attacker rank-1/5 instance hits (own source record), "
+                                     "re-identification hits (the source held out: another photo of the person "
+                                     "is found), TAR@FAR=1e-3 of (released, source) pairs against impostors, "
+                                     "and, first, the worst case over the attackers for each threat. Writes "
+                                     "leakage.json to --out and each attacker's audit.json, "
+                                     "similarity_histogram.png and leak_examples.png to --out/ATTACKER.")
     p.add_argument("--original", required=True, metavar="IN_DIR", help="the original shard")
     p.add_argument("--released", required=True, metavar="OUT_DIR", help="its release (convert output)")
-    p.add_argument("--model", required=True, help="attacker: model.pt (arcface_torch state_dict) or model.onnx")
+    p.add_argument("--model", default=None,
+                   help="a recogniser attacker: model.pt (arcface_torch state_dict) or model.onnx (default: the "
+                        "pixel attacker alone)")
     p.add_argument("--out", default=None, help="report folder (default: <released>/audit)")
     p.add_argument("--max-impostors", type=POSITIVE_INT, default=1_000_000,
                    help="impostor pairs scored; more are sampled with --seed (default 1000000)")
@@ -593,7 +628,7 @@ def _add_demo(verbs):
 
 def _add_convert(verbs):
     p = verbs.add_parser("convert",
-                         parents=_parents("common", "seed", "batch-size", "device", "overwrite", "method"),
+                         parents=_parents("common", "secret-seed", "batch-size", "device", "overwrite", "method"),
                          help="shard -> privatized shard (FaceMAE or a baseline)",
                          description="Replace every image of IN_DIR by its FaceMAE reconstruction (or a "
                                      "baseline: blur, pixelate, noise, masked); keys, labels, header, identity "
@@ -632,21 +667,28 @@ def _add_benchmark(verbs):
 
 
 def _add_release(verbs):
-    p = verbs.add_parser("release", parents=_parents("common", "seed", "batch-size", "device", "overwrite", "method"),
+    p = verbs.add_parser("release",
+                         parents=_parents("common", "secret-seed", "batch-size", "device", "overwrite", "method"),
                          help="convert, audit and publish: a released shard with its dataset card",
                          description="Convert IN_DIR with the chosen method, audit the release against IN_DIR "
-                                     "with every --attacker (rank-1/5 instance and identity hits, TAR@FAR=1e-3 of "
-                                     "source pairs, mean source cosine), verify each attacker on the --val sets, "
-                                     "and write OUT_DIR/RELEASE.md with its JSON twin RELEASE.json (source, "
-                                     "method and parameters, reconstructor and the data it was trained on, "
-                                     "attackers, leakage, the command), samples.png and the audits' plots. The "
-                                     "work happens in OUT_DIR.partial and becomes OUT_DIR only when the card is "
-                                     "written; rerun the same command to resume a stopped release.")
+                                     "with every attacker: the model-free pixel attacker, each --attacker "
+                                     "recogniser and reapply (the method re-applied to the originals with the "
+                                     "parameters the card publishes); per attacker rank-1/5 instance and "
+                                     "re-identification hits, TAR@FAR=1e-3 of source pairs; verify each "
+                                     "recogniser on the --val sets, and write OUT_DIR/RELEASE.md with its JSON twin "
+                                     "RELEASE.json, led by the worst case over the attackers (then source, method "
+                                     "and parameters, reconstructor and the data it was trained on, attackers, "
+                                     "the command), samples.png and the audits' plots. No path of this machine and "
+                                     "no secret seed goes in. The work happens in OUT_DIR.partial and becomes "
+                                     "OUT_DIR only when the card is written; rerun the same command to resume.")
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--attacker", action="append", required=True, metavar="MODEL",
+    p.add_argument("--attacker", action="append", default=[], metavar="MODEL",
                    help="a recogniser that tries to re-identify the released faces: model.pt (arcface_torch "
-                        "state_dict) or model.onnx; repeat for several")
+                        "state_dict) or model.onnx; repeat for several (the pixel attacker always runs)")
+    p.add_argument("--no-reapply", dest="reapply", action="store_false",
+                   help="skip the reapply attacker (the card then says the worst case assumes an attacker who "
+                        "does not know the method's parameters)")
     p.add_argument("--attacker-network", action="append", default=None, metavar="NETWORK",
                    help="backbone of a .pt attacker (r18, r34, r50, r100, mbf): once for all, or once per --attacker")
     p.add_argument("--val", nargs="+", default=None, metavar="BIN",
@@ -657,8 +699,8 @@ def _add_release(verbs):
                         "checkpoint records")
     p.add_argument("--target-leakage", type=_number(float, 0.0, 1.0), default=None, metavar="X",
                    help="release at the weakest setting of the method (mask ratio for facemae and masked, sigma for "
-                        "blur, block size for pixelate, std for noise) whose rank-1 instance leakage under the first "
-                        "attacker is at most X (a fraction), found by bisection on up to 100 of IN_DIR's identities; "
+                        "blur, block size for pixelate, std for noise) whose rank-1 instance leakage is at most X (a "
+                        "fraction) under every attacker, found by bisection on up to 100 of IN_DIR's identities; "
                         "the whole release is then audited again and the card records every point")
     p.add_argument("--search", choices=AUDIT_SEARCHES, default="auto", help="the audit's search (see facemae audit)")
     _add_precision(p, "fp32", "the audit's figures, as facemae audit computes them")

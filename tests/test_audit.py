@@ -10,55 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from facemae_plugin.evaluation.attackers import THREATS
 from facemae_plugin.evaluation.audit import AuditInputError, audit
 from facemae_plugin.evaluation.retrieval import (RetrievalInputError, chunked_search, chunked_topk,
                                                  count_impostor_pairs, impostor_scores, retrieval_metrics,
                                                  score_tar_at_far)
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 from facemae_plugin.data.synthetic import make_synthetic_dataset
+from tests.oracles import brute_force_metrics, brute_force_ranking, threshold_sweep_tar, unit_rows
 
 POOL = 8  # the pixel attacker averages 8x8 blocks: 112x112 -> 14x14
-
-
-# ----------------------------------------------------------------------------- numpy oracles
-
-
-def brute_force_ranking(query, gallery):
-    """Full score matrix [Q, G] (float64) and every row's gallery order (score desc, index asc)."""
-    scores = np.asarray(query, np.float64) @ np.asarray(gallery, np.float64).T
-    return scores, np.argsort(-scores, axis=1, kind="stable")
-
-
-def unit_rows(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def brute_force_metrics(query, gallery, query_keys, gallery_keys, query_labels, gallery_labels, ks, far):
-    """Every metric from the full Q x G cosine matrix, with a threshold sweep for TAR@FAR."""
-    scores, order = brute_force_ranking(unit_rows(query), unit_rows(gallery))
-    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
-    source = np.array([list(gallery_keys).index(k) for k in query_keys])
-    out = {}
-    for k in ks:
-        out[f"instance_rank{k}"] = np.mean([source[i] in order[i, :k] for i in range(len(query))])
-        out[f"identity_rank{k}"] = np.mean([np.any(gallery_labels[order[i, :k]] == query_labels[i])
-                                            for i in range(len(query))])
-    genuine = scores[np.arange(len(query)), source]
-    impostor = scores[query_labels[:, None] != gallery_labels[None, :]]
-    out["mean_source_cosine"] = genuine.mean()
-    out["median_source_rank"] = np.median([(scores[i] > genuine[i]).sum() for i in range(len(query))])
-    out["tar_at_far"] = threshold_sweep_tar(genuine, impostor, far)
-    out["impostor_pairs"] = impostor.size
-    return out
-
-
-def threshold_sweep_tar(genuine, impostor, far):
-    """Try every observed score as threshold (accept: score > t); the lowest meeting FAR wins."""
-    for t in np.unique(np.concatenate([[-np.inf], genuine, impostor])):
-        if np.mean(impostor > t) <= far:
-            return np.mean(genuine > t)
-    raise AssertionError("unreachable: the largest score always meets any FAR")
 
 
 class PixelProjection(torch.nn.Module):
@@ -170,6 +131,7 @@ def test_retrieval_metrics_equal_brute_force_on_clustered_data():
     for name, value in want.items():
         assert got[name] == pytest.approx(value, abs=1e-6), name
     assert got["impostors_exhaustive"] and 0 < got["instance_rank1"] < got["instance_rank10"] < 1  # not trivial
+    assert 0 < got["reid_rank1"] < got["identity_rank1"] and got["reid_queries"] == 60
     assert 0 < got["tar_at_far"] < 1 and got["median_source_rank"] > 0
 
 
@@ -302,24 +264,37 @@ def test_cli_audit_end_to_end_with_a_random_mbf(few_faces, tmp_path):
     from facemae_plugin.models.backbones import get_backbone
 
     torch.manual_seed(0)
-    torch.save(get_backbone("mbf").state_dict(), tmp_path / "model.pt")
+    torch.save(get_backbone("mbf").state_dict(), tmp_path / "attacker.pt")
     released = tmp_path / "released"
     blurred_copy(few_faces, released, sigma=3)
     result = facemae("audit", "--original", few_faces, "--released", released,
-                     "--model", tmp_path / "model.pt", "--network", "mbf", "--batch-size", 18,
+                     "--model", tmp_path / "attacker.pt", "--network", "mbf", "--batch-size", 18,
                      "--device", "cpu", "--json", "--quiet")
     assert result.returncode == 0, result.stderr
     summary, last = result.stdout.strip().splitlines()[-2:]
-    report = json.loads(last)
-    assert summary.startswith("audit: 18 released vs 18 originals: instance rank-1")
+    suite = json.loads(last)
+    assert summary.startswith("audit: 18 released vs 18 originals; worst case: instance")
     out_dir = released / "audit"  # the default report folder
-    with open(out_dir / "audit.json") as f:
-        assert json.load(f) == report
-    assert report["queries"] == 18 and report["impostor_pairs"] == 18 * 15 and report["dim"] == 512
-    for name in ("similarity_histogram.png", "leak_examples.png"):
-        image = cv2.imread(os.fspath(out_dir / name))
-        assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
-    assert sorted(os.listdir(out_dir)) == ["audit.json", "leak_examples.png", "similarity_histogram.png"]
+    with open(out_dir / "leakage.json") as f:
+        assert json.load(f) == suite
+    assert list(suite["attackers"]) == ["pixels", "attacker"]  # the pixel attacker always runs, first
+    for name, entry in suite["attackers"].items():
+        with open(out_dir / name / "audit.json") as f:
+            report = json.load(f)
+        assert report["attacker"] == name and entry["report"] == str(out_dir / name / "audit.json")
+        assert all(entry[key] == report[key] for key in ("instance_rank1", "reid_rank1", "tar_at_far"))
+        assert report["queries"] == 18 and report["impostor_pairs"] == 18 * 15
+        for png in ("similarity_histogram.png", "leak_examples.png"):
+            image = cv2.imread(os.fspath(out_dir / name / png))
+            assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
+    assert suite["attackers"]["attacker"]["kind"] == "recogniser" and suite["attackers"]["pixels"]["kind"] == "pixels"
+    with open(out_dir / "attacker" / "audit.json") as f:
+        assert json.load(f)["dim"] == 512
+    for threat, metric in THREATS.items():
+        worst = suite["worst_case"][threat]
+        assert worst["value"] == max(entry[metric] for entry in suite["attackers"].values())
+        assert suite["attackers"][worst["attacker"]][metric] == worst["value"]
+    assert sorted(os.listdir(out_dir)) == ["attacker", "leakage.json", "pixels"]
 
 
 def test_cli_audit_mismatched_shards_is_one_error_line(synthetic_faces, tmp_path):

@@ -149,7 +149,7 @@ def test_converted_images_are_the_models_reconstructions(shard_a, checkpoint, tm
     assert converted[0] == source[0]
     assert (out / "property").read_bytes() == (shard_a / "property").read_bytes()
     provenance = json.loads((out / "facemae_provenance.json").read_text())
-    assert provenance["privatizer"]["checkpoint"] == str(checkpoint)
+    assert provenance["privatizer"]["checkpoint"] == os.path.basename(checkpoint)  # its sha256 identifies it
     assert provenance["privatizer"]["seed"] == SEED and provenance["source"]["images"] == 20
     assert not (out / "shards").exists()
 
@@ -446,7 +446,7 @@ def test_shards_of_other_settings_are_not_mixed(shard_a, checkpoint, tmp_path, c
     assert cli(*common, "--shard", 0) == 0
     capsys.readouterr()
     assert cli(*common, "--shard", 1, "--seed", 1) == 2
-    assert "shard-0of2.done.json: a shard of a different conversion (differs in privatizer)" in one_error_line(capsys)
+    assert "shard-0of2.done.json: a shard of a different conversion (differs in privatizer" in one_error_line(capsys)
 
 
 def test_undecodable_image_names_its_key_and_leaves_no_output(checkpoint, tmp_path, capsys):

@@ -159,8 +159,12 @@ def test_cli_audit_with_a_training_set(splits, tmp_path):
          splits / "a", "--quiet", "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary, last = result.stdout.strip().splitlines()[-2:]
-    report = json.loads(last)
+    suite = json.loads(last)
     assert "look-alikes of the 12 training identities" in summary and "not flagged" in summary
+    with open(suite["attackers"][tmp_path.name]["report"]) as f:  # model.pt is named by its folder
+        report = json.load(f)
+    with open(suite["attackers"]["pixels"]["report"]) as f:
+        assert json.load(f)["training_set"] is None  # look-alikes need a recogniser's similarity
     assert report["training_set"]["training_images"] == 48 and report["training_set"]["impostor_pairs"] == 48 * 11
 
 

@@ -8,7 +8,7 @@ import pytest
 from facemae_plugin.protocol import benchmark as bench
 from facemae_plugin.protocol.spec import merge_protocol
 from facemae_plugin.protocol.report import markdown_table, matched_ratio_table, plot_tradeoff, tradeoff_panels
-from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
+from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict, worst_columns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,6 +17,12 @@ def row(variant, method, seed, accuracy, leak):
     return {"variant": variant, "method": method, "seed": seed, "accuracy": accuracy, "error": 1 - accuracy,
             "tar_at_far": accuracy / 2, "instance_rank1": leak, "identity_rank1": min(1.0, leak * 2),
             "source_tar_at_far": leak / 2, "informed_instance_rank1": leak / 3}
+
+
+def audited(r, pixels):
+    """``r`` as ``Experiment.row`` ends it: the pixel attacker's figures and the worst case over the attackers."""
+    r.update(pixels_instance_rank1=pixels, pixels_reid_rank1=pixels / 2, reid_rank1=r["instance_rank1"] / 4)
+    return {**r, **worst_columns(r)}
 
 
 def entry(variant, method, error, leak):
@@ -156,18 +162,30 @@ def test_shipped_benchmark_configs_load_and_name_known_methods(name):
     merge_protocol(protocol)  # every protocol key is one the experiment knows
 
 
-def test_benchmark_results_carry_both_verdicts_for_both_attackers(tmp_path):
-    rows = [row("original", "original", 0, 0.95, 1.0), row("FaceMAE full 0.75", "facemae", 0, 0.80, 0.5),
-            row("blur s3", "blur", 0, 0.94, 0.99), row("blur s9", "blur", 0, 0.55, 0.2)]
+def test_a_rows_worst_case_is_its_largest_figure_per_threat_and_names_the_attacker():
+    worst = audited(row("blur s6", "blur", 0, 0.8, 0.4), pixels=0.99)  # informed: 0.4 / 3
+    assert worst["worst_instance_rank1"] == 0.99 and worst["worst_instance_attacker"] == "pixels"
+    assert worst["worst_reid_rank1"] == pytest.approx(0.495) and worst["worst_reid_attacker"] == "pixels"
+    teacher = audited(row("FaceMAE full 0.75", "facemae", 0, 0.8, 0.6), pixels=0.1)
+    assert teacher["worst_instance_rank1"] == 0.6 and teacher["worst_instance_attacker"] == "teacher"
+
+
+def test_benchmark_results_judge_each_threat_by_its_worst_case(tmp_path):
+    rows = [audited(row("original", "original", 0, 0.95, 1.0), 1.0),
+            audited(row("FaceMAE full 0.75", "facemae", 0, 0.80, 0.5), 0.3),
+            audited(row("blur s3", "blur", 0, 0.94, 0.99), 1.0), audited(row("blur s9", "blur", 0, 0.55, 0.2), 0.2)]
     experiment = type("Run", (), {"protocol": {"seed": 0}})()
     summary, verdicts, table = bench.write_results(experiment, rows, str(tmp_path), "python bench.py")
     report = (tmp_path / "results.md").read_text()
     assert all(v["text"] in report for v in verdicts.values()) and table in report
-    assert matched_ratio_table(summary) in report and "| FaceMAE full 0.75 | informed |" in report
+    assert table.splitlines()[0].index("worst-case rank-1 instance") < table.splitlines()[0].index("teacher")
+    assert matched_ratio_table(summary) in report and "| FaceMAE full 0.75 | worst case |" in report
     assert [v["text"].split(" (")[0] for v in verdicts.values()] == ["verdict", "verdict", "matched-leakage verdict",
                                                                      "matched-leakage verdict"]
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
-    blur = saved["verdict_matched"]["families"]["blur"]  # leak 0.5 between blur s9 (0.2) and blur s3 (0.99)
-    assert blur["error"] == pytest.approx(0.45 + (0.5 - 0.2) / (0.99 - 0.2) * (0.06 - 0.45))
-    assert saved["verdict_matched_informed"]["leakage"] == pytest.approx(0.5 / 3)
+    assert list(saved)[4:8] == ["verdict", "verdict_reid", "verdict_matched", "verdict_matched_reid"]
+    # worst 0.5 (the teacher's) between blur s9 (0.2) and, at 1.0, the more accurate of blur s3 and the originals
+    blur = saved["verdict_matched"]["families"]["blur"]
+    assert blur["error"] == pytest.approx(0.45 + (0.5 - 0.2) / (1.0 - 0.2) * (0.05 - 0.45))
+    assert saved["verdict_matched_reid"]["leakage"] == pytest.approx(0.3 / 2)  # pixels' 0.15 over the teacher's 0.125

@@ -122,7 +122,8 @@ def test_the_user_data_path_gives_the_synthetic_paths_numbers(shards, tmp_path):
     synthetic = run_benchmark(tmp_path / "synthetic.py", tmp_path / "s", progress=False)
     user = run_benchmark(tmp_path / "user.py", tmp_path / "u", progress=False)
     figures = ("accuracy", "tar_at_far", "instance_rank1", "identity_rank1", "source_tar_at_far",
-               "informed_instance_rank1", "informed_identity_rank1", "lookalike_excess")
+               "informed_instance_rank1", "informed_identity_rank1", "lookalike_excess", "reid_rank1",
+               "pixels_instance_rank1", "pixels_reid_rank1", "worst_instance_rank1", "worst_reid_rank1")
     for ours, theirs in zip(user["rows"], synthetic["rows"]):
         assert {k: ours[k] for k in figures} == {k: theirs[k] for k in figures}, ours["variant"]
         assert ours["acc_lfw"] == theirs["acc_holdout"] == ours["accuracy"]

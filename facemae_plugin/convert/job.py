@@ -6,6 +6,7 @@ Only image payloads change (JPEG, quality 95 by default). A rerun skips the shar
 done; a job holds a lock on its output folder while it runs.
 """
 import contextlib
+import hashlib
 import os
 import time
 
@@ -73,6 +74,8 @@ class Conversion:
             "input": {"dir": self.in_dir, "rec_bytes": stat.st_size, "rec_mtime_ns": stat.st_mtime_ns,
                       "idx_sha256": self.idx_sha256},
             "privatizer": self.privatizer.provenance(),
+            # a secret seed reads "secret" in the provenance: its hash keeps shards of two secrets apart
+            "seed_sha256": hashlib.sha256(str(self.privatizer.seed).encode()).hexdigest(),
             "quality": self.quality,
             "batch_size": self.batch_size,
             "num_shards": self.num_shards,
@@ -169,10 +172,14 @@ class Conversion:
         write_bytes(provenance_path, json_text(self.provenance()).encode())
 
     def provenance(self):
-        """``facemae_provenance.json``: what made the release (no shard count, workers or device)."""
+        """``facemae_provenance.json``: what made the release (no shard count, workers or device).
+
+        The source is named by its folder's name and ``.idx`` hash, never by where it lies on the
+        publisher's machine; a secret seed reads ``"secret"`` (``release.privatizer``).
+        """
         return {
             "facemae_plugin": __version__,
-            "source": {"dir": self.in_dir, "layout": self.shard.layout, "images": len(self.plan),
+            "source": {"name": os.path.basename(self.in_dir), "layout": self.shard.layout, "images": len(self.plan),
                        "identities": len(self.shard.identity_keys), "idx_sha256": self.idx_sha256},
             "privatizer": self.privatizer.provenance(),
             "k": self.k,
@@ -240,7 +247,7 @@ def privatizer_from_args(args):
     method, spec = args.method, METHODS[args.method]
     params = {param: getattr(args, dest) for param, dest in spec.params.items()}
     if spec.seeded:
-        params["seed"] = args.seed
+        params["seed"] = args.seed if args.seed is not None else 0
     if method == "facemae":
         import torch
 
@@ -252,7 +259,10 @@ def privatizer_from_args(args):
         from ..models.mae import FaceMAE
 
         params["patch_size"] = FaceMAE.from_checkpoint(args.checkpoint).patch_size if args.checkpoint else 8
-    return make_privatizer(method, k=args.k, **params)
+    privatizer = make_privatizer(method, k=args.k, **params)
+    if spec.seeded and getattr(args, "secret_seed", None) is not None:  # drawn by publisher_seed, never published
+        privatizer = privatizer.with_seed(args.secret_seed, public=False)
+    return privatizer
 
 
 def _check_settings(quality, batch_size, workers, num_shards):

@@ -20,7 +20,8 @@ from ..core.errors import FaceMAEError
 from ..core.files import sha256_file, write_json
 from ..data.dataset import normalise
 from ..formats.shard import PROVENANCE_NAME, FaceShard, lineage_problem
-from .embed import embed_with_flip, embedding_job
+from .embed import embed_for_search, embedding_job, passes_per_image
+from .attackers import attacker_stem
 from .embedding_store import EmbeddingCache, EmbeddingRows, ScratchFolder
 from .lookalikes import training_set_leakage
 from .plots import new_figure, save_figure
@@ -102,7 +103,7 @@ def check_same_labels(original, original_labels, released, released_labels):
 
 
 def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=False, desc="embed"):
-    """Every image of ``shard`` in ``image_keys`` order (image + flip) as unit rows appended to ``rows``.
+    """Every image of ``shard`` in ``image_keys`` order (``embed_for_search``) as unit rows appended to ``rows``.
 
     ``rows`` is an ``EmbeddingRows`` of ``len(shard)`` rows; returns ``(its memory map [N, D], labels
     [N] int64)``. Images are decoded and embeddings written one batch at a time, so neither the
@@ -112,13 +113,13 @@ def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=Fal
 
     keys = shard.image_keys
     labels = np.empty(len(keys), np.int64)
-    with embedding_job(embedder, 2 * len(keys)):
+    with embedding_job(embedder, passes_per_image(embedder) * len(keys)):
         for start in tqdm(range(0, len(keys), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = []
             for i in range(start, min(start + batch_size, len(keys))):
                 labels[i], payload = shard.read(keys[i])
                 batch.append(normalise(shard.decode(keys[i], payload)))  # [3, H, W] RGB
-            embeddings = embed_with_flip(embedder, torch.stack(batch), batch_size, device)  # [B, D] float64
+            embeddings = embed_for_search(embedder, torch.stack(batch), batch_size, device)  # [B, D] float64
             rows.append(unit_rows(embeddings.astype(np.float32)).numpy())
     return rows.finish(), labels
 
@@ -175,7 +176,7 @@ def _training_set_leakage(training_dir, query, gallery, source_index, embed, opt
 def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, device="cpu", ks=DEFAULT_KS,
           far_target=FAR_TARGET, max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, examples=8, chunk=None,
           progress=False, model=None, plots=True, search="auto", embedding_dtype="float32", recall_queries=None,
-          training_set=None, embedding_cache=None):
+          training_set=None, embedding_cache=None, attacker=None):
     """Audit ``released_dir`` against ``original_dir`` with ``embedder``; returns the report dict.
 
     ``embedder``: a torch recogniser or ``OnnxEmbedder`` (see ``embed.load_embedder``); ``model``
@@ -187,10 +188,12 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
     its look-alikes among the released and the original images (``lookalikes``).
     ``embedding_cache``: a folder where the original's and the training set's embeddings are kept
     for later audits by the same ``model`` file (``embedding_store.EmbeddingCache``).
+    ``attacker``: the attacker's name in the report (``attackers``); the model's file stem by default.
     """
     if batch_size < 1:
         raise AuditInputError(f"batch size must be a positive integer, got {batch_size}")
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(os.fspath(released_dir), "audit")
+    attacker = attacker or (attacker_stem(model) if model else "attacker")
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
         check_same_records(original, released)
         if training_set is not None:
@@ -207,13 +210,15 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
         os.makedirs(out_dir, exist_ok=True)
         figures = {}
         if plots:
-            figures["histogram"] = plot_similarity_histogram(result, os.path.join(out_dir, HISTOGRAM_PNG))
+            figures["histogram"] = plot_similarity_histogram(result, os.path.join(out_dir, HISTOGRAM_PNG),
+                                                             attacker)
             figures["examples"] = save_leak_examples(original, released, most, least,
                                                      os.path.join(out_dir, EXAMPLES_PNG))
             if lookalikes is not None:
                 figures["training_set"] = plot_training_set_histogram(*lookalikes,
                                                                       os.path.join(out_dir, TRAINING_SET_PNG))
-    report = {"original": os.fspath(original_dir), "released": os.fspath(released_dir), "model": model,
+    report = {"attacker": attacker, "original": os.fspath(original_dir), "released": os.fspath(released_dir),
+              "model": model,
               "device": str(device), "precision": getattr(embedder, "precision", None),
               "runtime": getattr(embedder, "runtime", None), **result.metrics,
               "most_leaking": most, "least_leaking": least,
@@ -242,7 +247,7 @@ def leak_ranking(result, query_keys, gallery_keys, query_labels, count):
 # ----------------------------------------------------------------------------- outputs
 
 
-def plot_similarity_histogram(result, path):
+def plot_similarity_histogram(result, path, attacker="attacker"):
     """Density histograms of source-pair and impostor cosines, the TAR@FAR threshold marked."""
     metrics = result.metrics
     figure = new_figure(6, 4)
@@ -259,8 +264,9 @@ def plot_similarity_histogram(result, path):
                      label=f"FAR {metrics['far_target']:g}: TAR {metrics['tar_at_far']:.3f}")
     axes.set_xlabel("cosine similarity")
     axes.set_ylabel("density")
-    axes.set_title(f"leakage: instance rank-1 {metrics['instance_rank1'] * 100:.1f}%, "
-                   f"identity rank-1 {metrics['identity_rank1'] * 100:.1f}%", fontsize=10)
+    reid = "n/a" if metrics["reid_rank1"] is None else f"{metrics['reid_rank1'] * 100:.1f}%"
+    axes.set_title(f"{attacker}: instance rank-1 {metrics['instance_rank1'] * 100:.1f}%, "
+                   f"re-identification rank-1 {reid}", fontsize=10)
     axes.legend(loc="upper left", fontsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()

@@ -65,6 +65,21 @@ def embed_with_flip(model, images, batch_size=64, device="cpu"):
     return np.concatenate(out)
 
 
+def passes_per_image(model):
+    """Forward passes an image costs: two (image and flip), one for a model whose ``flip`` is False."""
+    return 2 if getattr(model, "flip", True) else 1
+
+
+@torch.no_grad()
+def embed_for_search(model, images, batch_size=64, device="cpu"):
+    """What an audit searches: ``embed_with_flip``, or ``model(x)`` alone where ``model.flip`` is False
+    (the pixel attacker, ``attackers.PixelAttacker``). ``[N, D]`` float64 numpy, not normalised."""
+    if passes_per_image(model) == 2:
+        return embed_with_flip(model, images, batch_size, device)
+    return np.concatenate([model(images[s:s + batch_size].to(device)).float().cpu().double().numpy()
+                           for s in range(0, len(images), batch_size)])
+
+
 class OnnxEmbedder:
     """An exported recogniser run by ONNX Runtime, callable like the torch backbone.
 

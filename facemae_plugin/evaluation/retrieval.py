@@ -294,23 +294,25 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
     collector = ImpostorCollector(query_labels, gallery_labels, max_impostors, seed)
     method = choose_search(search, len(q), len(g), collector.exhaustive)
     recall_rows = None
+    depth = max(ks) + 1  # one more than asked: re-identification drops each query's own source
     if method == "exact":
-        result = chunked_search(q, g, max(ks), source_index=source_index, chunk=chunk, device=device,
+        result = chunked_search(q, g, depth, source_index=source_index, chunk=chunk, device=device,
                                 impostors=collector)
         search_info = {"method": "exact"}
     else:
         from .approximate import RECALL_QUERIES, approximate_search
 
         result, search_info, recall_rows = approximate_search(
-            q, g, max(ks), source_index, collector, recall_queries or RECALL_QUERIES, seed=seed, progress=progress)
+            q, g, depth, source_index, collector, recall_queries or RECALL_QUERIES, seed=seed, progress=progress)
     impostors, exhaustive = collector.scores(), collector.exhaustive
 
     metrics = {"queries": int(len(q)), "gallery": int(len(g)), "dim": int(q.shape[1]), "search": search_info}
-    found_source = result.top_indices == source_index[:, None]  # [Q, k]
-    found_identity = gallery_labels[result.top_indices] == query_labels[:, None]  # [Q, k]
+    found_source = result.top_indices == source_index[:, None]  # [Q, depth]
+    found_identity = gallery_labels[result.top_indices] == query_labels[:, None]  # [Q, depth]
     for k in ks:
         metrics[f"instance_rank{k}"] = float(found_source[:, :k].any(1).mean()) if len(q) else 0.0
         metrics[f"identity_rank{k}"] = float(found_identity[:, :k].any(1).mean()) if len(q) else 0.0
+    metrics.update(reidentification_metrics(result.top_indices, source_index, query_labels, gallery_labels, ks))
     metrics["mean_source_cosine"] = float(np.mean(result.source_scores, dtype=np.float64)) if len(q) else None
     exact_ranks = len(q) and method == "exact"  # approximate ranks stop at the candidate count
     metrics["median_source_rank"] = float(np.median(result.source_ranks)) if exact_ranks else None
@@ -322,6 +324,37 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
     return RetrievalReport(metrics, result, source_index, impostors, recall_rows)
 
 
+def without_source(top_indices, source_index, width):
+    """Each query's ranked gallery rows with its own source row taken out: ``[Q, width]``.
+
+    ``top_indices`` [Q, depth] holds at least ``width + 1`` rows, or every gallery row, so ``width``
+    rows remain whether or not the source ranked among them.
+    """
+    is_source = top_indices == source_index[:, None]  # [Q, depth], at most one True per row
+    order = np.argsort(is_source, axis=1, kind="stable")  # the source last, the others in rank order
+    return np.take_along_axis(top_indices, order, 1)[:, :width]
+
+
+def reidentification_metrics(top_indices, source_index, query_labels, gallery_labels, ks=DEFAULT_KS):
+    """``reid_rank{k}``: a released image's person found among the *other* originals (its source held out).
+
+    Only queries whose identity has another gallery image can be re-identified; they are the
+    denominator (``reid_queries``). Ranks past what the search kept count as misses.
+    """
+    ids, counts = np.unique(gallery_labels, return_counts=True)
+    others = np.zeros(len(query_labels), np.int64)  # [Q] gallery images of the query's person, source excluded
+    present = np.isin(query_labels, ids)
+    others[present] = counts[np.searchsorted(ids, query_labels[present])] - 1
+    eligible = others > 0  # [Q]
+    width = max(0, min(max(ks), len(gallery_labels) - 1))
+    ranked = without_source(top_indices, source_index, width)  # [Q, width]
+    hits = gallery_labels[ranked] == query_labels[:, None]  # [Q, width]
+    metrics = {"reid_queries": int(eligible.sum())}
+    for k in ks:
+        metrics[f"reid_rank{k}"] = float(hits[eligible, :k].any(1).mean()) if eligible.any() else None
+    return metrics
+
+
 def retrieval_metrics(query_emb, gallery_emb, query_keys, gallery_keys, query_labels, gallery_labels,
                       ks=DEFAULT_KS, chunk=None, device="cpu", far_target=FAR_TARGET,
                       max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0):
@@ -331,6 +364,8 @@ def retrieval_metrics(query_emb, gallery_emb, query_keys, gallery_keys, query_la
     Returns a JSON-ready dict:
       instance_rank{k}   fraction of queries whose top-k holds their own source record
       identity_rank{k}   fraction whose top-k holds any gallery image of their identity
+      reid_rank{k}       the same with each query's source held out of the gallery (re-identification,
+                         ``reidentification_metrics``), over ``reid_queries`` queries
       mean_source_cosine mean cosine of (query, source) pairs
       median_source_rank median number of gallery rows scoring strictly above the source
       tar_at_far         TAR of (query, source) pairs against (query, other-identity) impostor

@@ -46,6 +46,19 @@ def write_identities(shard, groups, labels, out_dir, progress=False, desc="ident
             writer.add_identity([shard.read(key)[1] for key in groups[label].tolist()])
 
 
+def write_beside_release(original, released, out_dir):
+    """A layout-A shard whose every identity holds its images in ``original`` then the same records in
+    ``released`` (a record-by-record release: same keys and labels); bytes copied as they are.
+
+    What an adaptive attacker trains on: each face beside its privatized twin, under one label.
+    """
+    groups = group_keys_by_label(original)
+    with FaceShardWriter(out_dir, image_size=original.image_size) as writer:
+        for label in sorted(groups):
+            keys = groups[label].tolist()
+            writer.add_identity([original.read(key)[1] for key in keys] + [released.read(key)[1] for key in keys])
+
+
 def split_by_identity(in_dir, out_a, out_b, fraction=0.5, seed=0, overwrite=False, progress=True):
     """Write parts A and B; returns a summary with each part's original labels."""
     with FaceShard(in_dir) as shard:

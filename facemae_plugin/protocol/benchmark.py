@@ -2,14 +2,16 @@
 
 For each variant (original, FaceMAE full/paste/no-IRM, masked-only, blur, pixelate, noise) and
 seed: release split B, train the protocol's recogniser on it, verify it on every verification set
-and audit the release's leakage with the teacher (and with the informed attacker). Rows run
+and audit the release's leakage with the pixel attacker, the teacher, the informed attacker and the
+variant's adaptive attacker (trained on split A beside its release by the same method). Rows run
 seed-major (every variant's first seed before any repeat), results are rewritten after every row,
 and finished steps are reused, so an interrupted run resumes where it stopped. Writes results.md,
 results.json, tradeoff.png and samples.png to the results folder.
 
-Two verdicts on FaceMAE's claim (at most half the error), each for both attackers: against the
-most accurate baseline that leaks at least as much, and against each baseline method at FaceMAE's
-own leakage, interpolated between its strengths (blur s3 / s6 ...; the originals are strength 0).
+Two verdicts on FaceMAE's claim (at most half the error), each for both threats at their worst case
+over the attackers (pixels, teacher, informed): against the most accurate baseline that leaks at
+least as much, and against each baseline method at FaceMAE's own leakage, interpolated between its
+strengths (blur s3 / s6 ...; the originals are strength 0).
 """
 import os
 
@@ -21,11 +23,11 @@ from .spec import ProtocolError, check_variant, load_python_config
 from .verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
 
 SAMPLE_FACES = 8
-VERDICTS = {  # results.json key: (judge, leakage column)
-    "verdict": (tradeoff_verdict, "instance_rank1"),
-    "verdict_informed": (tradeoff_verdict, "informed_instance_rank1"),
-    "verdict_matched": (matched_leakage_verdict, "instance_rank1"),
-    "verdict_matched_informed": (matched_leakage_verdict, "informed_instance_rank1"),
+VERDICTS = {  # results.json key: (judge, leakage column); a method is judged by its worst case
+    "verdict": (tradeoff_verdict, "worst_instance_rank1"),
+    "verdict_reid": (tradeoff_verdict, "worst_reid_rank1"),
+    "verdict_matched": (matched_leakage_verdict, "worst_instance_rank1"),
+    "verdict_matched_reid": (matched_leakage_verdict, "worst_reid_rank1"),
 }
 
 
@@ -61,11 +63,14 @@ def write_results(experiment, rows, out_dir, command):
                 "Every FaceMAE row's error over each baseline's error at the same leakage (claim: <= 0.50):\n\n"
                 f"{matched_ratio_table(summary)}\n\n"
                 "Accuracy: 10-fold verification (image + flip), the mean over the verification sets where there "
-                "are several. Leakage: released image retrieves its own source (instance) or a same-identity "
-                "original (identity) at rank 1, attacker = the teacher recogniser (trained on split A, never saw "
-                "split B; also IRM's teacher). Informed attacker: the same recogniser recipe trained on the "
-                "original split B (seed 0). Look-alikes of split A: released images whose nearest split-A identity "
-                "is above the teacher's FAR=1e-3 threshold, less the same fraction of the original images.\n")
+                "are several. Leakage: a released image retrieves its own source (instance) or, its source held "
+                "out, another original of its person (re-identification) at rank 1. Worst case: the largest over "
+                "the attackers: the pixel attacker (28x28 grey pixels, no model), the teacher recogniser (trained on "
+                "split A, never saw split B; also IRM's teacher), the informed attacker (the same recogniser "
+                "recipe trained on the original split B, seed 0) and the adaptive attacker (the same recipe trained "
+                "on split A beside its release by the row's method, with a seed of its own). Look-alikes of split A: released images whose "
+                "nearest split-A identity is above the teacher's FAR=1e-3 threshold, less the same fraction of the "
+                "original images.\n")
     write_json(os.path.join(out_dir, "results.json"),
                {"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
                 **verdicts, "plot": plot}, sort_keys=False, default=str)
@@ -81,7 +86,8 @@ def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False
     plan = [({k: v for k, v in variant.items() if k != "seeds"}, seed)
             for variant, seed in planned_rows(variants, only)]
     if finished_only:
-        plan = [(v, seed) for v, seed in plan if experiment.row_finished(v, seed, informed_attacker=True)]
+        plan = [(v, seed) for v, seed in plan
+                if experiment.row_finished(v, seed, informed_attacker=True, adaptive_attacker=True)]
     if not plan:
         raise ProtocolError(f"{config}: no rows to run" + (" are finished yet" if finished_only else "")
                             + (f" (--only {' '.join(only)})" if only else ""))
@@ -89,7 +95,7 @@ def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False
     rows = []
     for n, (variant, seed) in enumerate(plan, 1):
         print(f"=== row {n}/{len(plan)}: {variant['name']} seed {seed}", flush=True)
-        rows.append(experiment.row(variant, seed, informed_attacker=True))
+        rows.append(experiment.row(variant, seed, informed_attacker=True, adaptive_attacker=True))
         summary, verdicts, table = write_results(experiment, rows, out_dir, command)
     first_rows = {}  # each variant's first planned seed, in plan order
     for variant, seed in plan:

@@ -48,7 +48,7 @@ def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
               "steps": step_seconds(experiment), "seconds": round(time.perf_counter() - started, 1),
               "samples_png": samples, "tradeoff_png": tradeoff,
               "roc_png": rows[-1]["roc_png"], "audit": rows[-1]["audit"],
-              "card": os.path.join(card["released"]["path"], "RELEASE.md")}
+              "card": experiment.path(RELEASE_DIR, "RELEASE.md"), "card_worst_case": card["worst_case"]}
     write_json(experiment.path("report.json"), report, sort_keys=False, default=str)
     print(markdown_table(summary))
     print("Higher accuracy and lower leakage are better; the originals leak every source by definition. "
@@ -59,7 +59,9 @@ def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
 
 
 def publish_facemae(experiment, command):
-    """The demo's FaceMAE release published as ``facemae release`` would: audited by the teacher, with its card."""
+    """The demo's FaceMAE release published as ``facemae release`` would: with a secret seed (kept in
+    ``WORK_DIR/release.secret.json``), audited by every attacker, the teacher among them, with its card."""
+    from ..convert.secret import publisher_seed
     from ..publish.release import Attacker, release_dataset
 
     card_json = experiment.path(RELEASE_DIR, "RELEASE.json")
@@ -69,14 +71,17 @@ def publish_facemae(experiment, command):
             return json.load(f)
     p = experiment.protocol
     splits = experiment.splits
-    # The protocol's FaceMAE release is this very conversion, and its audits embedded the same
-    # originals with the same teacher: publish both instead of computing them again.
+    # The protocol's releases use its own seeds; a publisher keeps theirs, so this one converts again
+    # with a secret. The protocol's audits embedded the same originals with the same teacher: the cache
+    # serves them.
+    secret, _ = publisher_seed(experiment.path(RELEASE_DIR))
     return release_dataset(
-        splits["release"], experiment.path(RELEASE_DIR), experiment.privatizer(FACEMAE_FULL, 0),
+        splits["release"], experiment.path(RELEASE_DIR),
+        experiment.privatizer(FACEMAE_FULL, 0).with_seed(secret, public=False),
         [Attacker(experiment.teacher()["model"], p.teacher.network)], val_bins=list(splits["val"].values()),
         training_set=splits["train"], quality=p.release.quality, batch_size=p.release.batch_size,
         device=str(experiment.device), progress=experiment.progress, command=command,
-        converted=experiment.release(FACEMAE_FULL, 0)["released"], embedding_cache=experiment.embedding_cache)
+        embedding_cache=experiment.embedding_cache)
 
 
 def step_seconds(experiment):

@@ -23,7 +23,7 @@ from .recipes import facemae_block, pretrain_config, recognition_config, summari
 from .spec import (DETERMINISTIC_METHODS, ORIGINAL, TARGET_KEY, ProtocolError, check_variant, facemae_step_name, slug,
                    variant_inputs)
 from .store import StepStore
-from .verdicts import VAL_PREFIX
+from .verdicts import VAL_PREFIX, worst_columns
 
 
 def _mean(values):
@@ -216,8 +216,10 @@ class Experiment(StepStore):
 
     def calibrated(self, variant, seed):
         """``variant`` with its strength set by bisection to the weakest meeting its ``target_leakage``
-        on split B, the teacher attacking (``publish.calibrate``; its own step)."""
+        on split B under the worst of the pixel attacker and the teacher (``publish.calibrate``; its own
+        step). The protocol's seeds are its own, so ``reapply`` would find every source: it is skipped."""
         from ..evaluation.embed import load_embedder
+        from ..evaluation.suite import SuiteAttacker, pixel_attacker
         from ..publish.calibrate import STRENGTHS, calibrate
 
         method, param = variant["method"], STRENGTHS[variant["method"]].param
@@ -228,12 +230,13 @@ class Experiment(StepStore):
 
         def build():
             embedder = load_embedder(teacher, self.protocol.teacher.network, device=self.device)
+            attackers = [pixel_attacker(), SuiteAttacker("teacher", embedder, "recogniser", model=teacher)]
             return calibrate(self.splits["release"], self.path("calibration"), method,
                              lambda value: variant_privatizer(self.protocol, {**plain, param: value}, seed, checkpoint),
-                             embedder, "teacher", variant[TARGET_KEY], seed=seed, device=self.device,
+                             attackers, variant[TARGET_KEY], seed=seed, device=self.device,
                              convert_settings=dict(quality=self.protocol.release.quality,
                                                    batch_size=self.protocol.release.batch_size),
-                             progress=self.progress, model=teacher)
+                             progress=self.progress, reapply=False)
 
         shared = method in DETERMINISTIC_METHODS
         done = self.run_step(f"calibrate-{self.release_name(variant, seed)}", build,
@@ -273,39 +276,73 @@ class Experiment(StepStore):
 
         return self.run_step(f"verify-{self.row_name(variant, seed)}", build, variant_inputs(variant, seed))
 
-    def attacker(self, kind):
-        """``(model.pt, network)`` of an attacker recogniser.
+    def adaptive(self, variant, seed):
+        """The adaptive attacker of a variant: the protocol's recogniser recipe trained on split A beside
+        its release by the variant's method (with the attacker's own seed), under the same labels, so it
+        learns to see through the method (McPherson, Shokri, Shmatikov 2016). ``{"model": ...}``."""
+        from ..convert import convert
+        from ..formats.shard import FaceShard
+        from ..formats.split import write_beside_release
+        from ..publish.reapply import with_own_seed
+        from ..train.recognise import train_recogniser
+
+        name = self.audit_name(self.release_name(variant, seed), "adaptive")
+        folder = self.path("adaptive", name)
+
+        def build():
+            p, train = self.protocol, self.splits["train"]
+            released = os.path.join(folder, "released-a")
+            convert(train, released, with_own_seed(self.privatizer(variant, seed)), quality=p.release.quality,
+                    batch_size=p.release.batch_size, overwrite=True, progress=False)
+            pairs = os.path.join(folder, "train")
+            with FaceShard(train) as original, FaceShard(released) as twin:
+                write_beside_release(original, twin, pairs)
+            cfg = recognition_config(p, p.recogniser, pairs, self.splits["classes"]["train"],
+                                     os.path.join(folder, "recogniser"), p.recogniser.seed)
+            return summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))
+
+        shared = variant["method"] in DETERMINISTIC_METHODS
+        return self.run_step(f"train-{name}", build, variant_inputs(variant, None if shared else seed))
+
+    def attacker(self, kind, variant=None, seed=None):
+        """``(model.pt, network)`` of an attacker; ``(None, None)`` for the pixel attacker, which has no model.
 
         ``teacher``: trained on split A, never saw split B; it is also IRM's teacher, so FaceMAE was
         trained to keep exactly its similarity structure. ``informed``: the protocol's recogniser
         trained on the original split B (seed 0), a different network state that knows the people.
+        ``adaptive``: trained on split A beside its release by ``variant``'s method (``adaptive``).
         """
+        if kind == "pixels":  # no model (``evaluation.attackers.PixelAttacker``)
+            return None, None
         if kind == "teacher":
             return self.teacher()["model"], self.protocol.teacher.network
         if kind == "informed":
             return self.recogniser(ORIGINAL, 0)["model"], self.protocol.recogniser.network
-        raise ProtocolError(f"unknown attacker {kind!r}; expected teacher or informed")
+        if kind == "adaptive":
+            return self.adaptive(variant, seed)["model"], self.protocol.recogniser.network
+        raise ProtocolError(f"unknown attacker {kind!r}; expected pixels, teacher, informed or adaptive")
 
     def audit(self, variant, seed, attacker="teacher"):
         """Leakage of the release: each released image queries the original split B."""
+        from ..evaluation.attackers import PixelAttacker
         from ..evaluation.audit import audit
         from ..evaluation.embed import load_embedder
 
         released = self.release(variant, seed)["released"]
-        model, network = self.attacker(attacker)
+        model, network = self.attacker(attacker, variant, seed)
         name = self.audit_name(self.release_name(variant, seed), attacker)
 
         def build():
-            embedder = load_embedder(model, network, device=self.device)
+            embedder = PixelAttacker() if model is None else load_embedder(model, network, device=self.device)
             # The teacher's audit also asks whether released faces resemble split A's people.
             report = audit(self.splits["release"], released, embedder, device=self.device,
                            out_dir=self.path("audits", name), progress=self.progress, model=model,
-                           plots=attacker == "teacher",
+                           plots=attacker == "teacher", attacker=attacker,
                            training_set=self.splits["train"] if attacker == "teacher" else None,
                            embedding_cache=self.embedding_cache)
             lookalikes = report["training_set"]
-            return {**{key: report[key] for key in ("instance_rank1", "identity_rank1", "tar_at_far", "far_target",
-                                                    "mean_source_cosine", "report")},
+            return {**{key: report[key] for key in ("instance_rank1", "identity_rank1", "reid_rank1", "tar_at_far",
+                                                    "far_target", "mean_source_cosine", "report")},
                     "training_set": None if lookalikes is None else {
                         key: lookalikes[key] for key in ("released_fraction", "original_fraction", "mcnemar_z",
                                                          "flagged")}}
@@ -322,36 +359,47 @@ class Experiment(StepStore):
     def audit_name(release_name, attacker):
         return release_name if attacker == "teacher" else f"{attacker}-{release_name}"
 
-    def row(self, variant, seed, informed_attacker=False):
-        """Every step of one (variant, seed): released, trained, verified, audited.
+    def row(self, variant, seed, informed_attacker=False, adaptive_attacker=False):
+        """Every step of one (variant, seed): released, trained, verified, audited by the pixel attacker
+        and the teacher, and the worst case over the attackers.
 
         ``informed_attacker`` adds the audit by the recogniser trained on the original split B
-        (one more training if the ``original`` row has not run yet).
+        (one more training if the ``original`` row has not run yet); ``adaptive_attacker`` the audit by
+        the variant's adaptive attacker (one more training per variant; none for the originals).
         """
         check_variant(variant)
         verified = self.verify(variant, seed)
         leaked = self.audit(variant, seed)
-        informed = self.audit(variant, seed, attacker="informed") if informed_attacker else \
-            dict.fromkeys(("instance_rank1", "identity_rank1"))
+        pixels = self.audit(variant, seed, attacker="pixels")
+        unmeasured = dict.fromkeys(("instance_rank1", "identity_rank1", "reid_rank1"))
+        informed = self.audit(variant, seed, attacker="informed") if informed_attacker else unmeasured
+        adaptive = self.audit(variant, seed, attacker="adaptive") \
+            if adaptive_attacker and variant["method"] != "original" else unmeasured
         # a step finished before these keys existed verified the held-out set only, and had no look-alikes
         per_set = verified.get("val") or {"holdout": {"accuracy_flip": verified["accuracy_flip"]}}
         lookalikes = leaked.get("training_set")
-        return {"variant": variant["name"], "method": variant["method"], "seed": seed,
+        row = {"variant": variant["name"], "method": variant["method"], "seed": seed,
                 "accuracy": verified["accuracy_flip"], "error": 1.0 - verified["accuracy_flip"],
                 **{f"{VAL_PREFIX}{name}": report["accuracy_flip"] for name, report in per_set.items()},
                 "lookalike_excess": None if lookalikes is None else
                 lookalikes["released_fraction"] - lookalikes["original_fraction"],
                 "tar_at_far": verified["tar_at_far"], "instance_rank1": leaked["instance_rank1"],
-                "identity_rank1": leaked["identity_rank1"], "source_tar_at_far": leaked["tar_at_far"],
+                "identity_rank1": leaked["identity_rank1"], "reid_rank1": leaked.get("reid_rank1"),
+                "source_tar_at_far": leaked["tar_at_far"],
+                "pixels_instance_rank1": pixels["instance_rank1"], "pixels_reid_rank1": pixels["reid_rank1"],
                 "informed_instance_rank1": informed["instance_rank1"],
                 "informed_identity_rank1": informed["identity_rank1"],
+                "informed_reid_rank1": informed.get("reid_rank1"),
+                "adaptive_instance_rank1": adaptive["instance_rank1"], "adaptive_reid_rank1": adaptive["reid_rank1"],
                 "roc_png": verified["roc_png"], "audit": leaked["report"],
                 "setting": self.calibrated(variant, seed) if TARGET_KEY in variant else None}
+        return {**row, **worst_columns(row)}
 
-    def row_finished(self, variant, seed, informed_attacker=False):
+    def row_finished(self, variant, seed, informed_attacker=False, adaptive_attacker=False):
         """Whether ``row`` would only reuse finished steps (nothing to train or convert)."""
         release = self.release_name(variant, seed)
-        attackers = ["teacher"] + (["informed"] if informed_attacker else [])
+        attackers = ["teacher", "pixels"] + (["informed"] if informed_attacker else []) \
+            + (["adaptive"] if adaptive_attacker and variant["method"] != "original" else [])
         shared = variant["method"] in DETERMINISTIC_METHODS
         steps = [(f"verify-{self.row_name(variant, seed)}", variant_inputs(variant, seed))]
         steps += [(f"audit-{self.audit_name(release, a)}", variant_inputs(variant, None if shared else seed))

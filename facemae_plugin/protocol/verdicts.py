@@ -6,23 +6,47 @@ most half as often. Tables and figures of these live in ``report``.
 """
 import numpy as np
 
+from ..evaluation.attackers import worst_case
+
 COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.row`` returns
     ("accuracy", "verification acc. %", "{:.2f}"),
     ("error", "error %", "{:.2f}"),
+    ("worst_instance_rank1", "worst-case rank-1 instance leak %", "{:.1f}"),
+    ("worst_reid_rank1", "worst-case rank-1 re-identification %", "{:.1f}"),
     ("tar_at_far", "TAR@FAR=1e-3 %", "{:.1f}"),
-    ("instance_rank1", "rank-1 instance leak %", "{:.1f}"),
-    ("identity_rank1", "rank-1 identity leak %", "{:.1f}"),
-    ("source_tar_at_far", "source TAR@FAR=1e-3 %", "{:.1f}"),
+    ("pixels_instance_rank1", "rank-1 instance leak, pixel attacker %", "{:.1f}"),
+    ("instance_rank1", "rank-1 instance leak, teacher %", "{:.1f}"),
+    ("reid_rank1", "rank-1 re-identification, teacher %", "{:.1f}"),
+    ("source_tar_at_far", "source TAR@FAR=1e-3, teacher %", "{:.1f}"),
     ("informed_instance_rank1", "rank-1 instance leak, informed attacker %", "{:.1f}"),
+    ("adaptive_instance_rank1", "rank-1 instance leak, adaptive attacker %", "{:.1f}"),
 )
 
 VAL_PREFIX = "acc_"  # a row's accuracy on one verification set: acc_<set name>
 LOOKALIKE_COLUMN = ("lookalike_excess", "look-alikes of split A, excess over originals %", "{:.1f}")
 
 BASELINE_METHODS = ("blur", "pixelate", "noise", "masked")  # the release methods FaceMAE is compared with
-# (leakage key, attacker): the teacher never saw the released identities; the informed attacker is the
-# recogniser trained on the original release split, who knows them.
-ATTACKERS = (("instance_rank1", "teacher"), ("informed_instance_rank1", "informed"))
+# (leakage key, attacker): the worst case over the attackers a row ran leads; the pixel attacker needs no
+# model; the teacher never saw the released identities; the informed attacker is the recogniser trained on
+# the original release split, who knows them.
+ATTACKERS = (("worst_instance_rank1", "worst case"), ("pixels_instance_rank1", "pixels"),
+             ("instance_rank1", "teacher"), ("informed_instance_rank1", "informed"),
+             ("adaptive_instance_rank1", "adaptive"))
+# a row's attackers: (name, its instance and re-identification keys), for the worst case over them
+ROW_ATTACKERS = (("pixels", "pixels_instance_rank1", "pixels_reid_rank1"), ("teacher", "instance_rank1", "reid_rank1"),
+                 ("informed", "informed_instance_rank1", "informed_reid_rank1"),
+                 ("adaptive", "adaptive_instance_rank1", "adaptive_reid_rank1"))
+
+
+def worst_columns(row):
+    """The worst case of one row over the attackers it ran: ``worst_*`` values and the attackers' names."""
+    figures = {name: {"instance_rank1": row.get(instance), "reid_rank1": row.get(reid)}
+               for name, instance, reid in ROW_ATTACKERS}
+    worst = worst_case(figures)
+    return {"worst_instance_rank1": worst["instance"]["value"],
+            "worst_instance_attacker": worst["instance"]["attacker"],
+            "worst_reid_rank1": worst["reidentification"]["value"],
+            "worst_reid_attacker": worst["reidentification"]["attacker"]}
 
 
 def table_columns(rows):

@@ -1,14 +1,16 @@
-"""``--target-leakage``: the weakest setting of a method whose rank-1 instance leakage is at most a target.
+"""``--target-leakage``: the weakest setting of a method whose worst-case rank-1 instance leakage is at most a target.
 
-Each method has one strength parameter (``STRENGTHS``); leakage falls as it grows. Bisection
-runs on a calibration subset: ``CALIBRATION_IDENTITIES`` identities of the shard to release,
-drawn with ``seed`` and kept in the release (they are held out from nothing else). Every point
-converts the subset at one setting and audits it against the subset's originals with the
-attacker. A subset is a smaller gallery, so a released face meets fewer look-alike distractors
-and finds its source more easily than in the whole release: the leakage measured on it errs on
-the side of more leakage. 100 identities are about 1,500 images at CASIA-WebFace's 15 per
-identity; a rank-1 fraction p over n images has standard error sqrt(p (1 - p) / n), under a point
-there, and eight points of a few conversions each stay cheap next to converting the whole set.
+Each method has one strength parameter (``STRENGTHS``); leakage falls as it grows. Every point is
+audited by every attacker of the release (the pixel attacker, the recognisers and, unless skipped,
+``reapply``) and judged by the largest of their rank-1 instance figures: a setting that one
+attacker defeats is not private, whatever the others say. Bisection runs on a calibration subset:
+``CALIBRATION_IDENTITIES`` identities of the shard to release, drawn with ``seed`` and kept in the
+release (they are held out from nothing else). A subset is a smaller gallery, so a released face
+meets fewer look-alike distractors and finds its source more easily than in the whole release:
+the leakage measured on it errs on the side of more leakage. 100 identities are about 1,500 images
+at CASIA-WebFace's 15 per identity; a rank-1 fraction p over n images has standard error
+sqrt(p (1 - p) / n), under a point there, and eight points of a few conversions each stay cheap
+next to converting the whole set.
 """
 import os
 import shutil
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from ..core.errors import FaceMAEError
 from ..formats.shard import FaceShard
 from ..formats.split import choose_identities, group_keys_by_label, write_identities
+from .reapply import REAPPLY, reapply_attacker
 
 CALIBRATION_IDENTITIES = 100
 BISECTION_STEPS = 6
@@ -47,16 +50,17 @@ class CalibrationError(FaceMAEError):
     """No setting of the method reaches the target leakage, or the target cannot be asked for."""
 
 
-def calibrate(in_dir, work_parent, method, privatizer_at, embedder, attacker_name, target, seed=0,
+def calibrate(in_dir, work_parent, method, privatizer_at, attackers, target, seed=0,
               identities=CALIBRATION_IDENTITIES, steps=BISECTION_STEPS, convert_settings=None, device="cpu",
-              batch_size=64, progress=False, model=None):
-    """Bisect ``method``'s strength until rank-1 instance leakage is at most ``target``; returns the record.
+              batch_size=64, progress=False, reapply=True):
+    """Bisect ``method``'s strength until the worst-case rank-1 instance leakage is at most ``target``.
 
-    ``privatizer_at(value)`` builds the method's privatizer at one setting. The subset and every
-    point live in a hidden folder inside ``work_parent``, removed at the end. The record holds the
-    chosen ``value``, every measured point and the subset's size; ``CalibrationError`` when even
-    the strongest setting leaks more than ``target``. ``model``: the attacker's file, so that the
-    subset's originals are embedded once for every point.
+    ``privatizer_at(value)`` builds the method's privatizer at one setting; ``attackers``: the
+    release's ``evaluation.suite.SuiteAttacker`` list; ``reapply``: also attack every point with
+    ``reapply``. The subset and every point live in a hidden folder inside ``work_parent``,
+    removed at the end. Returns the record: the chosen ``value``, every measured point (each
+    attacker's figure and the worst) and the subset's size. ``CalibrationError`` when even the
+    strongest setting leaks more than ``target``, naming the attacker that defeats it.
     """
     if method not in STRENGTHS:
         raise CalibrationError(f"--target-leakage: method {method} has no strength to calibrate; expected one of "
@@ -68,14 +72,15 @@ def calibrate(in_dir, work_parent, method, privatizer_at, embedder, attacker_nam
     scratch = tempfile.mkdtemp(prefix=".calibration-", dir=work_parent)
     try:
         subset, size = _write_subset(in_dir, os.path.join(scratch, "subset"), identities, seed)
-        measure = _Measure(subset, scratch, privatizer_at, embedder, convert_settings or {}, device, batch_size,
-                           progress, model)
-        value = _bisect(strength, measure, target, steps, attacker_name)
+        measure = _Measure(subset, scratch, privatizer_at, attackers, reapply, convert_settings or {}, device,
+                           batch_size, progress)
+        value = _bisect(strength, measure, target, steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"method": method, "param": strength.param, "value": value, "target": target, "attacker": attacker_name,
-            "identities": size["identities"], "images": size["images"], "seed": seed, "steps": steps,
-            "points": sorted(measure.points, key=lambda p: p["value"])}
+    names = [a.name for a in attackers] + ([REAPPLY] if reapply else [])
+    return {"method": method, "param": strength.param, "value": value, "target": target, "threat": "instance",
+            "attackers": names, "identities": size["identities"], "images": size["images"], "seed": seed,
+            "steps": steps, "points": sorted(measure.points, key=lambda p: p["value"])}
 
 
 def _write_subset(in_dir, out_dir, identities, seed):
@@ -90,54 +95,62 @@ def _write_subset(in_dir, out_dir, identities, seed):
 
 
 class _Measure:
-    """Rank-1 instance leakage of the subset released at one setting (each setting measured once)."""
+    """Worst-case rank-1 instance leakage of the subset released at one setting (each measured once)."""
 
-    def __init__(self, subset, scratch, privatizer_at, embedder, convert_settings, device, batch_size, progress,
-                 model):
-        self.subset, self.scratch, self.privatizer_at, self.embedder = subset, scratch, privatizer_at, embedder
-        self.convert_settings, self.device, self.batch_size = convert_settings, device, batch_size
-        self.progress, self.model = progress, model
+    def __init__(self, subset, scratch, privatizer_at, attackers, reapply, convert_settings, device, batch_size,
+                 progress):
+        self.subset, self.scratch, self.privatizer_at = subset, scratch, privatizer_at
+        self.attackers, self.reapply, self.convert_settings = attackers, reapply, convert_settings
+        self.device, self.batch_size, self.progress = device, batch_size, progress
         self.points = []
 
     def __call__(self, param, value):
+        """``(worst rank-1 instance leakage, the attacker that reached it)`` at ``param=value``."""
         from ..convert import convert
-        from ..evaluation.audit import audit
+        from ..evaluation.suite import audit_suite
 
         for point in self.points:
             if point["value"] == value:
-                return point["instance_rank1"]
+                return point["instance_rank1"], point["attacker"]
         out = os.path.join(self.scratch, f"point-{len(self.points)}")
-        convert(self.subset, out, self.privatizer_at(value), progress=False, **self.convert_settings)
-        report = audit(self.subset, out, self.embedder, out_dir=os.path.join(out, "audit"), plots=False,
-                       batch_size=self.batch_size, device=self.device, model=self.model,
-                       embedding_cache=os.path.join(self.scratch, "embeddings"))
-        shutil.rmtree(out, ignore_errors=True)
-        point = {"param": param, "value": value, "instance_rank1": report["instance_rank1"],
-                 "identity_rank1": report["identity_rank1"]}
+        privatizer = self.privatizer_at(value)
+        convert(self.subset, out, privatizer, progress=False, **self.convert_settings)
+        attackers = list(self.attackers)
+        if self.reapply:
+            attackers.append(reapply_attacker(self.subset, out + "-reapplied", privatizer, self.convert_settings,
+                                              released=out))
+        summary = audit_suite(self.subset, out, attackers, os.path.join(out, "audit"), plots=False,
+                              batch_size=self.batch_size, device=self.device,
+                              embedding_cache=os.path.join(self.scratch, "embeddings"))
+        for folder in (out, out + "-reapplied"):
+            shutil.rmtree(folder, ignore_errors=True)
+        worst = summary["worst_case"]["instance"]
+        point = {"param": param, "value": value, "instance_rank1": worst["value"], "attacker": worst["attacker"],
+                 "by_attacker": {name: entry["instance_rank1"] for name, entry in summary["attackers"].items()}}
         self.points.append(point)
         if self.progress:
-            print(f"[calibrate] {param}={value:g}: rank-1 instance leakage {report['instance_rank1'] * 100:.2f}%",
-                  flush=True)
-        return point["instance_rank1"]
+            print(f"[calibrate] {param}={value:g}: worst-case rank-1 instance leakage "
+                  f"{worst['value'] * 100:.2f}% ({worst['attacker']})", flush=True)
+        return point["instance_rank1"], point["attacker"]
 
 
-def _bisect(strength, measure, target, steps, attacker_name):
+def _bisect(strength, measure, target, steps):
     """The weakest measured setting at or under ``target``, bracketed to ``steps`` halvings of the range."""
     weak, strong = strength.weakest, strength.strongest
-    strongest_leak = measure(strength.param, strong)
+    strongest_leak, attacker = measure(strength.param, strong)
     if strongest_leak > target:
         raise CalibrationError(
             f"--target-leakage {target:g}: even the strongest setting {strength.param}={strong:g} leaks "
-            f"{strongest_leak * 100:.2f}% rank-1 instance under {attacker_name} on the calibration identities; "
-            "no release written")
-    if measure(strength.param, weak) <= target:
+            f"{strongest_leak * 100:.2f}% rank-1 instance under the {attacker} attacker on the calibration "
+            "identities; no release written")
+    if measure(strength.param, weak)[0] <= target:
         return weak
     for _ in range(steps):  # invariant: leak(weak) > target >= leak(strong)
         if strength.integer and strong - weak <= 1:
             break
         # rounded so that the card and the privatizer see the same short number
         middle = (weak + strong) // 2 if strength.integer else round((weak + strong) / 2, VALUE_DECIMALS)
-        if measure(strength.param, middle) <= target:
+        if measure(strength.param, middle)[0] <= target:
             strong = middle
         else:
             weak = middle

@@ -1,33 +1,47 @@
 """The dataset card of a release: ``RELEASE.json`` (the record) and ``RELEASE.md`` (the same, for people).
 
-The card says what was released (the source shard by path, size and ``.idx`` hash; the method
-and every parameter; the reconstructor and the data it was trained on), who tried to recognise
-the released faces (each attacker by hash and network, with its verification accuracy where
-``.bin`` sets were given) and how often they succeeded: every figure is the one in that
-attacker's ``audit.json``. Paths inside the release are relative to it.
+The card leads with the worst case: per threat (instance, re-identification), the largest
+leakage over the attackers that ran, naming the attacker. Then what was released (the source
+shard by name, size and ``.idx`` hash; the method and every parameter, a secret seed as
+``"secret"``; the reconstructor and the data it was trained on), who tried to find the sources
+(the pixel attacker, each recogniser by hash and network with its verification accuracy where
+``.bin`` sets were given, ``reapply``) and how often each succeeded: every figure is the one in
+that attacker's ``audit.json``. Paths are relative to the release, or a file's bare name
+(``public_paths``): nothing says where anything lies on the publisher's machine.
 """
 import os
+import shlex
 
 from .. import __version__
 from ..core.files import atomic_file, json_text
+from ..evaluation.attackers import THREATS
+from ..evaluation.suite import LEAKAGE_KEYS
 
 CARD_JSON = "RELEASE.json"
 CARD_MD = "RELEASE.md"
-CARD_VERSION = 1
-LEAKAGE_KEYS = ("instance_rank1", "instance_rank5", "identity_rank1", "identity_rank5", "tar_at_far", "far_target",
-                "mean_source_cosine", "queries", "gallery")
+CARD_VERSION = 2
 LOOKALIKE_KEYS = ("training_identities", "threshold", "released_fraction", "original_fraction", "mcnemar_z",
                   "flagged", "top_identities")
+THREAT_WORDS = {"instance": "instance (its own source photo is the top match)",
+                "reidentification": "re-identification (the source held out: another photo of the person is the "
+                                    "top match)"}
 
 
-def attacker_entry(name, model, sha256, network, precision, verification, audit_report, audit_dir):
-    """One attacker on the card: its file, its accuracy on each ``.bin`` and its audit's figures."""
+def attacker_entry(name, recogniser, figures, audit_report, verification, audit_dir):
+    """One attacker on the card: what it is, its accuracy on each ``.bin`` and its audit's figures.
+
+    ``recogniser``: ``(Attacker, embedder, sha256)`` of a recogniser, None for the pixel and
+    reapply attackers; ``figures``: its entry in the suite's ``leakage.json``.
+    """
+    attacker, embedder, sha256 = recogniser or (None, None, None)
     lookalikes = audit_report.get("training_set")
     return {
-        "name": name, "model": os.path.abspath(model), "sha256": sha256, "network": network, "precision": precision,
+        "name": name, "kind": figures["kind"], "model": attacker.model if attacker else None, "sha256": sha256,
+        "network": attacker.network if attacker else None,
+        "precision": embedder.precision if embedder is not None else audit_report.get("precision"),
         "verification": {v["name"]: {"accuracy": v["accuracy_flip"], "accuracy_std": v["accuracy_std"],
                                      "pairs": v["pairs"], "path": v["path"]} for v in verification},
-        "leakage": {key: audit_report[key] for key in LEAKAGE_KEYS},
+        "leakage": {key: figures[key] for key in LEAKAGE_KEYS},
         "search": audit_report["search"],
         "training_set": None if lookalikes is None else {key: lookalikes[key] for key in LOOKALIKE_KEYS},
         "audit": os.path.join(audit_dir, "audit.json"),
@@ -36,16 +50,48 @@ def attacker_entry(name, model, sha256, network, precision, verification, audit_
     }
 
 
-def build_card(source, released, provenance, reconstructor, attackers, training_set, calibration, samples,
-               command):
+def build_card(source, released, provenance, reconstructor, worst_case, attackers, training_set, calibration,
+               samples, command, seed_public=True, reapply=True):
     """The card as a JSON-ready dict (see the module docstring for what each part holds)."""
     return {
-        "card_version": CARD_VERSION, "facemae_plugin": __version__, "command": command,
+        "card_version": CARD_VERSION, "facemae_plugin": __version__, "command": public_command(command),
+        "worst_case": worst_case,
         "source": source, "released": released,
         "method": provenance["privatizer"], "k": provenance["k"], "jpeg_quality": provenance["jpeg_quality"],
+        "seed": "published" if seed_public else "secret",
         "reconstructor": reconstructor, "training_set": training_set, "attackers": attackers,
+        "reapply": "run" if reapply else "skipped",
         "calibration": calibration, "samples": samples,
     }
+
+
+def public_paths(value, *folders):
+    """``value`` (JSON-ready) with every absolute path made public: relative to the first of ``folders``
+    holding it (the release, before and after its rename), else the file's bare name."""
+    if isinstance(value, dict):
+        return {key: public_paths(item, *folders) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public_paths(item, *folders) for item in value]
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    for folder in folders:
+        if value == folder or value.startswith(folder.rstrip(os.sep) + os.sep):
+            return os.path.relpath(value, folder)
+    return os.path.basename(value.rstrip(os.sep)) or value
+
+
+def public_command(command):
+    """The command line with every absolute path reduced to its bare name (``--opt=/a/b`` too)."""
+    if command is None:
+        return None
+
+    def public(token):
+        option, eq, path = token.partition("=")
+        if eq and option.startswith("-"):
+            return f"{option}={public_paths(path)}"
+        return public_paths(token)
+
+    return shlex.join(public(token) for token in shlex.split(command))
 
 
 def write_card(folder, card):
@@ -69,41 +115,71 @@ def _number(value, digits=4):
 
 
 def render_markdown(card):
-    """The card for people: what was released, by what, and how much it leaks."""
+    """The card for people: how much it leaks at worst, what was released, by what, each attacker's figures."""
     source, method = card["source"], card["method"]
     params = ", ".join(f"{key}={value}" for key, value in method.items()
                        if key not in ("method", "model", "checkpoint", "checkpoint_sha256", "mask_key_scheme"))
-    lines = [
-        f"# Release card: {os.path.basename(card['released']['path'].rstrip(os.sep))}", "",
-        f"Made by facemae-plugin {card['facemae_plugin']}: `{card['command']}`", "",
+    lines = [f"# Release card: {card['released']['name']}", ""]
+    lines += _worst_case_lines(card)
+    lines += [
+        "", f"Made by facemae-plugin {card['facemae_plugin']}: `{card['command']}`", "",
         "## What was released", "",
         f"- Source: `{source['path']}`: {source['images']} images of {source['identities']} identities "
         f"(layout {source['layout']}, `.idx` sha256 `{source['idx_sha256']}`)",
         f"- Release: {card['released']['images']} images (k={card['k']}, JPEG quality {card['jpeg_quality']}), "
         f"`.idx` sha256 `{card['released']['idx_sha256']}`",
         f"- Method: **{method['method']}** ({params})",
+        f"- {_seed_line(card)}",
     ]
     lines += _reconstructor_lines(card["reconstructor"])
     lines += _calibration_lines(card["calibration"])
-    lines += ["", "## How much it leaks", "",
-              "Each released image searched every original image with the attacker's recogniser (image + flip). "
-              "Instance: the image's own source is the top match; identity: any image of its person is.", "",
-              "| attacker | network | instance rank-1 | rank-5 | identity rank-1 | rank-5 | TAR@FAR | mean source "
-              "cosine | search |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "## How much it leaks, by attacker", "",
+              "Each released image searched every original image. Instance: its own source is the top match; "
+              "re-identification: with the source held out, another image of its person is; identity: any image "
+              "of its person is (the source included).", "",
+              "| attacker | kind | instance rank-1 | rank-5 | re-identification rank-1 | rank-5 | identity rank-1 | "
+              "TAR@FAR | mean source cosine | search |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for a in card["attackers"]:
         leak, search = a["leakage"], a["search"]
         searched = "exact" if search["method"] == "exact" else f"approximate (recall@1 {search['recall_at_1']:.3f})"
-        lines.append(f"| {a['name']} | {a['network'] or 'onnx'} | {_percent(leak['instance_rank1'])} | "
-                     f"{_percent(leak['instance_rank5'])} | {_percent(leak['identity_rank1'])} | "
-                     f"{_percent(leak['identity_rank5'])} | {_number(leak['tar_at_far'])} | "
-                     f"{_number(leak['mean_source_cosine'])} | {searched} |")
+        lines.append(f"| {a['name']} | {_kind(a)} | {_percent(leak['instance_rank1'])} | "
+                     f"{_percent(leak['instance_rank5'])} | {_percent(leak['reid_rank1'])} | "
+                     f"{_percent(leak['reid_rank5'])} | {_percent(leak['identity_rank1'])} | "
+                     f"{_number(leak['tar_at_far'])} | {_number(leak['mean_source_cosine'])} | {searched} |")
     lines += _lookalike_lines(card)
-    lines += _attacker_lines(card["attackers"])
+    lines += _attacker_lines(card)
     lines += ["", "## Look", "", f"![the same records, original and released]({card['samples']})", ""]
     lines += [f"![{a['name']}: similarity of released images to their sources]({a['plots']['histogram']})"
               for a in card["attackers"] if "histogram" in a["plots"]]
     return "\n".join(lines) + "\n"
+
+
+def _worst_case_lines(card):
+    lines = ["## Worst case", "",
+             "The largest leakage over the attackers that ran; a release is as private as its worst case.", ""]
+    for threat in THREATS:
+        entry = card["worst_case"][threat]
+        by = f"by the **{entry['attacker']}** attacker" if entry["attacker"] else "not measured"
+        lines.append(f"- {THREAT_WORDS[threat]}: **{_percent(entry['value'])}** rank-1, {by}")
+    return lines
+
+
+def _seed_line(card):
+    if card["method"].get("seed") is None:
+        return ("Seed: none; the method is deterministic, so anyone holding the source photos regenerates this "
+                "release byte for byte (the reapply attacker)")
+    if card["seed"] == "secret":
+        return ("Seed: secret, drawn from the operating system and kept by the publisher beside the release "
+                "(never in it)")
+    return ("Seed: published; anyone holding the source photos" + (" and the checkpoint" if card["reconstructor"]
+                                                                   else "") + " regenerates this release byte for byte")
+
+
+def _kind(attacker):
+    if attacker["kind"] == "recogniser":
+        return f"recogniser ({attacker['network'] or 'onnx'})"
+    return attacker["kind"]
 
 
 def _reconstructor_lines(reconstructor):
@@ -119,11 +195,13 @@ def _reconstructor_lines(reconstructor):
 def _calibration_lines(calibration):
     if calibration is None:
         return []
-    points = "; ".join(f"{p['param']}={p['value']:g}: {_percent(p['instance_rank1'])}" for p in calibration["points"])
-    return [f"- Calibrated to rank-1 instance leakage <= {_percent(calibration['target'])} under "
-            f"{calibration['attacker']} on {calibration['images']} images of {calibration['identities']} "
-            f"calibration identities: chose {calibration['param']}={calibration['value']:g} (points: {points}); "
-            f"the whole release then leaks {_percent(calibration['released_instance_rank1'])}"]
+    points = "; ".join(f"{p['param']}={p['value']:g}: {_percent(p['instance_rank1'])} ({p['attacker']})"
+                       for p in calibration["points"])
+    return [f"- Calibrated to worst-case rank-1 instance leakage <= {_percent(calibration['target'])} over the "
+            f"attackers {', '.join(calibration['attackers'])} on {calibration['images']} images of "
+            f"{calibration['identities']} calibration identities: chose {calibration['param']}="
+            f"{calibration['value']:g} (points: {points}); the whole release then leaks at worst "
+            f"{_percent(calibration['released_instance_rank1'])}"]
 
 
 def _lookalike_lines(card):
@@ -143,10 +221,22 @@ def _lookalike_lines(card):
     return lines
 
 
-def _attacker_lines(attackers):
+def _attacker_lines(card):
     lines = ["", "## Attackers", ""]
-    for a in attackers:
-        accuracy = ", ".join(f"{name} {v['accuracy'] * 100:.2f}%" for name, v in a["verification"].items())
-        lines.append(f"- {a['name']}: `{a['model']}` (sha256 `{a['sha256']}`, {a['network'] or 'onnx'}, "
-                     f"{a['precision']}); verification: {accuracy or 'no .bin given'}; report `{a['audit']}`")
+    for a in card["attackers"]:
+        if a["kind"] == "recogniser":
+            accuracy = ", ".join(f"{name} {v['accuracy'] * 100:.2f}%" for name, v in a["verification"].items())
+            lines.append(f"- {a['name']}: a face recogniser, `{a['model']}` (sha256 `{a['sha256']}`, "
+                         f"{a['network'] or 'onnx'}, {a['precision']}); verification: {accuracy or 'no .bin given'}; "
+                         f"report `{a['audit']}`")
+        elif a["kind"] == "pixels":
+            lines.append(f"- {a['name']}: no model; nearest neighbour in 28x28 grey pixels, mean-centred; "
+                         f"report `{a['audit']}`")
+        else:
+            seed = "the published seed" if card["seed"] == "published" else "a seed of its own"
+            lines.append(f"- {a['name']}: knows the method and every parameter on this card, privatizes the "
+                         f"originals the same way ({seed}) and searches with the pixel attacker; report `{a['audit']}`")
+    if card["reapply"] == "skipped":
+        lines.append("- reapply: skipped at the publisher's request; the worst case above assumes an attacker "
+                     "who does not know the method's parameters")
     return lines

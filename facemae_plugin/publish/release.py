@@ -1,12 +1,14 @@
 """``facemae release``: a privatized shard that carries its measured leakage.
 
-    convert IN_DIR  ->  audit the release against IN_DIR with each attacker  ->  verify each attacker
-    on the ``.bin`` sets  ->  sample sheet  ->  the card (``card``), written last
+    convert IN_DIR  ->  audit the release against IN_DIR with every attacker (the pixel attacker,
+    each recogniser, ``reapply``)  ->  verify each recogniser on the ``.bin`` sets  ->  sample sheet
+    ->  the card (``card``), led by the worst case, written last
 
 Everything is made in ``OUT_DIR.partial`` beside ``OUT_DIR`` and renamed to ``OUT_DIR`` once the
 card is in it, so a folder named ``OUT_DIR`` is always a finished, audited release. A rerun of a
 stopped release resumes its conversion there (a finished conversion with the same provenance is
-kept; the audits run again).
+kept; the audits run again). Nothing in the release names a path of the publisher's machine or a
+secret seed (``convert.secret``).
 """
 import json
 import os
@@ -18,13 +20,15 @@ from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, 
 from ..convert.layout import read_json_or_none
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import calibrate
-from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, write_card
+from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, public_paths, write_card
+from .reapply import reapply_attacker
 
 PARTIAL_SUFFIX = ".partial"
 AUDIT_DIR = "audit"
+REAPPLY_DIR = ".reapply"  # the reapply attacker's gallery while the audits run; removed before the card
 SAMPLES_PNG = "samples.png"
 SAMPLE_FACES = 8
-RELEASE_FILES = (AUDIT_DIR, SAMPLES_PNG, CARD_JSON, CARD_MD)  # what a release adds to a conversion's folder
+RELEASE_FILES = (AUDIT_DIR, REAPPLY_DIR, SAMPLES_PNG, CARD_JSON, CARD_MD)  # what a release adds to a conversion
 
 
 class ReleaseError(FaceMAEError):
@@ -42,18 +46,20 @@ class Attacker:
 def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), training_set=None, quality=95,
                     batch_size=64, workers=None, device="cpu", overwrite=False, progress=True, command=None,
                     precision="fp32", search="auto", seed=0, target_leakage=None, privatizer_at=None,
-                    converted=None, embedding_cache=None, compile=True):
+                    converted=None, embedding_cache=None, compile=True, reapply=True):
     """Convert, audit and card ``in_dir`` into ``out_dir``; returns the card (also ``OUT_DIR/RELEASE.json``).
 
-    ``attackers``: ``Attacker`` list (at least one). ``val_bins``: ``.bin`` sets each attacker is
-    verified on. ``training_set``: the shard a FaceMAE reconstructor was trained on, for the
-    look-alike audit (``evaluation.lookalikes``). ``target_leakage``: release at the weakest
-    setting whose rank-1 instance leakage under the first attacker is at most this
-    (``calibrate``); ``privatizer_at(value)`` builds the method at a setting, ``privatizer`` is
-    then only checked. ``converted``: a finished ``facemae convert`` of ``in_dir`` with this very
-    privatizer and settings, published instead of converting again (its provenance must match).
+    ``attackers``: ``Attacker`` recognisers (the pixel attacker always runs, ``reapply`` unless
+    ``reapply=False``). ``val_bins``: ``.bin`` sets each recogniser is verified on. ``training_set``:
+    the shard a FaceMAE reconstructor was trained on, for the look-alike audit
+    (``evaluation.lookalikes``). ``target_leakage``: release at the weakest setting whose worst-case
+    rank-1 instance leakage is at most this (``calibrate``); ``privatizer_at(value)`` builds the
+    method at a setting, ``privatizer`` is then only checked. ``seed``: the audit's and the
+    calibration's draws (impostor samples, the calibration subset), not the privatizer's.
+    ``converted``: a finished ``facemae convert`` of ``in_dir`` with this very privatizer and
+    settings, published instead of converting again (its provenance must match).
     ``embedding_cache``: as ``evaluation.audit.audit`` takes it. ``precision`` and ``compile``: how the
-    attackers run (``evaluation.embed.load_embedder``).
+    recognisers run (``evaluation.embed.load_embedder``).
     """
     from ..convert import convert
     from ..evaluation.samples import save_release_samples, spread_keys
@@ -66,31 +72,34 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
                            "holds one image per original (--k 1)")
     trained = training_set_entry(training_set, source)
     reconstructor = reconstructor_entry(privatizer, source, trained)
-    loaded = load_attackers(attackers, device, precision, compile)
+    suite, recognisers = load_attackers(attackers, device, precision, compile)
     val_sets = load_val_sets(val_bins)
+    settings = dict(quality=quality, batch_size=batch_size, workers=workers)
     calibration = None
     if target_leakage is not None:
-        name, attacker, embedder, _ = loaded[0]
         calibration = calibrate(in_dir, os.path.dirname(out_dir), provenance_method(privatizer), privatizer_at,
-                                embedder, name, target_leakage, seed=seed, device=device, batch_size=batch_size,
-                                convert_settings=dict(quality=quality, batch_size=batch_size, workers=workers),
-                                progress=progress, model=attacker.model)
+                                suite, target_leakage, seed=seed, device=device, batch_size=batch_size,
+                                convert_settings=settings, progress=progress, reapply=reapply)
         privatizer = privatizer_at(calibration["value"])
 
-    provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(
-        quality=quality, batch_size=batch_size, workers=workers, progress=progress), convert, converted)
-    entries = [audit_attacker(in_dir, staging, out_dir, attacker, val_sets, dict(
+    provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(settings, progress=progress), convert,
+                              converted)
+    summary = audit_release(in_dir, staging, privatizer, suite, reapply, settings, dict(
         batch_size=batch_size, device=device, progress=progress, search=search, seed=seed,
-        training_set=training_set, embedding_cache=embedding_cache)) for attacker in loaded]
+        training_set=training_set, embedding_cache=embedding_cache))
+    entries = [attacker_entry(name, recognisers.get(name), entry, summary["reports"][name],
+                              verify_attacker(recognisers.get(name), val_sets, batch_size, device, progress),
+                              os.path.join(AUDIT_DIR, name)) for name, entry in summary["attackers"].items()]
     save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
                          spread_keys(in_dir, SAMPLE_FACES))
     with FaceShard(staging) as released:
-        released_entry = {"path": out_dir, "images": len(released), "idx_sha256": released.idx_sha256}
-    if calibration is not None:  # the whole release, audited by the calibration's attacker
-        calibration["released_instance_rank1"] = entries[0]["leakage"]["instance_rank1"]
-    card = build_card(source, released_entry, provenance, reconstructor, entries, trained, calibration,
-                      SAMPLES_PNG, command)
-    write_card(staging, card)  # last: a folder with a card holds a finished release
+        released_entry = {"name": os.path.basename(out_dir), "images": len(released), "idx_sha256": released.idx_sha256}
+    if calibration is not None:  # the whole release, audited by every attacker
+        calibration["released_instance_rank1"] = summary["worst_case"]["instance"]["value"]
+    card = public_paths(build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries,
+                                   trained, calibration, SAMPLES_PNG, command, seed_public=privatizer.seed_public,
+                                   reapply=reapply), staging, out_dir)
+    write_card(staging, card)  # last: a folder with a card is a finished release
     replace_dir(staging, out_dir)
     return card
 
@@ -140,30 +149,20 @@ def reconstructor_entry(privatizer, source, training_set):
 
 
 def load_attackers(attackers, device, precision, compile=True):
-    """``[(name, attacker, embedder, sha256)]``: every model loaded (and named uniquely) before any work."""
+    """``(suite, recognisers)``: the pixel attacker and every recogniser loaded (named uniquely) before any
+    work, as ``SuiteAttacker``s; ``recognisers`` maps a name to ``(Attacker, embedder, sha256)``."""
+    from ..evaluation.attackers import attacker_stem, unique_names
     from ..evaluation.embed import load_embedder
+    from ..evaluation.suite import SuiteAttacker, pixel_attacker
 
-    if not attackers:
-        raise ReleaseError("a release needs at least one attacker (--attacker model.pt) to measure its leakage")
-    loaded, names = [], set()
-    for attacker in attackers:
-        stem = attacker_stem(attacker.model)
-        name, n = stem, 2
-        while name in names:
-            name, n = f"{stem}-{n}", n + 1
-        names.add(name)
+    suite, recognisers = [pixel_attacker()], {}
+    names = unique_names([suite[0].name, *(attacker_stem(a.model) for a in attackers)])[1:]
+    for name, attacker in zip(names, attackers):
         embedder = load_embedder(attacker.model, attacker.network, device=device, precision=precision,
                                  compile=compile)
-        loaded.append((name, attacker, embedder, sha256_file(attacker.model)))
-    return loaded
-
-
-def attacker_stem(model):
-    """An attacker's name from its file: ``work_dirs/teacher/model.pt`` (arcface_torch's naming) -> ``teacher``."""
-    stem = os.path.splitext(os.path.basename(model))[0]
-    if stem == "model":
-        stem = os.path.basename(os.path.dirname(os.path.abspath(model))) or stem
-    return stem or "attacker"
+        suite.append(SuiteAttacker(name, embedder, "recogniser", model=attacker.model))
+        recognisers[name] = (attacker, embedder, sha256_file(attacker.model))
+    return suite, recognisers
 
 
 def load_val_sets(val_bins):
@@ -223,33 +222,40 @@ def copy_conversion(converted, staging, expected):
                 shutil.copyfile(source, tmp)
 
 
-def audit_attacker(in_dir, staging, out_dir, loaded, val_sets, options):
-    """One attacker's audit of the release in ``staging`` and its verification: its card entry."""
-    from ..evaluation.audit import audit
+def audit_release(in_dir, staging, privatizer, suite, reapply, convert_settings, options):
+    """Every attacker's audit of the release in ``staging`` (``evaluation.suite``): the suite's record,
+    with each attacker's ``audit.json`` under ``reports``."""
+    from ..evaluation.suite import audit_suite
+
+    attackers = list(suite)
+    gallery = os.path.join(staging, REAPPLY_DIR)
+    if reapply:
+        attackers.append(reapply_attacker(in_dir, gallery, privatizer, convert_settings, released=staging))
+    try:
+        summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR), **options)
+    finally:
+        shutil.rmtree(gallery, ignore_errors=True)
+    reports = {}
+    for name, entry in summary["attackers"].items():
+        reports[name] = publish_json(entry["report"], staging)
+    publish_json(summary["report"], staging)
+    return {**summary, "reports": reports}
+
+
+def publish_json(path, staging):
+    """The JSON file at ``path`` in ``staging`` rewritten with public paths (``card.public_paths``); returns it."""
+    with open(path) as f:
+        record = public_paths(json.load(f), staging)
+    write_json(path, record, sort_keys=False)
+    return record
+
+
+def verify_attacker(recogniser, val_sets, batch_size, device, progress):
+    """A recogniser's accuracy on each ``.bin`` set; none for the attackers that are not recognisers."""
     from ..evaluation.bin_report import verify_loaded
 
-    name, attacker, embedder, digest = loaded
-    audit_dir = os.path.join(staging, AUDIT_DIR, name)
-    report = audit(in_dir, staging, embedder, out_dir=audit_dir, model=attacker.model, **options)
-    verification = [verify_loaded(embedder, path, images, issame, options["batch_size"], options["device"],
-                                  progress=options["progress"]) for path, images, issame in val_sets]
-    relocate_audit(os.path.join(audit_dir, "audit.json"), staging, out_dir)
-    return attacker_entry(name, attacker.model, digest, attacker.network, embedder.precision, verification, report,
-                          os.path.join(AUDIT_DIR, name))
-
-
-def relocate_audit(path, staging, final):
-    """``audit.json`` names the paths it will have once ``staging`` becomes ``final``."""
-    with open(path) as f:
-        report = json.load(f)
-
-    def moved(value):
-        inside = isinstance(value, str) and (value == staging or value.startswith(staging + os.sep))
-        return final + value[len(staging):] if inside else value
-
-    for key in ("released", "report"):
-        report[key] = moved(report[key])
-    report["plots"] = {kind: moved(p) for kind, p in report["plots"].items()}
-    if report.get("training_set"):
-        report["training_set"]["dir"] = moved(report["training_set"]["dir"])
-    write_json(path, report, sort_keys=False)
+    if recogniser is None:
+        return []
+    _, embedder, _ = recogniser
+    return [verify_loaded(embedder, path, images, issame, batch_size, device, progress=progress)
+            for path, images, issame in val_sets]

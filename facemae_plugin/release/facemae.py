@@ -23,7 +23,7 @@ from ..core.files import sha256_file
 from ..formats.shard import PROVENANCE_NAME
 from ..models.mae import FaceMAE, OUTPUT_MODES
 from ..models.masking import mask_noise_for_keys, masks_for_keys, random_masking
-from .privatizer import Privatizer, as_key_list, variant_keys
+from .privatizer import SECRET, Privatizer, as_key_list, variant_keys
 
 
 class ReconstructionStage(Privatizer):
@@ -109,9 +109,10 @@ class ReconstructionStage(Privatizer):
         if self.autocast:
             dtype = "float16" if self.device.type == "cuda" else "bfloat16"
         config = {k: v for k, v in self.model.config.items()}
-        return {
+        return self.published({
             "method": self.method,
-            "checkpoint": self.checkpoint["path"] if self.checkpoint else None,
+            # the file's name, not where it lies on the publisher's machine; its hash identifies it
+            "checkpoint": os.path.basename(self.checkpoint["path"]) if self.checkpoint else None,
             "checkpoint_sha256": self.checkpoint["sha256"] if self.checkpoint else None,
             "model": config,
             "mask_ratio": self.mask_ratio,
@@ -121,7 +122,7 @@ class ReconstructionStage(Privatizer):
             "autocast": dtype,
             "mask_key_scheme": "mask of reconstruction j of record key: mask_noise_for_keys(seed, "
                                "[variant_key(key, j)]), variant_key(key, 0) = key",
-        }
+        })
 
 
 def check_offline_release(rec_dir, block, config_path):
@@ -135,6 +136,8 @@ def check_offline_release(rec_dir, block, config_path):
     made_by = provenance.get("privatizer", {})
     expected = {"method": "facemae", "checkpoint_sha256": sha256_file(block.checkpoint),
                 "mask_ratio": block.mask_ratio, "output": block.output, "seed": block.seed}
+    if made_by.get("seed") == SECRET:  # the masks are in the images already; the publisher holds the seed
+        del expected["seed"]
     for field, value in expected.items():
         if made_by.get(field) != value:
             raise ConfigError(f"{config_path}: {path}: the shard was made with {field}={made_by.get(field)!r}, "

@@ -5,6 +5,7 @@ variants per image (``variants -> [N, k, 3, H, W]``), a ``provenance()`` naming 
 decides its output, ``check_image_size`` (refuse a size before any work), and ``worker_op()``:
 a torch-free twin with the same output bytes for convert's worker processes, or None.
 """
+import copy
 import math
 import numbers
 
@@ -43,14 +44,30 @@ def checked_number(value, what, integer=False, low=None, low_open=False, high=No
     return int(value) if integer else float(value)
 
 
+SECRET = "secret"  # what a provenance says in place of a seed its publisher keeps
+
+
 class Privatizer:
-    """Base: ``__call__`` is variant 0; ``variants`` stacks variants 0..k-1."""
+    """Base: ``__call__`` is variant 0; ``variants`` stacks variants 0..k-1.
+
+    ``seed_public``: whether ``provenance()`` names the seed. A published seed lets anyone holding
+    the sources (and the checkpoint) regenerate the release byte for byte; a secret one reads
+    ``SECRET`` there and is kept by its publisher (``convert.secret``).
+    """
 
     method = None
 
     def __init__(self, k=1, seed=0):
         self.k = checked_number(k, "k (variants per image)", integer=True, low=1)
         self.seed = checked_number(seed, "seed", integer=True)
+        self.seed_public = True
+
+    def with_seed(self, seed, public=None):
+        """This privatizer drawing from another ``seed`` (a shallow copy: a model is shared, not copied)."""
+        other = copy.copy(self)
+        other.seed = checked_number(seed, "seed", integer=True)
+        other.seed_public = self.seed_public if public is None else bool(public)
+        return other
 
     def __call__(self, images, keys):
         return self._apply(images, as_key_list(keys, images.shape[0]), 0)
@@ -74,4 +91,10 @@ class Privatizer:
         return {}
 
     def provenance(self):
-        return {"method": self.method, **self.params(), "k": self.k}
+        return self.published({"method": self.method, **self.params(), "k": self.k})
+
+    def published(self, provenance):
+        """``provenance`` as it may be published: a secret seed reads ``SECRET``."""
+        if "seed" in provenance and not self.seed_public:
+            return {**provenance, "seed": SECRET}
+        return provenance

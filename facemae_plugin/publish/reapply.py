@@ -1,0 +1,43 @@
+"""The ``reapply`` attacker: the method is public (Kerckhoffs), so the attacker privatizes the
+candidate originals the same way, with every parameter the card publishes, and searches the
+release among them with the pixel attacker.
+
+A deterministic method (blur, pixelate) or a published seed gives the attacker the release's
+very bytes: every source is found. A secret seed leaves the attacker a seed of its own, so what
+is measured is how much one privatization of a face resembles another of the same face.
+"""
+from ..core.keyseed import seed_for_key
+from ..evaluation.attackers import PixelAttacker
+from ..evaluation.suite import SuiteAttacker
+
+REAPPLY = "reapply"
+_ATTACKER_SALT = 0x5EA991E  # the attacker's seed: unrelated to the secret, fixed by it (same audit, same figures)
+_SEED_MASK = (1 << 63) - 1
+
+
+def attacker_privatizer(privatizer):
+    """What the attacker can run: ``privatizer`` itself when nothing of it is secret, else ``with_own_seed``."""
+    return privatizer if privatizer.seed_public else with_own_seed(privatizer)
+
+
+def with_own_seed(privatizer):
+    """The method with the attacker's own seed: unrelated to the publisher's, fixed by it."""
+    return privatizer.with_seed(seed_for_key(privatizer.seed, _ATTACKER_SALT) & _SEED_MASK)
+
+
+def reapply_attacker(in_dir, folder, privatizer, convert_settings, released=None):
+    """The ``reapply`` attacker of a release of ``in_dir`` made by ``privatizer``.
+
+    Its gallery is ``in_dir`` converted into ``folder`` by ``attacker_privatizer``; where that is
+    ``privatizer`` itself and the release is given (``released``), the release is its own gallery:
+    a conversion is deterministic, so converting again would give the same bytes.
+    """
+    from ..convert import convert
+
+    attacker = attacker_privatizer(privatizer)
+    if attacker is privatizer and released is not None:
+        gallery = released
+    else:
+        convert(in_dir, folder, attacker, overwrite=True, progress=False, **convert_settings)
+        gallery = folder
+    return SuiteAttacker(REAPPLY, PixelAttacker(), REAPPLY, gallery=gallery)

@@ -1,0 +1,113 @@
+"""The attacker suite: the pixel attacker against numpy, re-identification, the worst case, reapply."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from facemae_plugin.convert import convert
+from facemae_plugin.data.synthetic import make_synthetic_dataset
+from facemae_plugin.evaluation.attackers import PIXEL_SIDE, THREATS, PixelAttacker, unique_names, worst_case
+from facemae_plugin.evaluation.audit import audit
+from facemae_plugin.evaluation.retrieval import without_source
+from facemae_plugin.evaluation.suite import audit_suite, pixel_attacker
+from facemae_plugin.formats.shard import FaceShard
+from facemae_plugin.publish.reapply import REAPPLY, attacker_privatizer, reapply_attacker
+from facemae_plugin.release.baselines import make_privatizer
+from tests.oracles import brute_force_metrics
+
+
+def numpy_pixel_vectors(shard):
+    """What the pixel attacker searches, from the JPEG bytes: BT.601 grey of the RGB pixels in arcface_torch's
+    [-1, 1] scale, block means to 28x28, each row minus its mean."""
+    rows, labels = [], []
+    block = 112 // PIXEL_SIDE
+    for key in shard.image_keys:
+        label, payload = shard.read(key)
+        rgb = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        x = rgb.astype(np.float64) / 127.5 - 1.0  # [112, 112, 3]
+        grey = x @ np.array([0.299, 0.587, 0.114])  # [112, 112]
+        small = grey.reshape(PIXEL_SIDE, block, PIXEL_SIDE, block).mean(axis=(1, 3)).ravel()
+        rows.append(small - small.mean())
+        labels.append(label)
+    return np.array(rows), np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """The synthetic set of the leakage table (100 identities x 15, seed 3) and its blur-s6 release."""
+    root = tmp_path_factory.mktemp("attackers")
+    make_synthetic_dataset(root / "ds", identities=100, images_per_identity=15, holdout_identities=2, num_pairs=10,
+                           seed=3, progress=False)
+    convert(root / "ds", root / "blur6", make_privatizer("blur", sigma=6.0), workers=0, progress=False)
+    return root
+
+
+def test_the_pixel_attacker_equals_a_numpy_brute_force_search(tmp_path):
+    make_synthetic_dataset(tmp_path / "ds", identities=12, images_per_identity=5, holdout_identities=2, num_pairs=10,
+                           progress=False)
+    convert(tmp_path / "ds", tmp_path / "blur", make_privatizer("blur", sigma=12.0), workers=0, progress=False)
+    report = audit(tmp_path / "ds", tmp_path / "blur", PixelAttacker(), out_dir=tmp_path / "audit", batch_size=16,
+                   plots=False)
+    with FaceShard(tmp_path / "ds") as original, FaceShard(tmp_path / "blur") as released:
+        gallery, gallery_labels = numpy_pixel_vectors(original)
+        query, query_labels = numpy_pixel_vectors(released)
+        keys = original.image_keys
+    want = brute_force_metrics(query, gallery, keys, keys, query_labels, gallery_labels, (1, 5), 1e-3)
+    for name, value in want.items():
+        assert report[name] == pytest.approx(value, abs=1e-5), name
+    assert report["dim"] == PIXEL_SIDE ** 2 and report["attacker"] == "attacker"
+    assert 0 < report["reid_rank1"] < 1 and report["instance_rank1"] > report["reid_rank1"]  # neither is trivial
+
+
+def test_blur_sigma_6_gives_the_pixel_attacker_almost_every_source(faces, tmp_path):
+    summary = audit_suite(faces / "ds", faces / "blur6", [pixel_attacker()], tmp_path, plots=False)
+    assert summary["attackers"]["pixels"]["instance_rank1"] >= 0.95
+    assert summary["worst_case"]["instance"] == {"attacker": "pixels", "metric": "instance_rank1",
+                                                 "value": summary["attackers"]["pixels"]["instance_rank1"]}
+
+
+def test_reidentification_holds_the_source_out_of_the_ranking():
+    top = np.array([[4, 2, 7], [1, 3, 5], [6, 0, 9]])  # [Q, depth] best first
+    source = np.array([2, 8, 6])  # second in row 0, absent from row 1, first in row 2
+    assert without_source(top, source, 2).tolist() == [[4, 7], [1, 3], [0, 9]]
+
+
+def test_the_worst_case_is_the_largest_figure_of_each_threat_and_names_its_attacker():
+    leakage = {"pixels": {"instance_rank1": 0.9, "reid_rank1": 0.1},
+               "teacher": {"instance_rank1": 0.9, "reid_rank1": 0.4},
+               "reapply": {"instance_rank1": 0.5, "reid_rank1": None}}
+    worst = worst_case(leakage)
+    for threat, metric in THREATS.items():
+        values = [f[metric] for f in leakage.values() if f[metric] is not None]
+        assert worst[threat]["value"] == max(values) and worst[threat]["metric"] == metric
+    assert worst["instance"]["attacker"] == "pixels"  # a tie goes to the attacker that ran first
+    assert worst["reidentification"]["attacker"] == "teacher"
+    assert worst_case({"pixels": {"instance_rank1": None, "reid_rank1": None}})["instance"]["attacker"] is None
+
+
+def test_attacker_names_are_made_unique_in_order():
+    assert unique_names(["pixels", "teacher", "teacher", "pixels"]) == ["pixels", "teacher", "teacher-2", "pixels-2"]
+
+
+def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_seed_for_a_secret_one(faces, tmp_path):
+    blur = make_privatizer("blur", sigma=6.0)
+    attacker = reapply_attacker(faces / "ds", tmp_path / "unused", blur, dict(workers=0), released=faces / "blur6")
+    assert attacker.gallery == faces / "blur6" and not (tmp_path / "unused").exists()  # the same bytes, not redone
+    report = audit(attacker.gallery, faces / "blur6", attacker.embedder, out_dir=tmp_path / "a", plots=False)
+    assert report["instance_rank1"] == 1.0
+
+    noise = make_privatizer("noise", std=40.0).with_seed(123, public=False)
+    own = attacker_privatizer(noise)
+    assert own.seed != noise.seed and own.provenance() == noise.provenance()  # all it knows is what was published
+    assert attacker_privatizer(make_privatizer("noise", std=40.0, seed=5)).seed == 5  # a published seed is used
+    convert(faces / "ds", tmp_path / "noise", noise, workers=0, progress=False)
+    attacker = reapply_attacker(faces / "ds", tmp_path / "guess", noise, dict(workers=0), released=tmp_path / "noise")
+    assert attacker.name == REAPPLY and attacker.gallery == tmp_path / "guess"
+    with open(tmp_path / "guess" / "train.rec", "rb") as a, open(tmp_path / "noise" / "train.rec", "rb") as b:
+        assert a.read() != b.read()
+    summary = audit_suite(faces / "ds", tmp_path / "noise", [pixel_attacker(), attacker], tmp_path / "suite",
+                          plots=False)
+    with open(tmp_path / "suite" / "leakage.json") as f:
+        assert json.load(f) == summary
+    assert 0 < summary["attackers"][REAPPLY]["instance_rank1"] <= 1.0
