@@ -111,3 +111,29 @@ def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_
     with open(tmp_path / "suite" / "leakage.json") as f:
         assert json.load(f) == summary
     assert 0 < summary["attackers"][REAPPLY]["instance_rank1"] <= 1.0
+
+
+# A protocol small enough for a test, in fp32: emulated bf16 (a CPU without avx512_bf16) trains several times slower.
+SMALL = dict(
+    data=dict(train_identities=12, train_images_per_identity=6, release_identities=8, release_images_per_identity=4,
+              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20),
+    teacher=dict(num_epoch=3, batch_size=16, warmup_epoch=0),
+    facemae=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
+    recogniser=dict(num_epoch=3, batch_size=16, warmup_epoch=0),
+    num_workers=0, mixed_precision=False,
+)
+
+
+@pytest.mark.slow
+def test_the_adaptive_attacker_sees_through_blur_better_than_the_teacher(tmp_path):
+    from facemae_plugin.protocol.experiment import Experiment
+
+    experiment = Experiment(tmp_path, SMALL, progress=False)
+    blur = {"name": "blur s8", "method": "blur", "sigma": 8.0}
+    teacher = experiment.audit(blur, 0)
+    adaptive = experiment.audit(blur, 0, attacker="adaptive")
+    assert adaptive["instance_rank1"] >= teacher["instance_rank1"]
+    # it trained on split A beside A's blurred twin: twice the images, under A's labels
+    with FaceShard(tmp_path / "adaptive" / "adaptive-blur_s8" / "train") as pairs, \
+            FaceShard(experiment.splits["train"]) as train:
+        assert len(pairs) == 2 * len(train) and len(pairs.identity_keys) == len(train.identity_keys)
