@@ -5,6 +5,7 @@ object follows on the last line. Bad input ends with one ``error:`` line on
 stderr and exit status 2 (``FACEMAE_DEBUG=1`` shows the traceback instead).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -206,12 +207,12 @@ def _convert(args):
         shard, num_shards, distributed = int(os.environ["RANK"]), world_size, True
     if shard is not None and num_shards is None:
         raise UsageError("--shard I needs --num-shards N")
-    args.secret_seed = _secret_seed(args)
-    privatizer = privatizer_from_args(args)
     quiet = args.quiet or (distributed and shard != 0)
-    result = convert(args.in_dir, args.out_dir, privatizer, quality=args.quality, batch_size=args.batch_size,
-                     workers=args.workers, num_shards=num_shards or 1, shard=shard, overwrite=args.overwrite,
-                     progress=not quiet, distributed=distributed, keep_shards=args.keep_shards)
+    with _secret_seed(args):
+        result = convert(args.in_dir, args.out_dir, privatizer_from_args(args), quality=args.quality,
+                         batch_size=args.batch_size, workers=args.workers, num_shards=num_shards or 1, shard=shard,
+                         overwrite=args.overwrite, progress=not quiet, distributed=distributed,
+                         keep_shards=args.keep_shards)
     done = "merged into" if result["merged"] else "shard(s) written under"
     rate = f", {result['images_per_s']:.1f} img/s" if result["images_per_s"] else ""
     return (f"convert: {result['images_in']} images (layout {result['layout']}, {result['method']}, "
@@ -219,13 +220,18 @@ def _convert(args):
             f"{result['shards_run']}, already done {result['shards_skipped']}{rate}"), result
 
 
-def _secret_seed(args):
-    """A seeded method's secret seed (``convert.secret``) when ``--seed`` is not given, else None."""
-    from .convert.secret import publisher_seed
+@contextlib.contextmanager
+def _secret_seed(args, work_dirs=()):
+    """Within it, ``args.secret_seed`` is a seeded method's secret (``convert.secret.drawn_seed``) when
+    ``--seed`` is not given, else None."""
+    from .convert.secret import drawn_seed
 
     if args.seed is not None or not METHODS[args.method].seeded:
-        return None
-    return publisher_seed(args.out_dir)[0]
+        args.secret_seed = None
+        yield
+        return
+    with drawn_seed(args.out_dir, work_dirs=work_dirs) as (args.secret_seed, _):
+        yield
 
 
 def _merge(args):
@@ -332,18 +338,18 @@ def _release(args):
     from .convert import privatizer_from_args
     from .core.devices import pick_device
     from .evaluation.attackers import worst_text
-    from .publish.release import release_dataset
+    from .publish.release import PARTIAL_SUFFIX, release_dataset
 
     attackers = _attackers(args.attacker, args.attacker_network)
     device = str(pick_device(args.device))
-    args.secret_seed = _secret_seed(args)
-    card = release_dataset(args.in_dir, args.out_dir, privatizer_from_args(args), attackers, val_bins=args.val or (),
-                           training_set=args.training_set, quality=args.quality, batch_size=args.batch_size,
-                           workers=args.workers, device=device, overwrite=args.overwrite, progress=not args.quiet,
-                           command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
-                           compile=args.compile, seed=args.seed or 0, target_leakage=args.target_leakage,
-                           privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)),
-                           reapply=args.reapply)
+    with _secret_seed(args, work_dirs=[os.path.abspath(args.out_dir) + PARTIAL_SUFFIX]):
+        card = release_dataset(
+            args.in_dir, args.out_dir, privatizer_from_args(args), attackers, val_bins=args.val or (),
+            training_set=args.training_set, quality=args.quality, batch_size=args.batch_size, workers=args.workers,
+            device=device, overwrite=args.overwrite, progress=not args.quiet,
+            command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
+            compile=args.compile, seed=args.seed or 0, target_leakage=args.target_leakage,
+            privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)), reapply=args.reapply)
     leaks = "; ".join(_attacker_text(a["name"], a["leakage"]) for a in card["attackers"])
     return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; worst "
             f"case: {worst_text(card['worst_case'])}; {leaks}; card {os.path.join(args.out_dir, 'RELEASE.md')}"), card

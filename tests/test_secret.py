@@ -119,3 +119,15 @@ def test_the_secret_is_drawn_once_and_a_damaged_one_is_named(tmp_path):
     result = facemae("convert", tmp_path / "nowhere", tmp_path / "bad", "--method", "noise", "--quiet")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "bad.secret.json: seed -1" in result.stderr
+
+
+def test_a_refused_command_leaves_no_secret_but_a_started_one_keeps_it(ds, tmp_path):
+    refused = facemae("convert", ds, tmp_path / "out", "--method", "facemae", "--checkpoint", tmp_path / "none.pt",
+                      "--quiet")
+    assert refused.returncode == 2 and os.listdir(tmp_path) == []
+    started = facemae("convert", ds, tmp_path / "out", "--method", "noise", "--num-shards", 2, "--shard", 0,
+                      "--workers", 0, "--quiet")
+    assert started.returncode == 0, started.stderr
+    again = facemae("convert", ds, tmp_path / "out", "--method", "noise", "--num-shards", 2, "--quality", 101,
+                    "--quiet")
+    assert again.returncode == 2 and (tmp_path / "out.secret.json").is_file()  # shard 0 needs it to resume

@@ -44,6 +44,24 @@ def publisher_seed(out_dir, seed=None):
     return read_secret(path), False
 
 
+@contextlib.contextmanager
+def drawn_seed(out_dir, seed=None, work_dirs=()):
+    """``publisher_seed`` for the block that makes ``out_dir``: a secret drawn here goes again when the
+    block fails on bad input (``FaceMAEError``, ``OSError``) before ``out_dir`` or any of ``work_dirs`` (where the
+    output is made first) exists, so that a refused command leaves nothing behind; once output exists,
+    a resume needs the secret and it stays."""
+    path = secret_path(out_dir)
+    fresh = seed is None and not os.path.lexists(path)
+    drawn = publisher_seed(out_dir, seed)
+    try:
+        yield drawn
+    except (FaceMAEError, OSError):  # what the command line reports in one line
+        if fresh and not any(os.path.lexists(d) for d in (out_dir, *work_dirs)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        raise
+
+
 def read_secret(path):
     refuse_link(path)
     try:
