@@ -68,9 +68,9 @@ def write_results(experiment, rows, out_dir, command):
                 "the attackers: the pixel attacker (28x28 grey pixels, no model), the teacher recogniser (trained on "
                 "split A, never saw split B; also IRM's teacher), the informed attacker (the same recogniser "
                 "recipe trained on the original split B, seed 0) and the adaptive attacker (the same recipe trained "
-                "on split A beside its release by the row's method, with a seed of its own). Look-alikes of split A: released images whose "
-                "nearest split-A identity is above the teacher's FAR=1e-3 threshold, less the same fraction of the "
-                "original images.\n")
+                "on split A beside its release by the row's method, with a seed of its own). Look-alikes of split "
+                "A: released images whose nearest split-A identity is above the teacher's FAR=1e-3 threshold, less "
+                "the same fraction of the original images.\n")
     write_json(os.path.join(out_dir, "results.json"),
                {"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
                 **verdicts, "plot": plot}, sort_keys=False, default=str)
