@@ -187,23 +187,31 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     for path in (report["samples_png"], report["roc_png"], report["audit"], report["tradeoff_png"],
                  report["card"], tmp_path / "report.json"):
         assert os.path.isfile(path)
-    # The published release is the protocol's own FaceMAE release, byte for byte, and its card says so.
+    for r in report["rows"]:  # each row is judged by the worst of the pixel attacker and the teacher
+        assert r["worst_instance_rank1"] == max(r["instance_rank1"], r["pixels_instance_rank1"])
+    # The published release is the protocol's FaceMAE release made again with a secret seed, kept beside it.
+    seed = json.loads((tmp_path / "release.secret.json").read_text())["seed"]
     with open(tmp_path / "released" / "facemae_full_0.75-s0" / "train.rec", "rb") as f, \
             open(tmp_path / "release" / "train.rec", "rb") as g:
-        assert f.read() == g.read()
+        assert f.read() != g.read()
     with open(tmp_path / "release" / "RELEASE.json") as f:
         card = json.load(f)
-    assert card["attackers"][0]["leakage"]["instance_rank1"] == report["rows"][-1]["instance_rank1"]
-    assert card["attackers"][0]["training_set"] is not None
+    assert card["seed"] == "secret" and str(seed) not in json.dumps(card)
+    assert [a["name"] for a in card["attackers"]] == ["pixels", "teacher", "reapply"]
+    assert card["attackers"][1]["training_set"] is not None
+    assert card["worst_case"]["instance"]["value"] == max(a["leakage"]["instance_rank1"] for a in card["attackers"])
+    assert report["card_worst_case"] == card["worst_case"]
     with open(tmp_path / "report.json") as f:
         assert json.load(f)["rows"] == report["rows"]
     with FaceShard(tmp_path / "data" / "release") as original, \
             FaceShard(tmp_path / "released" / "facemae_full_0.75-s0") as released:
         assert list(released.image_keys) == list(original.image_keys)
         assert np.array_equal(released.labels(), original.labels())
-    facemae_steps = {f"{step}-facemae_full_0.75-s0" for step in ("release", "recogniser", "verify", "audit")}
-    original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original"}
-    blur_steps = {"release-blur_s3", "recogniser-blur_s3-s0", "verify-blur_s3-s0", "audit-blur_s3"}
+    facemae_steps = {f"{step}-facemae_full_0.75-s0" for step in ("release", "recogniser", "verify", "audit",
+                                                                  "audit-pixels")}
+    original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original", "audit-pixels-original"}
+    blur_steps = {"release-blur_s3", "recogniser-blur_s3-s0", "verify-blur_s3-s0", "audit-blur_s3",
+                  "audit-pixels-blur_s3"}
     expected = {"data", "teacher", "facemae", "release-masked_0.75-s0"} | facemae_steps | original_steps | blur_steps
     assert set(report["steps"]) == expected
     capsys.readouterr()
@@ -217,17 +225,20 @@ def test_a_variant_with_a_target_leakage_releases_at_its_calibrated_setting(tmp_
     from facemae_plugin.publish.calibrate import STRENGTHS
 
     experiment = Experiment(tmp_path, TOY, progress=False)
-    variant = {"name": "blur to 0.9", "method": "blur", "target_leakage": 0.9}
+    # masking: blur keeps enough of a face for the pixel attacker to find every source among these few
+    variant = {"name": "masked to 0.9", "method": "masked", "target_leakage": 0.9}
     with pytest.raises(ProtocolError, match="give one of them, not both"):
-        check_variant({**variant, "sigma": 2.0})
+        check_variant({**variant, "mask_ratio": 0.5})
     with pytest.raises(ProtocolError, match="expected a fraction"):
         check_variant({**variant, "target_leakage": 2})
     released = experiment.release(variant, 0)["released"]
-    with open(tmp_path / "steps" / "calibrate-blur_to_0.9.done.json") as f:
+    with open(tmp_path / "steps" / "calibrate-masked_to_0.9-s0.done.json") as f:
         calibration = json.load(f)
     with open(os.path.join(released, "facemae_provenance.json")) as f:
-        assert json.load(f)["privatizer"]["sigma"] == calibration["value"]
+        assert json.load(f)["privatizer"]["mask_ratio"] == calibration["value"]
     points = {p["value"]: p["instance_rank1"] for p in calibration["points"]}
-    assert points[calibration["value"]] <= 0.9 and STRENGTHS["blur"].strongest in points
-    assert experiment.calibrated(variant, 0) == {"name": "blur to 0.9", "method": "blur",
-                                                 "sigma": calibration["value"]}
+    assert points[calibration["value"]] <= 0.9 and STRENGTHS["masked"].strongest in points
+    assert calibration["attackers"] == ["pixels", "teacher"]  # the protocol's seeds are its own: no reapply
+    assert all(p["instance_rank1"] == max(p["by_attacker"].values()) for p in calibration["points"])
+    assert experiment.calibrated(variant, 0) == {"name": "masked to 0.9", "method": "masked",
+                                                 "mask_ratio": calibration["value"]}
