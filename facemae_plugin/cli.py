@@ -269,19 +269,14 @@ def _arcface_train(args):
 
 def _audit(args):
     from .core.devices import pick_device
-    from .evaluation.attackers import attacker_stem, unique_names, worst_text
+    from .evaluation.attackers import worst_text
     from .evaluation.audit import check_release
-    from .evaluation.embed import load_embedder
-    from .evaluation.suite import SuiteAttacker, audit_suite, pixel_attacker
+    from .evaluation.suite import audit_suite, load_suite
 
     check_release(args.original, args.released, args.training_set)  # mismatched shards fail before the model loads
     device = str(pick_device(args.device))
-    attackers = [pixel_attacker()]
-    if args.model is not None:
-        embedder = load_embedder(args.model, args.network, device=device, precision=args.precision,
-                                 compile=args.compile)
-        name = unique_names([attackers[0].name, attacker_stem(args.model)])[1]
-        attackers.append(SuiteAttacker(name, embedder, "recogniser", model=args.model))
+    attackers = load_suite([(args.model, args.network)] if args.model is not None else [], device, args.precision,
+                           args.compile)
     out_dir = args.out or os.path.join(args.released, "audit")
     summary = audit_suite(args.original, args.released, attackers, out_dir, batch_size=args.batch_size,
                           device=device, max_impostors=args.max_impostors, seed=args.seed, progress=not args.quiet,

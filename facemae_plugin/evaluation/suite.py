@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.files import write_json
-from .attackers import PIXELS, PixelAttacker, worst_case
+from .attackers import PIXELS, PixelAttacker, attacker_stem, unique_names, worst_case
 from .audit import audit
 
 LEAKAGE_JSON = "leakage.json"
@@ -34,6 +34,17 @@ class SuiteAttacker:
 
 def pixel_attacker():
     return SuiteAttacker(PIXELS, PixelAttacker(), PIXELS)
+
+
+def load_suite(models, device="cpu", precision="fp32", compile=True):
+    """The pixel attacker, then one recogniser per ``(model file, network)`` in ``models``, each named
+    by its file (``attacker_stem``, numbered where names repeat) and loaded by ``embed.load_embedder``."""
+    from .embed import load_embedder
+
+    names = unique_names([PIXELS, *(attacker_stem(model) for model, _ in models)])[1:]
+    return [pixel_attacker()] + [
+        SuiteAttacker(name, load_embedder(model, network, device=device, precision=precision, compile=compile),
+                      "recogniser", model=model) for name, (model, network) in zip(names, models)]
 
 
 def audit_suite(original_dir, released_dir, attackers, out_dir, training_set=None, **options):

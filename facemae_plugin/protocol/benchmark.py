@@ -9,7 +9,7 @@ and finished steps are reused, so an interrupted run resumes where it stopped. W
 results.json, tradeoff.png and samples.png to the results folder.
 
 Two verdicts on FaceMAE's claim (at most half the error), each for both threats at their worst case
-over the attackers (pixels, teacher, informed): against the most accurate baseline that leaks at
+over the attackers (pixels, teacher, informed, adaptive): against the most accurate baseline that leaks at
 least as much, and against each baseline method at FaceMAE's own leakage, interpolated between its
 strengths (blur s3 / s6 ...; the originals are strength 0).
 """

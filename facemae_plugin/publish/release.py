@@ -151,17 +151,11 @@ def reconstructor_entry(privatizer, source, training_set):
 def load_attackers(attackers, device, precision, compile=True):
     """``(suite, recognisers)``: the pixel attacker and every recogniser loaded (named uniquely) before any
     work, as ``SuiteAttacker``s; ``recognisers`` maps a name to ``(Attacker, embedder, sha256)``."""
-    from ..evaluation.attackers import attacker_stem, unique_names
-    from ..evaluation.embed import load_embedder
-    from ..evaluation.suite import SuiteAttacker, pixel_attacker
+    from ..evaluation.suite import load_suite
 
-    suite, recognisers = [pixel_attacker()], {}
-    names = unique_names([suite[0].name, *(attacker_stem(a.model) for a in attackers)])[1:]
-    for name, attacker in zip(names, attackers):
-        embedder = load_embedder(attacker.model, attacker.network, device=device, precision=precision,
-                                 compile=compile)
-        suite.append(SuiteAttacker(name, embedder, "recogniser", model=attacker.model))
-        recognisers[name] = (attacker, embedder, sha256_file(attacker.model))
+    suite = load_suite([(a.model, a.network) for a in attackers], device, precision, compile)
+    recognisers = {loaded.name: (attacker, loaded.embedder, sha256_file(attacker.model))
+                   for loaded, attacker in zip(suite[1:], attackers)}
     return suite, recognisers
 
 
