@@ -28,7 +28,7 @@ def test_fp32_is_the_backbone_itself():
 
 @pytest.mark.parametrize("native, expected", [(None, "fp32"), (torch.bfloat16, "bfloat16")])
 def test_auto_takes_the_fast_path_only_where_its_dtype_is_native(monkeypatch, native, expected):
-    monkeypatch.setattr(embed, "fast_inference_dtype", lambda device: native)
+    monkeypatch.setattr(embed, "fast_dtype", lambda device: native)
     embedder, name = with_precision(get_backbone("mbf").eval(), "cpu", "auto")
     assert name == expected and isinstance(embedder, MixedPrecisionEmbedder) == (native is not None)
 
@@ -182,7 +182,7 @@ def every_path(model_path):
     """``{name: embedder}``: the reference (fp32, eager) and each path a long job can take here."""
     paths = {"fp32 eager": load_embedder(model_path, "mbf", precision="fp32", compile=False),
              "fp32": load_embedder(model_path, "mbf", precision="fp32")}
-    if embed.fast_inference_dtype("cpu") is not None:
+    if embed.fast_dtype("cpu") is not None:
         paths["fast"] = load_embedder(model_path, "mbf", precision="fast")
     return paths
 
@@ -234,7 +234,7 @@ def test_cli_verify_says_which_precision_ran(tmp_path):
     done = env_run("--precision", "fp32")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["precision"] == "fp32"
-    expected = "bfloat16" if embed.fast_inference_dtype("cpu") is not None else "fp32"
+    expected = "bfloat16" if embed.fast_dtype("cpu") is not None else "fp32"
     done = env_run()
     assert json.loads(done.stdout.strip().splitlines()[-1])["precision"] == expected
     assert f"({expected})" in done.stdout.strip().splitlines()[-2]

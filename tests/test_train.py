@@ -137,10 +137,27 @@ def test_recogniser_loop_scales_fp16_losses(synth_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(OptimizerStep, "__init__", spy)
     monkeypatch.setattr("facemae_plugin.train.common.amp_dtype", lambda device: torch.float16)
+    monkeypatch.setattr("facemae_plugin.core.devices.fast_dtype", lambda device: torch.float16)
     train_recogniser(recognition_config(synth_dir, tmp_path, fp16=True), device="cpu", progress=False, max_steps=2)
     (update,), = [made]
     assert update.dtype == torch.float16 and update.scaler.is_enabled()
     assert update.scaler.get_scale() > 1.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_is_granted_only_where_it_is_fast(native, monkeypatch):
+    """A CPU without native bf16 emulates it, slower than fp32: a loop asking for fp16 trains in fp32
+    there (same steps as fp32), and in bf16 where the CPU has it; an explicit dtype is always honoured."""
+    monkeypatch.setattr("facemae_plugin.core.devices.native_bf16", lambda: native)
+    params = [torch.zeros(1, requires_grad=True)]
+    update = OptimizerStep(torch.optim.SGD(params, lr=1), params, "cpu", True, 1.0)
+    assert update.mixed_precision is native
+    with update.autocast():
+        out = torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+    assert OptimizerStep(torch.optim.SGD(params, lr=1), params, "cpu", True, 1.0,
+                         dtype=torch.float16).mixed_precision
+    assert not OptimizerStep(torch.optim.SGD(params, lr=1), params, "cpu", False, 1.0).mixed_precision
 
 
 def test_pretrain_adamw_exempts_biases_norms_and_tokens_from_weight_decay():

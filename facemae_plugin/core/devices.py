@@ -44,10 +44,17 @@ def native_bf16():
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
-def fast_inference_dtype(device):
-    """The reduced precision inference runs in where it is fast: fp16 on CUDA, bf16 on a CPU with
-    native bf16; None (stay in fp32) elsewhere, where emulated bf16 is slower than fp32."""
+def fast_dtype(device):
+    """The reduced precision that is fast here: fp16 on CUDA, bf16 on a CPU with native bf16; None
+    (stay in fp32) elsewhere, where emulated bf16 is slower than fp32, for inference and training."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if native_bf16() else None
+
+
+def mixed_precision(device, requested):
+    """Whether a job that asks for mixed precision (a config's ``fp16``, a protocol's
+    ``mixed_precision``) gets it on ``device`` (None: the default device): only where ``fast_dtype``
+    has a fast dtype."""
+    return bool(requested) and fast_dtype(pick_device(device)) is not None

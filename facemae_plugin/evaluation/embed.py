@@ -1,7 +1,7 @@
 """Embeddings of verification images: each image plus its horizontal flip, as arcface_torch evaluates.
 
 A torch recogniser runs in one of two precisions (``PRECISIONS``): ``fp32`` (contiguous memory,
-float32, the reference) or ``fast`` (channels_last memory and autocast in ``fast_inference_dtype``:
+float32, the reference) or ``fast`` (channels_last memory and autocast in ``fast_dtype``:
 fp16 on CUDA, bf16 on a CPU that computes it natively). ``auto`` picks ``fast`` where there is such
 a dtype. Embeddings leave the model as float32 either way.
 
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from ..core.devices import autocast, fast_inference_dtype, native_bf16
+from ..core.devices import autocast, fast_dtype, native_bf16
 from ..core.errors import CheckpointError, InputError, UsageError
 from ..data.dataset import normalise_batch
 from ..formats.recordio import decode_image
@@ -248,7 +248,7 @@ def with_precision(model, device, precision="auto"):
     """``(embedder, precision name)``: ``model`` as it will run for ``precision`` (see the module docstring)."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dtype = fast_inference_dtype(device)
+    dtype = fast_dtype(device)
     if precision == "fp32" or (precision == "auto" and dtype is None):
         return model, "fp32"
     dtype = dtype or torch.bfloat16  # "fast" asked for explicitly: bf16 even where it is emulated

@@ -4,6 +4,7 @@ The experiment decides which model and which split; these functions turn that, a
 protocol's recipe blocks, into the same config dicts and privatizers a user's recipe would give.
 """
 from ..config import merge_config
+from ..core.devices import mixed_precision
 from .spec import METHOD_PARAMS, merge_protocol
 
 
@@ -44,7 +45,7 @@ def variant_privatizer(protocol, variant, seed, checkpoint=None):
     if method == "facemae":
         return make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=variant.get("mask_ratio", block.mask_ratio),
                                output=variant.get("output", block.output), seed=seed, device=protocol.device,
-                               autocast=protocol.mixed_precision)
+                               autocast=mixed_precision(protocol.device, protocol.mixed_precision))
     kwargs = {key: variant[key] for key in METHOD_PARAMS[method] if key in variant}
     if method in ("noise", "masked"):
         kwargs["seed"] = seed

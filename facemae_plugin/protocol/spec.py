@@ -39,7 +39,7 @@ PROTOCOL_DEFAULTS = {
                    "margin_list": (1.0, 0.0, 0.4), "seed": 2048},
     "release": {"quality": 95, "batch_size": 64},
     "device": None,  # None: CUDA when available, else CPU
-    "mixed_precision": True,  # bf16 autocast on CPU, fp16 on CUDA
+    "mixed_precision": True,  # fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere
     "num_workers": 2,
 }
 

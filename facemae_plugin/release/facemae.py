@@ -16,8 +16,7 @@ import os
 
 import torch
 
-from ..core.devices import autocast as autocast_context
-from ..core.devices import pick_device
+from ..core.devices import autocast as autocast_context, mixed_precision, pick_device
 from ..core.errors import ConfigError
 from ..core.files import sha256_file
 from ..formats.shard import PROVENANCE_NAME
@@ -60,7 +59,7 @@ class ReconstructionStage(Privatizer):
     @classmethod
     def from_block(cls, block, device, fp16):
         """The frozen reconstructor a config's ``facemae`` block with ``stage="batch"`` asks for."""
-        autocast = fp16 if block.autocast is None else block.autocast
+        autocast = mixed_precision(device, fp16) if block.autocast is None else block.autocast
         return cls.from_checkpoint(block.checkpoint, mask_ratio=block.mask_ratio, output=block.output,
                                    seed=block.seed, device=device, autocast=bool(autocast))
 

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..core import devices
 from ..core.devices import amp_dtype, autocast, pick_device
 from ..core.errors import ConfigError
 from ..core.files import atomic_file
@@ -82,7 +83,8 @@ class OptimizerStep:
 
     float16 gradients underflow without loss scaling (bfloat16 has float32's range and needs
     none), so a GradScaler runs whenever the autocast dtype is float16: CUDA by default, or a CPU
-    given ``dtype=torch.float16``. Gradients are unscaled before clipping, so the clip norm means
+    given ``dtype=torch.float16``. Without an explicit ``dtype``, mixed precision is granted only where
+    it is fast (``devices.mixed_precision``): a CPU without native bf16 trains in fp32. Gradients are unscaled before clipping, so the clip norm means
     what it says; a step whose gradients overflowed is skipped by the scaler.
     """
 
@@ -90,7 +92,8 @@ class OptimizerStep:
         self.optimizer = optimizer
         self.clipped_params = list(clipped_params)
         self.device = torch.device(device)
-        self.mixed_precision = bool(mixed_precision)
+        self.mixed_precision = bool(mixed_precision) and (dtype is not None or
+                                                          devices.mixed_precision(self.device, True))
         self.dtype = dtype or amp_dtype(self.device)
         self.clip_norm = clip_norm
         self.scaler = torch.amp.GradScaler(self.device.type,

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import ConfigError, require
+from ..core.devices import mixed_precision
 from ..data.dataset import FaceRecordDataset, mirror_where
 from ..evaluation.embed import decode_faces, embed_with_flip
 from ..evaluation.verification import ten_fold_accuracy
@@ -114,7 +115,7 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     dataset = FaceRecordDataset(cfg.rec, flip=cfg.get("flip", True), with_keys=True,
                                 defer_flip=batch_stage is not None)
     # channels_last lets oneDNN/cuDNN pick their fast convolution kernels
-    backbone = get_backbone(cfg.network, cfg.embedding_size, fp16=cfg.fp16).to(
+    backbone = get_backbone(cfg.network, cfg.embedding_size, fp16=mixed_precision(process.device, cfg.fp16)).to(
         process.device, memory_format=torch.channels_last)
     head = MarginSoftmax(cfg.embedding_size, cfg.num_classes, cfg.margin_list).to(process.device)
     if process.distributed:
