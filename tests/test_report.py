@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facemae_plugin.protocol import benchmark as bench
-from facemae_plugin.protocol.spec import merge_protocol
+from facemae_plugin.protocol.spec import ProtocolError, merge_protocol
 from facemae_plugin.protocol.report import markdown_table, matched_ratio_table, plot_tradeoff, tradeoff_panels
 from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict, worst_columns
 
@@ -153,10 +153,10 @@ def test_benchmark_runs_every_variants_first_seed_before_any_repeat():
     assert [(v["name"], s) for v, s in bench.planned_rows([a, b, c], only=["c"])] == [("c", 5), ("c", 6)]
 
 
-@pytest.mark.parametrize("name", ["privacy_utility_synth.py", "privacy_utility_synth_detail.py",
+@pytest.mark.parametrize("name", ["privacy_utility_synth.py", "privacy_utility_synth_detail.py", "privacy_utility_frontier.py",
                                   "privacy_utility_smoke.py"])
 def test_shipped_benchmark_configs_load_and_name_known_methods(name):
-    protocol, variants = bench.load_benchmark_config(os.path.join(ROOT, "benchmarks", "configs", name))
+    protocol, variants, _ = bench.load_benchmark_config(os.path.join(ROOT, "benchmarks", "configs", name))
     names = [v["name"] for v in variants]
     assert len(names) == len(set(names)) and "FaceMAE full 0.75" in names and "original" in names
     merge_protocol(protocol)  # every protocol key is one the experiment knows
@@ -184,8 +184,28 @@ def test_benchmark_results_judge_each_threat_by_its_worst_case(tmp_path):
                                                                      "matched-leakage verdict"]
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
-    assert list(saved)[4:8] == ["verdict", "verdict_reid", "verdict_matched", "verdict_matched_reid"]
+    assert list(saved)[5:9] == ["verdict", "verdict_reid", "verdict_matched", "verdict_matched_reid"]
+    assert saved["attackers"] == list(bench.ATTACKER_TEXT)
     # worst 0.5 (the teacher's) between blur s9 (0.2) and, at 1.0, the more accurate of blur s3 and the originals
     blur = saved["verdict_matched"]["families"]["blur"]
     assert blur["error"] == pytest.approx(0.45 + (0.5 - 0.2) / (1.0 - 0.2) * (0.05 - 0.45))
     assert saved["verdict_matched_reid"]["leakage"] == pytest.approx(0.3 / 2)  # pixels' 0.15 over the teacher's 0.125
+
+
+def test_a_benchmark_config_may_leave_out_the_trained_attackers_but_never_pixels_or_the_teacher(tmp_path):
+    def config(attackers):
+        path = tmp_path / "bench.py"
+        path.write_text(f"variants = [dict(name='original', method='original')]\nattackers = {attackers!r}\n")
+        return path
+
+    assert bench.load_benchmark_config(config(None))[2] == ("pixels", "teacher", "informed", "adaptive")
+    # named in any order, run in the suite's order
+    assert bench.load_benchmark_config(config(["teacher", "pixels", "informed"]))[2] == \
+        ("pixels", "teacher", "informed")
+    text = bench.attackers_text(("pixels", "teacher", "informed"))
+    assert "Not run" in text and "adaptive" in text.split("Not run")[1]
+    assert "Not run" not in bench.attackers_text(tuple(bench.ATTACKER_TEXT))
+    for bad, named in ((["teacher"], "pixels"), (["pixels"], "teacher"), (["pixels", "teacher", "oracle"], "oracle"),
+                       ("pixels", "list")):
+        with pytest.raises(ProtocolError, match=named):
+            bench.load_benchmark_config(config(bad))

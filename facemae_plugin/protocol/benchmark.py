@@ -23,6 +23,15 @@ from .spec import ProtocolError, check_variant, load_python_config
 from .verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
 
 SAMPLE_FACES = 8
+# What each attacker a benchmark can run is, for results.md; pixels and the teacher always run.
+ATTACKER_TEXT = {
+    "pixels": "the pixel attacker (28x28 grey pixels, no model)",
+    "teacher": "the teacher recogniser (trained on split A, never saw split B; also IRM's teacher)",
+    "informed": "the informed attacker (the same recogniser recipe trained on the original split B, seed 0)",
+    "adaptive": "the adaptive attacker (the same recipe trained on split A beside its release by the row's "
+                "method, with a seed of its own)",
+}
+ALWAYS_RUN = ("pixels", "teacher")
 VERDICTS = {  # results.json key: (judge, leakage column); a method is judged by its worst case
     "verdict": (tradeoff_verdict, "worst_instance_rank1"),
     "verdict_reid": (tradeoff_verdict, "worst_reid_rank1"),
@@ -40,18 +49,46 @@ def planned_rows(variants, only=None):
 
 
 def load_benchmark_config(path):
-    """``(protocol, variants)`` of a benchmark file; every variant checked, its ``seeds`` a list."""
-    protocol, variants = load_python_config(path, ["protocol", "variants"])
+    """``(protocol, variants, attackers)`` of a benchmark file; every variant checked, its ``seeds`` a
+    list. ``attackers`` (default: all of ``ATTACKER_TEXT``) may leave out the informed or adaptive
+    attacker, each one more training (per variant, for the adaptive one); the results then say so."""
+    protocol, variants, attackers = load_python_config(path, ["protocol", "variants", "attackers"])
     if not variants:
         raise ProtocolError(f"{path}: defines no `variants`")
     for variant in variants:
         seeds = variant.get("seeds", [0])
         check_variant({k: v for k, v in variant.items() if k != "seeds"})
         variant["seeds"] = list(seeds)
-    return protocol, variants
+    return protocol, variants, check_attackers(path, attackers)
 
 
-def write_results(experiment, rows, out_dir, command):
+def check_attackers(path, attackers):
+    """The attackers a benchmark file names, in ``ATTACKER_TEXT``'s order (None: all of them)."""
+    if attackers is None:
+        return tuple(ATTACKER_TEXT)
+    if isinstance(attackers, str) or not all(isinstance(a, str) for a in attackers):
+        raise ProtocolError(f"{path}: attackers must be a list of names, got {attackers!r:.60}")
+    unknown = sorted(set(attackers) - set(ATTACKER_TEXT))
+    if unknown:
+        raise ProtocolError(f"{path}: unknown attacker(s) {', '.join(unknown)}; expected some of "
+                            f"{', '.join(ATTACKER_TEXT)}")
+    missing = [a for a in ALWAYS_RUN if a not in attackers]
+    if missing:
+        raise ProtocolError(f"{path}: attackers must include {' and '.join(missing)} (every benchmark runs "
+                            f"{' and '.join(ALWAYS_RUN)})")
+    return tuple(a for a in ATTACKER_TEXT if a in attackers)
+
+
+def attackers_text(attackers):
+    """The sentence of results.md naming the attackers run, and those not run."""
+    run = ", ".join(ATTACKER_TEXT[a] for a in attackers)
+    skipped = [a for a in ATTACKER_TEXT if a not in attackers]
+    return (f"Worst case: the largest over the attackers run: {run}."
+            + (f" Not run (the config's `attackers`): {', '.join(skipped)}; the worst case may be "
+               f"higher." if skipped else ""))
+
+
+def write_results(experiment, rows, out_dir, command, attackers=tuple(ATTACKER_TEXT)):
     """results.md, results.json and tradeoff.png for the rows so far; returns (summary, verdicts, table)."""
     summary = aggregate(rows)
     verdicts = {name: judge(summary, leak_key=key) for name, (judge, key) in VERDICTS.items()}
@@ -64,22 +101,20 @@ def write_results(experiment, rows, out_dir, command):
                 f"{matched_ratio_table(summary)}\n\n"
                 "Accuracy: 10-fold verification (image + flip), the mean over the verification sets where there "
                 "are several. Leakage: a released image retrieves its own source (instance) or, its source held "
-                "out, another original of its person (re-identification) at rank 1. Worst case: the largest over "
-                "the attackers: the pixel attacker (28x28 grey pixels, no model), the teacher recogniser (trained on "
-                "split A, never saw split B; also IRM's teacher), the informed attacker (the same recogniser "
-                "recipe trained on the original split B, seed 0) and the adaptive attacker (the same recipe trained "
-                "on split A beside its release by the row's method, with a seed of its own). Look-alikes of split "
-                "A: released images whose nearest split-A identity is above the teacher's FAR=1e-3 threshold, less "
-                "the same fraction of the original images.\n")
+                f"out, another original of its person (re-identification) at rank 1. {attackers_text(attackers)} "
+                "Look-alikes of split A: released images whose nearest split-A identity is above the teacher's "
+                "FAR=1e-3 threshold, less the same fraction of the original images.\n")
     write_json(os.path.join(out_dir, "results.json"),
-               {"command": command, "protocol": experiment.protocol, "rows": rows, "summary": summary,
+               {"command": command, "protocol": experiment.protocol, "attackers": list(attackers), "rows": rows,
+                "summary": summary,
                 **verdicts, "plot": plot}, sort_keys=False, default=str)
     return summary, verdicts, table
 
 
 def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False, progress=True, command=""):
     """Every planned row of ``config`` in ``work_dir``; returns the results (also in ``out_dir``)."""
-    protocol, variants = load_benchmark_config(config)
+    protocol, variants, attackers = load_benchmark_config(config)
+    extra = {"informed_attacker": "informed" in attackers, "adaptive_attacker": "adaptive" in attackers}
     experiment = Experiment(work_dir, protocol, progress=progress)
     out_dir = out_dir or experiment.path("results")
     # Rows take the variant without its seed list.
@@ -87,7 +122,7 @@ def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False
             for variant, seed in planned_rows(variants, only)]
     if finished_only:
         plan = [(v, seed) for v, seed in plan
-                if experiment.row_finished(v, seed, informed_attacker=True, adaptive_attacker=True)]
+                if experiment.row_finished(v, seed, **extra)]
     if not plan:
         raise ProtocolError(f"{config}: no rows to run" + (" are finished yet" if finished_only else "")
                             + (f" (--only {' '.join(only)})" if only else ""))
@@ -95,8 +130,8 @@ def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False
     rows = []
     for n, (variant, seed) in enumerate(plan, 1):
         print(f"=== row {n}/{len(plan)}: {variant['name']} seed {seed}", flush=True)
-        rows.append(experiment.row(variant, seed, informed_attacker=True, adaptive_attacker=True))
-        summary, verdicts, table = write_results(experiment, rows, out_dir, command)
+        rows.append(experiment.row(variant, seed, **extra))
+        summary, verdicts, table = write_results(experiment, rows, out_dir, command, attackers)
     first_rows = {}  # each variant's first planned seed, in plan order
     for variant, seed in plan:
         first_rows.setdefault(variant["name"], (variant, seed))
