@@ -9,12 +9,13 @@ On one CUDA GPU, in a few minutes, runs each step in its own process with its ow
                alone: the streaming pipeline's efficiency (benchmarks/convert_bench.py)
   stage        the batch stage's cost inside a recognition step (benchmarks/stage_bench.py)
   arcface      arcface_torch's own train_v2 for one epoch on the synthetic shard with the facemae
-               block (single process, NCCL), when --arcface-root or $ARCFACE_TORCH_ROOT names a checkout
+               block, when --arcface-root or $ARCFACE_TORCH_ROOT names a checkout: under torchrun (NCCL)
+               and in one process (gloo, no torchrun)
   faiss        the audit's code search on the GPU, when faiss has GPU support
 
 A failing step is recorded with the end of its output and the others still run. Without CUDA it
 says so and exits 0 (``--device cpu`` rehearses every step at toy sizes on the CPU, arcface_torch
-as a dry run). Prints one line per step and, last, one JSON line {"bench": "gpu_check", ...}.
+in one CPU process). Prints one line per step and, last, one JSON line {"bench": "gpu_check", ...}.
 """
 import argparse
 import json
@@ -40,6 +41,7 @@ config.rec = {rec!r}
 config.num_classes = {classes}
 config.num_image = {images}
 config.num_epoch = 1
+config.batch_size = {batch}
 config.warmup_epoch = 0
 config.val_targets = []
 config.output = {output!r}
@@ -104,20 +106,24 @@ def steps(args, work, toy):
                    "--presets", "tiny", "--iters", 1 if toy else 10], None),
     ]
     if args.arcface_root:
-        plan.append(("arcface", arcface_command(args, work, synth, checkpoint, classes * per_identity, classes, toy),
-                     {"ARCFACE_TORCH_ROOT": args.arcface_root}))
+        for launch in ([] if toy else ["torchrun"]) + ["one_process"]:
+            command = arcface_command(args, work, synth, checkpoint, classes * per_identity, classes, 8 if toy else 64,
+                                      launch)
+            plan.append((f"arcface_{launch}", command, {"ARCFACE_TORCH_ROOT": args.arcface_root}))
     plan.append(("faiss", [sys.executable, __file__, "--faiss-gpu-child"], None))
     return [(name, [str(part) for part in command], env) for name, command, env in plan]
 
 
-def arcface_command(args, work, synth, checkpoint, images, classes, toy):
-    """train_v2 for one epoch with the facemae block (a random-init FaceMAE tiny: speed, not quality)."""
-    config = work / "arcface_synth_mbf_facemae_check.py"
+def arcface_command(args, work, synth, checkpoint, images, classes, batch, launch):
+    """train_v2 for one epoch with the facemae block (a random-init FaceMAE tiny: speed, not quality),
+    under torchrun (NCCL) or in one process (gloo) on ``--device``."""
+    config = work / f"arcface_synth_mbf_facemae_{launch}.py"
     config.write_text((REPO_ROOT / "recipes" / "arcface_synth_mbf_facemae.py").read_text() + ARCFACE_OVERRIDES.format(
-        rec=str(synth), classes=classes, images=images, output=str(work / "arcface"), checkpoint=str(checkpoint)))
-    verb = ["facemae", "arcface-train", "--arcface-root", args.arcface_root, config]
-    if toy:  # no CUDA: check the checkout, config and hooks only
-        return [sys.executable, "-m", "facemae_plugin.cli", *verb[1:], "--dry-run", "--json"]
+        rec=str(synth), classes=classes, images=images, batch=batch, output=str(work / f"arcface_{launch}"),
+        checkpoint=str(checkpoint)))
+    verb = ["facemae", "arcface-train", "--arcface-root", args.arcface_root, config, "--json"]
+    if launch == "one_process":
+        return [sys.executable, "-m", "facemae_plugin.cli", *verb[1:], "--device", args.device]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--no-python", *verb]
 
 

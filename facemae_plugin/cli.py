@@ -255,7 +255,7 @@ def _arcface_train(args):
     plugin_log.setLevel(logging.INFO)
     plugin_log.propagate = False
     try:
-        result = arcface_train(args.arcface_root, args.config, dry_run=args.dry_run)
+        result = arcface_train(args.arcface_root, args.config, dry_run=args.dry_run, device=args.device)
     finally:
         plugin_log.removeHandler(handler)
         plugin_log.propagate = True
@@ -720,14 +720,17 @@ def _add_merge(verbs):
 
 
 def _add_arcface_train(verbs):
-    p = verbs.add_parser("arcface-train", parents=_parents("common"),
+    p = verbs.add_parser("arcface-train", parents=_parents("common", "device"),
                          help="run your arcface_torch checkout's train_v2 with FaceMAE",
                          description="Import the arcface_torch checkout at --arcface-root (MXNet optional), "
                                      "check the names the plugin hooks, load CONFIG with its own get_config "
                                      "and run train_v2.main. A config.facemae block reconstructs each batch "
                                      "(stage='batch') or checks a converted shard (stage='offline'); a "
-                                     "config.irm block adds IRM to the loss. Needs CUDA; run under torchrun "
-                                     "like train_v2 (torchrun --no-python facemae arcface-train ...).")
+                                     "config.irm block adds IRM to the loss. Started as it is, one process "
+                                     "trains on --device (a GPU if there is one, else the CPU; gloo on a free "
+                                     "local port, no NCCL). Under torchrun (torchrun --no-python facemae "
+                                     "arcface-train ...), every rank trains on its GPU with NCCL, as train_v2 "
+                                     "does.")
     p.add_argument("config", metavar="CONFIG", help="arcface_torch config file, anywhere (e.g. recipes/arcface_*.py)")
     p.add_argument("--arcface-root", required=True, metavar="PATH",
                    help="the recognition/arcface_torch folder of your insightface checkout")

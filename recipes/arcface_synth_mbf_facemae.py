@@ -2,8 +2,8 @@
 # frozen reconstructor right before the backbone (same masks as `facemae convert`).
 #   facemae synth work_dirs/synth            # data;  then pretrain recipes/synth_facemae_tiny.py
 #   facemae arcface-train --arcface-root ~/insightface/recognition/arcface_torch \
-#       recipes/arcface_synth_mbf_facemae.py --dry-run          # checks only: runs on a CPU
-#   torchrun --nproc_per_node 1 --no-python facemae arcface-train \
+#       recipes/arcface_synth_mbf_facemae.py          # one process: a GPU if there is one, else the CPU
+#   torchrun --nproc_per_node 8 --no-python facemae arcface-train \
 #       --arcface-root ~/insightface/recognition/arcface_torch recipes/arcface_synth_mbf_facemae.py
 from easydict import EasyDict as edict
 

@@ -2,11 +2,12 @@
 
 Oracles: arcface_torch's own code (get_config, MXFaceDataset, get_dataloader, backbones.get_model,
 PartialFC_V2, its scheduler's closed form), real MXNet in the oracle venv, the reconstruction
-stage recomputed from the shard's records, and `facemae convert`'s output. train_v2 itself starts
-NCCL when imported, so it cannot run on a CPU: its CUDA parts (DataLoaderX's streams, DDP) are
-replaced by stand-ins named in each test, and the plugin's own loop runs the batch stage end to end.
+stage recomputed from the shard's records, and `facemae convert`'s output. `train_v2.main` itself
+runs end to end in one CPU process (`facemae arcface-train` without torchrun): its loss, its
+`model.pt` loaded by the plugin's backbone and verified, its batches against `facemae convert`.
 """
 import json
+import logging
 import os
 import pickle
 import runpy
@@ -444,16 +445,160 @@ def test_dry_run_reports_hooks_and_irm_weight_zero_changes_nothing(checkout, sha
     assert capsys.readouterr().err.startswith("facemae arcface-train: error: ")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gets")
-def test_training_without_cuda_says_why(checkout, shard, tmp_path, capsys):
+def test_under_torchrun_without_cuda_training_says_to_start_one_process(checkout, shard, tmp_path, capsys,
+                                                                        monkeypatch):
     from facemae_plugin.cli import main
 
+    monkeypatch.setenv("WORLD_SIZE", "2")
     plain = write_recipe(tmp_path / "plain.py", rec=shard)
-    assert main(["arcface-train", "--arcface-root", checkout.root, plain]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()  # plugin notes, then one error line
-    assert lines[-1].startswith("facemae arcface-train: error:") and "train_v2 needs CUDA and NCCL" in lines[-1]
-    assert sum("error" in line for line in lines) == 1, lines
+    assert main(["arcface-train", "--arcface-root", checkout.root, plain, "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("facemae arcface-train: error:") and "without torchrun" in lines[-1]
     assert "train_v2" not in sys.modules
+
+
+# ------------------------------------------------------------------ train_v2.main in one process
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """20 identities x 10 images, and a held-out .bin of 200 pairs (what train_v2 validates on)."""
+    from facemae_plugin.cli import main
+
+    out = tmp_path_factory.mktemp("arcface_faces") / "faces"
+    assert main(["synth", str(out), "--identities", "20", "--images-per-identity", "10", "--holdout-identities",
+                 "10", "--pairs", "200", "--seed", "1", "--quiet"]) == 0
+    return str(out)
+
+
+# A FaceMAE that never trained keeps half the face: paste mode at mask 0.5 leaves something to learn.
+STAGE = dict(output="paste", mask_ratio=0.5)
+
+
+def train_v2_recipe(path, rec, output, **blocks):
+    """A few epochs of train_v2 on ``faces``: validation on the held-out set once, at the end."""
+    return write_recipe(path, rec=rec, output=str(output), num_classes=20, num_image=200, batch_size=20,
+                        num_epoch=6, warmup_epoch=1, lr=0.1, val_targets=["holdout"], verbose=60, frequent=2,
+                        num_workers=0, **blocks)
+
+
+def logged_losses(output):
+    with open(os.path.join(output, "training.log")) as f:
+        return [float(line.split("Loss ")[1].split()[0]) for line in f if "Loss " in line]
+
+
+def verified_accuracy(model, bin_path, capsys):
+    from facemae_plugin.cli import main
+
+    capsys.readouterr()
+    assert main(["verify", "--model", str(model), "--network", "mbf", bin_path, "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sets"][0]["accuracy_flip"]
+
+
+def arcface_train(checkout, config):
+    from facemae_plugin.cli import main
+
+    return main(["arcface-train", "--arcface-root", checkout.root, config, "--device", "cpu", "--quiet"])
+
+
+def assert_trained_and_put_back(checkout, output, handlers):
+    """train_v2 learnt, wrote what it writes, and the process is as before the run."""
+    losses = logged_losses(output)
+    assert len(losses) >= 6 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0, losses
+    assert os.listdir(os.path.join(output, "tensorboard"))
+    model = get_backbone("mbf")
+    model.load_state_dict(torch.load(os.path.join(output, "model.pt"), weights_only=True), strict=True)
+    train_v2 = sys.modules["train_v2"]
+    assert train_v2.torch is torch and train_v2.get_dataloader is checkout.import_module("dataset").get_dataloader
+    assert train_v2.PartialFC_V2 is checkout.import_module("partial_fc_v2").PartialFC_V2
+    assert checkout.import_module("dataset").DataLoaderX.__module__ == "dataset"
+    assert not torch.distributed.is_initialized()
+    assert logging.getLogger().handlers == handlers  # train_v2's training.log handler went with the run
+    with pytest.raises((AssertionError, RuntimeError)):
+        torch.zeros(1).cuda()  # no redirection left behind (a machine without CUDA)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="runs train_v2 on the CPU of a machine without CUDA")
+def test_train_v2_main_in_one_cpu_process_with_the_batch_stage_and_irm(checkout, faces, checkpoint, tmp_path,
+                                                                         monkeypatch, capsys):
+    from facemae_plugin.convert import convert
+
+    pytest.importorskip("tensorboard", reason="train_v2 imports torch.utils.tensorboard (pip install tensorboard)")
+    torch.manual_seed(0)
+    teacher = str(tmp_path / "teacher.pt")
+    torch.save(get_backbone("mbf").state_dict(), teacher)
+    seen, reconstruct = [], ReconstructionStage.__call__
+
+    def spy(self, images, keys):  # what train_v2's loader hands the backbone, before the flip
+        out = reconstruct(self, images, keys)
+        seen.append((list(map(int, keys)), out.clone()))
+        return out
+
+    monkeypatch.setattr(ReconstructionStage, "__call__", spy)
+    config = train_v2_recipe(tmp_path / "joint.py", faces, tmp_path / "out",
+                             facemae=dict(checkpoint=checkpoint, stage="batch", **STAGE),
+                             irm=dict(weight=1.0, teacher=teacher, network="mbf"))
+    handlers = list(logging.getLogger().handlers)
+    assert arcface_train(checkout, config) == 0
+    assert_trained_and_put_back(checkout, tmp_path / "out", handlers)
+    with open(tmp_path / "out" / "training.log") as f:
+        logged = f.read()
+    assert "[holdout][60]Accuracy-Flip" in logged  # the callback read the .bin (restricted unpickler)
+    assert verified_accuracy(tmp_path / "out" / "model.pt", os.path.join(faces, "holdout.bin"), capsys) > 0.6
+
+    # Every batch train_v2 trained on is what `facemae convert` writes for those records.
+    assert len(seen) == 60
+    monkeypatch.setattr(ReconstructionStage, "__call__", reconstruct)
+    released = str(tmp_path / "released")
+    convert(faces, released, ReconstructionStage.from_checkpoint(checkpoint, **STAGE), workers=0, progress=False)
+    with FaceShard(released) as converted:
+        for keys, out in seen[::19]:
+            online = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            for key, rgb in zip(keys, online):
+                jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+                np.testing.assert_array_equal(converted.decode(key), cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="runs train_v2 on the CPU of a machine without CUDA")
+@pytest.mark.parametrize("block", ["offline", "none"])
+def test_train_v2_main_in_one_cpu_process_on_a_converted_shard_or_as_shipped(block, checkout, faces, checkpoint,
+                                                                              tmp_path, capsys):
+    from facemae_plugin.convert import convert
+
+    pytest.importorskip("tensorboard", reason="train_v2 imports torch.utils.tensorboard (pip install tensorboard)")
+    if block == "offline":
+        rec = str(tmp_path / "released")
+        convert(faces, rec, ReconstructionStage.from_checkpoint(checkpoint, **STAGE), workers=0, progress=False)
+        blocks = dict(facemae=dict(checkpoint=checkpoint, stage="offline", **STAGE))
+    else:
+        rec, blocks = faces, {}
+    config = train_v2_recipe(tmp_path / f"{block}.py", rec, tmp_path / "out", **blocks)
+    handlers = list(logging.getLogger().handlers)
+    assert arcface_train(checkout, config) == 0
+    assert_trained_and_put_back(checkout, tmp_path / "out", handlers)
+    assert verified_accuracy(tmp_path / "out" / "model.pt", os.path.join(faces, "holdout.bin"), capsys) > 0.6
+
+
+@pytest.mark.slow
+def test_two_one_process_runs_at_once_do_not_collide(checkout, faces, tmp_path):
+    """Each run's process group listens on a port of its own (train_v2 alone would bind 12584 twice)."""
+    import subprocess
+
+    pytest.importorskip("tensorboard", reason="train_v2 imports torch.utils.tensorboard (pip install tensorboard)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["PYTHONPATH"] = REPO
+    runs = []
+    for name in ("a", "b"):
+        config = write_recipe(tmp_path / f"{name}.py", rec=faces, output=str(tmp_path / name), num_classes=20,
+                              num_image=200, batch_size=50, num_workers=0)
+        runs.append(subprocess.Popen([sys.executable, "-m", "facemae_plugin.cli", "arcface-train", "--arcface-root",
+                                      checkout.root, config, "--device", "cpu", "--quiet"], env=env, cwd=tmp_path,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-2000:]
+    assert all((tmp_path / name / "model.pt").is_file() for name in ("a", "b"))
 
 
 def test_plugin_loop_runs_the_batch_stage_in_place_of_train_v2(checkout, shard, checkpoint, tmp_path):

@@ -5,7 +5,8 @@
 - ``dataloader``: ``facemae.stage="batch"``: record keys per sample, batches reconstructed.
 - ``irm_loss``: ``irm`` block: IRM added to ``PartialFC_V2``'s loss.
 - ``patches``: narrow, logged fixes where upstream breaks on current torch.
-- ``launch``: ``prepare`` (CPU-testable) and ``run`` (train_v2, CUDA + NCCL).
+- ``one_process``: train_v2 without torchrun: gloo on a free port, CUDA names redirected on a CPU.
+- ``launch``: ``prepare`` (checks, blocks) and ``run`` (train_v2: one process, or under torchrun).
 """
 from .checkout import ArcfaceCheckout, ArcfaceCheckoutError
 from .launch import arcface_train, prepare, run

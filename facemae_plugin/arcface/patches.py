@@ -13,16 +13,24 @@ checkout's files or classes, and only when the break is detected on the running 
   code inside the training job. Always replaced: a subclass whose ``init_dataset`` reads each set
   with the plugin's restricted unpickler first and hands upstream's ``load_bin`` only a clean copy
   of what it admitted, so the decoded tensors are upstream's own.
+- ``interpolate`` (eval/verification.py) finds the threshold at FAR=1e-3 with
+  ``interp1d(far, thresholds, kind="slinear")``; scipy >= 1.9 refuses tied x, which a young
+  model's FARs have, and the verification callback crashes mid-training. The patch gives
+  verification.py a ``scipy.interpolate`` whose ``interp1d`` keeps the first threshold of each tied
+  FAR (the same piecewise-linear curve where there are no ties).
 """
 import inspect
 import logging
 import os
 import tempfile
 
+import numpy as np
+from scipy import interpolate
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..formats.binfile import load_bin as load_bin_restricted
 from ..formats.binfile import write_bin
+from .one_process import overlay
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +101,35 @@ def patch_verification_loader(train_v2):
     return note
 
 
-def apply_patches(train_v2):
-    """Every patch train_v2 needs here; returns their notes."""
-    return [note for note in (patch_lr_scheduler(train_v2), patch_verification_loader(train_v2)) if note]
+def interp1d_refuses_ties():
+    try:
+        interpolate.interp1d([0.0, 0.0, 1.0], [0.0, 1.0, 2.0], kind="slinear")
+    except ValueError:
+        return True
+    return False
+
+
+def interp1d_over_ties(x, y, kind="linear", **kwargs):
+    """``interpolate.interp1d`` on the first ``y`` of each distinct ``x`` (a constant where there is one)."""
+    x_unique, first = np.unique(np.asarray(x), return_index=True)
+    y_first = np.asarray(y)[first]
+    if len(x_unique) == 1:
+        return lambda x_new: np.full(np.shape(x_new), y_first[0])
+    return interpolate.interp1d(x_unique, y_first, kind=kind, **kwargs)
+
+
+def patch_verification_interpolation(verification):
+    """Give eval/verification.py an ``interp1d`` that takes tied FARs, when scipy refuses them; a note."""
+    if not interp1d_refuses_ties():
+        return None
+    verification.interpolate = overlay(interpolate, interp1d=interp1d_over_ties)
+    note = ("eval.verification.interpolate: scipy's slinear interp1d refuses tied FARs; the first threshold "
+            "of each is kept")
+    log.warning("facemae compat patch: %s", note)
+    return note
+
+
+def apply_patches(train_v2, verification):
+    """Every patch train_v2 (and the verification module its callback runs) needs here; their notes."""
+    return [note for note in (patch_lr_scheduler(train_v2), patch_verification_loader(train_v2),
+                              patch_verification_interpolation(verification)) if note]
