@@ -242,3 +242,28 @@ def test_a_variant_with_a_target_leakage_releases_at_its_calibrated_setting(tmp_
     assert all(p["instance_rank1"] == max(p["by_attacker"].values()) for p in calibration["points"])
     assert experiment.calibrated(variant, 0) == {"name": "masked to 0.9", "method": "masked",
                                                  "mask_ratio": calibration["value"]}
+
+
+def test_where_the_time_went_counts_each_steps_own_time_once(tmp_path, monkeypatch):
+    """A step that runs another first (a verify its recogniser) is charged only for its own work."""
+    import types
+
+    from facemae_plugin.protocol import store as store_module
+
+    clock = iter([0.0, 1.0, 4.0, 10.0, 20.0, 26.0])  # verify starts, recogniser runs 1-4, verify ends; audit
+    monkeypatch.setattr(store_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    store = store_module.StepStore(tmp_path / "work", progress=False)
+
+    def verify():
+        store.run_step("recogniser-original-s0", dict)
+        return {}
+
+    store.run_step("verify-original-s0", verify)
+    store.run_step("audit-pixels-original", dict)
+    store.run_step("recogniser-original-s0", dict)  # reused: no time this run
+    assert store.own_seconds == {"recogniser-original-s0": 3.0, "verify-original-s0": 7.0,
+                                 "audit-pixels-original": 6.0}
+    assert store_module.time_by_kind(store) == {"verify": (1, 7.0), "audit": (1, 6.0), "recogniser": (1, 3.0)}
+    lines = store_module.where_the_time_went(store).splitlines()
+    assert "0.3 min in steps, 1 reused" in lines[0] and [line.split()[0] for line in lines[1:]] == \
+        ["verify", "audit", "recogniser"]

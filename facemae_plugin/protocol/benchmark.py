@@ -20,6 +20,7 @@ from ..evaluation.samples import save_release_samples, spread_keys
 from .experiment import Experiment
 from .report import markdown_table, matched_ratio_table, plot_tradeoff
 from .spec import ProtocolError, check_variant, load_python_config
+from .store import time_by_kind, where_the_time_went
 from .verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
 
 SAMPLE_FACES = 8
@@ -140,5 +141,6 @@ def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False
                                           for v, seed in first_rows.values() if v["method"] != "original"]
     samples = save_release_samples(os.path.join(out_dir, "samples.png"), sources,
                                    spread_keys(original, SAMPLE_FACES))
+    print(where_the_time_went(experiment))
     return {"rows": rows, "summary": summary, "verdicts": verdicts, "table": table, "out_dir": out_dir,
-            "samples_png": samples}
+            "samples_png": samples, "time_by_kind": time_by_kind(experiment)}

@@ -16,6 +16,7 @@ from ..evaluation.samples import save_release_samples, spread_keys
 from .experiment import Experiment
 from .report import markdown_table, plot_tradeoff
 from .spec import ORIGINAL, load_python_config
+from .store import time_by_kind, where_the_time_went
 from .verdicts import aggregate
 
 # Named as in benchmarks/configs/privacy_utility_synth.py, so the benchmark reuses the demo's steps.
@@ -46,6 +47,7 @@ def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
     card = publish_facemae(experiment, command)
     report = {"work_dir": experiment.work_dir, "protocol": experiment.protocol, "rows": rows,
               "steps": step_seconds(experiment), "seconds": round(time.perf_counter() - started, 1),
+              "time_by_kind": time_by_kind(experiment),
               "samples_png": samples, "tradeoff_png": tradeoff,
               "roc_png": rows[-1]["roc_png"], "audit": rows[-1]["audit"],
               "card": experiment.path(RELEASE_DIR, "RELEASE.md"), "card_worst_case": card["worst_case"]}
@@ -55,6 +57,7 @@ def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
           "blur s3 is one baseline at one strength (facemae benchmark compares them all).")
     print(f"ran {report['seconds'] / 60:.1f} min ({len(experiment.reused)} finished steps reused); samples {samples}; "
           f"trade-off {tradeoff}; card {report['card']}; report {experiment.path('report.json')}")
+    print(where_the_time_went(experiment))
     return report
 
 

@@ -25,6 +25,8 @@ class StepStore:
         self.progress = progress
         self.reused = set()  # steps already announced as reused, so a re-run prints each once
         self.used_steps = set()  # every step this object ran or reused
+        self.own_seconds = {}  # step -> seconds it ran here, less the steps it ran first (its inputs)
+        self._inner = []  # per running step: the seconds of the steps it ran inside it
         os.makedirs(self.work_dir, exist_ok=True)
         self._pin_protocol()
         self._adopt_old_steps()
@@ -79,8 +81,16 @@ class StepStore:
         else:
             print(f"[{name}] running", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        result = build()
-        result = {**result, "seconds": round(time.perf_counter() - started, 1)}
+        self._inner.append(0.0)
+        try:
+            result = build()
+        finally:
+            inner = self._inner.pop()
+        seconds = time.perf_counter() - started
+        if self._inner:
+            self._inner[-1] += seconds
+        self.own_seconds[name] = seconds - inner
+        result = {**result, "seconds": round(seconds, 1)}
         if inputs is not None:
             result["inputs"] = inputs
         write_json(marker, result, sort_keys=False, default=str)
@@ -93,3 +103,29 @@ class StepStore:
             return False
         with open(marker) as f:
             return json.load(f).get("inputs", inputs) == inputs
+
+
+def step_kind(name):
+    """``recogniser-original-s0`` -> ``recogniser``: what a step does, without what it does it to."""
+    return name.split("-", 1)[0]
+
+
+def time_by_kind(store):
+    """``{kind: (steps, seconds)}`` of the steps ``store`` ran (not reused), slowest kind first."""
+    kinds = {}
+    for name, seconds in store.own_seconds.items():
+        count, total = kinds.get(step_kind(name), (0, 0.0))
+        kinds[step_kind(name)] = (count + 1, total + seconds)
+    return dict(sorted(kinds.items(), key=lambda item: -item[1][1]))
+
+
+def where_the_time_went(store):
+    """One line per kind of step run: how many, their minutes together and each on average."""
+    kinds = time_by_kind(store)
+    if not kinds:
+        return "where the time went: nothing ran (every step reused)"
+    total = sum(seconds for _, seconds in kinds.values())
+    lines = [f"where the time went ({total / 60:.1f} min in steps, {len(store.reused)} reused):"]
+    lines += [f"  {kind:<12} {count:>3} x {seconds / count / 60:5.1f} min = {seconds / 60:6.1f} min"
+              for kind, (count, seconds) in kinds.items()]
+    return "\n".join(lines)
