@@ -167,6 +167,25 @@ def test_a_facemae_release_names_its_reconstructor_and_the_look_alikes_of_its_tr
     assert {k: lookalikes[k] for k in recogniser["training_set"]} == recogniser["training_set"]
     assert all(a["training_set"] is None for a in card["attackers"] if a["kind"] != "recogniser")
     assert "Look-alikes of the 6 identities" in (tmp_path / "released" / "RELEASE.md").read_text()
+    # the training set also trained the adaptive attacker, audited like the others, then removed
+    adaptive = next(a for a in card["attackers"] if a["kind"] == "adaptive")
+    with open(tmp_path / "released" / "audit" / "adaptive" / "audit.json") as f:
+        assert json.load(f)["instance_rank1"] == adaptive["leakage"]["instance_rank1"]
+    assert card["adaptive"] == "trained" and card["worst_case"]["instance"]["value"] >= \
+        adaptive["leakage"]["instance_rank1"]
+    assert not os.path.exists(tmp_path / "released" / ".adaptive")
+
+
+def test_the_adaptive_attacker_skipped_or_without_a_training_set_is_said_on_the_card(world, tmp_path):
+    skipped = release_dataset(world / "ds", tmp_path / "skipped", make_privatizer("blur", sigma=3.0), [],
+                              training_set=world / "other", adaptive=False, workers=0, progress=False)
+    alone = release_dataset(world / "ds", tmp_path / "alone", make_privatizer("blur", sigma=3.0), [], workers=0,
+                            progress=False)
+    for card, folder, said in ((skipped, "skipped", "skipped at the publisher's request"),
+                               (alone, "alone", "no --training-set")):
+        assert all(a["kind"] != "adaptive" for a in card["attackers"])
+        assert said in (tmp_path / folder / "RELEASE.md").read_text()
+    assert (skipped["adaptive"], alone["adaptive"]) == ("skipped", "no training set")
 
 
 # ----------------------------------------------------------------------------- calibration

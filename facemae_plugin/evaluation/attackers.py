@@ -8,6 +8,8 @@ strongest knowledge (docs/privacy.md):
               Blur, pixelation and partial masks keep the coarse face; this alone finds most of
               their sources. Always run.
   recognisers a face recogniser (``.pt`` or ``.onnx``): the teacher, an informed one, any the user names.
+  adaptive    a recogniser trained on other people's faces beside their privatized twins, so it has
+              learnt to see through the method (``publish.adaptive``).
   reapply     the attacker knows the method and every published parameter: the originals are
               privatized the same way (with a fresh seed where the release's is secret) and searched
               with the pixel attacker (``publish.reapply``).

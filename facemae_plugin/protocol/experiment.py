@@ -280,23 +280,16 @@ class Experiment(StepStore):
         """The adaptive attacker of a variant: the protocol's recogniser recipe trained on split A beside
         its release by the variant's method (with the attacker's own seed), under the same labels, so it
         learns to see through the method (McPherson, Shokri, Shmatikov 2016). ``{"model": ...}``."""
-        from ..convert import convert
-        from ..formats.shard import FaceShard
-        from ..formats.split import write_beside_release
-        from ..publish.reapply import with_own_seed
+        from ..publish.adaptive import beside_release
         from ..train.recognise import train_recogniser
 
         name = self.audit_name(self.release_name(variant, seed), "adaptive")
         folder = self.path("adaptive", name)
 
         def build():
-            p, train = self.protocol, self.splits["train"]
-            released = os.path.join(folder, "released-a")
-            convert(train, released, with_own_seed(self.privatizer(variant, seed)), quality=p.release.quality,
-                    batch_size=p.release.batch_size, overwrite=True, progress=False)
-            pairs = os.path.join(folder, "train")
-            with FaceShard(train) as original, FaceShard(released) as twin:
-                write_beside_release(original, twin, pairs)
+            p = self.protocol
+            pairs = beside_release(self.splits["train"], os.path.join(folder, "data"), self.privatizer(variant, seed),
+                                   p.release.quality, p.release.batch_size)
             cfg = recognition_config(p, p.recogniser, pairs, self.splits["classes"]["train"],
                                      os.path.join(folder, "recogniser"), p.recogniser.seed)
             return summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))

@@ -51,7 +51,7 @@ def attacker_entry(name, recogniser, figures, audit_report, verification, audit_
 
 
 def build_card(source, released, provenance, reconstructor, worst_case, attackers, training_set, calibration,
-               samples, command, seed_public=True, reapply=True):
+               samples, command, seed_public=True, reapply=True, adaptive="no training set"):
     """The card as a JSON-ready dict (see the module docstring for what each part holds)."""
     return {
         "card_version": CARD_VERSION, "facemae_plugin": __version__, "command": public_command(command),
@@ -61,6 +61,7 @@ def build_card(source, released, provenance, reconstructor, worst_case, attacker
         "seed": "published" if seed_public else "secret",
         "reconstructor": reconstructor, "training_set": training_set, "attackers": attackers,
         "reapply": "run" if reapply else "skipped",
+        "adaptive": adaptive,
         "calibration": calibration, "samples": samples,
     }
 
@@ -232,10 +233,18 @@ def _attacker_lines(card):
         elif a["kind"] == "pixels":
             lines.append(f"- {a['name']}: no model; nearest neighbour in 28x28 grey pixels, mean-centred; "
                          f"report `{a['audit']}`")
+        elif a["kind"] == "adaptive":
+            lines.append(f"- {a['name']}: a face recogniser trained on the training set beside its release by this "
+                         f"method (a seed of its own), so it has learnt to see through it; report `{a['audit']}`")
         else:
             seed = "the published seed" if card["seed"] == "published" else "a seed of its own"
             lines.append(f"- {a['name']}: knows the method and every parameter on this card, privatizes the "
                          f"originals the same way ({seed}) and searches with the pixel attacker; report `{a['audit']}`")
+    if card.get("adaptive") in ("skipped", "no training set"):
+        why = ("skipped at the publisher's request" if card["adaptive"] == "skipped"
+               else "not run: no --training-set was given to train it on")
+        lines.append(f"- adaptive: {why}; the worst case above assumes an attacker who has not trained a "
+                     f"recogniser on faces privatized by this method")
     if card["reapply"] == "skipped":
         lines.append("- reapply: skipped at the publisher's request; the worst case above assumes an attacker "
                      "who does not know the method's parameters")

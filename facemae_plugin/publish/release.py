@@ -21,6 +21,7 @@ from ..convert.layout import read_json_or_none
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import calibrate
 from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, public_paths, write_card
+from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attacker
 from .reapply import reapply_attacker
 
 PARTIAL_SUFFIX = ".partial"
@@ -28,7 +29,7 @@ AUDIT_DIR = "audit"
 REAPPLY_DIR = ".reapply"  # the reapply attacker's gallery while the audits run; removed before the card
 SAMPLES_PNG = "samples.png"
 SAMPLE_FACES = 8
-RELEASE_FILES = (AUDIT_DIR, REAPPLY_DIR, SAMPLES_PNG, CARD_JSON, CARD_MD)  # what a release adds to a conversion
+RELEASE_FILES = (AUDIT_DIR, REAPPLY_DIR, ADAPTIVE_DIR, SAMPLES_PNG, CARD_JSON, CARD_MD)  # what a release adds to a conversion
 
 
 class ReleaseError(FaceMAEError):
@@ -46,13 +47,14 @@ class Attacker:
 def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), training_set=None, quality=95,
                     batch_size=64, workers=None, device="cpu", overwrite=False, progress=True, command=None,
                     precision="fp32", search="auto", seed=0, target_leakage=None, privatizer_at=None,
-                    converted=None, embedding_cache=None, compile=True, reapply=True):
+                    converted=None, embedding_cache=None, compile=True, reapply=True, adaptive=True):
     """Convert, audit and card ``in_dir`` into ``out_dir``; returns the card (also ``OUT_DIR/RELEASE.json``).
 
     ``attackers``: ``Attacker`` recognisers (the pixel attacker always runs, ``reapply`` unless
     ``reapply=False``). ``val_bins``: ``.bin`` sets each recogniser is verified on. ``training_set``:
-    the shard a FaceMAE reconstructor was trained on, for the look-alike audit
-    (``evaluation.lookalikes``). ``target_leakage``: release at the weakest setting whose worst-case
+    the shard a FaceMAE reconstructor was trained on (other people than the release's), for the
+    look-alike audit (``evaluation.lookalikes``) and, unless ``adaptive=False``, to train the adaptive
+    attacker on (``publish.adaptive``; calibration runs without it). ``target_leakage``: release at the weakest setting whose worst-case
     rank-1 instance leakage is at most this (``calibrate``); ``privatizer_at(value)`` builds the
     method at a setting, ``privatizer`` is then only checked. ``seed``: the audit's and the
     calibration's draws (impostor samples, the calibration subset), not the privatizer's.
@@ -84,9 +86,13 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
 
     provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(settings, progress=progress), convert,
                               converted)
+    trained_attacker = None
+    if trained is not None and adaptive:
+        trained_attacker = adaptive_attacker(training_set, staging, privatizer, settings, device, precision, compile,
+                                             progress)
     summary = audit_release(in_dir, staging, privatizer, suite, reapply, settings, dict(
         batch_size=batch_size, device=device, progress=progress, search=search, seed=seed,
-        training_set=training_set, embedding_cache=embedding_cache))
+        training_set=training_set, embedding_cache=embedding_cache), trained_attacker)
     entries = [attacker_entry(name, recognisers.get(name), entry, summary["reports"][name],
                               verify_attacker(recognisers.get(name), val_sets, batch_size, device, progress),
                               os.path.join(AUDIT_DIR, name)) for name, entry in summary["attackers"].items()]
@@ -98,7 +104,7 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
         calibration["released_instance_rank1"] = summary["worst_case"]["instance"]["value"]
     card = public_paths(build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries,
                                    trained, calibration, SAMPLES_PNG, command, seed_public=privatizer.seed_public,
-                                   reapply=reapply), staging, out_dir)
+                                   reapply=reapply, adaptive=adaptive_state(trained, adaptive)), staging, out_dir)
     write_card(staging, card)  # last: a folder with a card is a finished release
     replace_dir(staging, out_dir)
     return card
@@ -216,12 +222,31 @@ def copy_conversion(converted, staging, expected):
                 shutil.copyfile(source, tmp)
 
 
-def audit_release(in_dir, staging, privatizer, suite, reapply, convert_settings, options):
-    """Every attacker's audit of the release in ``staging`` (``evaluation.suite``): the suite's record,
-    with each attacker's ``audit.json`` under ``reports``."""
+def adaptive_state(training_set, adaptive):
+    """What the card says of the adaptive attacker."""
+    if training_set is None:
+        return "no training set"
+    return "trained" if adaptive else "skipped"
+
+
+def adaptive_attacker(training_set, staging, privatizer, settings, device, precision, compile, progress):
+    """The adaptive attacker of this release, trained in ``staging/.adaptive``, as a ``SuiteAttacker``."""
+    from ..evaluation.embed import load_embedder
+    from ..evaluation.suite import SuiteAttacker
+
+    model, network = train_adaptive_attacker(training_set, os.path.join(staging, ADAPTIVE_DIR), privatizer,
+                                             settings["quality"], settings["batch_size"], device, progress)
+    embedder = load_embedder(model, network, device=device, precision=precision, compile=compile)
+    # model=None: the file goes with .adaptive before the card, so nothing names or caches it
+    return SuiteAttacker(ADAPTIVE, embedder, ADAPTIVE, model=None)
+
+
+def audit_release(in_dir, staging, privatizer, suite, reapply, convert_settings, options, adaptive=None):
+    """Every attacker's audit of the release in ``staging`` (``evaluation.suite``), the ``adaptive``
+    ``SuiteAttacker`` too when given: the suite's record, with each attacker's ``audit.json`` under ``reports``."""
     from ..evaluation.suite import audit_suite
 
-    attackers = list(suite)
+    attackers = list(suite) + ([adaptive] if adaptive is not None else [])
     gallery = os.path.join(staging, REAPPLY_DIR)
     if reapply:
         attackers.append(reapply_attacker(in_dir, gallery, privatizer, convert_settings, released=staging))
@@ -229,6 +254,7 @@ def audit_release(in_dir, staging, privatizer, suite, reapply, convert_settings,
         summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR), **options)
     finally:
         shutil.rmtree(gallery, ignore_errors=True)
+        shutil.rmtree(os.path.join(staging, ADAPTIVE_DIR), ignore_errors=True)
     reports = {}
     for name, entry in summary["attackers"].items():
         reports[name] = publish_json(entry["report"], staging)
