@@ -4,15 +4,17 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from facemae_plugin.convert import convert
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.evaluation.attackers import PIXEL_SIDE, THREATS, PixelAttacker, unique_names, worst_case
 from facemae_plugin.evaluation.audit import audit
 from facemae_plugin.evaluation.retrieval import without_source
-from facemae_plugin.evaluation.suite import audit_suite, pixel_attacker
+from facemae_plugin.evaluation.suite import SuiteAttacker, audit_suite, pixel_attacker
 from facemae_plugin.formats.shard import FaceShard
-from facemae_plugin.publish.reapply import REAPPLY, attacker_privatizer, reapply_attacker
+from facemae_plugin.models.backbones import get_backbone
+from facemae_plugin.publish.reapply import REAPPLY, attacker_privatizer, reapply_attackers
 from facemae_plugin.release.baselines import make_privatizer
 from tests.oracles import brute_force_metrics
 
@@ -92,7 +94,7 @@ def test_attacker_names_are_made_unique_in_order():
 
 def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_seed_for_a_secret_one(faces, tmp_path):
     blur = make_privatizer("blur", sigma=6.0)
-    attacker = reapply_attacker(faces / "ds", tmp_path / "unused", blur, dict(workers=0), released=faces / "blur6")
+    (attacker,) = reapply_attackers(faces / "ds", tmp_path / "unused", blur, dict(workers=0), released=faces / "blur6")
     assert attacker.gallery == faces / "blur6" and not (tmp_path / "unused").exists()  # the same bytes, not redone
     report = audit(attacker.gallery, faces / "blur6", attacker.embedder, out_dir=tmp_path / "a", plots=False)
     assert report["instance_rank1"] == 1.0
@@ -102,8 +104,14 @@ def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_
     assert own.seed != noise.seed and own.provenance() == noise.provenance()  # all it knows is what was published
     assert attacker_privatizer(make_privatizer("noise", std=40.0, seed=5)).seed == 5  # a published seed is used
     convert(faces / "ds", tmp_path / "noise", noise, workers=0, progress=False)
-    attacker = reapply_attacker(faces / "ds", tmp_path / "guess", noise, dict(workers=0), released=tmp_path / "noise")
+    torch.manual_seed(0)
+    recogniser = SuiteAttacker("teacher", get_backbone("mbf").eval(), "recogniser")
+    attacker, searcher = reapply_attackers(faces / "ds", tmp_path / "guess", noise, dict(workers=0),
+                                           released=tmp_path / "noise", searchers=[pixel_attacker(), recogniser])
     assert attacker.name == REAPPLY and attacker.gallery == tmp_path / "guess"
+    # each recogniser searches the same gallery: one conversion
+    assert (searcher.name, searcher.kind, searcher.gallery, searcher.embedder) == \
+        (f"{REAPPLY}-teacher", REAPPLY, tmp_path / "guess", recogniser.embedder)
     with open(tmp_path / "guess" / "train.rec", "rb") as a, open(tmp_path / "noise" / "train.rec", "rb") as b:
         assert a.read() != b.read()
     summary = audit_suite(faces / "ds", tmp_path / "noise", [pixel_attacker(), attacker], tmp_path / "suite",

@@ -46,6 +46,10 @@ def world(tmp_path_factory):
     return root
 
 
+def text_of(release):
+    return (release / "RELEASE.md").read_text()
+
+
 def attackers_of(world):
     return [Attacker(str(world / "attacker" / "model.pt"), "mbf")]
 
@@ -62,7 +66,7 @@ def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figur
         assert json.load(f) == card
     with open(out / "audit" / "attacker" / "audit.json") as f:
         report = json.load(f)
-    assert [a["name"] for a in card["attackers"]] == ["pixels", "attacker", "reapply"]
+    assert [a["name"] for a in card["attackers"]] == ["pixels", "attacker", "reapply", "reapply-attacker"]
     attacker = card["attackers"][1]
     for key, value in attacker["leakage"].items():
         assert report[key] == value, key
@@ -74,6 +78,9 @@ def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figur
         assert entry["value"] == max(values.values()) and values[entry["attacker"]] == entry["value"]
     # blur is deterministic: re-applied with the card's parameters it gives the release's bytes
     assert card["attackers"][2]["leakage"]["instance_rank1"] == 1.0 == card["worst_case"]["instance"]["value"]
+    # ... and searched by the recogniser too, which knows each released face's very bytes among the gallery
+    assert card["attackers"][3]["leakage"]["instance_rank1"] == 1.0
+    assert "reapply-attacker: knows the method" in text_of(out) and "searches with attacker" in text_of(out)
     # The released shard is what `facemae convert` makes with the same settings, byte for byte.
     convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), workers=0, progress=False)
     assert tree_hashes(tmp_path / "converted")["train.rec"] == tree_hashes(out)["train.rec"]

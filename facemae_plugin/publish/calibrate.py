@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..core.errors import FaceMAEError
 from ..formats.shard import FaceShard
 from ..formats.split import choose_identities, group_keys_by_label, write_identities
-from .reapply import REAPPLY, reapply_attacker
+from .reapply import REAPPLY, reapply_attackers
 
 CALIBRATION_IDENTITIES = 100
 BISECTION_STEPS = 6
@@ -77,7 +77,8 @@ def calibrate(in_dir, work_parent, method, privatizer_at, attackers, target, see
         value = _bisect(strength, measure, target, steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    names = [a.name for a in attackers] + ([REAPPLY] if reapply else [])
+    names = [a.name for a in attackers] + ([REAPPLY] if reapply else []) + \
+        [f"{REAPPLY}-{a.name}" for a in attackers if reapply and a.kind == "recogniser"]
     return {"method": method, "param": strength.param, "value": value, "target": target, "threat": "instance",
             "attackers": names, "identities": size["identities"], "images": size["images"], "seed": seed,
             "steps": steps, "points": sorted(measure.points, key=lambda p: p["value"])}
@@ -117,8 +118,8 @@ class _Measure:
         convert(self.subset, out, privatizer, progress=False, **self.convert_settings)
         attackers = list(self.attackers)
         if self.reapply:
-            attackers.append(reapply_attacker(self.subset, out + "-reapplied", privatizer, self.convert_settings,
-                                              released=out))
+            attackers += reapply_attackers(self.subset, out + "-reapplied", privatizer, self.convert_settings,
+                                           released=out, searchers=self.attackers)
         summary = audit_suite(self.subset, out, attackers, os.path.join(out, "audit"), plots=False,
                               batch_size=self.batch_size, device=self.device,
                               embedding_cache=os.path.join(self.scratch, "embeddings"))

@@ -238,8 +238,9 @@ def _attacker_lines(card):
                          f"method (a seed of its own), so it has learnt to see through it; report `{a['audit']}`")
         else:
             seed = "the published seed" if card["seed"] == "published" else "a seed of its own"
+            searcher = a["name"].split("-", 1)[1] if "-" in a["name"] else "the pixel attacker"
             lines.append(f"- {a['name']}: knows the method and every parameter on this card, privatizes the "
-                         f"originals the same way ({seed}) and searches with the pixel attacker; report `{a['audit']}`")
+                         f"originals the same way ({seed}) and searches with {searcher}; report `{a['audit']}`")
     if card.get("adaptive") in ("skipped", "no training set"):
         why = ("skipped at the publisher's request" if card["adaptive"] == "skipped"
                else "not run: no --training-set was given to train it on")

@@ -1,6 +1,7 @@
 """The ``reapply`` attacker: the method is public (Kerckhoffs), so the attacker privatizes the
 candidate originals the same way, with every parameter the card publishes, and searches the
-release among them with the pixel attacker.
+release among them with the pixel attacker (``reapply``) and with each recogniser of the suite
+(``reapply-<name>``): a recogniser may match two privatizations of a face where pixels do not.
 
 A deterministic method (blur, pixelate) or a published seed gives the attacker the release's
 very bytes: every source is found. A secret seed leaves the attacker a seed of its own, so what
@@ -25,12 +26,14 @@ def with_own_seed(privatizer):
     return privatizer.with_seed(seed_for_key(privatizer.seed, _ATTACKER_SALT) & _SEED_MASK)
 
 
-def reapply_attacker(in_dir, folder, privatizer, convert_settings, released=None):
-    """The ``reapply`` attacker of a release of ``in_dir`` made by ``privatizer``.
+def reapply_attackers(in_dir, folder, privatizer, convert_settings, released=None, searchers=()):
+    """The ``reapply`` attackers of a release of ``in_dir`` made by ``privatizer``: one searching with
+    the pixel attacker, then one per recogniser among ``searchers`` (``SuiteAttacker``s), named
+    ``reapply-<its name>``.
 
-    Its gallery is ``in_dir`` converted into ``folder`` by ``attacker_privatizer``; where that is
-    ``privatizer`` itself and the release is given (``released``), the release is its own gallery:
-    a conversion is deterministic, so converting again would give the same bytes.
+    Their gallery is ``in_dir`` converted once into ``folder`` by ``attacker_privatizer``; where that
+    is ``privatizer`` itself and the release is given (``released``), the release is its own
+    gallery: a conversion is deterministic, so converting again would give the same bytes.
     """
     from ..convert import convert
 
@@ -40,4 +43,6 @@ def reapply_attacker(in_dir, folder, privatizer, convert_settings, released=None
     else:
         convert(in_dir, folder, attacker, overwrite=True, progress=False, **convert_settings)
         gallery = folder
-    return SuiteAttacker(REAPPLY, PixelAttacker(), REAPPLY, gallery=gallery)
+    return [SuiteAttacker(REAPPLY, PixelAttacker(), REAPPLY, gallery=gallery)] + [
+        SuiteAttacker(f"{REAPPLY}-{s.name}", s.embedder, REAPPLY, model=s.model, gallery=gallery)
+        for s in searchers if s.kind == "recogniser"]

@@ -22,7 +22,7 @@ from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_proble
 from .calibrate import calibrate
 from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, public_paths, write_card
 from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attacker
-from .reapply import reapply_attacker
+from .reapply import reapply_attackers
 
 PARTIAL_SUFFIX = ".partial"
 AUDIT_DIR = "audit"
@@ -249,7 +249,8 @@ def audit_release(in_dir, staging, privatizer, suite, reapply, convert_settings,
     attackers = list(suite) + ([adaptive] if adaptive is not None else [])
     gallery = os.path.join(staging, REAPPLY_DIR)
     if reapply:
-        attackers.append(reapply_attacker(in_dir, gallery, privatizer, convert_settings, released=staging))
+        attackers += reapply_attackers(in_dir, gallery, privatizer, convert_settings, released=staging,
+                                       searchers=suite)
     try:
         summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR), **options)
     finally:
