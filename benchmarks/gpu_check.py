@@ -4,7 +4,8 @@ On one CUDA GPU, in a few minutes, runs each step in its own process with its ow
 
   recogniser   the plugin's recognition loop, fp16 autocast with the GradScaler, one epoch of a
                synthetic shard (200 identities x 20): images/s and the loss it ends at
-  pretrain     FaceMAE tiny and base training throughput, fp32 and fp16 (benchmarks/train_bench.py)
+  pretrain     FaceMAE tiny and base training throughput with IRM, fp32 and fp16, eager and compiled
+               (benchmarks/train_bench.py)
   convert      ``facemae convert`` with FaceMAE tiny on the GPU under autocast against the model
                alone: the streaming pipeline's efficiency (benchmarks/convert_bench.py)
   stage        the batch stage's cost inside a recognition step (benchmarks/stage_bench.py)
@@ -98,7 +99,8 @@ def steps(args, work, toy):
         ("recogniser", facemae("train", recipe, "--device", device, "--quiet", "--json"), None),
         ("pretrain", [sys.executable, BENCHMARKS / "train_bench.py", "--device", device, "--models",
                       "facemae-tiny" if toy else "facemae-tiny,facemae-base", "--iters", 1 if toy else 10,
-                      "--warmup", 1 if toy else 3, "--batch-size", 8 if toy else 128], None),
+                      "--warmup", 1 if toy else 3, "--batch-size", 8 if toy else 128,
+                      *([] if toy else ["--compile", "--irm"])], None),
         ("convert", [sys.executable, BENCHMARKS / "convert_bench.py", "--images", 200 if toy else 4000,
                      "--models", "tiny", "--baselines", "", "--device", device, "--autocast",
                      "--work-dir", work / "convert"], None),

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Training throughput on this machine: images/s of one forward+backward+step.
 
-Pretraining (FaceMAE tiny/small, pixel loss, mask 0.75) and recognition (mbf, r18
-with the ArcFace margin head), fp32 and bf16/fp16 autocast, on random normalised
-112x112 batches, so only the model is timed (no decoding). Prints a Markdown
-table and a JSON line.
+Pretraining (FaceMAE tiny/small, pixel loss, mask 0.75, plus IRM with a frozen mbf teacher given
+``--irm``) and recognition (mbf, r18, r50 with the margin head), fp32 and bf16/fp16 autocast
+(bf16 marked ``emulated`` on a CPU without native bf16, where it is slower than fp32), eager and,
+given ``--compile``, under ``torch.compile`` (its build time reported apart), on random
+normalised 112x112 batches, so only the model is timed (no decoding). Prints a Markdown table
+and a JSON line.
 """
 import argparse
 import json
@@ -12,35 +14,45 @@ import time
 
 import torch
 
-from facemae_plugin.train.losses import MarginSoftmax, masked_mse
+from facemae_plugin.core.devices import native_bf16
+from facemae_plugin.train.losses import IRMLoss, MarginSoftmax, masked_mse
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.train.common import autocast, pick_device
 
 
-def pretrain_step(preset, device):
+def maybe_compiled(module, compiled):
+    return torch.compile(module) if compiled else module
+
+
+def pretrain_step(preset, device, compiled=False, irm=False):
     model = create_facemae(preset).to(device)
+    forward = maybe_compiled(model, compiled)
+    teacher = IRMLoss(get_backbone("mbf").to(device, memory_format=torch.channels_last)) if irm else None
+    irm_loss = maybe_compiled(teacher, compiled) if irm else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
 
     def step(images, mixed):
         with autocast(device, mixed):
-            pred, mask = model(images, 0.75)
-        loss = masked_mse(pred.float(), model.patchify(images), mask, w_visible=1.0)
+            pred, mask = forward(images, 0.75)
+            relation = irm_loss(images, model.compose(images, pred, mask, "full")) if irm else 0.0
+        loss = masked_mse(pred.float(), model.patchify(images), mask, w_visible=1.0) + relation
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
 
 
-def recognise_step(network, device, num_classes=1000):
-    backbone = get_backbone(network).to(device)
+def recognise_step(network, device, num_classes=1000, compiled=False):
+    backbone = get_backbone(network).to(device, memory_format=torch.channels_last)
+    forward = maybe_compiled(backbone, compiled)
     head = MarginSoftmax(512, num_classes).to(device)
     optimizer = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
 
     def step(images, mixed):
         labels = torch.randint(0, num_classes, (images.shape[0],), device=device)
         with autocast(device, mixed):
-            embeddings = backbone(images)
+            embeddings = forward(images.contiguous(memory_format=torch.channels_last))
         loss = head(embeddings.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -49,8 +61,12 @@ def recognise_step(network, device, num_classes=1000):
 
 
 def images_per_second(step, batch_size, device, mixed, warmup, iters):
+    """``(images/s, seconds of the first step)``: the first step is where a compiled graph is built."""
     images = torch.randn(batch_size, 3, 112, 112, device=device).clamp_(-1, 1)
-    for _ in range(warmup):
+    start = time.perf_counter()
+    step(images, mixed)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
         step(images, mixed)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -59,7 +75,7 @@ def images_per_second(step, batch_size, device, mixed, warmup, iters):
         step(images, mixed)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch_size * iters / (time.perf_counter() - start)
+    return batch_size * iters / (time.perf_counter() - start), first
 
 
 def main():
@@ -71,28 +87,43 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--models", default="facemae-tiny,facemae-small,mbf,r18",
                         help="comma list of facemae-tiny, facemae-small, facemae-base, mbf, r18, r50")
+    parser.add_argument("--irm", action="store_true", help="FaceMAE steps add IRM with a frozen mbf teacher")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each row under torch.compile (speed-up against eager, build time apart)")
+    parser.add_argument("--precisions", default="fp32,mixed",
+                        help="comma list of fp32 and mixed (fp16 on CUDA, bf16 on a CPU; default both)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     torch.manual_seed(0)
+    mixed_name = "fp16" if device.type == "cuda" else ("bf16" if native_bf16() else "bf16 (emulated)")
 
     rows = []
     for name in args.models.split(","):
-        for mixed in (False, True):
-            step = (pretrain_step(name.split("-", 1)[1], device) if name.startswith("facemae-")
-                    else recognise_step(name, device))
-            rate = images_per_second(step, args.batch_size, device, mixed, args.warmup, args.iters)
-            rows.append({"model": name, "precision": ("fp16" if device.type == "cuda" else "bf16") if mixed
-                         else "fp32", "images_per_s": round(rate, 1)})
-            print(f"{name:14s} {rows[-1]['precision']:5s} {rate:8.1f} img/s", flush=True)
+        for mixed in [p == "mixed" for p in args.precisions.split(",")]:
+            eager = None
+            for compiled in (False, True) if args.compile else (False,):
+                step = (pretrain_step(name.split("-", 1)[1], device, compiled, args.irm) if name.startswith("facemae-")
+                        else recognise_step(name, device, compiled=compiled))
+                rate, first = images_per_second(step, args.batch_size, device, mixed, max(args.warmup, 1), args.iters)
+                eager = rate if not compiled else eager
+                rows.append({"model": name + (" + IRM" if args.irm and name.startswith("facemae-") else ""),
+                             "precision": mixed_name if mixed else "fp32", "compiled": compiled,
+                             "images_per_s": round(rate, 1), "first_step_s": round(first, 1),
+                             "vs_eager": round(rate / eager, 2)})
+                row = rows[-1]
+                print(f"{row['model']:22s} {row['precision']:15s} {'compiled' if compiled else 'eager':8s} "
+                      f"{rate:8.1f} img/s (first step {first:.1f} s)", flush=True)
 
-    print(f"\n| model | precision | train images/s ({device.type}, batch {args.batch_size}) |")
-    print("|---|---|---:|")
+    print(f"\n| model | precision | step | train images/s ({device.type}, batch {args.batch_size}) | vs eager | "
+          f"first step s |")
+    print("|---|---|---|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['model']} | {row['precision']} | {row['images_per_s']} |")
+        print(f"| {row['model']} | {row['precision']} | {'compiled' if row['compiled'] else 'eager'} | "
+              f"{row['images_per_s']} | {row['vs_eager']:.2f} | {row['first_step_s']} |")
     print(json.dumps({"bench": "train", "device": str(device), "threads": torch.get_num_threads(),
-                      "batch_size": args.batch_size, "rows": rows}))
+                      "native_bf16": native_bf16(), "batch_size": args.batch_size, "rows": rows}))
 
 
 if __name__ == "__main__":
