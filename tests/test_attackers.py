@@ -142,6 +142,6 @@ def test_the_adaptive_attacker_sees_through_blur_better_than_the_teacher(tmp_pat
     adaptive = experiment.audit(blur, 0, attacker="adaptive")
     assert adaptive["instance_rank1"] >= teacher["instance_rank1"]
     # it trained on split A beside A's blurred twin: twice the images, under A's labels
-    with FaceShard(tmp_path / "adaptive" / "adaptive-blur_s8" / "train") as pairs, \
+    with FaceShard(tmp_path / "adaptive" / "adaptive-blur_s8" / "data" / "train") as pairs, \
             FaceShard(experiment.splits["train"]) as train:
         assert len(pairs) == 2 * len(train) and len(pairs.identity_keys) == len(train.identity_keys)
