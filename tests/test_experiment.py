@@ -197,7 +197,9 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     with open(tmp_path / "release" / "RELEASE.json") as f:
         card = json.load(f)
     assert card["seed"] == "secret" and str(seed) not in json.dumps(card)
-    assert [a["name"] for a in card["attackers"]] == ["pixels", "teacher", "reapply"]
+    # the training split also trains the adaptive attacker; reapply searches with pixels and the teacher
+    assert [a["name"] for a in card["attackers"]] == ["pixels", "teacher", "adaptive", "reapply", "reapply-teacher"]
+    assert card["adaptive"] == "trained"
     assert card["attackers"][1]["training_set"] is not None
     assert card["worst_case"]["instance"]["value"] == max(a["leakage"]["instance_rank1"] for a in card["attackers"])
     assert report["card_worst_case"] == card["worst_case"]

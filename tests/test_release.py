@@ -234,7 +234,9 @@ def test_calibration_brackets_the_worst_case_within_one_bisection_step(crowd, tm
                            [Attacker(str(crowd / "model.pt"), "mbf")], workers=0, progress=False,
                            target_leakage=target, privatizer_at=at, reapply=reapply)
     calibration = card["calibration"]
-    assert calibration["attackers"] == ["pixels", crowd.name] + (["reapply"] if reapply else [])  # model.pt: its folder
+    # model.pt is named by its folder; reapply searches with the pixels and with that recogniser
+    assert calibration["attackers"] == ["pixels", crowd.name] + (["reapply", f"reapply-{crowd.name}"] if reapply
+                                                                 else [])
     for point in calibration["points"]:  # each point is judged by its worst attacker
         assert point["instance_rank1"] == max(point["by_attacker"].values())
         assert point["by_attacker"][point["attacker"]] == point["instance_rank1"]

@@ -63,7 +63,8 @@ def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
 
 def publish_facemae(experiment, command):
     """The demo's FaceMAE release published as ``facemae release`` would: with a secret seed (kept in
-    ``WORK_DIR/release.secret.json``), audited by every attacker, the teacher among them, with its card."""
+    ``WORK_DIR/release.secret.json``), audited by every attacker (the teacher, and the adaptive attacker
+    trained on split A), with its card."""
     from ..convert.secret import publisher_seed
     from ..publish.release import Attacker, release_dataset
 
