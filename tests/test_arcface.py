@@ -363,14 +363,10 @@ def test_batch_stage_equals_facemae_convert_and_offline_checks_it(checkout, shar
 @pytest.fixture
 def gloo_world():
     """A one-process gloo group: PartialFC_V2 asserts a process group exists."""
-    import socket
+    from facemae_plugin.arcface.one_process import one_process_group
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    torch.distributed.destroy_process_group()
+    with one_process_group():
+        yield
 
 
 def test_irm_partial_fc_adds_weighted_irm_to_arcface_loss(checkout, gloo_world, monkeypatch):
