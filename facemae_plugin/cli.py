@@ -124,7 +124,7 @@ def _pretrain(args):
     from .train.pretrain import pretrain
 
     result = pretrain(load_config(args.config), device=args.device, progress=not args.quiet,
-                      resume=args.resume)
+                      resume=args.resume, compile=args.compile)
     last = result["epochs"][-1] if result["epochs"] else {}
     parts = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "step", "losses", "parts"))
     return f"pretrain: {result['steps']} steps, {parts} -> {result['checkpoint']}", result
@@ -134,7 +134,8 @@ def _train(args):
     from .config import load_config
     from .train.recognise import train_recogniser
 
-    result = train_recogniser(load_config(args.config), device=args.device, progress=not args.quiet)
+    result = train_recogniser(load_config(args.config), device=args.device, progress=not args.quiet,
+                              compile=args.compile)
     val = result["epochs"][-1].get("val", {}) if result["epochs"] else {}
     shown = "  ".join(f"{name} {acc * 100:.2f}%" for name, acc in val.items())
     return f"train: {result['steps']} steps {shown} -> {result['model']}", result
@@ -409,6 +410,10 @@ SHARED_OPTIONS = {
         "for byte. Default: a seed drawn from the operating system, kept in OUT_DIR.secret.json beside the "
         "output (mode 0600, read again by a resumed run), never inside it"))),),
     "overwrite": (("--overwrite", dict(action="store_true", help="replace an existing output (never an input)")),),
+    "compile-training": (("--no-compile", dict(dest="compile", action="store_false", help=(
+        "keep the training step eager (by default a job long enough to repay building the graph, images times "
+        "epochs, compiles its forward, loss and backward with torch.compile: tens of thousands of images on a "
+        "CPU, fewer on CUDA; a failure to compile falls back to eager with one line)"))),),
     # How convert and release privatize the images: the method and its parameters.
     "method": (
         ("--checkpoint", dict(default=None, help="facemae.pt (needed by --method facemae)")),
@@ -517,7 +522,7 @@ def _add_split(verbs):
 
 
 def _add_pretrain(verbs):
-    p = verbs.add_parser("pretrain", parents=_parents("common", "device"),
+    p = verbs.add_parser("pretrain", parents=_parents("common", "device", "compile-training"),
                          help="pretraining: train the FaceMAE reconstructor (pixel loss + IRM)",
                          description="Train FaceMAE from a recipe with a config.mae block (and config.irm "
                                      "for instance relation matching). Writes facemae.pt, resume.pt and a "
@@ -529,7 +534,7 @@ def _add_pretrain(verbs):
 
 
 def _add_train(verbs):
-    p = verbs.add_parser("train", parents=_parents("common", "device"),
+    p = verbs.add_parser("train", parents=_parents("common", "device", "compile-training"),
                          help="train a recogniser with arcface_torch's config keys",
                          description="Margin-softmax recognition training (arcface_torch's recipe) on "
                                      "config.rec; verifies on config.val_targets each epoch and writes "

@@ -25,6 +25,7 @@ from ..models.backbones import load_backbone
 from ..models.mae import create_facemae
 from ..models.masking import mask_noise_for_keys
 from ..models.weights import load_weights_file
+from .compiled import TrainingCompiler
 from .common import (OptimizerStep, atomic_save, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
 from .losses import IRMLoss, masked_mse
@@ -121,8 +122,12 @@ def load_resume_state(cfg, mae, update):
         raise CheckpointError(f"{path}: does not fit this recipe's model and optimiser ({first_line})") from None
 
 
-def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
-    """Pretrain FaceMAE from ``cfg``; returns a summary dict (also ``summary.json`` in ``cfg.output``)."""
+def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None, compile=True):
+    """Pretrain FaceMAE from ``cfg``; returns a summary dict (also ``summary.json`` in ``cfg.output``).
+
+    ``compile``: compile the training step where the job repays it (``train.compiled``); False keeps
+    it eager.
+    """
     check_pretrain_config(cfg)
     process = setup_process(device)
     seed_everything(cfg.seed)
@@ -135,6 +140,8 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
     model = DistributedDataParallel(mae) if process.distributed else mae
     steps_per_epoch = len(dataset) // (cfg.batch_size * process.world_size)
     total_steps, warmup_steps = steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch
+    compiler = TrainingCompiler(process.device, len(dataset) * (cfg.num_epoch - start_epoch), enabled=compile)
+    loss_of = compiler.compile(pretraining_loss(cfg, model, objective, update))
     grid_batch = fixed_grid_batch(dataset, cfg.mae.grid_images)
     trained_on = dataset.shard.fingerprint() if process.is_main else None  # kept in the checkpoint
 
@@ -148,11 +155,8 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
         for images, _, keys in bar:
             set_lr(optimizer, cosine_warmup_lr(step, cfg.lr, warmup_steps, total_steps))
             images = images.to(process.device, non_blocking=True)
-            noise = mask_noise(cfg, epoch, keys, mae.num_patches)
-            with update.autocast():
-                pred, mask = model(images, cfg.mae.mask_ratio, noise=noise)
-                loss, parts = objective(model, images, pred, mask)
-            update(loss)
+            noise = mask_noise(cfg, epoch, keys, mae.num_patches)  # [N, L]
+            loss, parts = compiler.step(pretrain_step, loss_of, update, images, noise)
             step += 1
             seen += len(images) * process.world_size
             logged = {name: reduce_mean(value, process) for name, value in
@@ -168,13 +172,29 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None):
             break
     summary = {"checkpoint": os.path.join(cfg.output, CHECKPOINT_NAME), "steps": step, "epochs": history,
                "images_per_s": (seen - seen_before) / max(time.time() - started, 1e-9),
-               "images_seen": seen, "world_size": process.world_size,
+               "images_seen": seen, "world_size": process.world_size, "runtime": compiler.runtime,
                "device": str(process.device), "data": trained_on}
     if process.is_main:
         with open(os.path.join(cfg.output, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     teardown_process(process)
     return summary
+
+
+def pretraining_loss(cfg, model, objective, update):
+    """The step's forward and loss, one function to compile: FaceMAE and the objective under the
+    update's autocast. Returns ``(total, parts)``."""
+    def loss_of(images, noise):  # [N, 3, H, W], [N, L] -> scalar, {name: scalar}
+        with update.autocast():
+            pred, mask = model(images, cfg.mae.mask_ratio, noise=noise)  # [N, L, p*p*3], [N, L]
+            return objective(model, images, pred, mask)
+    return loss_of
+
+
+def pretrain_step(loss_of, update, images, noise):
+    loss, parts = loss_of(images, noise)
+    update(loss)
+    return loss, parts
 
 
 def save_resume_state(cfg, process, mae, update, epoch, step, history, seen):

@@ -30,6 +30,7 @@ from ..formats.binfile import load_bin
 from ..formats.shard import FaceShard
 from ..models.backbones import get_backbone
 from ..release.facemae import ReconstructionStage, check_offline_release
+from .compiled import TrainingCompiler
 from .common import (OptimizerStep, atomic_save, make_loader, polynomial_warmup_lr, reduce_mean,
                      seed_everything, set_lr, setup_process, teardown_process, unwrap)
 from .losses import MarginSoftmax
@@ -101,11 +102,13 @@ def build_optimizer(cfg, params):
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_steps=None):
+def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_steps=None, compile=True):
     """Train a recogniser from ``cfg``; returns a summary dict (also saved as ``summary.json``).
 
     ``batch_stage(images, keys) -> images`` transforms each batch on the device before the
     backbone (the FaceMAE reconstruction stage). ``max_steps`` stops early (tests, smoke runs).
+    ``compile``: compile the training step where the job repays it (``train.compiled``); False keeps
+    it eager.
     """
     check_recognition_config(cfg)
     process = setup_process(device)
@@ -122,6 +125,8 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
         backbone, head = DistributedDataParallel(backbone), DistributedDataParallel(head)
     optimizer = build_optimizer(cfg, [{"params": backbone.parameters()}, {"params": head.parameters()}])
     update = OptimizerStep(optimizer, backbone.parameters(), process.device, cfg.fp16, GRAD_CLIP_NORM)
+    compiler = TrainingCompiler(process.device, cfg.num_image * cfg.num_epoch, enabled=compile)
+    loss_of = compiler.compile(margin_loss(backbone, head, update))
     steps_per_epoch = cfg.num_image // (cfg.batch_size * process.world_size)
     total_steps = steps_per_epoch * cfg.num_epoch
     warmup_steps = steps_per_epoch * cfg.warmup_epoch
@@ -141,7 +146,7 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
             labels = labels.to(process.device)
             if batch_stage is not None:  # the record's own reconstruction, then the flip drawn for it
                 images = mirror_where(batch_stage(images, keys), flipped[0])
-            loss = train_step(backbone, head, update, images, labels)
+            loss = compiler.step(train_step, loss_of, update, images, labels)
             loss = reduce_mean(loss, process)
             epoch_losses.append(loss)
             step += 1
@@ -154,7 +159,7 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
             break
     summary = {"model": os.path.join(cfg.output, "model.pt"), "steps": step, "epochs": history,
                "images_per_s": step * cfg.batch_size * process.world_size / (time.time() - started),
-               "world_size": process.world_size, "device": str(process.device),
+               "world_size": process.world_size, "device": str(process.device), "runtime": compiler.runtime,
                "data": dataset.shard.fingerprint() if process.is_main else None}
     if process.is_main:
         with open(os.path.join(cfg.output, "summary.json"), "w") as f:
@@ -177,10 +182,18 @@ def facemae_stage(cfg, device):
     return ReconstructionStage.from_block(block, device, cfg.fp16)
 
 
-def train_step(backbone, head, update, images, labels):
-    with update.autocast():
-        embeddings = backbone(images)  # [B, D]
-    loss = head(embeddings.float(), labels)
+def margin_loss(backbone, head, update):
+    """The step's forward and loss, one function to compile: the backbone under the update's
+    autocast, the margin head in float32."""
+    def loss_of(images, labels):  # [B, 3, 112, 112], [B] -> scalar
+        with update.autocast():
+            embeddings = backbone(images)  # [B, D]
+        return head(embeddings.float(), labels)
+    return loss_of
+
+
+def train_step(loss_of, update, images, labels):
+    loss = loss_of(images, labels)
     update(loss)
     return loss.item()
 
