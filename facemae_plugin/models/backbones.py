@@ -75,6 +75,7 @@ class IResNet(nn.Module):
     def __init__(self, layers, num_features: int = 512, dropout: float = 0.0, fp16: bool = False):
         super().__init__()
         self.fp16 = fp16
+        self.num_features = num_features  # the embedding's width
         self.conv1 = _conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
         self.prelu = nn.PReLU(64)
@@ -198,6 +199,7 @@ class MobileFaceNet(nn.Module):
     def __init__(self, num_features: int = 512, fp16: bool = False):
         super().__init__()
         self.fp16 = fp16
+        self.num_features = num_features  # the embedding's width
         self.layers = nn.ModuleList([
             ConvBlock(3, 128, kernel=3, stride=2, padding=1),             # [N, 128, 56, 56]
             ConvBlock(128, 128, kernel=3, padding=1, groups=64),

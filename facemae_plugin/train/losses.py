@@ -7,7 +7,7 @@
   reconstructions of a batch keep the identity structure a frozen recogniser sees in the
   originals.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -209,11 +209,15 @@ class IRMLoss(nn.Module):
         self.teacher.eval()  # the teacher is a fixed measuring instrument
         return self
 
-    def forward(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    def forward(self, originals: torch.Tensor, reconstructions: torch.Tensor,
+                embedded_original: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``embedded_original`` [B, D]: the teacher's embeddings of ``originals`` where the caller
+        has them already (``train.teacher_cache``); computed here otherwise."""
         if originals.shape != reconstructions.shape:
             raise ValueError(f"originals and reconstructions must have the same shape, got "
                              f"{list(originals.shape)} and {list(reconstructions.shape)}")
-        with torch.no_grad():
-            embedded_original = self.teacher(originals)  # [B, D], a fixed target
+        if embedded_original is None:
+            with torch.no_grad():
+                embedded_original = self.teacher(originals)  # [B, D], a fixed target
         embedded_reconstructed = self.teacher(reconstructions)  # [B, D]
         return irm_loss(embedded_original, embedded_reconstructed, self.variant, self.temperature)

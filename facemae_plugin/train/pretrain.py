@@ -4,9 +4,11 @@ loss = w_mse * pixel MSE (masked patches + w_visible * visible ones)
      + irm.weight * IRM(frozen teacher; originals vs reconstructions)
 
 IRM sees the reconstruction in the output mode deployment will release
-(``mae.output``), so what it teaches is what users get. Masks come from
-``(seed, epoch, record key)``: a record's mask does not depend on the batch it
-lands in, which makes a ``torchrun`` run reproduce a single-process run.
+(``mae.output``), so what it teaches is what users get. Masks and flips come from
+``(seed, epoch, record key)``: a record's draws do not depend on the batch it
+lands in, which makes a ``torchrun`` run reproduce a single-process run and a
+resumed run an uninterrupted one. IRM's teacher embeds each original once per
+orientation where the run is long enough (``teacher_cache``).
 """
 import json
 import os
@@ -19,7 +21,8 @@ from tqdm import tqdm
 
 from ..config import require
 from ..core.errors import CheckpointError, ConfigError
-from ..data.dataset import FaceRecordDataset
+from ..core.keyseed import seed_for_key
+from ..data.dataset import FaceRecordDataset, mirror_where
 from ..evaluation.visualise import save_reconstruction_grid
 from ..models.backbones import load_backbone
 from ..models.mae import create_facemae
@@ -29,10 +32,12 @@ from .compiled import TrainingCompiler
 from .common import (OptimizerStep, atomic_save, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
 from .losses import IRMLoss, masked_mse
+from .teacher_cache import OriginalEmbeddings
 
 CHECKPOINT_NAME = "facemae.pt"
 RESUME_NAME = "resume.pt"
 ADAMW_BETAS = (0.9, 0.95)  # MAE's pretraining betas
+FLIP_STREAM = 0x666C6970  # separates the flips' per-record draws from the masks'
 NO_DECAY_TOKENS = ("cls_token", "mask_token")  # learned embeddings MAE's recipe exempts from weight decay
 
 
@@ -54,9 +59,22 @@ def check_pretrain_config(cfg):
     return cfg
 
 
+def epoch_seed(cfg, epoch):
+    return cfg.seed * 1_000_003 + epoch
+
+
 def mask_noise(cfg, epoch, keys, num_patches):
     """Per-record mask noise for one epoch: a fresh mask each epoch, the same on any rank layout."""
-    return mask_noise_for_keys(cfg.seed * 1_000_003 + epoch, keys.tolist(), num_patches)
+    return mask_noise_for_keys(epoch_seed(cfg, epoch), keys.tolist(), num_patches)
+
+
+def keyed_flips(cfg, epoch, keys):
+    """Per-record horizontal flips for one epoch ([N] bool; none without ``cfg.flip``). Like the masks
+    they come from (seed, epoch, record key), so a resumed run and any rank layout draw the same."""
+    if not cfg.flip:
+        return torch.zeros(len(keys), dtype=torch.bool)
+    stream = seed_for_key(epoch_seed(cfg, epoch), FLIP_STREAM)  # apart from the masks' draws
+    return torch.tensor([seed_for_key(stream, int(key)) >> 63 for key in keys], dtype=torch.bool)
 
 
 class PretrainObjective(torch.nn.Module):
@@ -73,14 +91,14 @@ class PretrainObjective(torch.nn.Module):
             teacher = teacher.to(memory_format=torch.channels_last)  # faster convolutions, same numbers
             self.irm = IRMLoss(teacher, variant=irm.variant, temperature=irm.temperature)
 
-    def forward(self, mae, images, pred, mask):
+    def forward(self, mae, images, pred, mask, embedded_original=None):
         target = unwrap(mae).patchify(images)  # [N, L, p*p*3]
         pixel = masked_mse(pred.float(), target, mask, w_visible=self.mae_cfg.w_visible)
         parts = {"mse": pixel.detach()}
         total = self.mae_cfg.w_mse * pixel
         if self.irm is not None:
             released = unwrap(mae).compose(images, pred, mask, self.mae_cfg.output)  # [N, 3, H, W]
-            relation = self.irm(images, released)
+            relation = self.irm(images, released, embedded_original)
             parts["irm"] = relation.detach()
             total = total + self.irm_weight * relation
         return total, parts
@@ -131,7 +149,7 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None, comp
     check_pretrain_config(cfg)
     process = setup_process(device)
     seed_everything(cfg.seed)
-    dataset = FaceRecordDataset(cfg.rec, flip=cfg.flip, with_keys=True)
+    dataset = FaceRecordDataset(cfg.rec, with_keys=True)  # flips are drawn per record (keyed_flips)
     mae = build_model(cfg, process.device)
     objective = PretrainObjective(cfg, process.device)
     optimizer = torch.optim.AdamW(adamw_param_groups(mae, cfg.weight_decay), lr=cfg.lr, betas=ADAMW_BETAS)
@@ -140,8 +158,9 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None, comp
     model = DistributedDataParallel(mae) if process.distributed else mae
     steps_per_epoch = len(dataset) // (cfg.batch_size * process.world_size)
     total_steps, warmup_steps = steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch
-    compiler = TrainingCompiler(process.device, len(dataset) * (cfg.num_epoch - start_epoch), enabled=compile)
+    compiler = TrainingCompiler(process.device, len(dataset) * cfg.num_epoch, enabled=compile)
     loss_of = compiler.compile(pretraining_loss(cfg, model, objective, update))
+    originals = teacher_cache(cfg, objective, update, len(dataset), cfg.num_epoch)
     grid_batch = fixed_grid_batch(dataset, cfg.mae.grid_images)
     trained_on = dataset.shard.fingerprint() if process.is_main else None  # kept in the checkpoint
 
@@ -154,9 +173,12 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None, comp
         epoch_parts = []
         for images, _, keys in bar:
             set_lr(optimizer, cosine_warmup_lr(step, cfg.lr, warmup_steps, total_steps))
-            images = images.to(process.device, non_blocking=True)
+            images = images.to(process.device, non_blocking=True)  # [N, 3, H, W] as stored
+            flipped = keyed_flips(cfg, epoch, keys)  # [N]
+            embedded = originals.embed(images, keys, flipped) if originals is not None else None  # [N, D]
+            images = mirror_where(images, flipped)
             noise = mask_noise(cfg, epoch, keys, mae.num_patches)  # [N, L]
-            loss, parts = compiler.step(pretrain_step, loss_of, update, images, noise)
+            loss, parts = compiler.step(pretrain_step, loss_of, update, images, noise, embedded)
             step += 1
             seen += len(images) * process.world_size
             logged = {name: reduce_mean(value, process) for name, value in
@@ -184,17 +206,28 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None, comp
 def pretraining_loss(cfg, model, objective, update):
     """The step's forward and loss, one function to compile: FaceMAE and the objective under the
     update's autocast. Returns ``(total, parts)``."""
-    def loss_of(images, noise):  # [N, 3, H, W], [N, L] -> scalar, {name: scalar}
+    def loss_of(images, noise, embedded):  # [N, 3, H, W], [N, L], [N, D] or None -> scalar, {name: scalar}
         with update.autocast():
             pred, mask = model(images, cfg.mae.mask_ratio, noise=noise)  # [N, L, p*p*3], [N, L]
-            return objective(model, images, pred, mask)
+            return objective(model, images, pred, mask, embedded)
     return loss_of
 
 
-def pretrain_step(loss_of, update, images, noise):
-    loss, parts = loss_of(images, noise)
+def pretrain_step(loss_of, update, images, noise, embedded):
+    loss, parts = loss_of(images, noise, embedded)
     update(loss)
     return loss, parts
+
+
+def teacher_cache(cfg, objective, update, records, epochs):
+    """IRM's teacher embeddings of the originals, kept across epochs where that pays (else None).
+    Decided on the whole run's ``epochs``, so a resumed run takes the same path as an uninterrupted one."""
+    if objective.irm is None:
+        return None
+    teacher = objective.irm.teacher
+    if not OriginalEmbeddings.pays(records, epochs, cfg.flip, teacher.num_features):
+        return None
+    return OriginalEmbeddings(teacher, cfg.batch_size, cfg.flip, update.autocast)
 
 
 def save_resume_state(cfg, process, mae, update, epoch, step, history, seen):
