@@ -68,7 +68,8 @@ def measure_one(size, args):
     import torch
 
     from facemae_plugin.evaluation.embedding_store import EmbeddingRows
-    from facemae_plugin.evaluation.retrieval import default_chunk, evaluate_retrieval, unit_rows
+    from facemae_plugin.evaluation.retrieval import evaluate_retrieval
+    from facemae_plugin.evaluation.search import default_chunk, unit_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from facemae_plugin.evaluation.attackers import THREATS
 from facemae_plugin.evaluation.audit import AuditInputError, audit
-from facemae_plugin.evaluation.retrieval import (RetrievalInputError, chunked_search, chunked_topk,
-                                                 count_impostor_pairs, impostor_scores, retrieval_metrics,
+from facemae_plugin.evaluation.retrieval import (count_impostor_pairs, impostor_scores, retrieval_metrics,
                                                  score_tar_at_far)
+from facemae_plugin.evaluation.search import RetrievalInputError, chunked_search, chunked_topk
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from tests.oracles import brute_force_metrics, brute_force_ranking, threshold_sweep_tar, unit_rows

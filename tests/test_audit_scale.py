@@ -12,7 +12,8 @@ from facemae_plugin.evaluation import approximate, retrieval
 from facemae_plugin.evaluation.audit import audit
 from facemae_plugin.evaluation.embed import embed_with_flip
 from facemae_plugin.evaluation.embedding_store import EmbeddingRows
-from facemae_plugin.evaluation.retrieval import RetrievalInputError, evaluate_retrieval, retrieval_metrics
+from facemae_plugin.evaluation.retrieval import evaluate_retrieval, retrieval_metrics
+from facemae_plugin.evaluation.search import RetrievalInputError
 from facemae_plugin.data.dataset import normalise
 from facemae_plugin.formats.shard import FaceShard
 from tests.test_audit import PixelProjection, synthetic_faces  # noqa: F401 (a fixture)

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .retrieval import SearchResult, _sort_desc_then_index
+from .search import SearchResult, sort_desc_then_index
 
 CANDIDATES = 64
 MAX_CANDIDATES = 1024
@@ -142,7 +142,7 @@ def search_block(index, effort, q, gallery, k):
     missing = ids < 0
     scores = pair_scores(q, gallery, np.where(missing, 0, ids))  # [c, m] exact inner products
     scores[missing] = -np.inf
-    scores, ids = _sort_desc_then_index(scores, np.where(missing, len(gallery), ids))
+    scores, ids = sort_desc_then_index(scores, np.where(missing, len(gallery), ids))
     top_scores, top_ids = scores[:, :k], ids[:, :k]
     for row in np.flatnonzero(np.isinf(top_scores).any(1)):
         top_scores[row], top_ids[row] = exact_topk(q[row], gallery, k)

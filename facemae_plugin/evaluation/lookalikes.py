@@ -14,10 +14,10 @@ import math
 import numpy as np
 import torch
 
-from .retrieval import RetrievalInputError, score_tar_at_far
+from .retrieval import score_tar_at_far
+from .search import RetrievalInputError, score_chunks
 
 FLAG_Z = 3.0  # McNemar z above which the release holds more look-alikes than chance allows
-SCORE_BUDGET = 1 << 24  # float32 scores per chunk of queries x centres
 TOP_IDENTITIES = 10
 
 
@@ -32,23 +32,6 @@ def identity_centres(embeddings, labels):
     return (sums / np.where(norms == 0, 1.0, norms)).astype(np.float32), centre_labels
 
 
-def _score_blocks(query, centres, order=None):
-    """Yield ``(start, stop, scores [stop - start, C])`` for consecutive blocks of query rows.
-
-    ``order`` [Q]: the query rows to score, in this order (a memory map is read a block at a time).
-    """
-    c = torch.from_numpy(np.ascontiguousarray(centres, np.float32))  # [C, D]
-    count = len(query) if order is None else len(order)
-    step = max(1, SCORE_BUDGET // max(1, len(c)))
-    for start in range(0, count, step):
-        rows = slice(start, start + step) if order is None else np.sort(order[start:start + step])
-        block = np.asarray(query[rows], np.float32)
-        if order is not None:  # read in ascending row order, then put back in the asked order
-            block = block[np.searchsorted(rows, order[start:start + step])]
-        q = torch.from_numpy(np.ascontiguousarray(block))  # [r, D]
-        yield start, start + len(q), q @ c.T
-
-
 def nearest_centres(query, centres, order=None):
     """``(scores [Q] float32, rows [Q] int64)``: each query's best centre (lowest row among equal scores).
 
@@ -56,7 +39,7 @@ def nearest_centres(query, centres, order=None):
     """
     count = len(query) if order is None else len(order)
     scores, rows = np.empty(count, np.float32), np.empty(count, np.int64)
-    for start, stop, block in _score_blocks(query, centres, order):
+    for start, stop, block in score_chunks(query, centres, order=order):
         best = block.max(dim=1).values  # [r]
         scores[start:stop] = best.numpy()
         # argmax of the first position equal to the max: the lowest row wins a tie, whatever topk does
@@ -79,7 +62,7 @@ def centre_impostor_scores(train, train_labels, centres, centre_labels, max_pair
     own = np.searchsorted(centre_labels, np.asarray(train_labels, np.int64)[rows])  # [R] centre row of each image
     picked = np.asarray(train[rows], np.float32)
     parts = []
-    for start, stop, block in _score_blocks(picked, centres):
+    for start, stop, block in score_chunks(picked, centres):
         keep = np.ones(block.shape, bool)
         keep[np.arange(stop - start), own[start:stop]] = False
         parts.append(block.numpy()[keep])

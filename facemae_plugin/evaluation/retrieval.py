@@ -1,42 +1,22 @@
-"""Face retrieval at scale: chunked top-k cosine search and the leakage metrics built on it.
+"""The leakage metrics built on exact or approximate search: sources, identities, impostors.
 
-Every released (query) embedding searches the whole original gallery. The Q x G score
-matrix is never held: queries go through in chunks of rows, each chunk's scores
-``[chunk, G]`` are reduced (top-k, the source's score and rank) and dropped, so memory is
-O(chunk x G) on top of the embeddings themselves.
-
-Ties are broken one way everywhere: a higher score first, and among equal scores the lower
-gallery index first -- the order of a stable ``np.argsort(-scores)``. This makes results
-independent of the chunk size and of how ``torch.topk`` happens to order equal values.
+Every released (query) embedding searches the whole original gallery (``search``, or
+``approximate`` for audits too large to search exactly); this module turns the searches' top-k
+lists and source ranks into the audit's figures.
 """
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..core.errors import FaceMAEError
+from .approximate import RECALL_QUERIES, approximate_search
+from .search import RetrievalInputError, SearchResult, chunked_search, score_chunks, unit_rows
 
-SCORE_BUDGET = 1 << 25  # float32 scores per chunk (128 MiB): sets the default chunk rows
-COUNT_BLOCK = 1 << 23  # scores compared at a time when ranking sources (see _count_above)
 DEFAULT_MAX_IMPOSTORS = 1_000_000  # impostor pairs beyond this are sampled, not enumerated
 DEFAULT_KS = (1, 5)
 FAR_TARGET = 1e-3
 EXACT_PAIRS = 25_000_000_000  # (query, gallery) pairs searched exactly under search="auto"; more go approximate
 SEARCHES = ("auto", "exact", "approximate")
-
-
-class RetrievalInputError(FaceMAEError):
-    """Embeddings, keys or labels that cannot be searched as asked; the message says what was expected."""
-
-
-@dataclass
-class SearchResult:
-    """Per-query outcome of one pass over the gallery (Q queries)."""
-
-    top_scores: np.ndarray  # [Q, k] float32, best first
-    top_indices: np.ndarray  # [Q, k] int64 gallery rows, tie order as in the module docstring
-    source_scores: np.ndarray = None  # [Q] float32 score of each query's own source row
-    source_ranks: np.ndarray = None  # [Q] int64 gallery rows scoring strictly higher than the source
 
 
 @dataclass
@@ -48,127 +28,6 @@ class RetrievalReport:
     source_index: np.ndarray  # [Q] gallery row of each query's source record
     impostor_scores: np.ndarray  # [M] released-vs-other-identity cosines (all or a sample)
     recall_rows: np.ndarray = None  # [S] queries whose approximate top-1 was checked against exact search
-
-
-def unit_rows(embeddings):
-    """Rows of ``[N, D]`` scaled to unit length, float32 torch; all-zero rows stay zero."""
-    x = torch.as_tensor(np.asarray(embeddings) if not torch.is_tensor(embeddings) else embeddings)
-    x = x.to(torch.float32)
-    norms = x.norm(dim=1, keepdim=True)  # [N, 1]
-    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
-
-
-def default_chunk(gallery_size):
-    """Query rows per chunk so that one chunk's scores stay within ``SCORE_BUDGET`` floats."""
-    return max(1, SCORE_BUDGET // max(1, gallery_size))
-
-
-# ----------------------------------------------------------------------------- search
-
-
-def score_chunks(query, gallery, chunk=None, device="cpu"):
-    """Yield ``(start, stop, scores [stop - start, G])`` for consecutive chunks of query rows.
-
-    query [Q, D], gallery [G, D] are checked and moved to ``device``; each chunk's scores are
-    the inner products of its rows with every gallery row, freed when the caller moves on.
-    """
-    q = _as_matrix(query, "query").to(device)
-    g = _as_matrix(gallery, "gallery").to(device)
-    if q.shape[1] != g.shape[1]:
-        raise RetrievalInputError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
-    if len(g) == 0:
-        raise RetrievalInputError("the gallery is empty: nothing to search")
-    chunk = default_chunk(len(g)) if chunk is None else int(chunk)
-    if chunk < 1:
-        raise RetrievalInputError(f"chunk must be a positive number of query rows, got {chunk}")
-    for start in range(0, len(q), chunk):
-        stop = min(start + chunk, len(q))
-        yield start, stop, q[start:stop] @ g.T  # [c, G]; BLAS reads the transposed view, no copy
-
-
-@torch.inference_mode()
-def chunked_search(query, gallery, k, source_index=None, chunk=None, device="cpu", impostors=None):
-    """Top-k gallery rows by inner product for every query row, one chunk of queries at a time.
-
-    query [Q, D], gallery [G, D]: already normalised when cosines are wanted. ``k`` larger than
-    G is clamped to G. With ``source_index`` [Q] the score and rank of each query's source row
-    are recorded too (rank = number of rows scoring strictly higher; 0 means nothing beats it).
-    ``impostors`` (an ``ImpostorCollector``) picks its pairs from the same score chunks.
-    """
-    if k < 1:
-        raise RetrievalInputError(f"k must be a positive integer, got {k}")
-    num_queries, gallery_size = len(query), len(gallery)
-    k = min(int(k), max(1, gallery_size))
-    result = SearchResult(np.empty((num_queries, k), np.float32), np.empty((num_queries, k), np.int64))
-    if source_index is not None:
-        source_index = np.asarray(source_index, dtype=np.int64)
-        result.source_scores = np.empty(num_queries, np.float32)
-        result.source_ranks = np.empty(num_queries, np.int64)
-    for start, stop, scores in score_chunks(query, gallery, chunk, device):
-        values, indices = _topk_with_ties(scores, k)
-        result.top_scores[start:stop] = values
-        result.top_indices[start:stop] = indices
-        if source_index is not None:
-            rows = torch.as_tensor(source_index[start:stop], device=scores.device)
-            own = scores.gather(1, rows[:, None])  # [c, 1]: the very values the ranks compare against
-            result.source_scores[start:stop] = own[:, 0].cpu().numpy()
-            result.source_ranks[start:stop] = _count_above(scores, own)
-        if impostors is not None:
-            impostors.take(start, stop, scores)
-        del scores  # free this chunk before the generator computes the next one
-    return result
-
-
-def _count_above(scores, threshold):
-    """Per row of ``scores`` [c, G], how many entries exceed ``threshold`` [c, 1] -> numpy [c] int64."""
-    # The comparison and the sum's int64 cast each materialise a [rows, G] tensor (9 bytes per
-    # score). Blocks of 8M scores bound them whatever the chunk, and keep the int64 buffer above
-    # glibc's 32 MiB mmap ceiling so it goes back to the OS when freed (smaller blocks pile up in
-    # the heap instead).
-    rows = max(1, COUNT_BLOCK // max(1, scores.shape[1]))
-    counts = [(scores[r:r + rows] > threshold[r:r + rows]).sum(1) for r in range(0, len(scores), rows)]
-    return torch.cat(counts).cpu().numpy() if counts else np.zeros(0, np.int64)
-
-
-def chunked_topk(query, gallery, k, chunk=None, device="cpu"):
-    """``(scores [Q, k] float32, indices [Q, k] int64)``: the k best gallery rows per query."""
-    result = chunked_search(query, gallery, k, chunk=chunk, device=device)
-    return result.top_scores, result.top_indices
-
-
-def _topk_with_ties(scores, k):
-    """Top-k of each row of ``scores`` [c, G] in (score desc, index asc) order -> numpy [c, k] x2."""
-    gallery_size = scores.shape[1]
-    # One extra candidate shows whether a tie straddles the k-th place; only such rows need a full look.
-    depth = min(k + 1, gallery_size)
-    values, indices = scores.topk(depth, dim=1)  # [c, depth], descending, tie order unspecified
-    values, indices = values.cpu().numpy(), indices.cpu().numpy()
-    straddling = np.flatnonzero(values[:, k - 1] == values[:, depth - 1]) if depth > k else []
-    values, indices = _sort_desc_then_index(values[:, :k], indices[:, :k])
-    for row in straddling:
-        values[row], indices[row] = _row_topk_exact(scores[row], k)
-    return values, indices
-
-
-def _sort_desc_then_index(values, indices):
-    order = np.lexsort((indices, -values), axis=-1)  # primary key last: score desc, then index asc
-    return np.take_along_axis(values, order, -1), np.take_along_axis(indices, order, -1)
-
-
-def _row_topk_exact(row_scores, k):
-    """A row whose k-th best score is tied beyond k: keep every tied row, then cut by index."""
-    kth = row_scores.topk(k).values[-1]
-    candidates = torch.nonzero(row_scores >= kth)[:, 0]  # [m >= k], ascending indices
-    values = row_scores[candidates].cpu().numpy()
-    values, indices = _sort_desc_then_index(values, candidates.cpu().numpy())
-    return values[:k], indices[:k]
-
-
-def _as_matrix(x, name):
-    t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
-    if t.ndim != 2:
-        raise RetrievalInputError(f"{name} embeddings must be a [N, D] matrix, got shape {tuple(t.shape)}")
-    return t.to(torch.float32)
 
 
 # ----------------------------------------------------------------------------- keys and pairs
@@ -300,7 +159,6 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
                                 impostors=collector)
         search_info = {"method": "exact"}
     else:
-        from .approximate import RECALL_QUERIES, approximate_search
 
         result, search_info, recall_rows = approximate_search(
             q, g, depth, source_index, collector, recall_queries or RECALL_QUERIES, seed=seed, progress=progress)
