@@ -21,7 +21,7 @@ from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.release.facemae import ReconstructionStage
 from facemae_plugin.core.devices import pick_device
 from facemae_plugin.train.common import OptimizerStep
-from facemae_plugin.train.recognise import GRAD_CLIP_NORM, train_step
+from facemae_plugin.train.recognise import GRAD_CLIP_NORM, margin_loss, train_step
 
 
 def recognition_step(network, device, num_classes, mixed):
@@ -29,7 +29,8 @@ def recognition_step(network, device, num_classes, mixed):
     head = MarginSoftmax(512, num_classes).to(device)
     optimizer = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
     update = OptimizerStep(optimizer, backbone.parameters(), device, mixed, GRAD_CLIP_NORM)
-    return lambda images, labels: train_step(backbone, head, update, images, labels)
+    loss_of = margin_loss(backbone, head, update)
+    return lambda images, labels: train_step(loss_of, update, images, labels)
 
 
 def _clock(device):

@@ -7,9 +7,21 @@ Pretraining (FaceMAE tiny/small, pixel loss, mask 0.75, plus IRM with a frozen m
 given ``--compile``, under ``torch.compile`` (its build time reported apart), on random
 normalised 112x112 batches, so only the model is timed (no decoding). Prints a Markdown table
 and a JSON line.
+
+``--mae-root`` names a checkout of facebookresearch/mae: each FaceMAE row is then followed by its
+``MaskedAutoencoderViT`` at the same dimensions (112x112 images, FaceMAE's patch size, the
+preset's widths and depths) with its own pixel loss, timed the same way, and ``vs_mae`` is
+FaceMAE's rate over that row's. Its code is run as it is, adapted only where today's libraries
+moved: timm's ``Block`` no longer takes ``qk_scale`` (dropped, it was None) and numpy no longer
+has ``np.float`` (lent as ``float`` while the model is built).
 """
 import argparse
+import contextlib
+import functools
+import importlib
+import inspect
 import json
+import sys
 import time
 
 import torch
@@ -37,6 +49,50 @@ def pretrain_step(preset, device, compiled=False, irm=False):
             pred, mask = forward(images, 0.75)
             relation = irm_loss(images, model.compose(images, pred, mask, "full")) if irm else 0.0
         loss = masked_mse(pred.float(), model.patchify(images), mask, w_visible=1.0) + relation
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+@contextlib.contextmanager
+def numpy_float_alias():
+    """``np.float`` (removed from numpy) as ``float`` while the reference model builds its positions."""
+    import numpy as np
+    had = "float" in np.__dict__
+    np.float = float
+    try:
+        yield
+    finally:
+        if not had:
+            del np.float
+
+
+def reference_mae(root, preset, device):
+    """facebookresearch/mae's ``MaskedAutoencoderViT`` from the checkout ``root``, at FaceMAE's dims."""
+    from torch import nn
+
+    from facemae_plugin.models.mae import PRESETS
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module("models_mae")
+    block = module.Block
+    if isinstance(block, type) and "qk_scale" not in inspect.signature(block).parameters:
+        module.Block = lambda *args, qk_scale=None, **kwargs: block(*args, **kwargs)
+    with numpy_float_alias():
+        return module.MaskedAutoencoderViT(img_size=112, patch_size=create_facemae(preset).patch_size,
+                                           **PRESETS[preset], mlp_ratio=4.0,
+                                           norm_layer=functools.partial(nn.LayerNorm, eps=1e-6)).to(device)
+
+
+def reference_pretrain_step(root, preset, device, compiled=False):
+    model = reference_mae(root, preset, device)
+    forward = maybe_compiled(model, compiled)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+
+    def step(images, mixed):
+        with autocast(device, mixed):
+            loss, _, _ = forward(images, 0.75)  # its own loss: masked patches only
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,6 +134,27 @@ def images_per_second(step, batch_size, device, mixed, warmup, iters):
     return batch_size * iters / (time.perf_counter() - start), first
 
 
+def time_row(name, device, mixed, compiled, args, mixed_name):
+    """The row of network ``name`` (and, given ``--mae-root``, the reference's beside a FaceMAE row)."""
+    facemae = name.startswith("facemae-")
+    steps = [(name + (" + IRM" if args.irm and facemae else ""),
+              pretrain_step(name.split("-", 1)[1], device, compiled, args.irm) if facemae
+              else recognise_step(name, device, compiled=compiled))]
+    if facemae and args.mae_root:
+        steps.append((f"facebookresearch/mae at {name.split('-', 1)[1]} dims",
+                      reference_pretrain_step(args.mae_root, name.split("-", 1)[1], device, compiled)))
+    rows = []
+    for model, step in steps:
+        rate, first = images_per_second(step, args.batch_size, device, mixed, max(args.warmup, 1), args.iters)
+        rows.append({"model": model, "precision": mixed_name if mixed else "fp32", "compiled": compiled,
+                     "images_per_s": round(rate, 1), "first_step_s": round(first, 1)})
+        print(f"{model:34s} {rows[-1]['precision']:15s} {'compiled' if compiled else 'eager':8s} "
+              f"{rate:8.1f} img/s (first step {first:.1f} s)", flush=True)
+    if len(rows) == 2:  # FaceMAE's own pixel loss (and IRM, given --irm) against the reference's
+        rows[0]["vs_mae"] = round(rows[0]["images_per_s"] / rows[1]["images_per_s"], 2)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -90,6 +167,8 @@ def main():
     parser.add_argument("--irm", action="store_true", help="FaceMAE steps add IRM with a frozen mbf teacher")
     parser.add_argument("--compile", action="store_true",
                         help="also time each row under torch.compile (speed-up against eager, build time apart)")
+    parser.add_argument("--mae-root", default=None, metavar="DIR",
+                        help="a facebookresearch/mae checkout: time its model beside each FaceMAE row")
     parser.add_argument("--precisions", default="fp32,mixed",
                         help="comma list of fp32 and mixed (fp16 on CUDA, bf16 on a CPU; default both)")
     args = parser.parse_args()
@@ -102,26 +181,18 @@ def main():
     rows = []
     for name in args.models.split(","):
         for mixed in [p == "mixed" for p in args.precisions.split(",")]:
-            eager = None
             for compiled in (False, True) if args.compile else (False,):
-                step = (pretrain_step(name.split("-", 1)[1], device, compiled, args.irm) if name.startswith("facemae-")
-                        else recognise_step(name, device, compiled=compiled))
-                rate, first = images_per_second(step, args.batch_size, device, mixed, max(args.warmup, 1), args.iters)
-                eager = rate if not compiled else eager
-                rows.append({"model": name + (" + IRM" if args.irm and name.startswith("facemae-") else ""),
-                             "precision": mixed_name if mixed else "fp32", "compiled": compiled,
-                             "images_per_s": round(rate, 1), "first_step_s": round(first, 1),
-                             "vs_eager": round(rate / eager, 2)})
-                row = rows[-1]
-                print(f"{row['model']:22s} {row['precision']:15s} {'compiled' if compiled else 'eager':8s} "
-                      f"{rate:8.1f} img/s (first step {first:.1f} s)", flush=True)
+                rows += time_row(name, device, mixed, compiled, args, mixed_name)
+    eager = {(r["model"], r["precision"]): r["images_per_s"] for r in rows if not r["compiled"]}
+    for row in rows:
+        row["vs_eager"] = round(row["images_per_s"] / eager[row["model"], row["precision"]], 2)
 
     print(f"\n| model | precision | step | train images/s ({device.type}, batch {args.batch_size}) | vs eager | "
-          f"first step s |")
-    print("|---|---|---|---:|---:|---:|")
+          f"vs facebookresearch/mae | first step s |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['model']} | {row['precision']} | {'compiled' if row['compiled'] else 'eager'} | "
-              f"{row['images_per_s']} | {row['vs_eager']:.2f} | {row['first_step_s']} |")
+              f"{row['images_per_s']} | {row['vs_eager']:.2f} | {row.get('vs_mae', '')} | {row['first_step_s']} |")
     print(json.dumps({"bench": "train", "device": str(device), "threads": torch.get_num_threads(),
                       "native_bf16": native_bf16(), "batch_size": args.batch_size, "rows": rows}))
 

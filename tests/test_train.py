@@ -239,3 +239,9 @@ def test_facemae_train_honours_a_facemae_block(synth_dir, tmp_path, monkeypatch)
 def test_recognition_refuses_keys_it_would_ignore(synth_dir, tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
         train_recogniser(recognition_config(synth_dir, tmp_path, **{key: value}), device="cpu", progress=False)
+
+
+def test_pretrain_without_a_grid_writes_none(synth_dir, tmp_path):
+    pretrain(pretrain_config(synth_dir, tmp_path, num_epoch=1, mae={"preset": "tiny", "grid_images": 0}),
+             device="cpu", progress=False)
+    assert os.path.isfile(tmp_path / "facemae.pt") and not list(tmp_path.glob("grid_epoch*.png"))

@@ -238,7 +238,10 @@ def save_resume_state(cfg, process, mae, update, epoch, step, history, seen):
 
 
 def fixed_grid_batch(dataset, count):
-    """``count`` images spread over the dataset (so over identities), the same in every epoch's grid."""
+    """``count`` images spread over the dataset (so over identities), the same in every epoch's grid;
+    None for no grid (``count`` 0)."""
+    if count == 0:
+        return None
     indices = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
     items = [dataset[int(i)] for i in indices]
     return torch.stack([item[0] for item in items]), torch.tensor([item[2] for item in items])
@@ -255,11 +258,16 @@ def end_of_epoch(cfg, process, mae, grid_batch, epoch, step, parts, trained_on):
              "irm_weight": cfg.irm.weight if cfg.get("irm") else 0.0, "data": trained_on}
     mae.save_checkpoint(os.path.join(cfg.output, CHECKPOINT_NAME), step=step, extra_config=extra)
 
+    if grid_batch is not None:
+        save_epoch_grid(cfg, process, mae, grid_batch, epoch)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step", "losses", "parts"))
+    tqdm.write(f"epoch {epoch + 1}: {shown}")
+    return record
+
+
+def save_epoch_grid(cfg, process, mae, grid_batch, epoch):
     images, keys = grid_batch
     recon, mask = mae.reconstruct(images.to(process.device), cfg.mae.mask_ratio, cfg.mae.output,
                                   keys=keys.tolist(), seed=cfg.seed)
     save_reconstruction_grid(os.path.join(cfg.output, f"grid_epoch{epoch + 1:03d}.png"),
                              images, mask, recon.cpu(), mae.patch_size)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step", "losses", "parts"))
-    tqdm.write(f"epoch {epoch + 1}: {shown}")
-    return record
