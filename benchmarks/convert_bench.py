@@ -67,7 +67,8 @@ def build_checkpoint(path, preset):
 
 
 def make(spec):
-    from facemae_plugin.release.baselines import Identity, make_privatizer
+    from facemae_plugin.release.baselines import Identity
+    from facemae_plugin.release.methods import make_privatizer
 
     if spec["method"] == "copy":
         return Identity()

@@ -353,11 +353,10 @@ def _release(args):
 
 
 def _with_strength(args, value):
-    """``args`` with the method's strength parameter (``publish.calibrate.STRENGTHS``) set to ``value``."""
-    from .publish.calibrate import STRENGTHS
-
+    """``args`` with the method's strength parameter (``release.methods.Method.strength``) set to ``value``."""
+    method = METHODS[args.method]
     changed = argparse.Namespace(**vars(args))
-    setattr(changed, METHODS[args.method].params[STRENGTHS[args.method].param], value)
+    setattr(changed, method.params[method.strength.param], value)
     return changed
 
 

@@ -11,8 +11,9 @@ from facemae_plugin.release.baselines import (
     Identity,
     MaskedOnly,
     Pixelate,
-    make_privatizer,
 )
+from facemae_plugin.release.methods import make_privatizer
+from facemae_plugin.core.errors import UsageError
 from facemae_plugin.core.keyseed import variant_key
 from facemae_plugin.release.facemae import ReconstructionStage
 
@@ -140,3 +141,21 @@ def test_factory_names_what_is_wrong():
         make_privatizer("blur", sigma=0)
     with pytest.raises(ValueError, match="mask_ratio"):
         make_privatizer("masked", mask_ratio=1.5)
+
+
+def test_every_method_in_the_registry_resolves_and_declares_what_the_package_asks():
+    from facemae_plugin.protocol.report import METHOD_COLOURS
+    from facemae_plugin.release.methods import BASELINE_METHODS, METHODS, STRENGTHS, _factory
+    from facemae_plugin.release.privatizer import Privatizer
+
+    for name, method in METHODS.items():
+        factory = _factory(method.factory)
+        made = factory.__self__ if hasattr(factory, "__self__") else factory  # a class, or a classmethod's class
+        assert issubclass(made, Privatizer) and made.method == name, name
+        assert method.strength is None or method.strength.param in method.params, name
+        assert METHOD_COLOURS[name] == method.colour
+    assert set(STRENGTHS) == set(METHODS) and set(BASELINE_METHODS) == set(METHODS) - {"facemae"}
+    blur = make_privatizer("blur", sigma=2.0)
+    assert isinstance(blur, GaussianBlur) and blur.sigma == 2.0
+    with pytest.raises(UsageError, match="method facemae needs a checkpoint"):
+        make_privatizer("facemae", mask_ratio=0.5)

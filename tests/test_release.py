@@ -13,9 +13,9 @@ from facemae_plugin.data.synthetic import make_synthetic_dataset, write_identity
 from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.publish.calibrate import BISECTION_STEPS, STRENGTHS, VALUE_DECIMALS, CalibrationError
+from facemae_plugin.publish.calibrate import BISECTION_STEPS, VALUE_DECIMALS, CalibrationError
 from facemae_plugin.publish.release import Attacker, ReleaseError, release_dataset
-from facemae_plugin.release.baselines import make_privatizer
+from facemae_plugin.release.methods import STRENGTHS, make_privatizer
 
 
 def facemae(*args):

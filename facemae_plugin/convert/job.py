@@ -242,7 +242,7 @@ def _convert_distributed(job, rank, overwrite, keep_shards):
 
 def privatizer_from_args(args):
     """The privatizer ``facemae convert``'s flags describe (only the flags of its method are used)."""
-    from ..release.baselines import make_privatizer
+    from ..release.methods import make_privatizer
 
     method, spec = args.method, METHODS[args.method]
     params = {param: getattr(args, dest) for param, dest in spec.params.items()}

@@ -220,7 +220,8 @@ class Experiment(StepStore):
         step). The protocol's seeds are its own, so ``reapply`` would find every source: it is skipped."""
         from ..evaluation.embed import load_embedder
         from ..evaluation.suite import SuiteAttacker, pixel_attacker
-        from ..publish.calibrate import STRENGTHS, calibrate
+        from ..publish.calibrate import calibrate
+        from ..release.methods import STRENGTHS
 
         method, param = variant["method"], STRENGTHS[variant["method"]].param
         plain = {key: value for key, value in variant.items() if key != TARGET_KEY}

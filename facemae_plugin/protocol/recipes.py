@@ -37,7 +37,7 @@ def facemae_block(protocol, variant):
 
 def variant_privatizer(protocol, variant, seed, checkpoint=None):
     """The privatizer of a checked variant; ``checkpoint`` is the FaceMAE model of a ``facemae`` one."""
-    from ..release.baselines import make_privatizer
+    from ..release.methods import make_privatizer
 
     method = variant["method"]
     # A model trained with its own overrides releases at its own ratio and output unless told otherwise.

@@ -1,9 +1,9 @@
 """What a person reads after a protocol run: the results tables and the trade-off plot."""
 from ..evaluation.plots import new_figure, save_figure
-from .verdicts import ATTACKERS, BASELINE_METHODS, family_points, matched_leakage_verdict, table_columns
+from ..release.methods import BASELINE_METHODS, METHODS
+from .verdicts import ATTACKERS, family_points, matched_leakage_verdict, table_columns
 
-METHOD_COLOURS = {"facemae": "tab:red", "original": "tab:grey", "blur": "tab:blue", "pixelate": "tab:orange",
-                  "noise": "tab:green", "masked": "tab:purple"}
+METHOD_COLOURS = {"original": "tab:grey", **{name: method.colour for name, method in METHODS.items()}}
 
 
 def markdown_table(summary):

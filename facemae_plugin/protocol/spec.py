@@ -109,7 +109,7 @@ def check_variant(variant):
     if method == "facemae":
         _check_facemae_variant(variant)
     elif method != "original":
-        from ..release.baselines import make_privatizer
+        from ..release.methods import make_privatizer
 
         try:  # a baseline is cheap to build: its constructor checks every value
             make_privatizer(method, **{key: variant[key] for key in METHOD_PARAMS[method] if key in variant})
@@ -119,7 +119,7 @@ def check_variant(variant):
 
 
 def _check_target(variant):
-    from ..publish.calibrate import STRENGTHS
+    from ..release.methods import STRENGTHS
 
     target, param = variant[TARGET_KEY], STRENGTHS[variant["method"]].param
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:

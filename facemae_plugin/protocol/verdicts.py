@@ -7,6 +7,7 @@ most half as often. Tables and figures of these live in ``report``.
 import numpy as np
 
 from ..evaluation.attackers import worst_case
+from ..release.methods import BASELINE_METHODS
 
 COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.row`` returns
     ("accuracy", "verification acc. %", "{:.2f}"),
@@ -25,7 +26,6 @@ COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.
 VAL_PREFIX = "acc_"  # a row's accuracy on one verification set: acc_<set name>
 LOOKALIKE_COLUMN = ("lookalike_excess", "look-alikes of split A, excess over originals %", "{:.1f}")
 
-BASELINE_METHODS = ("blur", "pixelate", "noise", "masked")  # the release methods FaceMAE is compared with
 # (leakage key, attacker): the worst case over the attackers a row ran leads; the pixel attacker needs no
 # model; the teacher never saw the released identities; the informed attacker is the recogniser trained on
 # the original release split, who knows them.

@@ -1,6 +1,6 @@
 """``--target-leakage``: the weakest setting of a method whose worst-case rank-1 instance leakage is at most a target.
 
-Each method has one strength parameter (``STRENGTHS``); leakage falls as it grows. Every point is
+Each method has one strength parameter (``release.methods.STRENGTHS``); leakage falls as it grows. Every point is
 audited by every attacker of the release (the pixel attacker, the recognisers and, unless skipped,
 ``reapply``) and judged by the largest of their rank-1 instance figures: a setting that one
 attacker defeats is not private, whatever the others say. Bisection runs on a calibration subset:
@@ -15,35 +15,16 @@ next to converting the whole set.
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 
 from ..core.errors import FaceMAEError
 from ..formats.shard import FaceShard
 from ..formats.split import choose_identities, group_keys_by_label, write_identities
+from ..release.methods import STRENGTHS
 from .reapply import REAPPLY, reapply_attackers
 
 CALIBRATION_IDENTITIES = 100
 BISECTION_STEPS = 6
 VALUE_DECIMALS = 4
-
-
-@dataclass(frozen=True)
-class Strength:
-    """A method's strength parameter and the range bisection searches (weakest first)."""
-
-    param: str
-    weakest: float
-    strongest: float
-    integer: bool = False
-
-
-STRENGTHS = {
-    "facemae": Strength("mask_ratio", 0.0, 0.95),
-    "masked": Strength("mask_ratio", 0.0, 0.95),
-    "blur": Strength("sigma", 0.25, 16.0),
-    "pixelate": Strength("block_size", 1, 32, integer=True),
-    "noise": Strength("std", 0.0, 128.0),
-}
 
 
 class CalibrationError(FaceMAEError):

@@ -1,4 +1,4 @@
-"""Baseline privatizers with the reconstruction stage's interface, and a factory for all methods.
+"""Baseline privatizers with the reconstruction stage's interface (``release.methods`` makes them).
 
 Every privatizer is a callable ``(images [N, 3, H, W] normalised, keys) -> images`` with
 ``variants(images, keys) -> [N, k, 3, H, W]`` and ``provenance()``; ``facemae convert`` treats
@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from ..core.errors import UsageError
 from ..core.keyseed import num_visible
 from ..models.masking import masks_for_keys, patchify, unpatchify
-from .facemae import ReconstructionStage
-from .methods import METHODS, allowed_params
 from .pixelops import gaussian_draws
 from .privatizer import Privatizer, checked_number
 
@@ -173,26 +171,3 @@ class MaskedOnly(Privatizer):
         from .pixelops import MaskOp
 
         return MaskOp(self.patch_size, self.mask_ratio, self.seed, self.k)
-
-
-_BASELINES = {"blur": GaussianBlur, "pixelate": Pixelate, "noise": GaussianNoise, "masked": MaskedOnly}
-
-
-def make_privatizer(method, **params):
-    """The privatizer of ``method`` (``release.methods.METHODS``) with ``params``.
-
-    ``facemae`` takes checkpoint=..., mask_ratio, output, seed, k, device, autocast. Unknown
-    methods or parameters raise UsageError naming them.
-    """
-    if method not in METHODS:
-        raise UsageError(f"unknown privatization method {method!r}; expected one of {', '.join(METHODS)}")
-    unknown = sorted(set(params) - set(allowed_params(method)))
-    if unknown:
-        raise UsageError(f"method {method} takes no parameter(s) {unknown}; expected some of "
-                         f"{sorted(allowed_params(method))}")
-    if method == "facemae":
-        checkpoint = params.pop("checkpoint", None)
-        if not checkpoint:
-            raise UsageError("method facemae needs a checkpoint (--checkpoint facemae.pt)")
-        return ReconstructionStage.from_checkpoint(checkpoint, **params)
-    return _BASELINES[method](**params)

@@ -50,9 +50,9 @@ class ReconstructionStage(Privatizer):
         self.checkpoint = checkpoint  # {"path", "sha256"} when loaded from a file
 
     @classmethod
-    def from_checkpoint(cls, path, **kwargs):
+    def from_checkpoint(cls, checkpoint, **kwargs):
         """Load ``facemae.pt`` (CheckpointError / FileNotFoundError with the path on bad files)."""
-        path = os.path.abspath(os.fspath(path))
+        path = os.path.abspath(os.fspath(checkpoint))
         model = FaceMAE.from_checkpoint(path)
         return cls(model, checkpoint={"path": path, "sha256": sha256_file(path)}, **kwargs)
 
