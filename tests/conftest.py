@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from facemae_plugin.formats.recordio import IRHeader, RecordWriter, encode_image, pack
+from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.formats.shard import FaceShardWriter
+
+from .helpers import SYNTH_IDENTITIES
 
 
 def smooth_image(rng, size=112):
@@ -33,6 +36,15 @@ def layout_a_shard(tmp_path):
     shard_dir = tmp_path / "shard"
     groups = write_layout_a(shard_dir, [2, 3, 4])
     return shard_dir, groups
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    """A synthetic shard of ``SYNTH_IDENTITIES`` identities x 6 faces and a 20-pair holdout.bin."""
+    out = tmp_path_factory.mktemp("synth")
+    make_synthetic_dataset(out, identities=SYNTH_IDENTITIES, images_per_identity=6, holdout_identities=4,
+                           num_pairs=20, progress=False)
+    return out
 
 
 def load_benchmark_script(name):

@@ -1,8 +1,6 @@
 """Privacy audit: chunked retrieval against brute-force numpy, hit definitions by hand, audits of real shards."""
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -18,6 +16,7 @@ from facemae_plugin.evaluation.search import RetrievalInputError, chunked_search
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from tests.oracles import brute_force_metrics, brute_force_ranking, threshold_sweep_tar, unit_rows
+from tests.helpers import facemae
 
 POOL = 8  # the pixel attacker averages 8x8 blocks: 112x112 -> 14x14
 
@@ -253,11 +252,6 @@ def test_audit_names_a_record_whose_label_changed(layout_a_shard, tmp_path):
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def facemae(*args):
-    return subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_audit_end_to_end_with_a_random_mbf(few_faces, tmp_path):

@@ -1,5 +1,5 @@
 """The `facemae` command line as a user runs it: real subprocesses, summaries, JSON, errors."""
-import json
+import functools
 import os
 import subprocess
 import sys
@@ -8,21 +8,14 @@ import pytest
 
 from facemae_plugin.formats.binfile import load_bin
 from facemae_plugin.formats.shard import FaceShard
+from tests import helpers
+from tests.helpers import last_json
+
+# every call must succeed unless it passes check=False
+facemae = functools.partial(helpers.facemae, check=True)
 
 VERBS = ["synth", "inspect", "folder2rec", "rec2folder", "pairs2bin", "split", "pretrain", "train", "verify", "export",
          "audit", "demo", "convert", "merge", "arcface-train"]
-
-
-def facemae(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)],
-                            capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"facemae {args} failed ({result.returncode}):\n{result.stderr}")
-    return result
-
-
-def last_json(stdout):
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -10,7 +10,7 @@ from facemae_plugin.train.compiled import TrainingCompiler, compile_pays
 from facemae_plugin.train.pretrain import pretrain
 from facemae_plugin.train.recognise import train_recogniser
 
-from .test_train import pretrain_config, recognition_config, synth_dir  # noqa: F401 (fixture)
+from .helpers import pretrain_config, recognition_config
 
 
 def recogniser_losses(synth_dir, output, **kwargs):

@@ -2,8 +2,6 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,11 +14,7 @@ from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.publish.calibrate import BISECTION_STEPS, VALUE_DECIMALS, CalibrationError
 from facemae_plugin.publish.release import Attacker, ReleaseError, release_dataset
 from facemae_plugin.release.methods import STRENGTHS, make_privatizer
-
-
-def facemae(*args):
-    return subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+from tests.helpers import facemae
 
 
 def tree_hashes(folder):

@@ -2,8 +2,6 @@
 import json
 import os
 import stat
-import subprocess
-import sys
 
 import pytest
 
@@ -11,11 +9,7 @@ from facemae_plugin.convert import convert
 from facemae_plugin.convert.secret import SecretError, publisher_seed, secret_path
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.release.methods import make_privatizer
-
-
-def facemae(*args):
-    return subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+from tests.helpers import facemae
 
 
 def read_bytes(path):

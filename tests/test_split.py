@@ -1,4 +1,6 @@
 """Splitting a shard by identity: disjoint parts, every image once, bytes unchanged, seeded."""
+import functools
+
 import pytest
 
 from facemae_plugin.core.errors import OutputError
@@ -6,9 +8,12 @@ from facemae_plugin.formats.recordio import unpack
 from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.formats.split import SplitError, split_by_identity
 
-from tests.conftest import write_layout_a
-from tests.test_cli import facemae, last_json
-from tests.conftest import write_layout_b
+from tests import helpers
+from tests.conftest import write_layout_a, write_layout_b
+from tests.helpers import last_json
+
+# every call must succeed unless it passes check=False
+facemae = functools.partial(helpers.facemae, check=True)
 
 
 def payloads_by_label(path):

@@ -11,7 +11,7 @@ from facemae_plugin.train.pretrain import pretrain
 from facemae_plugin.train.recognise import train_recogniser
 from facemae_plugin.train.teacher_cache import OriginalEmbeddings
 
-from .test_train import pretrain_config, recognition_config, synth_dir  # noqa: F401 (fixture)
+from .helpers import pretrain_config, recognition_config
 
 
 def small_teacher():
@@ -65,20 +65,20 @@ def test_the_cache_is_kept_only_where_it_saves_forwards_and_fits():
 
 
 @pytest.fixture(scope="module")
-def teacher_path(synth_dir, tmp_path_factory):  # noqa: F811
+def teacher_path(synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     train_recogniser(recognition_config(synth_dir, out, val_targets=[]), device="cpu", progress=False,
                      compile=False)
     return str(out / "model.pt")
 
 
-def irm_config(synth_dir, teacher_path, output, **overrides):  # noqa: F811
+def irm_config(synth_dir, teacher_path, output, **overrides):
     return pretrain_config(synth_dir, output, num_epoch=3, flip=True,
                            irm={"weight": 1.0, "teacher": teacher_path, "network": "mbf"}, **overrides)
 
 
 def test_pretraining_with_the_cache_trains_as_without_it_and_embeds_each_original_twice(
-        synth_dir, teacher_path, tmp_path, monkeypatch):  # noqa: F811
+        synth_dir, teacher_path, tmp_path, monkeypatch):
     calls = []
     real = OriginalEmbeddings._embed_new
     monkeypatch.setattr(OriginalEmbeddings, "_embed_new",
@@ -94,7 +94,7 @@ def test_pretraining_with_the_cache_trains_as_without_it_and_embeds_each_origina
     assert cached["epochs"][-1]["loss"] == pytest.approx(plain["epochs"][-1]["loss"], rel=1e-2)
 
 
-def test_a_resumed_run_with_an_empty_cache_gives_the_same_bytes(synth_dir, teacher_path, tmp_path):  # noqa: F811
+def test_a_resumed_run_with_an_empty_cache_gives_the_same_bytes(synth_dir, teacher_path, tmp_path):
     pretrain(irm_config(synth_dir, teacher_path, tmp_path / "straight"), device="cpu", progress=False)
     pretrain(irm_config(synth_dir, teacher_path, tmp_path / "resumed"), device="cpu", progress=False, max_steps=3)
     pretrain(irm_config(synth_dir, teacher_path, tmp_path / "resumed"), device="cpu", progress=False, resume=True)

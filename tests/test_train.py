@@ -6,41 +6,19 @@ import os
 import pytest
 import torch
 
-from facemae_plugin.config import ConfigError, merge_config
+from facemae_plugin.config import ConfigError
 from facemae_plugin.data.dataset import normalise
 from facemae_plugin.models.backbones import load_backbone
 from facemae_plugin.models.mae import FaceMAE, create_facemae
 from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.release.facemae import ReconstructionStage
-from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.train import recognise
 from facemae_plugin.train.common import OptimizerStep
 from facemae_plugin.train.pretrain import adamw_param_groups, pretrain
 from facemae_plugin.train.recognise import train_recogniser
 
-IDENTITIES = 6
+from .helpers import pretrain_config, recognition_config
 
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    make_synthetic_dataset(out, identities=IDENTITIES, images_per_identity=6, holdout_identities=4,
-                           num_pairs=20, progress=False)
-    return out
-
-
-def recognition_config(synth_dir, output, **overrides):
-    return merge_config({
-        "network": "mbf", "embedding_size": 64, "rec": str(synth_dir), "num_classes": IDENTITIES,
-        "batch_size": 12, "lr": 0.05, "num_epoch": 1, "num_workers": 0, "val_targets": ["holdout"],
-        "output": str(output), "seed": 3, **overrides})
-
-
-def pretrain_config(synth_dir, output, **overrides):
-    return merge_config({
-        "rec": str(synth_dir), "batch_size": 12, "lr": 2e-3, "weight_decay": 0.05, "optimizer": "adamw",
-        "num_epoch": 2, "num_workers": 0, "output": str(output), "seed": 5, "flip": False,
-        "mae": {"preset": "tiny", "mask_ratio": 0.75, "grid_images": 4}, **overrides})
 
 
 def test_recogniser_writes_an_arcface_model_pt(synth_dir, tmp_path):

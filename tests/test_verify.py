@@ -8,8 +8,6 @@ import ast
 import json
 import os
 import pickle
-import subprocess
-import sys
 import types
 
 import cv2
@@ -27,6 +25,7 @@ from facemae_plugin.export import export_recogniser
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from tests.conftest import Hostile
+from tests.helpers import facemae
 
 ROC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -216,11 +215,6 @@ def test_verify_bin_refuses_wrong_image_size(tmp_path):
 
 
 # ---------------------------------------------------------------- the command and a real model
-
-def facemae(*args):
-    return subprocess.run([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-
 
 def test_hostile_bin_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "payload_ran"
