@@ -25,7 +25,7 @@ from ..core.errors import CheckpointError, ConfigError
 from ..core.files import atomic_file
 from ..core.keyseed import num_visible
 from .masking import mask_noise_for_keys, patchify, random_masking, unpatchify
-from .weights import load_weights_file
+from .weights import block_count, check_state_matches, plain_values, read_model_checkpoint
 
 __all__ = ["FaceMAE", "PRESETS", "OUTPUT_MODES", "create_facemae", "sincos_pos_embed_2d"]
 
@@ -258,7 +258,7 @@ class FaceMAE(nn.Module):
         """
         path = os.fspath(path)
         config = dict(self.config)
-        config["extra"] = _plain(extra_config or {}, "extra_config")
+        config["extra"] = plain_values(extra_config or {}, "extra_config")
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         checkpoint = {"model": state, "config": config, "step": int(step)}
         with atomic_file(path) as f:
@@ -270,40 +270,18 @@ class FaceMAE(nn.Module):
                         map_location: Union[str, torch.device] = "cpu") -> "FaceMAE":
         """Rebuild a FaceMAE from a checkpoint written by save_checkpoint (weights_only load)."""
         path = os.fspath(path)
-        checkpoint = load_weights_file(path, "FaceMAE checkpoint")
-        if not isinstance(checkpoint, Mapping):
-            raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, expected a FaceMAE "
-                                  f"checkpoint dict with 'model' and 'config'")
-        if "model" not in checkpoint or "config" not in checkpoint:
-            if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-                raise CheckpointError(f"{path}: this looks like a recogniser state_dict, not a FaceMAE "
-                                      f"checkpoint (no 'model'/'config' keys)")
-            raise CheckpointError(f"{path}: missing 'model' and/or 'config' keys (has "
-                                  f"{sorted(map(str, checkpoint))[:6]}); expected a FaceMAE checkpoint")
-        if not isinstance(checkpoint["config"], Mapping):
-            raise CheckpointError(f"{path}: 'config' is a {type(checkpoint['config']).__name__}, expected "
-                                  f"the dict of FaceMAE constructor arguments")
-        config = dict(checkpoint["config"])
-        extra = config.pop("extra", {})
-        known = set(_constructor_args())
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise CheckpointError(f"{path}: unknown FaceMAE config key(s) {unknown}; expected some of "
-                                  f"{sorted(known)}")
-        if not isinstance(checkpoint["model"], Mapping):
-            raise CheckpointError(f"{path}: 'model' is a {type(checkpoint['model']).__name__}, expected a "
-                                  f"state_dict")
+        config, state, extra, step = read_model_checkpoint(path, "FaceMAE", _constructor_args())
         # Sizes are checked against the weights before anything is built: a tiny file claiming a
         # huge config must not allocate that model.
-        _check_config_fits_weights(path, {**_constructor_defaults(), **config}, checkpoint["model"])
+        _check_config_fits_weights(path, {**_constructor_defaults(), **config}, state)
         try:
             model = cls(**config)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: its config does not build a FaceMAE: {e}") from None
-        _check_state_matches(path, model.state_dict(), checkpoint["model"])
-        model.load_state_dict(checkpoint["model"], strict=True)
+        check_state_matches(path, model.state_dict(), state)
+        model.load_state_dict(state, strict=True)
         model.extra_config = extra
-        model.step = int(checkpoint.get("step", 0))
+        model.step = step
         return model.to(map_location)
 
 
@@ -331,11 +309,6 @@ def _constructor_defaults():
             if name != "self"}
 
 
-def _block_count(state, prefix):
-    """How many ``prefix.<i>.`` blocks a state_dict holds."""
-    return len({key[len(prefix):].split(".", 1)[0] for key in state if key.startswith(prefix)})
-
-
 def _check_config_fits_weights(path, config, state):
     """The config's widths, depths and patch size agree with the tensors' shapes (cheap, nothing built)."""
     def shape(key):
@@ -351,38 +324,11 @@ def _check_config_fits_weights(path, config, state):
         "decoder_blocks.": config["decoder_depth"],
     }
     for key, claimed in claims.items():
-        found = _block_count(state, key) if key.endswith(".") else shape(key)
+        found = block_count(state, key) if key.endswith(".") else shape(key)
         if found != claimed:
             what = "block count" if key.endswith(".") else "shape"
             raise CheckpointError(f"{path}: weights do not match the checkpoint's config: {key.rstrip('.')} "
                                   f"{what} is {found}, the config says {claimed}")
-
-
-def _check_state_matches(path, expected, found):
-    if not isinstance(found, Mapping):
-        raise CheckpointError(f"{path}: 'model' is a {type(found).__name__}, expected a state_dict")
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {list(found[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
-             if k in found and tuple(found[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        detail = "; ".join(part for part in (
-            f"missing {missing[:3]}" if missing else "",
-            f"unexpected {unexpected[:3]}" if unexpected else "",
-            f"shape (file vs config) {wrong[:3]}" if wrong else "") if part)
-        raise CheckpointError(f"{path}: weights do not match the checkpoint's config: {detail}")
-
-
-def _plain(value, where):
-    """Deep copy into types torch.load(weights_only=True) accepts; edicts become dicts."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"{where} holds a {type(value).__name__}; checkpoint config takes only "
-                    f"numbers, strings, lists and dicts")
 
 
 def create_facemae(preset: str = "tiny", **overrides) -> FaceMAE:
