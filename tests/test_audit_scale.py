@@ -138,7 +138,7 @@ def test_the_cli_offers_the_searches_and_dtypes_the_library_takes():
     from facemae_plugin import cli
     from facemae_plugin.evaluation.embedding_store import EMBEDDING_DTYPES
 
-    assert cli.AUDIT_SEARCHES == retrieval.SEARCHES and cli.AUDIT_EMBEDDING_DTYPES == EMBEDDING_DTYPES
+    assert cli.options.AUDIT_SEARCHES == retrieval.SEARCHES and cli.options.AUDIT_EMBEDDING_DTYPES == EMBEDDING_DTYPES
     args = cli.build_parser().parse_args(["audit", "--original", "a", "--released", "b", "--model", "m.pt",
                                           "--search", "approximate", "--embedding-dtype", "float16"])
     assert (args.search, args.embedding_dtype, args.recall_queries) == ("approximate", "float16", 1000)

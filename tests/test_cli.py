@@ -1,6 +1,7 @@
 """The `facemae` command line as a user runs it: real subprocesses, summaries, JSON, errors."""
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -8,20 +9,27 @@ import pytest
 
 from facemae_plugin.formats.binfile import load_bin
 from facemae_plugin.formats.shard import FaceShard
+from facemae_plugin.cli import build_parser
 from tests import helpers
 from tests.helpers import last_json
 
 # every call must succeed unless it passes check=False
 facemae = functools.partial(helpers.facemae, check=True)
 
-VERBS = ["synth", "inspect", "folder2rec", "rec2folder", "pairs2bin", "split", "pretrain", "train", "verify", "export",
-         "audit", "demo", "convert", "merge", "arcface-train"]
+VERBS = sorted(build_parser()._subparsers._group_actions[0].choices)
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_explains_itself(verb):
     out = facemae(verb, "--help").stdout
     assert out.startswith(f"usage: facemae {verb}") and "--json" in out
+
+
+def test_the_readme_lists_every_verb_and_no_other():
+    with open(README) as f:
+        listed = set(re.findall(r"^facemae ([a-z0-9-]+) ", f.read(), flags=re.M))
+    assert listed == set(VERBS)
 
 
 def test_synth_then_inspect(tmp_path):

@@ -243,7 +243,7 @@ def test_cli_verify_says_which_precision_ran(tmp_path):
 def test_the_cli_offers_the_librarys_precisions_and_audits_in_fp32_by_default():
     from facemae_plugin import cli
 
-    assert cli.PRECISIONS == embed.PRECISIONS
+    assert cli.options.PRECISIONS == embed.PRECISIONS
     parser = cli.build_parser()
     assert parser.parse_args(["verify", "x.bin", "--model", "m.pt"]).precision == "auto"
     assert parser.parse_args(["audit", "--original", "a", "--released", "b", "--model", "m.pt"]).precision == "fp32"

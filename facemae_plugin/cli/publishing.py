@@ -1,0 +1,231 @@
+"""Verbs that make and judge releases: convert, release, benchmark, demo."""
+import argparse
+import contextlib
+import os
+
+from ..core.errors import UsageError
+from ..release.methods import METHODS
+from .evaluation import attacker_text
+from .options import AUDIT_SEARCHES, COUNT, POSITIVE_INT, add_precision, number, parents
+
+
+def add_convert(verbs):
+    p = verbs.add_parser("convert",
+                         parents=parents("common", "secret-seed", "batch-size", "device", "overwrite", "method"),
+                         help="shard -> privatized shard (FaceMAE or a baseline)",
+                         description="Replace every image of IN_DIR by its FaceMAE reconstruction (or a "
+                                     "baseline: blur, pixelate, noise, masked); keys, labels, header, identity "
+                                     "records and property are kept. Streaming, batched, sharded, resumable: "
+                                     "a rerun redoes only unfinished shards. Under torchrun each rank writes "
+                                     "one shard and rank 0 merges.")
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--num-shards", type=POSITIVE_INT, default=None, help="split the images into N shards (default 1)")
+    p.add_argument("--shard", type=COUNT, default=None, help="run only shard I (then: facemae merge OUT_DIR)")
+    p.add_argument("--keep-shards", action="store_true", help="keep OUT_DIR/shards after merging")
+    p.set_defaults(run=_convert)
+
+
+def _convert(args):
+    from ..convert import convert, privatizer_from_args
+
+    shard, num_shards, distributed = args.shard, args.num_shards, False
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and shard is None:  # under torchrun: one shard per rank
+        if num_shards not in (None, world_size):
+            raise UsageError(f"under torchrun --num-shards must equal WORLD_SIZE={world_size} (one shard per "
+                             f"rank), got {num_shards}")
+        shard, num_shards, distributed = int(os.environ["RANK"]), world_size, True
+    if shard is not None and num_shards is None:
+        raise UsageError("--shard I needs --num-shards N")
+    quiet = args.quiet or (distributed and shard != 0)
+    with _secret_seed(args):
+        result = convert(args.in_dir, args.out_dir, privatizer_from_args(args), quality=args.quality,
+                         batch_size=args.batch_size, workers=args.workers, num_shards=num_shards or 1, shard=shard,
+                         overwrite=args.overwrite, progress=not quiet, distributed=distributed,
+                         keep_shards=args.keep_shards)
+    done = "merged into" if result["merged"] else "shard(s) written under"
+    rate = f", {result['images_per_s']:.1f} img/s" if result["images_per_s"] else ""
+    return (f"convert: {result['images_in']} images (layout {result['layout']}, {result['method']}, "
+            f"k={result['k']}) -> {result['images_out']} {done} {args.out_dir}; shards run "
+            f"{result['shards_run']}, already done {result['shards_skipped']}{rate}"), result
+
+
+def add_release(verbs):
+    p = verbs.add_parser("release",
+                         parents=parents("common", "secret-seed", "batch-size", "device", "overwrite", "method"),
+                         help="convert, audit and publish: a released shard with its dataset card",
+                         description="Convert IN_DIR with the chosen method, audit the release against IN_DIR "
+                                     "with every attacker: the model-free pixel attacker, each --attacker "
+                                     "recogniser, reapply (the method re-applied to the originals with the "
+                                     "parameters the card publishes) and, given --training-set, the adaptive "
+                                     "attacker (a recogniser trained on that set beside its release by the same "
+                                     "method); per attacker rank-1/5 instance and "
+                                     "re-identification hits, TAR@FAR=1e-3 of source pairs; verify each "
+                                     "recogniser on the --val sets, and write OUT_DIR/RELEASE.md with its JSON twin "
+                                     "RELEASE.json, led by the worst case over the attackers (then source, method "
+                                     "and parameters, reconstructor and the data it was trained on, attackers, "
+                                     "the command), samples.png and the audits' plots. No path of this machine and "
+                                     "no secret seed goes in. The work happens in OUT_DIR.partial and becomes "
+                                     "OUT_DIR only when the card is written; rerun the same command to resume.")
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--attacker", action="append", default=[], metavar="MODEL",
+                   help="a recogniser that tries to re-identify the released faces: model.pt (arcface_torch "
+                        "state_dict) or model.onnx; repeat for several (the pixel attacker always runs)")
+    p.add_argument("--no-reapply", dest="reapply", action="store_false",
+                   help="skip the reapply attacker (the card then says the worst case assumes an attacker who "
+                        "does not know the method's parameters)")
+    p.add_argument("--attacker-network", action="append", default=None, metavar="NETWORK",
+                   help="backbone of a .pt attacker (r18, r34, r50, r100, mbf): once for all, or once per --attacker")
+    p.add_argument("--val", nargs="+", default=None, metavar="BIN",
+                   help="verification sets (lfw.bin, cfp_fp.bin, ...): each attacker's accuracy goes on the card")
+    p.add_argument("--training-set", default=None, metavar="A_DIR",
+                   help="other people's faces (for facemae: the shard the reconstructor was trained on, as its "
+                        "checkpoint records): train the adaptive attacker on them beside their release by the same "
+                        "method (the recogniser recipe mbf, 3 epochs: minutes per thousand faces on a CPU), and "
+                        "measure look-alikes of their identities among the released images")
+    p.add_argument("--no-adaptive", dest="adaptive", action="store_false",
+                   help="with --training-set, skip training the adaptive attacker (the card then says the worst "
+                        "case assumes an attacker who has not trained on faces privatized by this method)")
+    p.add_argument("--target-leakage", type=number(float, 0.0, 1.0), default=None, metavar="X",
+                   help="release at the weakest setting of the method (mask ratio for facemae and masked, sigma for "
+                        "blur, block size for pixelate, std for noise) whose rank-1 instance leakage is at most X (a "
+                        "fraction) under every attacker, found by bisection on up to 100 of IN_DIR's identities; "
+                        "the whole release is then audited again and the card records every point")
+    p.add_argument("--search", choices=AUDIT_SEARCHES, default="auto", help="the audit's search (see facemae audit)")
+    add_precision(p, "fp32", "the audit's figures, as facemae audit computes them")
+    p.set_defaults(run=_release)
+
+
+def _release(args):
+    import shlex
+
+    from ..convert import privatizer_from_args
+    from ..core.devices import pick_device
+    from ..evaluation.attackers import worst_text
+    from ..publish.release import PARTIAL_SUFFIX, release_dataset
+
+    attackers = _attackers(args.attacker, args.attacker_network)
+    device = str(pick_device(args.device))
+    with _secret_seed(args, work_dirs=[os.path.abspath(args.out_dir) + PARTIAL_SUFFIX]):
+        card = release_dataset(
+            args.in_dir, args.out_dir, privatizer_from_args(args), attackers, val_bins=args.val or (),
+            training_set=args.training_set, quality=args.quality, batch_size=args.batch_size, workers=args.workers,
+            device=device, overwrite=args.overwrite, progress=not args.quiet,
+            command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
+            compile=args.compile, seed=args.seed or 0, target_leakage=args.target_leakage,
+            privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)), reapply=args.reapply,
+            adaptive=args.adaptive)
+    leaks = "; ".join(attacker_text(a["name"], a["leakage"]) for a in card["attackers"])
+    return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; worst "
+            f"case: {worst_text(card['worst_case'])}; {leaks}; card {os.path.join(args.out_dir, 'RELEASE.md')}"), card
+
+
+def add_benchmark(verbs):
+    p = verbs.add_parser("benchmark", parents=parents("common"),
+                         help="the privacy-utility table: every release method, one recogniser recipe, two attackers",
+                         description="Run a benchmark file (`variants = [dict(name, method, ..., seeds)]` and "
+                                     "optionally `protocol = dict(...)`): for each variant and seed release split B, "
+                                     "train the protocol's recogniser on it, verify it on every verification set "
+                                     "and audit the release's leakage with the teacher (trained on split A) and the "
+                                     "informed attacker (trained on the original split B). protocol.data is the "
+                                     "synthetic default, or your shards: dict(train=DIR, release=DIR, "
+                                     "val=[lfw.bin, ...]) or dict(source=DIR, fraction=0.5, val=[...]); "
+                                     "teacher=dict(checkpoint=model.pt) and facemae=dict(checkpoint=facemae.pt) "
+                                     "use models trained already. Finished steps are reused; writes results.md, "
+                                     "results.json, tradeoff.png and samples.png.")
+    p.add_argument("config", metavar="CONFIG", help="benchmark file, e.g. benchmarks/configs/privacy_utility_synth.py")
+    p.add_argument("--work-dir", default=os.path.join("work_dirs", "demo"),
+                   help="steps live here; the default shares the finished steps of `facemae demo`")
+    p.add_argument("--out", default=None, help="results folder (default WORK_DIR/results)")
+    p.add_argument("--only", nargs="*", default=None, metavar="NAME", help="run only these variant names")
+    p.add_argument("--finished-only", action="store_true",
+                   help="report only rows whose steps are all finished; train nothing")
+    p.set_defaults(run=_benchmark)
+
+
+def _benchmark(args):
+    import shlex
+
+    from ..protocol.benchmark import run_benchmark
+
+    result = run_benchmark(args.config, args.work_dir, args.out, only=args.only, finished_only=args.finished_only,
+                           progress=not args.quiet, command="facemae " + shlex.join(args.argv))
+    print(result["table"])
+    print("\n".join(v["text"] for v in result["verdicts"].values()))
+    compact = {"benchmark": "privacy_utility", "rows": len(result["rows"]), "out_dir": result["out_dir"],
+               **{name: verdict["holds"] for name, verdict in result["verdicts"].items()},
+               "summary": {e["variant"]: {k: e[k][0] for k in ("accuracy", "instance_rank1")}
+                           for e in result["summary"]}}
+    return (f"benchmark: {len(result['rows'])} row(s) -> {os.path.join(result['out_dir'], 'results.md')} "
+            f"(tradeoff.png, samples.png beside it)"), compact
+
+
+def add_demo(verbs):
+    p = verbs.add_parser("demo", parents=parents("common"),
+                         help="the whole pipeline on the embedded synthetic default (CPU: about an hour on 2 cores)",
+                         description="Synthesise disjoint identity splits, train a teacher and FaceMAE tiny + IRM "
+                                     "on split A, release split B through FaceMAE and through blur, train the same "
+                                     "recogniser on the originals and on each release, verify each on held-out "
+                                     "identities, audit each release's leakage, and publish the FaceMAE release "
+                                     "with its card (WORK_DIR/release/RELEASE.md). Everything lands in WORK_DIR "
+                                     "(report.json, samples.png, tradeoff.png, ROC, audit plots); finished steps "
+                                     "are reused when run again.")
+    p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
+    p.add_argument("--protocol", default=None, metavar="CONFIG.py",
+                   help="a file defining `protocol = dict(...)` overriding the embedded sizes and budgets "
+                        "(see facemae_plugin/protocol/spec.py PROTOCOL_DEFAULTS)")
+    p.add_argument("--compare-original", action="store_true",
+                   help="accepted for older scripts: the originals are always compared now")
+    p.set_defaults(run=_demo)
+
+
+def _demo(args):
+    import shlex
+
+    from ..protocol.demo import load_protocol_file, run_demo
+
+    result = run_demo(args.work_dir, load_protocol_file(args.protocol), progress=not args.quiet,
+                      command="facemae " + shlex.join(args.argv))
+    rows = "; ".join(f"{row['variant']} {row['accuracy'] * 100:.2f}% accuracy, {row['instance_rank1'] * 100:.1f}% "
+                     "rank-1 leakage" for row in result["rows"])
+    return f"demo: {rows} -> {result['work_dir']}/report.json, card {result['card']}", result
+
+
+@contextlib.contextmanager
+def _secret_seed(args, work_dirs=()):
+    """Within it, ``args.secret_seed`` is a seeded method's secret (``convert.secret.drawn_seed``) when
+    ``--seed`` is not given, else None."""
+    from ..convert.secret import drawn_seed
+
+    if args.seed is not None or not METHODS[args.method].seeded:
+        args.secret_seed = None
+        yield
+        return
+    with drawn_seed(args.out_dir, work_dirs=work_dirs) as (args.secret_seed, _):
+        yield
+
+
+def _with_strength(args, value):
+    """``args`` with the method's strength parameter (``release.methods.Method.strength``) set to ``value``."""
+    method = METHODS[args.method]
+    changed = argparse.Namespace(**vars(args))
+    setattr(changed, method.params[method.strength.param], value)
+    return changed
+
+
+def _attackers(models, networks):
+    """``--attacker`` models with their ``--attacker-network``: one network per attacker, or one for all."""
+    from ..publish.release import Attacker
+
+    networks = networks or [None]
+    if len(networks) not in (1, len(models)):
+        raise UsageError(f"--attacker-network: give one network for all attackers or one per --attacker "
+                         f"({len(models)}), got {len(networks)}")
+    if len(networks) == 1:
+        networks = networks * len(models)
+    return [Attacker(model, network) for model, network in zip(models, networks)]
+
+
+VERBS = (add_convert, add_release, add_benchmark, add_demo,)
