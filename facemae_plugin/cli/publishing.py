@@ -27,7 +27,7 @@ def add_convert(verbs):
 
 
 def _convert(args):
-    from ..convert import convert, privatizer_from_args
+    from ..convert import convert
 
     shard, num_shards, distributed = args.shard, args.num_shards, False
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,7 +40,7 @@ def _convert(args):
         raise UsageError("--shard I needs --num-shards N")
     quiet = args.quiet or (distributed and shard != 0)
     with _secret_seed(args):
-        result = convert(args.in_dir, args.out_dir, privatizer_from_args(args), quality=args.quality,
+        result = convert(args.in_dir, args.out_dir, _privatizer(args), quality=args.quality,
                          batch_size=args.batch_size, workers=args.workers, num_shards=num_shards or 1, shard=shard,
                          overwrite=args.overwrite, progress=not quiet, distributed=distributed,
                          keep_shards=args.keep_shards)
@@ -101,7 +101,6 @@ def add_release(verbs):
 def _release(args):
     import shlex
 
-    from ..convert import privatizer_from_args
     from ..core.devices import pick_device
     from ..evaluation.attackers import worst_text
     from ..publish.release import PARTIAL_SUFFIX, release_dataset
@@ -110,12 +109,12 @@ def _release(args):
     device = str(pick_device(args.device))
     with _secret_seed(args, work_dirs=[os.path.abspath(args.out_dir) + PARTIAL_SUFFIX]):
         card = release_dataset(
-            args.in_dir, args.out_dir, privatizer_from_args(args), attackers, val_bins=args.val or (),
+            args.in_dir, args.out_dir, _privatizer(args), attackers, val_bins=args.val or (),
             training_set=args.training_set, quality=args.quality, batch_size=args.batch_size, workers=args.workers,
             device=device, overwrite=args.overwrite, progress=not args.quiet,
             command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
             compile=args.compile, seed=args.seed or 0, target_leakage=args.target_leakage,
-            privatizer_at=lambda value: privatizer_from_args(_with_strength(args, value)), reapply=args.reapply,
+            privatizer_at=lambda value: _privatizer(_with_strength(args, value)), reapply=args.reapply,
             adaptive=args.adaptive)
     leaks = "; ".join(attacker_text(a["name"], a["leakage"]) for a in card["attackers"])
     return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; worst "
@@ -205,6 +204,16 @@ def _secret_seed(args, work_dirs=()):
         return
     with drawn_seed(args.out_dir, work_dirs=work_dirs) as (args.secret_seed, _):
         yield
+
+
+def _privatizer(args):
+    """The privatizer ``--method`` and its options describe (only the options of its method are read)."""
+    from ..release.methods import make_privatizer, method_params
+
+    privatizer = make_privatizer(args.method, k=args.k, **method_params(args.method, vars(args), args.seed))
+    if getattr(args, "secret_seed", None) is not None:  # drawn by _secret_seed, never published
+        privatizer = privatizer.with_seed(args.secret_seed, public=False)
+    return privatizer
 
 
 def _with_strength(args, value):

@@ -4,7 +4,7 @@
 ``layout`` names the files of an output folder, ``job`` runs a conversion and ``merge`` joins
 its shards. ``convert`` and ``merge`` are the entry points.
 """
-from .job import Conversion, convert, privatizer_from_args  # noqa: F401
+from .job import Conversion, convert  # noqa: F401
 from .layout import PROVENANCE_NAME, SHARDS_DIR, ConversionError  # noqa: F401
 from .merge import concatenate_records, merge  # noqa: F401
 from .workers import default_workers, privatize_batch  # noqa: F401

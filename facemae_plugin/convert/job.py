@@ -15,7 +15,6 @@ from ..core.errors import FaceMAEError
 from ..core.files import OutputLock, json_text, refuse_overlap, write_bytes
 from ..formats.recordio import RecordWriter
 from ..formats.shard import PROPERTY_NAME, REC_NAME, FaceShard
-from ..release.methods import METHODS
 from .keys import KEY_SCHEME, MAX_FLOAT32_KEY, KeyPlan, shard_range, tail_records
 from .layout import SHARDS_DIR, ConversionError, ShardFolder, final_exists, is_ours, remove_final
 from .merge import merge_locked
@@ -238,31 +237,6 @@ def _convert_distributed(job, rank, overwrite, keep_shards):
         merged = merge_locked(job.out_dir, False, keep_shards) if rank == 0 else None
         dist.barrier()
     return ran, skipped, merged
-
-
-def privatizer_from_args(args):
-    """The privatizer ``facemae convert``'s flags describe (only the flags of its method are used)."""
-    from ..release.methods import make_privatizer
-
-    method, spec = args.method, METHODS[args.method]
-    params = {param: getattr(args, dest) for param, dest in spec.params.items()}
-    if spec.seeded:
-        params["seed"] = args.seed if args.seed is not None else 0
-    if method == "facemae":
-        import torch
-
-        device = args.device
-        if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        params.update(checkpoint=args.checkpoint, device=device, autocast=args.autocast)
-    if method == "masked" and params["patch_size"] is None:  # the masks FaceMAE with this checkpoint would use
-        from ..models.mae import FaceMAE
-
-        params["patch_size"] = FaceMAE.from_checkpoint(args.checkpoint).patch_size if args.checkpoint else 8
-    privatizer = make_privatizer(method, k=args.k, **params)
-    if spec.seeded and getattr(args, "secret_seed", None) is not None:  # drawn by publisher_seed, never published
-        privatizer = privatizer.with_seed(args.secret_seed, public=False)
-    return privatizer
 
 
 def _check_settings(quality, batch_size, workers, num_shards):

@@ -1,13 +1,18 @@
 """Which torch device a job runs on, checked before any work starts, and its mixed precision."""
+import os
+
 import torch
 
 from .errors import UsageError
 
 
 def pick_device(name=None):
-    """``name`` if given (checked: it must parse and exist here), else CUDA when available, else CPU."""
+    """``name`` if given (checked: it must parse and exist here), else CUDA when available (under
+    torchrun the rank's own GPU, ``LOCAL_RANK``), else CPU."""
     if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"])) if "LOCAL_RANK" in os.environ else torch.device("cuda")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):

@@ -5,7 +5,7 @@ protocol's recipe blocks, into the same config dicts and privatizers a user's re
 """
 from ..config import merge_config
 from ..core.devices import mixed_precision
-from .spec import METHOD_PARAMS, merge_protocol
+from .spec import merge_protocol
 
 
 def recognition_config(protocol, recipe, rec, num_classes, output, seed, val_targets=()):
@@ -37,21 +37,19 @@ def facemae_block(protocol, variant):
 
 def variant_privatizer(protocol, variant, seed, checkpoint=None):
     """The privatizer of a checked variant; ``checkpoint`` is the FaceMAE model of a ``facemae`` one."""
-    from ..release.methods import make_privatizer
+    from ..release.methods import METHODS, make_privatizer
 
-    method = variant["method"]
+    spec = METHODS[variant["method"]]
+    params = {key: variant[key] for key in spec.params if key in variant}
     # A model trained with its own overrides releases at its own ratio and output unless told otherwise.
     block = facemae_block(protocol, variant)
-    if method == "facemae":
-        return make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=variant.get("mask_ratio", block.mask_ratio),
-                               output=variant.get("output", block.output), seed=seed, device=protocol.device,
-                               autocast=mixed_precision(protocol.device, protocol.mixed_precision))
-    kwargs = {key: variant[key] for key in METHOD_PARAMS[method] if key in variant}
-    if method in ("noise", "masked"):
-        kwargs["seed"] = seed
-    if method == "masked":
-        kwargs["patch_size"] = block.patch_size
-    return make_privatizer(method, **kwargs)
+    params.update({key: getattr(block, key) for key in spec.from_model if key not in params})
+    if spec.seeded:
+        params["seed"] = seed
+    runtime = {"checkpoint": checkpoint, "device": protocol.device,
+               "autocast": mixed_precision(protocol.device, protocol.mixed_precision)}
+    params.update({key: runtime[key] for key in spec.runtime})
+    return make_privatizer(variant["method"], **params)
 
 
 def summarise_training(summary):

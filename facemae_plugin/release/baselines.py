@@ -148,6 +148,16 @@ class MaskedOnly(Privatizer):
         self.patch_size = checked_number(patch_size, "patch size (pixels)", integer=True, low=1)
         self.mask_ratio = checked_number(mask_ratio, "mask_ratio", low=0, high=1, high_open=True)
 
+    @classmethod
+    def matching(cls, patch_size=None, checkpoint=None, **kwargs):
+        """Masks the FaceMAE model of ``checkpoint`` would use: its patch size unless ``patch_size``
+        is given (8 with neither)."""
+        if patch_size is None and checkpoint:
+            from ..models.mae import FaceMAE
+
+            patch_size = FaceMAE.from_checkpoint(checkpoint).patch_size
+        return cls(patch_size=8 if patch_size is None else patch_size, **kwargs)
+
     def params(self):
         return {"patch_size": self.patch_size, "mask_ratio": self.mask_ratio, "seed": self.seed}
 

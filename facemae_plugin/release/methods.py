@@ -37,6 +37,7 @@ class Method:
     colour: str  # in the trade-off plots
     runtime: tuple = ()  # how it runs, not what it releases (not part of its provenance)
     needs: tuple = ()  # (param, why) it cannot be made without
+    from_model: tuple = ()  # params that default to the FaceMAE model's own (its recipe, its checkpoint)
 
 
 METHODS = {
@@ -44,7 +45,8 @@ METHODS = {
                       "FaceMAE reconstruction of the masked face (needs --checkpoint)",
                       "facemae:ReconstructionStage.from_checkpoint", Strength("mask_ratio", 0.0, 0.95),
                       baseline=False, colour="tab:red", runtime=("checkpoint", "device", "autocast"),
-                      needs=(("checkpoint", "a checkpoint (--checkpoint facemae.pt)"),)),
+                      needs=(("checkpoint", "a checkpoint (--checkpoint facemae.pt)"),),
+                      from_model=("mask_ratio", "output")),
     "blur": Method({"sigma": "sigma"}, False, "Gaussian blur", "baselines:GaussianBlur",
                    Strength("sigma", 0.25, 16.0), baseline=True, colour="tab:blue"),
     "pixelate": Method({"block_size": "block_size"}, False, "block means", "baselines:Pixelate",
@@ -52,8 +54,9 @@ METHODS = {
     "noise": Method({"std": "noise_std"}, True, "additive Gaussian noise", "baselines:GaussianNoise",
                     Strength("std", 0.0, 128.0), baseline=True, colour="tab:green"),
     "masked": Method({"patch_size": "patch_size", "mask_ratio": "mask_ratio"}, True,
-                     "FaceMAE's mask, masked patches grey, no reconstruction", "baselines:MaskedOnly",
-                     Strength("mask_ratio", 0.0, 0.95), baseline=True, colour="tab:purple"),
+                     "FaceMAE's mask, masked patches grey, no reconstruction", "baselines:MaskedOnly.matching",
+                     Strength("mask_ratio", 0.0, 0.95), baseline=True, colour="tab:purple",
+                     runtime=("checkpoint",), from_model=("patch_size",)),
 }
 STRENGTHS = {name: method.strength for name, method in METHODS.items() if method.strength is not None}
 BASELINE_METHODS = tuple(name for name, method in METHODS.items() if method.baseline)
@@ -63,6 +66,18 @@ def allowed_params(method):
     """Every keyword ``make_privatizer(method, ...)`` accepts."""
     spec = METHODS[method]
     return (*spec.params, "k", *(("seed",) if spec.seeded else ()), *spec.runtime)
+
+
+def method_params(method, options, seed=None):
+    """``make_privatizer``'s keywords for ``method`` read from ``options``, a mapping from the names of
+    ``facemae convert``'s options (argparse dests) to values: the method's parameters and runtime
+    settings, and ``seed`` (0 when None) if the method is seeded."""
+    spec = METHODS[method]
+    params = {param: options.get(dest) for param, dest in spec.params.items()}
+    params.update({name: options.get(name) for name in spec.runtime})
+    if spec.seeded:
+        params["seed"] = 0 if seed is None else seed
+    return params
 
 
 def make_privatizer(method, **params):
