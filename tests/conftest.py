@@ -11,7 +11,8 @@ from facemae_plugin.formats.recordio import IRHeader, RecordWriter, encode_image
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.formats.shard import FaceShardWriter
 
-from .helpers import SYNTH_IDENTITIES
+from .helpers import SYNTH_IDENTITIES, blurred_copy
+from .mxnet_oracle import require_mxnet_python
 
 
 def smooth_image(rng, size=112):
@@ -77,3 +78,18 @@ class Hostile:
 
 def hostile_pickle(marker):
     return pickle.dumps(Hostile(marker), protocol=2)
+
+
+@pytest.fixture(scope="module")
+def synthetic_faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    make_synthetic_dataset(root / "original", identities=10, images_per_identity=4, holdout_identities=2,
+                           num_pairs=10, progress=False)
+    blurred_copy(root / "original", root / "blurred", sigma=8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mxnet_python():
+    """Path of a Python interpreter that can ``import mxnet``."""
+    return require_mxnet_python()

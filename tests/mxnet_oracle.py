@@ -44,12 +44,6 @@ def require_mxnet_python():
     return python
 
 
-@pytest.fixture(scope="session")
-def mxnet_python():
-    """Path of a Python interpreter that can ``import mxnet``."""
-    return require_mxnet_python()
-
-
 def run_oracle(python, script, args=(), cwd=None, timeout=300):
     """Run ``script`` with ``python -c`` and string ``args``; returns its stdout.
 

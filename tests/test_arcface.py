@@ -34,7 +34,7 @@ from facemae_plugin.formats.recordio import IRHeader, RecordWriter, pack_img
 from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.release.facemae import ReconstructionStage
 from tests.conftest import hostile_pickle, smooth_image, write_layout_a
-from tests.mxnet_oracle import mxnet_python, run_oracle  # noqa: F401 (fixture)
+from tests.mxnet_oracle import run_oracle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH_RECIPE = os.path.join(REPO, "recipes", "arcface_synth_mbf_facemae.py")

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from facemae_plugin.evaluation.attackers import THREATS
 from facemae_plugin.evaluation.audit import AuditInputError, audit
@@ -16,22 +15,7 @@ from facemae_plugin.evaluation.search import RetrievalInputError, chunked_search
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from tests.oracles import brute_force_metrics, brute_force_ranking, threshold_sweep_tar, unit_rows
-from tests.helpers import facemae
-
-POOL = 8  # the pixel attacker averages 8x8 blocks: 112x112 -> 14x14
-
-
-class PixelProjection(torch.nn.Module):
-    """A fixed raw-pixel attacker: 8x8 average pooling, then a seeded random linear map."""
-
-    def __init__(self, dim=64, seed=0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("weight", torch.randn(dim, 3 * (112 // POOL) ** 2, generator=generator))
-
-    def forward(self, x):  # [N, 3, 112, 112] -> [N, dim]
-        return F.avg_pool2d(x, POOL).flatten(1) @ self.weight.T
-
+from tests.helpers import POOL, PixelProjection, blurred_copy, facemae
 
 def numpy_pixel_embeddings(shard, weight):
     """What PixelProjection gives for image + flip, computed in numpy from the decoded pixels."""
@@ -160,24 +144,6 @@ def test_query_key_without_source_is_named():
 
 
 # ----------------------------------------------------------------------------- audits of shards
-
-
-def blurred_copy(original_dir, out_dir, sigma):
-    """A release made record by record: same identities in order, hence the same keys and labels."""
-    shard = FaceShard(original_dir)
-    with FaceShardWriter(out_dir) as writer:
-        for start, end in shard.identity_ranges().values():
-            writer.add_identity([cv2.GaussianBlur(shard.decode(k, rgb=False), (0, 0), sigma)
-                                 for k in range(start, end)])
-
-
-@pytest.fixture(scope="module")
-def synthetic_faces(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audit")
-    make_synthetic_dataset(root / "original", identities=10, images_per_identity=4, holdout_identities=2,
-                           num_pairs=10, progress=False)
-    blurred_copy(root / "original", root / "blurred", sigma=8)
-    return root
 
 
 @pytest.fixture(scope="module")

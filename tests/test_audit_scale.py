@@ -16,7 +16,7 @@ from facemae_plugin.evaluation.retrieval import evaluate_retrieval, retrieval_me
 from facemae_plugin.evaluation.search import RetrievalInputError
 from facemae_plugin.data.dataset import normalise
 from facemae_plugin.formats.shard import FaceShard
-from tests.test_audit import PixelProjection, synthetic_faces  # noqa: F401 (a fixture)
+from tests.helpers import PixelProjection
 
 
 def in_memory_embeddings(shard_dir, attacker, batch_size):
@@ -28,7 +28,7 @@ def in_memory_embeddings(shard_dir, attacker, batch_size):
     return embed_with_flip(attacker, images, batch_size).astype(np.float32), labels, keys
 
 
-def test_a_disk_backed_audit_gives_the_in_memory_figures_bit_for_bit(synthetic_faces, tmp_path):  # noqa: F811
+def test_a_disk_backed_audit_gives_the_in_memory_figures_bit_for_bit(synthetic_faces, tmp_path):
     attacker = PixelProjection()
     original, blurred = synthetic_faces / "original", synthetic_faces / "blurred"
     report = audit(original, blurred, attacker, out_dir=tmp_path, batch_size=7, plots=False)
@@ -40,7 +40,7 @@ def test_a_disk_backed_audit_gives_the_in_memory_figures_bit_for_bit(synthetic_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.json"]  # the embeddings went with the audit
 
 
-def test_float16_embeddings_move_the_figures_by_little(synthetic_faces, tmp_path):  # noqa: F811
+def test_float16_embeddings_move_the_figures_by_little(synthetic_faces, tmp_path):
     attacker = PixelProjection()
     args = (synthetic_faces / "original", synthetic_faces / "blurred", attacker)
     full = audit(*args, out_dir=tmp_path / "32", plots=False)

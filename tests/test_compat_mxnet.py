@@ -13,7 +13,7 @@ import pytest
 
 from facemae_plugin.compat import mxnet as compat
 from facemae_plugin.formats.recordio import MAGIC_BYTES
-from tests.mxnet_oracle import mxnet_python, run_oracle  # noqa: F401 (fixture)
+from tests.mxnet_oracle import run_oracle
 
 ORACLE = r"""
 import json, os, sys

@@ -27,7 +27,7 @@ from facemae_plugin.core.keyseed import variant_key
 from facemae_plugin.release.facemae import ReconstructionStage
 from facemae_plugin.release.privatizer import Privatizer
 from tests.conftest import smooth_image, write_layout_a
-from tests.mxnet_oracle import mxnet_python, read_json, run_oracle  # noqa: F401  (fixture)
+from tests.mxnet_oracle import read_json, run_oracle
 
 SEED = 3
 OUTPUT_FILES = ("train.rec", "train.idx", "property", "facemae_provenance.json")

@@ -203,7 +203,7 @@ def test_fast_audit_rank1_is_within_a_fifth_of_a_point_of_fp32(tmp_path):
     """A seeded random mbf: its embeddings spread like a recogniser's, where the briefly trained one's
     sit within 1e-6 of one another, so that any rounding, fp32 included, reorders them."""
     from facemae_plugin.evaluation.audit import audit
-    from tests.test_audit import blurred_copy
+    from tests.helpers import blurred_copy
 
     torch.manual_seed(0)
     torch.save(get_backbone("mbf").state_dict(), tmp_path / "mbf.pt")

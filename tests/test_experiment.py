@@ -13,16 +13,7 @@ from facemae_plugin.protocol.spec import ProtocolError, check_variant, merge_pro
 from facemae_plugin.models.mae import FaceMAE
 from facemae_plugin.formats.recordio import decode_image
 from facemae_plugin.formats.shard import FaceShard
-
-TOY = dict(
-    data=dict(train_identities=6, train_images_per_identity=4, release_identities=5, release_images_per_identity=3,
-              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20),
-    teacher=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
-    facemae=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
-    recogniser=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
-    num_workers=0,
-)
-
+from tests.helpers import TOY
 
 def test_protocol_overrides_nest_and_unknown_keys_are_named():
     p = merge_protocol({"teacher": {"num_epoch": 9}, "seed": 3})

@@ -12,7 +12,8 @@ from facemae_plugin.evaluation.lookalikes import (FLAG_Z, TOP_IDENTITIES, centre
                                                 training_set_leakage)
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 from tests.conftest import smooth_image
-from tests.test_audit import PixelProjection, unit_rows
+from tests.helpers import PixelProjection
+from tests.oracles import unit_rows
 
 
 def brute_force_leakage(released, original, train, train_labels, far):

@@ -28,7 +28,7 @@ from facemae_plugin.formats.recordio import (
     pack_img,
     unpack,
 )
-from tests.mxnet_oracle import mxnet_python, run_oracle_json, write_json  # noqa: F401 (fixture)
+from tests.mxnet_oracle import run_oracle_json, write_json
 
 # Writes every case with MXNet, reads our files back with MXNet, and prints
 # digests of everything as JSON (one result per case, in spec order).

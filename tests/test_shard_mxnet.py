@@ -5,7 +5,7 @@ import numpy as np
 
 from facemae_plugin.formats.shard import FaceShard
 from tests.conftest import write_layout_a
-from tests.mxnet_oracle import mxnet_python, read_json, run_oracle  # noqa: F401  (fixture)
+from tests.mxnet_oracle import read_json, run_oracle
 
 # What arcface_torch's dataset.py does, step by step, with MXNet itself.
 MXFACEDATASET_RULES = r"""

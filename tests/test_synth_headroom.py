@@ -5,7 +5,7 @@ import os
 import pytest
 
 from tests.conftest import load_benchmark_script
-from tests.test_experiment import TOY
+from tests.helpers import TOY
 
 
 def read_step(cell_dir, name):

@@ -14,7 +14,7 @@ from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.protocol.benchmark import run_benchmark
 from facemae_plugin.protocol.experiment import Experiment
 from facemae_plugin.protocol.spec import ProtocolError
-from tests.test_experiment import TOY
+from tests.helpers import TOY
 
 
 def file_hash(path):
