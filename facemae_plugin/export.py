@@ -15,7 +15,6 @@ so a failed export never leaves a file that looks whole.
 """
 import json
 import os
-import warnings
 
 import numpy as np
 import torch
@@ -27,11 +26,10 @@ from .data.dataset import normalise_batch
 from .models.backbones import KNOWN_NETWORKS, load_backbone
 from .core.keyseed import num_visible
 from .models.mae import FaceMAE
+from .models.onnx_graph import IMAGE_SIZE, OPSET, write_graph, write_recogniser_graph
 from .models.masking import mask_from_ids, mask_noise_for_keys, random_masking
 from .models.weights import load_weights_file
 
-OPSET = 17
-IMAGE_SIZE = 112
 MAX_MODEL_MB = 1024  # arcface_torch onnx_helper limits
 MAX_FEATURE_DIM = 512
 MIN_NODES = 8
@@ -92,14 +90,6 @@ def export_recogniser(model, out_path, network=None, opset=OPSET, check=True, ov
 
     summary = _write_atomically(out_path, write)
     return {"onnx": os.fspath(out_path), "kind": "recogniser", "opset": opset, **summary}
-
-
-def write_recogniser_graph(model, out, opset=OPSET):
-    """The recogniser graph of a float32 ``model`` (input ``data``, output ``embedding``, dynamic N) into
-    ``out``, a path or a binary file object; the one export every recogniser graph goes through."""
-    dummy = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)  # batch 2 so no size-1 dim gets specialised
-    _torch_export(model, (dummy,), out, opset, input_names=["data"], output_names=["embedding"],
-                  dynamic_axes={"data": {0: "None"}, "embedding": {0: "None"}})
 
 
 def check_recogniser_onnx(onnx_path, torch_model, num_images=8, seed=0):
@@ -238,9 +228,9 @@ def export_reconstructor(checkpoint, out_path, mask_ratio=0.75, output="full", o
                 "facemae_config": json.dumps(mae.config, default=str)}
 
     def write(tmp):
-        _torch_export(graph_module, (dummy_images, dummy_ids), tmp, opset,
-                      input_names=["images", "ids_shuffle"], output_names=["reconstruction", "mask"],
-                      dynamic_axes={name: {0: "N"} for name in ("images", "ids_shuffle", "reconstruction", "mask")})
+        write_graph(graph_module, (dummy_images, dummy_ids), tmp, opset,
+                    input_names=["images", "ids_shuffle"], output_names=["reconstruction", "mask"],
+                    dynamic_axes={name: {0: "N"} for name in ("images", "ids_shuffle", "reconstruction", "mask")})
         graph = _load_onnx(tmp)
         _set_metadata(graph, metadata)
         _save_onnx(graph, tmp)
@@ -272,16 +262,6 @@ def check_reconstructor_onnx(onnx_path, mae, mask_ratio, output, keys=(3, 17, 42
 
 
 # ----------------------------------------------------------------------------- shared
-
-def _torch_export(module, args, path, opset, **names):
-    # The TorchScript exporter (dynamo=False) gives stable node sets and dynamic_axes support.
-    # Its TracerWarnings flag Python-side shape checks; shapes other than N are fixed here anyway.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        torch.onnx.export(module, args, path, opset_version=opset, dynamo=False, do_constant_folding=True,
-                          keep_initializers_as_inputs=False, **names)
-
 
 def _load_onnx(path):
     import onnx

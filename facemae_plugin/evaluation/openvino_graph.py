@@ -1,6 +1,6 @@
 """A recogniser compiled by OpenVINO for this CPU: the fast runtime of long embedding jobs on a CPU.
 
-The graph is the recogniser's own ONNX export (``export.write_recogniser_graph``, the file
+The graph is the recogniser's own ONNX export (``models.onnx_graph.write_recogniser_graph``, the file
 ``facemae export`` writes), fixed to one batch size and compiled in float32 (the reference
 embeddings) or with bfloat16 inference on a CPU that computes it natively. OpenVINO runs on torch's
 thread count, so ``torch.set_num_threads`` and ``OMP_NUM_THREADS`` bound it as they bound torch.
@@ -37,7 +37,7 @@ class OpenVinoGraph:
     and get ``[batch_size, D]`` float32 embeddings, as from ``model`` in ``dtype``."""
 
     def __init__(self, model, batch_size, dtype, image_size):
-        from ..export import write_recogniser_graph
+        from ..models.onnx_graph import write_recogniser_graph
 
         graph_bytes = io.BytesIO()
         write_recogniser_graph(model.float().eval().cpu(), graph_bytes)

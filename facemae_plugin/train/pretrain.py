@@ -23,12 +23,12 @@ from ..config import require
 from ..core.errors import CheckpointError, ConfigError
 from ..core.keyseed import seed_for_key
 from ..data.dataset import FaceRecordDataset, mirror_where
-from ..evaluation.visualise import save_reconstruction_grid
 from ..models.backbones import load_backbone
 from ..models.mae import create_facemae
 from ..models.masking import mask_noise_for_keys
 from ..models.weights import load_weights_file
 from .compiled import TrainingCompiler
+from .grids import save_reconstruction_grid
 from .common import (OptimizerStep, atomic_save, cosine_warmup_lr, make_loader, reduce_mean, seed_everything,
                      set_lr, setup_process, teardown_process, unwrap)
 from .losses import IRMLoss, masked_mse
