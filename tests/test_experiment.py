@@ -98,15 +98,6 @@ def test_a_finished_step_made_from_other_inputs_runs_again(tmp_path):
     assert json.loads((tmp_path / "steps" / "x.done.json").read_text())["inputs"] == {"sigma": 6}
 
 
-def test_an_older_work_directory_keeps_its_finished_steps(tmp_path):
-    Experiment(tmp_path, TOY, progress=False)
-    (tmp_path / "stages").mkdir()
-    (tmp_path / "stages" / "x.done.json").write_text(json.dumps({"n": 1, "inputs": {"sigma": 3}}))
-    experiment = Experiment(tmp_path, TOY, progress=False)
-    assert experiment.run_step("x", lambda: pytest.fail("a finished step ran again"), {"sigma": 3})["n"] == 1
-    assert not (tmp_path / "stages").exists()
-
-
 def test_editing_a_variant_without_renaming_it_releases_it_again(tmp_path):
     experiment = Experiment(tmp_path, TOY, progress=False)
     light = experiment.release(dict(name="blur", method="blur", sigma=1.0), seed=0)

@@ -175,8 +175,6 @@ def add_demo(verbs):
     p.add_argument("--protocol", default=None, metavar="CONFIG.py",
                    help="a file defining `protocol = dict(...)` overriding the embedded sizes and budgets "
                         "(see facemae_plugin/protocol/spec.py PROTOCOL_DEFAULTS)")
-    p.add_argument("--compare-original", action="store_true",
-                   help="accepted for older scripts: the originals are always compared now")
     p.set_defaults(run=_demo)
 
 

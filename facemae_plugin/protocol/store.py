@@ -13,7 +13,6 @@ from ..core.files import write_json
 from .spec import ProtocolError, merge_protocol
 
 STEPS_DIR = "steps"
-OLD_STEPS_DIR = "stages"
 
 
 class StepStore:
@@ -29,7 +28,6 @@ class StepStore:
         self._inner = []  # per running step: the seconds of the steps it ran inside it
         os.makedirs(self.work_dir, exist_ok=True)
         self._pin_protocol()
-        self._adopt_old_steps()
 
     def _pin_protocol(self):
         """Finished steps are only valid for the protocol that made them: refuse to mix two."""
@@ -54,29 +52,23 @@ class StepStore:
         """``steps/<name>.done.json``: written last, so its presence means the step finished."""
         return self.path(STEPS_DIR, f"{name}.done.json")
 
-    def _adopt_old_steps(self):
-        """An older work directory keeps its markers in ``stages/``: move them, once, to ``steps/``."""
-        old, new = self.path(OLD_STEPS_DIR), self.path(STEPS_DIR)
-        if os.path.isdir(old) and not os.path.lexists(new):
-            os.rename(old, new)
-
     def run_step(self, name, build, inputs=None):
         """Run ``build()`` unless ``<name>.done.json`` exists for the same ``inputs``; returns its
         (saved) result with seconds. A finished step made from other inputs (a variant edited
-        without renaming it) runs again; a marker from before inputs were recorded is reused."""
+        without renaming it) runs again."""
         marker = self.step_marker(name)
         self.used_steps.add(name)
         if os.path.isfile(marker):
             with open(marker) as f:
                 done = json.load(f)
-            if inputs is None or done.get("inputs", inputs) == inputs:
+            if inputs is None or done.get("inputs") == inputs:
                 if name not in self.reused:
                     # Step lines are progress, like the bars: stderr, so stdout keeps only results.
                     print(f"[{name}] reusing finished step", file=sys.stderr, flush=True)
                     self.reused.add(name)
                 return done
-            changed = sorted(k for k in set(done["inputs"]) | set(inputs)
-                             if done["inputs"].get(k) != inputs.get(k))
+            stored = done.get("inputs") or {}
+            changed = sorted(k for k in set(stored) | set(inputs) if stored.get(k) != inputs.get(k))
             print(f"[{name}] inputs changed ({', '.join(changed)}): running again", file=sys.stderr, flush=True)
         else:
             print(f"[{name}] running", file=sys.stderr, flush=True)
