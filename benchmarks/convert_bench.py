@@ -67,8 +67,8 @@ def build_checkpoint(path, preset):
 
 
 def make(spec):
-    from facemae_plugin.release.baselines import Identity
-    from facemae_plugin.release.methods import make_privatizer
+    from facemae_plugin.privatizers.baselines import Identity
+    from facemae_plugin.privatizers.methods import make_privatizer
 
     if spec["method"] == "copy":
         return Identity()

@@ -18,7 +18,7 @@ import torch
 from facemae_plugin.train.losses import MarginSoftmax
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.release.facemae import ReconstructionStage
+from facemae_plugin.privatizers.facemae import ReconstructionStage
 from facemae_plugin.core.devices import pick_device
 from facemae_plugin.train.common import OptimizerStep
 from facemae_plugin.train.recognise import GRAD_CLIP_NORM, margin_loss, train_step

@@ -32,7 +32,7 @@ from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.formats.recordio import IRHeader, RecordWriter, pack_img
 from facemae_plugin.formats.shard import FaceShard
-from facemae_plugin.release.facemae import ReconstructionStage
+from facemae_plugin.privatizers.facemae import ReconstructionStage
 from tests.conftest import hostile_pickle, smooth_image, write_layout_a
 from tests.mxnet_oracle import run_oracle
 

@@ -15,7 +15,7 @@ from facemae_plugin.evaluation.suite import SuiteAttacker, audit_suite, pixel_at
 from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.publish.reapply import REAPPLY, attacker_privatizer, reapply_attackers
-from facemae_plugin.release.methods import make_privatizer
+from facemae_plugin.privatizers.methods import make_privatizer
 from tests.oracles import brute_force_metrics
 
 

@@ -21,11 +21,11 @@ from facemae_plugin.convert import convert
 from facemae_plugin.convert.keys import shard_range
 from facemae_plugin.convert.workers import convert_batch, make_executor
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.release.baselines import GaussianBlur, Identity, MaskedOnly, Pixelate
+from facemae_plugin.privatizers.baselines import GaussianBlur, Identity, MaskedOnly, Pixelate
 from facemae_plugin.formats.recordio import IndexedRecordReader, IRHeader, RecordWriter, encode_image, pack, unpack
 from facemae_plugin.core.keyseed import variant_key
-from facemae_plugin.release.facemae import ReconstructionStage
-from facemae_plugin.release.privatizer import Privatizer
+from facemae_plugin.privatizers.facemae import ReconstructionStage
+from facemae_plugin.privatizers.privatizer import Privatizer
 from tests.conftest import smooth_image, write_layout_a
 from tests.mxnet_oracle import read_json, run_oracle
 

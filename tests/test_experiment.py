@@ -206,7 +206,7 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
 
 
 def test_a_variant_with_a_target_leakage_releases_at_its_calibrated_setting(tmp_path):
-    from facemae_plugin.release.methods import STRENGTHS
+    from facemae_plugin.privatizers.methods import STRENGTHS
 
     experiment = Experiment(tmp_path, TOY, progress=False)
     # masking: blur keeps enough of a face for the pixel attacker to find every source among these few

@@ -5,8 +5,8 @@ import torch
 
 from facemae_plugin.convert import privatize_batch
 from facemae_plugin.core.keyseed import num_visible, seed_for_key, variant_key
-from facemae_plugin.release.pixelops import torch_rand_bits
-from facemae_plugin.release.baselines import GaussianBlur, GaussianNoise, Identity, MaskedOnly, Pixelate
+from facemae_plugin.privatizers.pixelops import torch_rand_bits
+from facemae_plugin.privatizers.baselines import GaussianBlur, GaussianNoise, Identity, MaskedOnly, Pixelate
 
 
 def random_rgb(n=6, size=112, seed=0):
@@ -30,7 +30,7 @@ def test_blur_float_values_match_bit_for_bit():
     images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     expected = blur(images, [1, 2]).permute(0, 2, 3, 1).numpy()
     op = blur.worker_op()
-    from facemae_plugin.release.pixelops import normalise
+    from facemae_plugin.privatizers.pixelops import normalise
 
     assert np.array_equal(np.stack([op.blur(normalise(image)) for image in rgb]), expected)
 
@@ -75,7 +75,7 @@ def test_noise_float_values_match_bit_for_bit():
     images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     expected = noise(images, keys).permute(0, 2, 3, 1).numpy()
     op = noise.worker_op()
-    from facemae_plugin.release.pixelops import gaussian_draws, normalise
+    from facemae_plugin.privatizers.pixelops import gaussian_draws, normalise
 
     drawn = gaussian_draws(op.seed, keys, (3, 112, 112)).transpose(0, 2, 3, 1)
     assert np.array_equal(np.clip(normalise(rgb) + drawn * op.scale, -1, 1), expected)

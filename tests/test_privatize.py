@@ -5,17 +5,17 @@ import pytest
 import torch
 
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.release.baselines import (
+from facemae_plugin.privatizers.baselines import (
     GaussianBlur,
     GaussianNoise,
     Identity,
     MaskedOnly,
     Pixelate,
 )
-from facemae_plugin.release.methods import make_privatizer
+from facemae_plugin.privatizers.methods import make_privatizer
 from facemae_plugin.core.errors import UsageError
 from facemae_plugin.core.keyseed import variant_key
-from facemae_plugin.release.facemae import ReconstructionStage
+from facemae_plugin.privatizers.facemae import ReconstructionStage
 
 
 def random_images(n, seed=0):
@@ -145,8 +145,8 @@ def test_factory_names_what_is_wrong():
 
 def test_every_method_in_the_registry_resolves_and_declares_what_the_package_asks():
     from facemae_plugin.protocol.report import METHOD_COLOURS
-    from facemae_plugin.release.methods import BASELINE_METHODS, METHODS, STRENGTHS, _factory
-    from facemae_plugin.release.privatizer import Privatizer
+    from facemae_plugin.privatizers.methods import BASELINE_METHODS, METHODS, STRENGTHS, _factory
+    from facemae_plugin.privatizers.privatizer import Privatizer
 
     for name, method in METHODS.items():
         factory = _factory(method.factory)

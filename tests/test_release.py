@@ -13,7 +13,7 @@ from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.publish.calibrate import BISECTION_STEPS, VALUE_DECIMALS, CalibrationError
 from facemae_plugin.publish.release import Attacker, ReleaseError, release_dataset
-from facemae_plugin.release.methods import STRENGTHS, make_privatizer
+from facemae_plugin.privatizers.methods import STRENGTHS, make_privatizer
 from tests.helpers import facemae
 
 

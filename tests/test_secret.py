@@ -8,7 +8,7 @@ import pytest
 from facemae_plugin.convert import convert
 from facemae_plugin.convert.secret import SecretError, publisher_seed, secret_path
 from facemae_plugin.data.synthetic import make_synthetic_dataset
-from facemae_plugin.release.methods import make_privatizer
+from facemae_plugin.privatizers.methods import make_privatizer
 from tests.helpers import facemae
 
 

@@ -12,7 +12,7 @@ import torch
 from facemae_plugin.core.errors import CheckpointError
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.core.keyseed import variant_key
-from facemae_plugin.release.facemae import ReconstructionStage
+from facemae_plugin.privatizers.facemae import ReconstructionStage
 
 SEED = 5
 

@@ -11,7 +11,7 @@ from facemae_plugin.data.dataset import normalise
 from facemae_plugin.models.backbones import load_backbone
 from facemae_plugin.models.mae import FaceMAE, create_facemae
 from facemae_plugin.formats.shard import FaceShard
-from facemae_plugin.release.facemae import ReconstructionStage
+from facemae_plugin.privatizers.facemae import ReconstructionStage
 from facemae_plugin.train import recognise
 from facemae_plugin.train.common import OptimizerStep
 from facemae_plugin.train.pretrain import adamw_param_groups, pretrain

@@ -16,7 +16,7 @@ from facemae_plugin.formats.binfile import write_bin
 from facemae_plugin.convert import convert
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
-from facemae_plugin.release.methods import make_privatizer
+from facemae_plugin.privatizers.methods import make_privatizer
 from facemae_plugin.formats.recordio import encode_image
 from tests.conftest import write_layout_a
 

@@ -25,7 +25,7 @@ import torch
 from ..config import ConfigError
 from ..core.devices import pick_device
 from ..core.errors import UsageError
-from ..release.facemae import ReconstructionStage, check_offline_release
+from ..privatizers.facemae import ReconstructionStage, check_offline_release
 from .checkout import TRAIN_V2_IMPORTS, ArcfaceCheckout
 from .configs import config_alias, load_arcface_config
 from .dataloader import BatchRecord, wrap_get_dataloader

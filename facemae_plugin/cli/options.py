@@ -4,7 +4,7 @@ import argparse
 import math
 
 from ..core.errors import UsageError, interval
-from ..release.methods import METHODS
+from ..privatizers.methods import METHODS
 
 
 class Parser(argparse.ArgumentParser):

@@ -4,7 +4,7 @@ import contextlib
 import os
 
 from ..core.errors import UsageError
-from ..release.methods import METHODS
+from ..privatizers.methods import METHODS
 from .evaluation import attacker_text
 from .options import AUDIT_SEARCHES, COUNT, POSITIVE_INT, add_precision, number, parents
 
@@ -206,7 +206,7 @@ def _secret_seed(args, work_dirs=()):
 
 def _privatizer(args):
     """The privatizer ``--method`` and its options describe (only the options of its method are read)."""
-    from ..release.methods import make_privatizer, method_params
+    from ..privatizers.methods import make_privatizer, method_params
 
     privatizer = make_privatizer(args.method, k=args.k, **method_params(args.method, vars(args), args.seed))
     if getattr(args, "secret_seed", None) is not None:  # drawn by _secret_seed, never published
@@ -215,7 +215,7 @@ def _privatizer(args):
 
 
 def _with_strength(args, value):
-    """``args`` with the method's strength parameter (``release.methods.Method.strength``) set to ``value``."""
+    """``args`` with the method's strength parameter (``privatizers.methods.Method.strength``) set to ``value``."""
     method = METHODS[args.method]
     changed = argparse.Namespace(**vars(args))
     setattr(changed, method.params[method.strength.param], value)

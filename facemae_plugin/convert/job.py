@@ -174,7 +174,7 @@ class Conversion:
         """``facemae_provenance.json``: what made the release (no shard count, workers or device).
 
         The source is named by its folder's name and ``.idx`` hash, never by where it lies on the
-        publisher's machine; a secret seed reads ``"secret"`` (``release.privatizer``).
+        publisher's machine; a secret seed reads ``"secret"`` (``privatizers.privatizer``).
         """
         return {
             "facemae_plugin": __version__,

@@ -10,7 +10,7 @@ on the current one, so a conversion runs about as fast as its slowest stage. At 
 ``2 * ahead`` batches are in flight, so memory stays flat whatever the dataset size.
 
 Cheap per-image privatizers (identity, blur, pixelate, noise, masked: pure functions of image, key
-and seed) have a torch-free twin (``Privatizer.worker_op()``, module ``release.pixelops``) with the
+and seed) have a torch-free twin (``Privatizer.worker_op()``, module ``privatizers.pixelops``) with the
 same output bytes; then each batch is a single worker task, read -> decode -> privatize -> encode,
 and this process only writes. No pixels cross processes and no model thread competes with the
 codecs. Model stages (FaceMAE) run in the converting process with all of torch's threads, since

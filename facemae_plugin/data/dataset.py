@@ -8,7 +8,7 @@ from ..formats.shard import FaceShard
 
 def normalise_batch(rgb):
     """uint8 ``[N, H, W, 3]`` RGB -> float32 ``[N, 3, H, W]`` in ``(x/255 - 0.5) / 0.5``, arcface_torch's
-    convention (computed as ``x / 127.5 - 1``, the order the torch-free ``release.pixelops`` repeats)."""
+    convention (computed as ``x / 127.5 - 1``, the order the torch-free ``privatizers.pixelops`` repeats)."""
     nchw = torch.from_numpy(np.ascontiguousarray(np.asarray(rgb).transpose(0, 3, 1, 2)))
     return nchw.float().div_(127.5).sub_(1.0)
 

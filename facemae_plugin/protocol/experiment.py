@@ -221,7 +221,7 @@ class Experiment(StepStore):
         from ..evaluation.embed import load_embedder
         from ..evaluation.suite import SuiteAttacker, pixel_attacker
         from ..publish.calibrate import calibrate
-        from ..release.methods import STRENGTHS
+        from ..privatizers.methods import STRENGTHS
 
         method, param = variant["method"], STRENGTHS[variant["method"]].param
         plain = {key: value for key, value in variant.items() if key != TARGET_KEY}

@@ -37,7 +37,7 @@ def facemae_block(protocol, variant):
 
 def variant_privatizer(protocol, variant, seed, checkpoint=None):
     """The privatizer of a checked variant; ``checkpoint`` is the FaceMAE model of a ``facemae`` one."""
-    from ..release.methods import METHODS, make_privatizer
+    from ..privatizers.methods import METHODS, make_privatizer
 
     spec = METHODS[variant["method"]]
     params = {key: variant[key] for key in spec.params if key in variant}

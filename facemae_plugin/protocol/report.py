@@ -1,6 +1,6 @@
 """What a person reads after a protocol run: the results tables and the trade-off plot."""
 from ..evaluation.plots import new_figure, save_figure
-from ..release.methods import BASELINE_METHODS, METHODS
+from ..privatizers.methods import BASELINE_METHODS, METHODS
 from .verdicts import ATTACKERS, family_points, matched_leakage_verdict, table_columns
 
 METHOD_COLOURS = {"original": "tab:grey", **{name: method.colour for name, method in METHODS.items()}}

@@ -2,7 +2,7 @@
 
 A protocol file sets ``protocol = dict(...)`` (overriding ``PROTOCOL_DEFAULTS``, unknown keys named)
 and, for the benchmark, ``variants = [dict(name, method, ..., seeds)]``. A variant may set the
-parameters of its method (``METHOD_PARAMS``, from ``release.methods``); its steps are keyed by
+parameters of its method (``METHOD_PARAMS``, from ``privatizers.methods``); its steps are keyed by
 ``variant_inputs`` (everything but its display name).
 """
 import copy
@@ -14,7 +14,7 @@ from easydict import EasyDict as edict
 
 from ..config import check_keys, exec_config_file
 from ..core.errors import FaceMAEError
-from ..release.methods import METHODS
+from ..privatizers.methods import METHODS
 
 PROTOCOL_DEFAULTS = {
     "seed": 0,
@@ -46,7 +46,7 @@ PROTOCOL_DEFAULTS = {
 # Privatizers whose output does not depend on a seed: one release serves every seed of their row.
 DETERMINISTIC_METHODS = ("original", *(name for name, spec in METHODS.items() if not spec.seeded))
 ORIGINAL = {"name": "original", "method": "original"}
-# What a variant of each method may set: its privatizer's parameters (release.methods), less those
+# What a variant of each method may set: its privatizer's parameters (privatizers.methods), less those
 # the protocol fixes (masked uses the FaceMAE recipe's patch size), plus the FaceMAE model to release with.
 PROTOCOL_FIXED = {"masked": ("patch_size",)}
 PROTOCOL_ONLY = {"facemae": ("irm", "pretrain")}
@@ -109,7 +109,7 @@ def check_variant(variant):
     if method == "facemae":
         _check_facemae_variant(variant)
     elif method != "original":
-        from ..release.methods import make_privatizer
+        from ..privatizers.methods import make_privatizer
 
         try:  # a baseline is cheap to build: its constructor checks every value
             make_privatizer(method, **{key: variant[key] for key in METHOD_PARAMS[method] if key in variant})
@@ -119,7 +119,7 @@ def check_variant(variant):
 
 
 def _check_target(variant):
-    from ..release.methods import STRENGTHS
+    from ..privatizers.methods import STRENGTHS
 
     target, param = variant[TARGET_KEY], STRENGTHS[variant["method"]].param
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:

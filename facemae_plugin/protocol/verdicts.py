@@ -7,7 +7,7 @@ most half as often. Tables and figures of these live in ``report``.
 import numpy as np
 
 from ..evaluation.attackers import worst_case
-from ..release.methods import BASELINE_METHODS
+from ..privatizers.methods import BASELINE_METHODS
 
 COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.row`` returns
     ("accuracy", "verification acc. %", "{:.2f}"),

@@ -1,6 +1,6 @@
 """``--target-leakage``: the weakest setting of a method whose worst-case rank-1 instance leakage is at most a target.
 
-Each method has one strength parameter (``release.methods.STRENGTHS``); leakage falls as it grows. Every point is
+Each method has one strength parameter (``privatizers.methods.STRENGTHS``); leakage falls as it grows. Every point is
 audited by every attacker of the release (the pixel attacker, the recognisers and, unless skipped,
 ``reapply``) and judged by the largest of their rank-1 instance figures: a setting that one
 attacker defeats is not private, whatever the others say. Bisection runs on a calibration subset:
@@ -19,7 +19,7 @@ import tempfile
 from ..core.errors import FaceMAEError
 from ..formats.shard import FaceShard
 from ..formats.split import choose_identities, group_keys_by_label, write_identities
-from ..release.methods import STRENGTHS
+from ..privatizers.methods import STRENGTHS
 from .reapply import REAPPLY, reapply_attackers
 
 CALIBRATION_IDENTITIES = 100

@@ -29,7 +29,7 @@ from ..evaluation.verification import ten_fold_accuracy
 from ..formats.binfile import load_bin
 from ..formats.shard import FaceShard
 from ..models.backbones import get_backbone
-from ..release.facemae import ReconstructionStage, check_offline_release
+from ..privatizers.facemae import ReconstructionStage, check_offline_release
 from .compiled import TrainingCompiler
 from .common import (OptimizerStep, atomic_save, make_loader, polynomial_warmup_lr, reduce_mean,
                      seed_everything, set_lr, setup_process, teardown_process, unwrap)

@@ -31,7 +31,7 @@ class Method:
     params: dict  # privatizer parameter -> the `facemae convert` option (argparse dest) that sets it
     seeded: bool  # draws from (seed, record key): each seed gives another release
     summary: str
-    factory: str  # "module:attribute" in this package's release/ folder: the privatizer, built from its params
+    factory: str  # "module:attribute" in this package (privatizers/): the privatizer, built from its params
     strength: Optional[Strength]  # what --target-leakage calibrates
     baseline: bool  # a method FaceMAE is compared with in the benchmark's verdicts
     colour: str  # in the trade-off plots

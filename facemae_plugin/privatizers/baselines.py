@@ -1,4 +1,4 @@
-"""Baseline privatizers with the reconstruction stage's interface (``release.methods`` makes them).
+"""Baseline privatizers with the reconstruction stage's interface (``privatizers.methods`` makes them).
 
 Every privatizer is a callable ``(images [N, 3, H, W] normalised, keys) -> images`` with
 ``variants(images, keys) -> [N, k, 3, H, W]`` and ``provenance()``; ``facemae convert`` treats

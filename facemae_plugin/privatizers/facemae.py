@@ -2,7 +2,7 @@
 
 One object serves every deployment path: offline conversion (``facemae convert``), the batch
 stage of ``facemae train`` and the arcface_torch hook (``arcface-train``). It is a privatizer
-(``release.privatizer``): it takes normalised RGB images ``[N, 3, H, W]`` and their record keys
+(``privatizers.privatizer``): it takes normalised RGB images ``[N, 3, H, W]`` and their record keys
 and returns reconstructions in the same space, on the device the images came from.
 
 Masks come from ``(seed, key)`` (``mask_noise_for_keys``), never from the batch, so a record's
