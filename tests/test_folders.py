@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facemae_plugin.formats.binfile import load_bin
-from facemae_plugin.formats.folders import folder_to_rec, pairs_to_bin, rec_to_folder
+from facemae_plugin.data.folders import folder_to_rec, pairs_to_bin, rec_to_folder
 from facemae_plugin.formats.recordio import RecordIOError
 from facemae_plugin.formats.shard import FaceShard
 from tests.conftest import smooth_image

@@ -6,7 +6,7 @@ import pytest
 from facemae_plugin.core.errors import OutputError
 from facemae_plugin.formats.recordio import unpack
 from facemae_plugin.formats.shard import FaceShard
-from facemae_plugin.formats.split import SplitError, split_by_identity
+from facemae_plugin.data.split import SplitError, split_by_identity
 
 from tests import helpers
 from tests.conftest import write_layout_a, write_layout_b

@@ -9,7 +9,7 @@ import torch
 
 from facemae_plugin.data.synthetic import write_identity_shard
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
-from facemae_plugin.formats.split import split_by_identity
+from facemae_plugin.data.split import split_by_identity
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.protocol.benchmark import run_benchmark
 from facemae_plugin.protocol.experiment import Experiment

@@ -68,7 +68,7 @@ def add_folder2rec(verbs):
 
 
 def _folder2rec(args):
-    from ..formats.folders import folder_to_rec
+    from ..data.folders import folder_to_rec
 
     result = folder_to_rec(args.image_dir, args.out_dir, quality=args.quality, progress=not args.quiet,
                            overwrite=args.overwrite)
@@ -85,7 +85,7 @@ def add_rec2folder(verbs):
 
 
 def _rec2folder(args):
-    from ..formats.folders import rec_to_folder
+    from ..data.folders import rec_to_folder
 
     result = rec_to_folder(args.rec_dir, args.out_dir, progress=not args.quiet, overwrite=args.overwrite)
     return f"rec2folder: {result['images']} images of {result['identities']} identities -> {args.out_dir}", result
@@ -103,7 +103,7 @@ def add_pairs2bin(verbs):
 
 
 def _pairs2bin(args):
-    from ..formats.folders import pairs_to_bin
+    from ..data.folders import pairs_to_bin
 
     result = pairs_to_bin(args.pairs, args.out_bin, quality=args.quality, progress=not args.quiet,
                           overwrite=args.overwrite)
@@ -126,7 +126,7 @@ def add_split(verbs):
 
 
 def _split(args):
-    from ..formats.split import split_by_identity
+    from ..data.split import split_by_identity
 
     result = split_by_identity(args.in_dir, args.out_a, args.out_b, fraction=args.fraction, seed=args.seed,
                                overwrite=args.overwrite, progress=not args.quiet)

@@ -1,1 +1,2 @@
-"""Pixels for torch: the shard as a dataset, and the synthetic faces the project makes its own data from."""
+"""Datasets as a whole: the shard as a torch dataset, the synthetic faces the project makes its own
+data from, image folders and pairs lists to and from shards, and splits by identity."""

@@ -1,1 +1,1 @@
-"""Bytes on disk: MXNet RecordIO, InsightFace shards, verification ``.bin`` sets, image folders, splits."""
+"""Bytes on disk: MXNet RecordIO, its index, InsightFace shards and verification ``.bin`` sets."""

@@ -16,10 +16,10 @@ Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives 
 import os
 
 from ..data.synthetic import write_holdout_bin, write_identity_shard
-from ..formats.split import split_by_identity
+from ..data.split import split_by_identity
 from .datasets import (check_disjoint, check_trained_on, data_mode, recorded_data, shard_fingerprint, shard_summary,
                        val_sets)
-from .recipes import facemae_block, pretrain_config, recognition_config, summarise_training, variant_privatizer
+from .jobs import facemae_block, pretrain_config, recognition_config, summarise_training, variant_privatizer
 from .spec import (DETERMINISTIC_METHODS, ORIGINAL, TARGET_KEY, ProtocolError, check_variant, facemae_step_name, slug,
                    variant_inputs)
 from .store import StepStore

@@ -11,7 +11,7 @@ import os
 import shutil
 
 from ..formats.shard import FaceShard
-from ..formats.split import write_beside_release
+from ..data.split import write_beside_release
 from .reapply import with_own_seed
 
 ADAPTIVE = "adaptive"  # its name in the suite and on the card

@@ -18,7 +18,7 @@ import tempfile
 
 from ..core.errors import FaceMAEError
 from ..formats.shard import FaceShard
-from ..formats.split import choose_identities, group_keys_by_label, write_identities
+from ..data.split import choose_identities, group_keys_by_label, write_identities
 from ..privatizers.methods import STRENGTHS
 from .reapply import REAPPLY, reapply_attackers
 

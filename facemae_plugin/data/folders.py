@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from ..core.errors import InputError
 from ..core.files import refuse_existing, refuse_overlap, replace_dir, temp_name, write_bytes
-from .binfile import write_bin
-from .recordio import RecordIOError, decode_image, encode_image
-from .shard import DEFAULT_IMAGE_SIZE, FaceShard, FaceShardWriter, refuse_shard_output
+from ..formats.binfile import write_bin
+from ..formats.recordio import RecordIOError, decode_image, encode_image
+from ..formats.shard import DEFAULT_IMAGE_SIZE, FaceShard, FaceShardWriter, refuse_shard_output
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _JPEG_SOI = b"\xff\xd8\xff"

@@ -1,4 +1,4 @@
-"""What the protocol hands to the training loops and the release methods, built from its blocks.
+"""What the protocol hands to each step: training configs and privatizers, built from its blocks.
 
 The experiment decides which model and which split; these functions turn that, and the
 protocol's recipe blocks, into the same config dicts and privatizers a user's recipe would give.

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.errors import FaceMAEError
-from .shard import FaceShard, FaceShardWriter, refuse_shard_output
+from ..formats.shard import FaceShard, FaceShardWriter, refuse_shard_output
 
 
 class SplitError(FaceMAEError):
