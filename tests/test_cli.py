@@ -17,7 +17,7 @@ from tests.helpers import last_json
 facemae = functools.partial(helpers.facemae, check=True)
 
 VERBS = sorted(build_parser()._subparsers._group_actions[0].choices)
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+CLI_DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "cli.md")
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -26,8 +26,8 @@ def test_every_verb_explains_itself(verb):
     assert out.startswith(f"usage: facemae {verb}") and "--json" in out
 
 
-def test_the_readme_lists_every_verb_and_no_other():
-    with open(README) as f:
+def test_the_cli_doc_lists_every_verb_and_no_other():
+    with open(CLI_DOC) as f:
         listed = set(re.findall(r"^facemae ([a-z0-9-]+) ", f.read(), flags=re.M))
     assert listed == set(VERBS)
 

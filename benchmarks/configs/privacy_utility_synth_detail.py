@@ -1,5 +1,5 @@
 # The privacy-utility table on synthetic faces whose identity lives in fine detail (detail 1:
-# freckles and skin texture; head shape and colours narrowed); the README holds its results.
+# freckles and skin texture; head shape and colours narrowed); docs/results.md holds its results.
 # Light blur/noise rows leak every source, so the sweep's stronger rows (blur s9, noise 120,
 # pixelate 16) are what the matched-leakage verdict interpolates between.
 #   python benchmarks/privacy_utility.py benchmarks/configs/privacy_utility_synth_detail.py \
