@@ -146,14 +146,14 @@ def _descends_from(pid, ancestor):
 
 
 def run_child(spec):
-    from facemae_plugin.convert import convert
+    from facemae_plugin.convert import ConvertSettings, convert
 
     privatizer = make(spec)
     if spec.get("model_only"):
         return {"model_images_per_s": model_only(privatizer, spec["batch_size"], spec["model_images"])}
     memory = WorkerMemory()
-    result = convert(spec["shard"], spec["out"], privatizer, batch_size=spec["batch_size"],
-                     workers=spec["workers"], overwrite=True, progress=False)
+    settings = ConvertSettings(batch_size=spec["batch_size"], workers=spec["workers"])
+    result = convert(spec["shard"], spec["out"], privatizer, settings, overwrite=True, progress=False)
     memory.stop()
     return {
         "images_per_s": result["images_per_s"],

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from facemae_plugin.config import merge_config
+from facemae_plugin.convert.settings import ConvertSettings
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 
 SYNTH_IDENTITIES = 6  # identities of conftest's synth_dir shard
+IN_PROCESS = ConvertSettings(workers=0)  # conversions decode and encode in the test's own process
 
 
 def facemae(*args, check=False, timeout=600, cwd=None, env=None):

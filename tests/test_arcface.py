@@ -34,6 +34,7 @@ from facemae_plugin.formats.recordio import IRHeader, RecordWriter, pack_img
 from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.privatizers.facemae import ReconstructionStage
 from tests.conftest import hostile_pickle, smooth_image, write_layout_a
+from tests.helpers import IN_PROCESS
 from tests.mxnet_oracle import run_oracle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -330,7 +331,7 @@ def test_batch_stage_equals_facemae_convert_and_offline_checks_it(checkout, shar
 
     stage = ReconstructionStage.from_checkpoint(checkpoint, device="cpu")
     released = str(tmp_path / "released")
-    convert(shard, released, stage, workers=0, progress=False)
+    convert(shard, released, stage, IN_PROCESS, progress=False)
     with FaceShard(shard) as faces:
         keys = list(faces.image_keys)
         originals = torch.stack([normalise(faces.decode(k)) for k in keys])
@@ -546,7 +547,7 @@ def test_train_v2_main_in_one_cpu_process_with_the_batch_stage_and_irm(checkout,
     assert len(seen) == 60
     monkeypatch.setattr(ReconstructionStage, "__call__", reconstruct)
     released = str(tmp_path / "released")
-    convert(faces, released, ReconstructionStage.from_checkpoint(checkpoint, **STAGE), workers=0, progress=False)
+    convert(faces, released, ReconstructionStage.from_checkpoint(checkpoint, **STAGE), IN_PROCESS, progress=False)
     with FaceShard(released) as converted:
         for keys, out in seen[::19]:
             online = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -565,7 +566,7 @@ def test_train_v2_main_in_one_cpu_process_on_a_converted_shard_or_as_shipped(blo
     pytest.importorskip("tensorboard", reason="train_v2 imports torch.utils.tensorboard (pip install tensorboard)")
     if block == "offline":
         rec = str(tmp_path / "released")
-        convert(faces, rec, ReconstructionStage.from_checkpoint(checkpoint, **STAGE), workers=0, progress=False)
+        convert(faces, rec, ReconstructionStage.from_checkpoint(checkpoint, **STAGE), IN_PROCESS, progress=False)
         blocks = dict(facemae=dict(checkpoint=checkpoint, stage="offline", **STAGE))
     else:
         rec, blocks = faces, {}

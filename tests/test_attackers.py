@@ -16,6 +16,7 @@ from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.publish.reapply import REAPPLY, attacker_privatizer, reapply_attackers
 from facemae_plugin.privatizers.methods import make_privatizer
+from tests.helpers import IN_PROCESS
 from tests.oracles import brute_force_metrics
 
 
@@ -41,14 +42,14 @@ def faces(tmp_path_factory):
     root = tmp_path_factory.mktemp("attackers")
     make_synthetic_dataset(root / "ds", identities=100, images_per_identity=15, holdout_identities=2, num_pairs=10,
                            seed=3, progress=False)
-    convert(root / "ds", root / "blur6", make_privatizer("blur", sigma=6.0), workers=0, progress=False)
+    convert(root / "ds", root / "blur6", make_privatizer("blur", sigma=6.0), IN_PROCESS, progress=False)
     return root
 
 
 def test_the_pixel_attacker_equals_a_numpy_brute_force_search(tmp_path):
     make_synthetic_dataset(tmp_path / "ds", identities=12, images_per_identity=5, holdout_identities=2, num_pairs=10,
                            progress=False)
-    convert(tmp_path / "ds", tmp_path / "blur", make_privatizer("blur", sigma=12.0), workers=0, progress=False)
+    convert(tmp_path / "ds", tmp_path / "blur", make_privatizer("blur", sigma=12.0), IN_PROCESS, progress=False)
     report = audit(tmp_path / "ds", tmp_path / "blur", PixelAttacker(), out_dir=tmp_path / "audit", batch_size=16,
                    plots=False)
     with FaceShard(tmp_path / "ds") as original, FaceShard(tmp_path / "blur") as released:
@@ -94,7 +95,7 @@ def test_attacker_names_are_made_unique_in_order():
 
 def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_seed_for_a_secret_one(faces, tmp_path):
     blur = make_privatizer("blur", sigma=6.0)
-    (attacker,) = reapply_attackers(faces / "ds", tmp_path / "unused", blur, dict(workers=0), released=faces / "blur6")
+    (attacker,) = reapply_attackers(faces / "ds", tmp_path / "unused", blur, IN_PROCESS, released=faces / "blur6")
     assert attacker.gallery == faces / "blur6" and not (tmp_path / "unused").exists()  # the same bytes, not redone
     report = audit(attacker.gallery, faces / "blur6", attacker.embedder, out_dir=tmp_path / "a", plots=False)
     assert report["instance_rank1"] == 1.0
@@ -103,10 +104,10 @@ def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_
     own = attacker_privatizer(noise)
     assert own.seed != noise.seed and own.provenance() == noise.provenance()  # all it knows is what was published
     assert attacker_privatizer(make_privatizer("noise", std=40.0, seed=5)).seed == 5  # a published seed is used
-    convert(faces / "ds", tmp_path / "noise", noise, workers=0, progress=False)
+    convert(faces / "ds", tmp_path / "noise", noise, IN_PROCESS, progress=False)
     torch.manual_seed(0)
     recogniser = SuiteAttacker("teacher", get_backbone("mbf").eval(), "recogniser")
-    attacker, searcher = reapply_attackers(faces / "ds", tmp_path / "guess", noise, dict(workers=0),
+    attacker, searcher = reapply_attackers(faces / "ds", tmp_path / "guess", noise, IN_PROCESS,
                                            released=tmp_path / "noise", searchers=[pixel_attacker(), recogniser])
     assert attacker.name == REAPPLY and attacker.gallery == tmp_path / "guess"
     # each recogniser searches the same gallery: one conversion

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from facemae_plugin.cli import main
-from facemae_plugin.convert import convert
+from facemae_plugin.convert import ConvertSettings, convert
 from facemae_plugin.convert.keys import shard_range
 from facemae_plugin.convert.workers import convert_batch, make_executor
 from facemae_plugin.models.mae import create_facemae
@@ -110,9 +110,9 @@ def stage(checkpoint, **kwargs):
     return ReconstructionStage.from_checkpoint(checkpoint, seed=kwargs.pop("seed", SEED), device="cpu", **kwargs)
 
 
-def run_convert(in_dir, out_dir, privatizer, **kwargs):
-    kwargs = {"batch_size": 4, "workers": 0, "progress": False, **kwargs}
-    return convert(in_dir, out_dir, privatizer, **kwargs)
+def run_convert(in_dir, out_dir, privatizer, batch_size=4, workers=0, quality=95, **kwargs):
+    settings = ConvertSettings(quality=quality, batch_size=batch_size, workers=workers)
+    return convert(in_dir, out_dir, privatizer, settings, progress=False, **kwargs)
 
 
 def output_bytes(directory):

@@ -12,9 +12,14 @@ from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.publish.calibrate import BISECTION_STEPS, VALUE_DECIMALS, CalibrationError
-from facemae_plugin.publish.release import Attacker, ReleaseError, release_dataset
+from facemae_plugin.publish.release import Attacker, ReleaseError, ReleaseOptions, release_dataset
 from facemae_plugin.privatizers.methods import STRENGTHS, make_privatizer
-from tests.helpers import facemae
+from tests.helpers import IN_PROCESS, facemae
+
+
+def quiet(**changes):
+    """Release options for a test: no progress bars, conversion in this process."""
+    return ReleaseOptions(**{"convert": IN_PROCESS, "progress": False, **changes})
 
 
 def tree_hashes(folder):
@@ -76,7 +81,7 @@ def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figur
     assert card["attackers"][3]["leakage"]["instance_rank1"] == 1.0
     assert "reapply-attacker: knows the method" in text_of(out) and "searches with attacker" in text_of(out)
     # The released shard is what `facemae convert` makes with the same settings, byte for byte.
-    convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), workers=0, progress=False)
+    convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), IN_PROCESS, progress=False)
     assert tree_hashes(tmp_path / "converted")["train.rec"] == tree_hashes(out)["train.rec"]
     with FaceShard(world / "ds") as shard:
         assert card["source"] == {"path": "ds", **shard.fingerprint()}  # its name, not where it lies
@@ -100,7 +105,7 @@ def test_a_release_whose_audit_fails_is_left_partial_and_a_rerun_finishes_it(wor
 
     monkeypatch.setattr("facemae_plugin.evaluation.suite.audit", failing_audit)
     with pytest.raises(OSError, match="disk full"):
-        release_dataset(*args, workers=0, progress=False)
+        release_dataset(*args, quiet())
     partial = tmp_path / "released.partial"
     assert not out.exists() and (partial / "train.rec").is_file() and not (partial / "RELEASE.md").exists()
     monkeypatch.undo()
@@ -109,7 +114,7 @@ def test_a_release_whose_audit_fails_is_left_partial_and_a_rerun_finishes_it(wor
         raise AssertionError("the finished conversion should have been kept")
 
     monkeypatch.setattr("facemae_plugin.convert.convert", no_second_conversion)
-    card = release_dataset(*args, workers=0, progress=False)
+    card = release_dataset(*args, quiet())
     assert (out / "RELEASE.md").is_file() and not partial.exists() and card["method"]["method"] == "pixelate"
 
 
@@ -124,10 +129,10 @@ def test_an_existing_release_is_refused_without_overwrite(world, tmp_path):
 def test_releases_that_could_not_be_audited_are_refused_before_any_work(world, tmp_path):
     attackers = attackers_of(world)
     with pytest.raises(ReleaseError, match="--k 2: a release is audited record by record"):
-        release_dataset(world / "ds", tmp_path / "a", make_privatizer("blur", k=2), attackers, progress=False)
+        release_dataset(world / "ds", tmp_path / "a", make_privatizer("blur", k=2), attackers, quiet())
     with pytest.raises(ReleaseError, match="--training-set .*ds is the shard being released"):
-        release_dataset(world / "ds", tmp_path / "b", make_privatizer("blur"), attackers, training_set=world / "ds",
-                        progress=False)
+        release_dataset(world / "ds", tmp_path / "b", make_privatizer("blur"), attackers,
+                        quiet(training_set=world / "ds"))
     assert os.listdir(tmp_path) == []
 
 
@@ -143,12 +148,11 @@ def test_a_reconstructor_trained_on_the_release_or_another_set_is_refused(world,
     attackers = attackers_of(world)
     own_model = make_privatizer("facemae", checkpoint=facemae_checkpoint(tmp_path / "own.pt", own))
     with pytest.raises(ReleaseError, match="trained on .*ds itself"):
-        release_dataset(world / "ds", tmp_path / "a", own_model, attackers, progress=False)
+        release_dataset(world / "ds", tmp_path / "a", own_model, attackers, quiet())
     other_model = make_privatizer("facemae", checkpoint=facemae_checkpoint(tmp_path / "other.pt", elsewhere))
     write_identity_shard(tmp_path / "third", 0, range(200, 203), 2, progress=False)
     with pytest.raises(ReleaseError, match="other.pt: this reconstructor was trained on other data .* than .*third"):
-        release_dataset(world / "ds", tmp_path / "b", other_model, attackers, training_set=tmp_path / "third",
-                        progress=False)
+        release_dataset(world / "ds", tmp_path / "b", other_model, attackers, quiet(training_set=tmp_path / "third"))
     assert sorted(os.listdir(tmp_path)) == ["other.pt", "own.pt", "third"]  # nothing written
 
 
@@ -158,8 +162,7 @@ def test_a_facemae_release_names_its_reconstructor_and_the_look_alikes_of_its_tr
     checkpoint = facemae_checkpoint(tmp_path / "facemae.pt", trained_on)
     card = release_dataset(world / "ds", tmp_path / "released", make_privatizer("facemae", checkpoint=checkpoint,
                                                                               output="paste"),
-                           attackers_of(world), training_set=world / "other", workers=0,
-                           progress=False)
+                           attackers_of(world), quiet(training_set=world / "other"))
     assert card["reconstructor"]["trained_on"] == trained_on
     assert card["reconstructor"]["sha256"] == hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
     with open(tmp_path / "released" / "audit" / "attacker" / "audit.json") as f:
@@ -179,9 +182,8 @@ def test_a_facemae_release_names_its_reconstructor_and_the_look_alikes_of_its_tr
 
 def test_the_adaptive_attacker_skipped_or_without_a_training_set_is_said_on_the_card(world, tmp_path):
     skipped = release_dataset(world / "ds", tmp_path / "skipped", make_privatizer("blur", sigma=3.0), [],
-                              training_set=world / "other", adaptive=False, workers=0, progress=False)
-    alone = release_dataset(world / "ds", tmp_path / "alone", make_privatizer("blur", sigma=3.0), [], workers=0,
-                            progress=False)
+                              quiet(training_set=world / "other", adaptive=False))
+    alone = release_dataset(world / "ds", tmp_path / "alone", make_privatizer("blur", sigma=3.0), [], quiet())
     for card, folder, said in ((skipped, "skipped", "skipped at the publisher's request"),
                                (alone, "alone", "no --training-set")):
         assert all(a["kind"] != "adaptive" for a in card["attackers"])
@@ -225,8 +227,8 @@ def privatizer_factory(method, tmp_path):
 def test_calibration_brackets_the_worst_case_within_one_bisection_step(crowd, tmp_path, method, target, reapply):
     at = privatizer_factory(method, tmp_path)
     card = release_dataset(crowd / "ds", tmp_path / "released", at(STRENGTHS[method].weakest),
-                           [Attacker(str(crowd / "model.pt"), "mbf")], workers=0, progress=False,
-                           target_leakage=target, privatizer_at=at, reapply=reapply)
+                           [Attacker(str(crowd / "model.pt"), "mbf")],
+                           quiet(target_leakage=target, reapply=reapply), privatizer_at=at)
     calibration = card["calibration"]
     # model.pt is named by its folder; reapply searches with the pixels and with that recogniser
     assert calibration["attackers"] == ["pixels", crowd.name] + (["reapply", f"reapply-{crowd.name}"] if reapply
@@ -261,22 +263,22 @@ def test_a_target_outside_zero_to_one_is_refused_before_any_work(crowd, tmp_path
     at = privatizer_factory("blur", tmp_path)
     with pytest.raises(CalibrationError, match="must be a fraction"):
         release_dataset(crowd / "ds", tmp_path / "released", at(1.0), [Attacker(str(crowd / "model.pt"), "mbf")],
-                        progress=False, target_leakage=1.5, privatizer_at=at)
+                        quiet(target_leakage=1.5), privatizer_at=at)
     assert os.listdir(tmp_path) == []
 
 
 def test_a_finished_conversion_is_published_without_converting_again(world, tmp_path, monkeypatch):
-    convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), workers=0, progress=False)
+    convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), IN_PROCESS, progress=False)
     attackers = attackers_of(world)
     with pytest.raises(ReleaseError, match="differs in privatizer"):
-        release_dataset(world / "ds", tmp_path / "other", make_privatizer("blur", sigma=5.0), attackers,
-                        converted=tmp_path / "converted", workers=0, progress=False)
+        release_dataset(world / "ds", tmp_path / "other", make_privatizer("blur", sigma=5.0), attackers, quiet(),
+                        converted=tmp_path / "converted")
 
     def no_conversion(*_, **__):
         raise AssertionError("the given conversion should have been published")
 
     monkeypatch.setattr("facemae_plugin.convert.convert", no_conversion)
-    release_dataset(world / "ds", tmp_path / "released", make_privatizer("blur", sigma=4.0), attackers,
-                    converted=tmp_path / "converted", workers=0, progress=False)
+    release_dataset(world / "ds", tmp_path / "released", make_privatizer("blur", sigma=4.0), attackers, quiet(),
+                    converted=tmp_path / "converted")
     assert tree_hashes(tmp_path / "released")["train.rec"] == tree_hashes(tmp_path / "converted")["train.rec"]
     assert (tmp_path / "released" / "RELEASE.md").is_file()

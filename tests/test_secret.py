@@ -9,7 +9,7 @@ from facemae_plugin.convert import convert
 from facemae_plugin.convert.secret import SecretError, publisher_seed, secret_path
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.privatizers.methods import make_privatizer
-from tests.helpers import facemae
+from tests.helpers import IN_PROCESS, facemae
 
 
 def read_bytes(path):
@@ -60,14 +60,14 @@ def test_a_resumed_conversion_reads_its_secret_back(ds, tmp_path):
     assert json.loads(rest.stdout.strip().splitlines()[-1])["shards_skipped"] == [0]
     seed = json.loads((tmp_path / "out.secret.json").read_text())["seed"]
     whole = make_privatizer("masked", patch_size=8, seed=seed)  # the same secret, in one uninterrupted run
-    convert(ds, tmp_path / "whole", whole, workers=0, progress=False)
+    convert(ds, tmp_path / "whole", whole, IN_PROCESS, progress=False)
     assert read_bytes(out / "train.rec") == read_bytes(tmp_path / "whole" / "train.rec")
 
 
 def test_an_explicit_seed_is_published_and_gives_the_bytes_it_always_gave(ds, tmp_path):
     result = facemae("convert", ds, tmp_path / "given", "--method", "noise", "--seed", 0, "--workers", 0, "--quiet")
     assert result.returncode == 0, result.stderr
-    convert(ds, tmp_path / "library", make_privatizer("noise", seed=0), workers=0, progress=False)
+    convert(ds, tmp_path / "library", make_privatizer("noise", seed=0), IN_PROCESS, progress=False)
     assert read_bytes(tmp_path / "given" / "train.rec") == read_bytes(tmp_path / "library" / "train.rec")
     with open(tmp_path / "given" / "facemae_provenance.json") as f:
         assert json.load(f)["privatizer"]["seed"] == 0

@@ -18,6 +18,7 @@ from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.models.mae import create_facemae
 from facemae_plugin.privatizers.methods import make_privatizer
 from facemae_plugin.formats.recordio import encode_image
+from tests.helpers import IN_PROCESS
 from tests.conftest import write_layout_a
 
 IDENTITY_SIZES = [3, 3, 3, 3]
@@ -39,8 +40,8 @@ def build_workspace(root):
     torch.manual_seed(0)
     torch.save(get_backbone("mbf").state_dict(), os.path.join(root, "mbf.pt"))
     create_facemae("tiny", patch_size=8).save_checkpoint(os.path.join(root, "mae.pt"))
-    convert(os.path.join(root, "ds"), os.path.join(root, "released"), make_privatizer("blur", sigma=3.0),
-            workers=0, progress=False)
+    convert(os.path.join(root, "ds"), os.path.join(root, "released"), make_privatizer("blur", sigma=3.0), IN_PROCESS,
+            progress=False)
     return root
 
 

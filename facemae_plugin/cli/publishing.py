@@ -40,10 +40,9 @@ def _convert(args):
         raise UsageError("--shard I needs --num-shards N")
     quiet = args.quiet or (distributed and shard != 0)
     with _secret_seed(args):
-        result = convert(args.in_dir, args.out_dir, _privatizer(args), quality=args.quality,
-                         batch_size=args.batch_size, workers=args.workers, num_shards=num_shards or 1, shard=shard,
-                         overwrite=args.overwrite, progress=not quiet, distributed=distributed,
-                         keep_shards=args.keep_shards)
+        result = convert(args.in_dir, args.out_dir, _privatizer(args), _convert_settings(args),
+                         num_shards=num_shards or 1, shard=shard, overwrite=args.overwrite, progress=not quiet,
+                         distributed=distributed, keep_shards=args.keep_shards)
     done = "merged into" if result["merged"] else "shard(s) written under"
     rate = f", {result['images_per_s']:.1f} img/s" if result["images_per_s"] else ""
     return (f"convert: {result['images_in']} images (layout {result['layout']}, {result['method']}, "
@@ -103,19 +102,17 @@ def _release(args):
 
     from ..core.devices import pick_device
     from ..evaluation.attackers import worst_text
-    from ..publish.release import PARTIAL_SUFFIX, release_dataset
+    from ..publish.release import PARTIAL_SUFFIX, ReleaseOptions, release_dataset
 
     attackers = _attackers(args.attacker, args.attacker_network)
-    device = str(pick_device(args.device))
+    options = ReleaseOptions(
+        convert=_convert_settings(args), val_bins=tuple(args.val or ()), training_set=args.training_set,
+        target_leakage=args.target_leakage, reapply=args.reapply, adaptive=args.adaptive, seed=args.seed or 0,
+        device=str(pick_device(args.device)), precision=args.precision, search=args.search, compile=args.compile,
+        overwrite=args.overwrite, progress=not args.quiet, command="facemae " + shlex.join(args.argv))
     with _secret_seed(args, work_dirs=[os.path.abspath(args.out_dir) + PARTIAL_SUFFIX]):
-        card = release_dataset(
-            args.in_dir, args.out_dir, _privatizer(args), attackers, val_bins=args.val or (),
-            training_set=args.training_set, quality=args.quality, batch_size=args.batch_size, workers=args.workers,
-            device=device, overwrite=args.overwrite, progress=not args.quiet,
-            command="facemae " + shlex.join(args.argv), precision=args.precision, search=args.search,
-            compile=args.compile, seed=args.seed or 0, target_leakage=args.target_leakage,
-            privatizer_at=lambda value: _privatizer(_with_strength(args, value)), reapply=args.reapply,
-            adaptive=args.adaptive)
+        card = release_dataset(args.in_dir, args.out_dir, _privatizer(args), attackers, options,
+                               privatizer_at=lambda value: _privatizer(_with_strength(args, value)))
     leaks = "; ".join(attacker_text(a["name"], a["leakage"]) for a in card["attackers"])
     return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; worst "
             f"case: {worst_text(card['worst_case'])}; {leaks}; card {os.path.join(args.out_dir, 'RELEASE.md')}"), card
@@ -202,6 +199,12 @@ def _secret_seed(args, work_dirs=()):
         return
     with drawn_seed(args.out_dir, work_dirs=work_dirs) as (args.secret_seed, _):
         yield
+
+
+def _convert_settings(args):
+    from ..convert.settings import ConvertSettings
+
+    return ConvertSettings(quality=args.quality, batch_size=args.batch_size, workers=args.workers)
 
 
 def _privatizer(args):

@@ -7,4 +7,5 @@ its shards. ``convert`` and ``merge`` are the entry points.
 from .job import Conversion, convert  # noqa: F401
 from .layout import PROVENANCE_NAME, SHARDS_DIR, ConversionError  # noqa: F401
 from .merge import concatenate_records, merge  # noqa: F401
+from .settings import ConvertSettings  # noqa: F401
 from .workers import default_workers, privatize_batch  # noqa: F401

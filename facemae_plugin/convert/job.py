@@ -18,6 +18,7 @@ from ..formats.shard import PROPERTY_NAME, REC_NAME, FaceShard
 from .keys import KEY_SCHEME, MAX_FLOAT32_KEY, KeyPlan, shard_range, tail_records
 from .layout import SHARDS_DIR, ConversionError, ShardFolder, final_exists, is_ours, remove_final
 from .merge import merge_locked
+from .settings import ConvertSettings
 from .workers import convert_range, convert_range_in_workers, default_workers, make_executor
 
 FORMAT_VERSION = 1
@@ -26,17 +27,17 @@ FORMAT_VERSION = 1
 class Conversion:
     """A conversion of ``in_dir`` into ``out_dir`` with one privatizer and fixed settings."""
 
-    def __init__(self, in_dir, out_dir, privatizer, quality=95, batch_size=64, workers=None,
-                 num_shards=1, progress=True):
-        _check_settings(quality, batch_size, workers, num_shards)
+    def __init__(self, in_dir, out_dir, privatizer, settings=ConvertSettings(), num_shards=1, progress=True):
+        if int(num_shards) < 1:
+            raise ConversionError(f"--num-shards must be >= 1, got {num_shards}")
         self.in_dir = os.path.abspath(os.fspath(in_dir))
         self.out_dir = os.path.abspath(os.fspath(out_dir))
         self.shard = FaceShard(self.in_dir)
         self.privatizer = privatizer
         self.k = privatizer.k
-        self.quality = int(quality)
-        self.batch_size = int(batch_size)
-        self.workers = default_workers() if workers is None else int(workers)
+        self.quality = int(settings.quality)
+        self.batch_size = int(settings.batch_size)
+        self.workers = default_workers() if settings.workers is None else int(settings.workers)
         self.num_shards = int(num_shards)
         self.progress = progress
         self.plan = KeyPlan(self.shard, self.k)
@@ -188,16 +189,16 @@ class Conversion:
         }
 
 
-def convert(in_dir, out_dir, privatizer, quality=95, batch_size=64, workers=None, num_shards=1, shard=None,
-            overwrite=False, progress=True, distributed=False, keep_shards=False):
-    """Convert ``in_dir`` into ``out_dir``; returns a summary dict.
+def convert(in_dir, out_dir, privatizer, settings=ConvertSettings(), num_shards=1, shard=None, overwrite=False,
+            progress=True, distributed=False, keep_shards=False):
+    """Convert ``in_dir`` into ``out_dir`` with ``settings`` (``ConvertSettings``); returns a summary dict.
 
     ``shard=None`` runs every unfinished shard, then merges. ``shard=I`` runs only shard I (merge
     later with ``merge``); with ``distributed=True`` (torchrun, one rank per shard) rank 0 prepares
     the output and merges once every rank is done.
     """
     started = time.perf_counter()
-    job = Conversion(in_dir, out_dir, privatizer, quality, batch_size, workers, num_shards, progress)
+    job = Conversion(in_dir, out_dir, privatizer, settings, num_shards, progress)
     if shard is not None and not 0 <= int(shard) < job.num_shards:
         raise ConversionError(f"--shard {shard} is outside 0..{job.num_shards - 1} (--num-shards {job.num_shards})")
     if distributed:
@@ -237,14 +238,3 @@ def _convert_distributed(job, rank, overwrite, keep_shards):
         merged = merge_locked(job.out_dir, False, keep_shards) if rank == 0 else None
         dist.barrier()
     return ran, skipped, merged
-
-
-def _check_settings(quality, batch_size, workers, num_shards):
-    if not 0 <= int(quality) <= 100:
-        raise ConversionError(f"JPEG quality must be in 0..100, got {quality}")
-    if int(batch_size) < 1:
-        raise ConversionError(f"batch size must be >= 1, got {batch_size}")
-    if workers is not None and int(workers) < 0:
-        raise ConversionError(f"workers must be >= 0 (0 = decode/encode in this process), got {workers}")
-    if int(num_shards) < 1:
-        raise ConversionError(f"--num-shards must be >= 1, got {num_shards}")

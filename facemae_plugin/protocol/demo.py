@@ -66,7 +66,7 @@ def publish_facemae(experiment, command):
     ``WORK_DIR/release.secret.json``), audited by every attacker (the teacher, and the adaptive attacker
     trained on split A), with its card."""
     from ..convert.secret import publisher_seed
-    from ..publish.release import Attacker, release_dataset
+    from ..publish.release import Attacker, ReleaseOptions, release_dataset
 
     card_json = experiment.path(RELEASE_DIR, "RELEASE.json")
     if os.path.isfile(card_json):  # published by an earlier run of this work directory
@@ -79,12 +79,13 @@ def publish_facemae(experiment, command):
     # with a secret. The protocol's audits embedded the same originals with the same teacher: the cache
     # serves them.
     secret, _ = publisher_seed(experiment.path(RELEASE_DIR))
+    options = ReleaseOptions(convert=experiment.convert_settings, val_bins=tuple(splits["val"].values()),
+                             training_set=splits["train"], device=str(experiment.device),
+                             progress=experiment.progress, command=command)
     return release_dataset(
         splits["release"], experiment.path(RELEASE_DIR),
         experiment.privatizer(FACEMAE_FULL, 0).with_seed(secret, public=False),
-        [Attacker(experiment.teacher()["model"], p.teacher.network)], val_bins=list(splits["val"].values()),
-        training_set=splits["train"], quality=p.release.quality, batch_size=p.release.batch_size,
-        device=str(experiment.device), progress=experiment.progress, command=command,
+        [Attacker(experiment.teacher()["model"], p.teacher.network)], options,
         embedding_cache=experiment.embedding_cache)
 
 

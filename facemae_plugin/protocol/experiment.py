@@ -181,6 +181,13 @@ class Experiment(StepStore):
         """Names the recogniser trained on a (variant, seed) release and its steps."""
         return f"{slug(variant['name'])}-s{seed}"
 
+    @property
+    def convert_settings(self):
+        """How every release of the protocol is encoded (its ``release`` block)."""
+        from ..convert.settings import ConvertSettings
+
+        return ConvertSettings(quality=self.protocol.release.quality, batch_size=self.protocol.release.batch_size)
+
     def release_name(self, variant, seed):
         name = slug(variant["name"])
         return name if variant["method"] in DETERMINISTIC_METHODS else f"{name}-s{seed}"
@@ -196,9 +203,8 @@ class Experiment(StepStore):
         out = self.path("released", name)
 
         def build():  # the privatizer (a FaceMAE checkpoint, perhaps) is needed only to run the step
-            summary = convert(original, out, self.privatizer(variant, seed),
-                              quality=self.protocol.release.quality, batch_size=self.protocol.release.batch_size,
-                              overwrite=True, progress=self.progress)
+            summary = convert(original, out, self.privatizer(variant, seed), self.convert_settings, overwrite=True,
+                              progress=self.progress)
             return {"released": out, "method": summary["method"], "images_per_s": summary["images_per_s"]}
 
         shared = variant["method"] in DETERMINISTIC_METHODS  # one release serves every seed
@@ -234,9 +240,7 @@ class Experiment(StepStore):
             attackers = [pixel_attacker(), SuiteAttacker("teacher", embedder, "recogniser", model=teacher)]
             return calibrate(self.splits["release"], self.path("calibration"), method,
                              lambda value: variant_privatizer(self.protocol, {**plain, param: value}, seed, checkpoint),
-                             attackers, variant[TARGET_KEY], seed=seed, device=self.device,
-                             convert_settings=dict(quality=self.protocol.release.quality,
-                                                   batch_size=self.protocol.release.batch_size),
+                             attackers, variant[TARGET_KEY], self.convert_settings, seed=seed, device=self.device,
                              progress=self.progress, reapply=False)
 
         shared = method in DETERMINISTIC_METHODS
@@ -290,7 +294,7 @@ class Experiment(StepStore):
         def build():
             p = self.protocol
             pairs = beside_release(self.splits["train"], os.path.join(folder, "data"), self.privatizer(variant, seed),
-                                   p.release.quality, p.release.batch_size)
+                                   self.convert_settings)
             cfg = recognition_config(p, p.recogniser, pairs, self.splits["classes"]["train"],
                                      os.path.join(folder, "recogniser"), p.recogniser.seed)
             return summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))

@@ -22,28 +22,28 @@ RECIPE = {"network": "mbf", "embedding_size": 512, "margin_list": (1.0, 0.0, 0.4
           "num_epoch": 3, "warmup_epoch": 1, "seed": 2048, "fp16": True, "num_workers": 2}
 
 
-def beside_release(training_set, folder, privatizer, quality, batch_size, progress=False):
+def beside_release(training_set, folder, privatizer, settings, progress=False):
     """``folder/train``: every face of ``training_set`` then its release by ``privatizer`` (a seed of its
-    own), under the same label; returns that shard's path. ``folder`` is the attacker's own."""
+    own), under the same label, converted with ``settings`` (``ConvertSettings``); returns that shard's
+    path. ``folder`` is the attacker's own."""
     from ..convert import convert
 
     shutil.rmtree(folder, ignore_errors=True)
     released = os.path.join(folder, "released")
-    convert(training_set, released, with_own_seed(privatizer), quality=quality, batch_size=batch_size,
-            progress=progress)
+    convert(training_set, released, with_own_seed(privatizer), settings, progress=progress)
     pairs = os.path.join(folder, "train")
     with FaceShard(training_set) as original, FaceShard(released) as twin:
         write_beside_release(original, twin, pairs)
     return pairs
 
 
-def train_adaptive_attacker(training_set, folder, privatizer, quality, batch_size, device, progress, recipe=None):
+def train_adaptive_attacker(training_set, folder, privatizer, settings, device, progress, recipe=None):
     """Train the adaptive attacker in ``folder``; returns ``(model.pt, network)``."""
     from ..config import merge_config
     from ..train.recognise import train_recogniser
 
     recipe = {**RECIPE, **(recipe or {})}
-    pairs = beside_release(training_set, folder, privatizer, quality, batch_size)
+    pairs = beside_release(training_set, folder, privatizer, settings)
     with FaceShard(pairs) as shard:
         num_classes, images = shard.fingerprint()["identities"], len(shard)  # layout A: one identity record each
     cfg = merge_config({**recipe, "rec": pairs, "num_classes": num_classes, "val_targets": [],

@@ -31,14 +31,14 @@ class CalibrationError(FaceMAEError):
     """No setting of the method reaches the target leakage, or the target cannot be asked for."""
 
 
-def calibrate(in_dir, work_parent, method, privatizer_at, attackers, target, seed=0,
-              identities=CALIBRATION_IDENTITIES, steps=BISECTION_STEPS, convert_settings=None, device="cpu",
-              batch_size=64, progress=False, reapply=True):
+def calibrate(in_dir, work_parent, method, privatizer_at, attackers, target, settings, seed=0,
+              identities=CALIBRATION_IDENTITIES, steps=BISECTION_STEPS, device="cpu", progress=False, reapply=True):
     """Bisect ``method``'s strength until the worst-case rank-1 instance leakage is at most ``target``.
 
     ``privatizer_at(value)`` builds the method's privatizer at one setting; ``attackers``: the
     release's ``evaluation.suite.SuiteAttacker`` list; ``reapply``: also attack every point with
-    ``reapply``. The subset and every point live in a hidden folder inside ``work_parent``,
+    ``reapply``; ``settings``: how every point is converted (``ConvertSettings``; its batch size
+    also embeds). The subset and every point live in a hidden folder inside ``work_parent``,
     removed at the end. Returns the record: the chosen ``value``, every measured point (each
     attacker's figure and the worst) and the subset's size. ``CalibrationError`` when even the
     strongest setting leaks more than ``target``, naming the attacker that defeats it.
@@ -53,8 +53,7 @@ def calibrate(in_dir, work_parent, method, privatizer_at, attackers, target, see
     scratch = tempfile.mkdtemp(prefix=".calibration-", dir=work_parent)
     try:
         subset, size = _write_subset(in_dir, os.path.join(scratch, "subset"), identities, seed)
-        measure = _Measure(subset, scratch, privatizer_at, attackers, reapply, convert_settings or {}, device,
-                           batch_size, progress)
+        measure = _Measure(subset, scratch, privatizer_at, attackers, reapply, settings, device, progress)
         value = _bisect(strength, measure, target, steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -79,11 +78,10 @@ def _write_subset(in_dir, out_dir, identities, seed):
 class _Measure:
     """Worst-case rank-1 instance leakage of the subset released at one setting (each measured once)."""
 
-    def __init__(self, subset, scratch, privatizer_at, attackers, reapply, convert_settings, device, batch_size,
-                 progress):
+    def __init__(self, subset, scratch, privatizer_at, attackers, reapply, settings, device, progress):
         self.subset, self.scratch, self.privatizer_at = subset, scratch, privatizer_at
-        self.attackers, self.reapply, self.convert_settings = attackers, reapply, convert_settings
-        self.device, self.batch_size, self.progress = device, batch_size, progress
+        self.attackers, self.reapply, self.settings = attackers, reapply, settings
+        self.device, self.progress = device, progress
         self.points = []
 
     def __call__(self, param, value):
@@ -96,13 +94,13 @@ class _Measure:
                 return point["instance_rank1"], point["attacker"]
         out = os.path.join(self.scratch, f"point-{len(self.points)}")
         privatizer = self.privatizer_at(value)
-        convert(self.subset, out, privatizer, progress=False, **self.convert_settings)
+        convert(self.subset, out, privatizer, self.settings, progress=False)
         attackers = list(self.attackers)
         if self.reapply:
-            attackers += reapply_attackers(self.subset, out + "-reapplied", privatizer, self.convert_settings,
+            attackers += reapply_attackers(self.subset, out + "-reapplied", privatizer, self.settings,
                                            released=out, searchers=self.attackers)
         summary = audit_suite(self.subset, out, attackers, os.path.join(out, "audit"), plots=False,
-                              batch_size=self.batch_size, device=self.device,
+                              batch_size=self.settings.batch_size, device=self.device,
                               embedding_cache=os.path.join(self.scratch, "embeddings"))
         for folder in (out, out + "-reapplied"):
             shutil.rmtree(folder, ignore_errors=True)

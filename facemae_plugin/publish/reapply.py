@@ -26,12 +26,13 @@ def with_own_seed(privatizer):
     return privatizer.with_seed(seed_for_key(privatizer.seed, _ATTACKER_SALT) & _SEED_MASK)
 
 
-def reapply_attackers(in_dir, folder, privatizer, convert_settings, released=None, searchers=()):
+def reapply_attackers(in_dir, folder, privatizer, settings, released=None, searchers=()):
     """The ``reapply`` attackers of a release of ``in_dir`` made by ``privatizer``: one searching with
     the pixel attacker, then one per recogniser among ``searchers`` (``SuiteAttacker``s), named
     ``reapply-<its name>``.
 
-    Their gallery is ``in_dir`` converted once into ``folder`` by ``attacker_privatizer``; where that
+    Their gallery is ``in_dir`` converted once into ``folder`` by ``attacker_privatizer`` (with
+    ``settings``, a ``ConvertSettings``); where that
     is ``privatizer`` itself and the release is given (``released``), the release is its own
     gallery: a conversion is deterministic, so converting again would give the same bytes.
     """
@@ -41,7 +42,7 @@ def reapply_attackers(in_dir, folder, privatizer, convert_settings, released=Non
     if attacker is privatizer and released is not None:
         gallery = released
     else:
-        convert(in_dir, folder, attacker, overwrite=True, progress=False, **convert_settings)
+        convert(in_dir, folder, attacker, settings, overwrite=True, progress=False)
         gallery = folder
     return [SuiteAttacker(REAPPLY, PixelAttacker(), REAPPLY, gallery=gallery)] + [
         SuiteAttacker(f"{REAPPLY}-{s.name}", s.embedder, REAPPLY, model=s.model, gallery=gallery)

@@ -13,11 +13,13 @@ secret seed (``convert.secret``).
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from ..core.errors import FaceMAEError
 from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, sha256_file, write_json
 from ..convert.layout import read_json_or_none
+from ..convert.settings import ConvertSettings
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import calibrate
 from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, public_paths, write_card
@@ -36,6 +38,38 @@ class ReleaseError(FaceMAEError):
     """A release that cannot be made as asked; the message names the file or option."""
 
 
+@dataclass(frozen=True)
+class ReleaseOptions:
+    """How a release is made and judged, besides its source, output, method and attackers; built
+    once where the request arrives (the command line, the demo) and passed whole.
+
+    ``convert``: how it is encoded (its batch size also embeds). ``val_bins``: ``.bin`` sets each
+    recogniser is verified on. ``training_set``: the shard a FaceMAE reconstructor was trained on
+    (other people than the release's), for the look-alike audit (``evaluation.lookalikes``) and,
+    unless ``adaptive`` is False, to train the adaptive attacker on (``publish.adaptive``;
+    calibration runs without it). ``target_leakage``: release at the weakest setting whose
+    worst-case rank-1 instance leakage is at most this (``calibrate``). ``seed``: the audit's and
+    the calibration's draws (impostor samples, the calibration subset), not the privatizer's.
+    ``precision`` and ``compile``: how the recognisers run (``evaluation.embed.load_embedder``);
+    ``search``: the audit's (``evaluation.audit``). ``command``: the command line the card records.
+    """
+
+    convert: ConvertSettings = field(default_factory=ConvertSettings)
+    val_bins: tuple = ()
+    training_set: Optional[str] = None
+    target_leakage: Optional[float] = None
+    reapply: bool = True
+    adaptive: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    search: str = "auto"
+    compile: bool = True
+    overwrite: bool = False
+    progress: bool = True
+    command: Optional[str] = None
+
+
 @dataclass
 class Attacker:
     """A recogniser that tries to re-identify the released faces: ``model.pt`` (with its network) or ``.onnx``."""
@@ -44,57 +78,44 @@ class Attacker:
     network: str = None
 
 
-def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), training_set=None, quality=95,
-                    batch_size=64, workers=None, device="cpu", overwrite=False, progress=True, command=None,
-                    precision="fp32", search="auto", seed=0, target_leakage=None, privatizer_at=None,
-                    converted=None, embedding_cache=None, compile=True, reapply=True, adaptive=True):
+def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptions(), privatizer_at=None,
+                    converted=None, embedding_cache=None):
     """Convert, audit and card ``in_dir`` into ``out_dir``; returns the card (also ``OUT_DIR/RELEASE.json``).
 
     ``attackers``: ``Attacker`` recognisers (the pixel attacker always runs, ``reapply`` unless
-    ``reapply=False``). ``val_bins``: ``.bin`` sets each recogniser is verified on. ``training_set``:
-    the shard a FaceMAE reconstructor was trained on (other people than the release's), for the
-    look-alike audit (``evaluation.lookalikes``) and, unless ``adaptive=False``, to train the adaptive
-    attacker on (``publish.adaptive``; calibration runs without it). ``target_leakage``: release at the weakest setting whose worst-case
-    rank-1 instance leakage is at most this (``calibrate``); ``privatizer_at(value)`` builds the
-    method at a setting, ``privatizer`` is then only checked. ``seed``: the audit's and the
-    calibration's draws (impostor samples, the calibration subset), not the privatizer's.
+    ``options.reapply`` is False); ``options``: ``ReleaseOptions``. With ``options.target_leakage``,
+    ``privatizer_at(value)`` builds the method at a setting and ``privatizer`` is only checked.
     ``converted``: a finished ``facemae convert`` of ``in_dir`` with this very privatizer and
     settings, published instead of converting again (its provenance must match).
-    ``embedding_cache``: as ``evaluation.audit.audit`` takes it. ``precision`` and ``compile``: how the
-    recognisers run (``evaluation.embed.load_embedder``).
+    ``embedding_cache``: as ``evaluation.audit.audit`` takes it.
     """
     from ..convert import convert
     from ..evaluation.samples import save_release_samples, spread_keys
 
     in_dir, out_dir = os.path.abspath(os.fspath(in_dir)), os.path.abspath(os.fspath(out_dir))
     staging = out_dir + PARTIAL_SUFFIX
-    source = check_release_output(in_dir, out_dir, staging, overwrite)
+    source = check_release_output(in_dir, out_dir, staging, options.overwrite)
     if privatizer.k != 1:
         raise ReleaseError(f"--k {privatizer.k}: a release is audited record by record against its source, so it "
                            "holds one image per original (--k 1)")
-    trained = training_set_entry(training_set, source)
+    trained = training_set_entry(options.training_set, source)
     reconstructor = reconstructor_entry(privatizer, source, trained)
-    suite, recognisers = load_attackers(attackers, device, precision, compile)
-    val_sets = load_val_sets(val_bins)
-    settings = dict(quality=quality, batch_size=batch_size, workers=workers)
+    suite, recognisers = load_attackers(attackers, options.device, options.precision, options.compile)
+    val_sets = load_val_sets(options.val_bins)
     calibration = None
-    if target_leakage is not None:
-        calibration = calibrate(in_dir, os.path.dirname(out_dir), provenance_method(privatizer), privatizer_at,
-                                suite, target_leakage, seed=seed, device=device, batch_size=batch_size,
-                                convert_settings=settings, progress=progress, reapply=reapply)
+    if options.target_leakage is not None:
+        calibration = calibrate(in_dir, os.path.dirname(out_dir), provenance_method(privatizer), privatizer_at, suite,
+                                options.target_leakage, options.convert, seed=options.seed, device=options.device,
+                                progress=options.progress, reapply=options.reapply)
         privatizer = privatizer_at(calibration["value"])
 
-    provenance = convert_into(in_dir, staging, privatizer, overwrite, dict(settings, progress=progress), convert,
-                              converted)
-    trained_attacker = None
-    if trained is not None and adaptive:
-        trained_attacker = adaptive_attacker(training_set, staging, privatizer, settings, device, precision, compile,
-                                             progress)
-    summary = audit_release(in_dir, staging, privatizer, suite, reapply, settings, dict(
-        batch_size=batch_size, device=device, progress=progress, search=search, seed=seed,
-        training_set=training_set, embedding_cache=embedding_cache), trained_attacker)
+    provenance = convert_into(in_dir, staging, privatizer, options, convert, converted)
+    adaptive = None
+    if trained is not None and options.adaptive:
+        adaptive = adaptive_attacker(options.training_set, staging, privatizer, options)
+    summary = audit_release(in_dir, staging, privatizer, suite, options, embedding_cache, adaptive)
     entries = [attacker_entry(name, recognisers.get(name), entry, summary["reports"][name],
-                              verify_attacker(recognisers.get(name), val_sets, batch_size, device, progress),
+                              verify_attacker(recognisers.get(name), val_sets, options),
                               os.path.join(AUDIT_DIR, name)) for name, entry in summary["attackers"].items()]
     save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
                          spread_keys(in_dir, SAMPLE_FACES))
@@ -102,9 +123,10 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, val_bins=(), trainin
         released_entry = {"name": os.path.basename(out_dir), "images": len(released), "idx_sha256": released.idx_sha256}
     if calibration is not None:  # the whole release, audited by every attacker
         calibration["released_instance_rank1"] = summary["worst_case"]["instance"]["value"]
-    card = public_paths(build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries,
-                                   trained, calibration, SAMPLES_PNG, command, seed_public=privatizer.seed_public,
-                                   reapply=reapply, adaptive=adaptive_state(trained, adaptive)), staging, out_dir)
+    card = build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries, trained,
+                      calibration, SAMPLES_PNG, options.command, seed_public=privatizer.seed_public,
+                      reapply=options.reapply, adaptive=adaptive_state(trained, options.adaptive))
+    card = public_paths(card, staging, out_dir)
     write_card(staging, card)  # last: a folder with a card is a finished release
     replace_dir(staging, out_dir)
     return card
@@ -174,16 +196,15 @@ def load_val_sets(val_bins):
 # ----------------------------------------------------------------------------- steps
 
 
-def convert_into(in_dir, staging, privatizer, overwrite, settings, convert, converted=None):
+def convert_into(in_dir, staging, privatizer, options, convert, converted=None):
     """The conversion in ``staging``: resumed, or kept when finished with the same provenance; returns it.
 
-    ``overwrite`` lets the conversion replace shards of another conversion left in ``staging``;
+    ``options.overwrite`` lets the conversion replace shards of another conversion left in ``staging``;
     ``converted`` is a finished conversion to copy instead (see ``release_dataset``).
     """
     from ..convert import Conversion
 
-    job = Conversion(in_dir, staging, privatizer, settings["quality"], settings["batch_size"], settings["workers"],
-                     progress=False)
+    job = Conversion(in_dir, staging, privatizer, options.convert, progress=False)
     expected = job.provenance()
     job.shard.close()
     finished = os.path.isfile(os.path.join(staging, REC_NAME))
@@ -200,7 +221,8 @@ def convert_into(in_dir, staging, privatizer, overwrite, settings, convert, conv
                 shutil.rmtree(path)
             elif os.path.lexists(path):
                 os.remove(path)
-    convert(in_dir, staging, privatizer, overwrite=finished or overwrite, **settings)
+    convert(in_dir, staging, privatizer, options.convert, overwrite=finished or options.overwrite,
+            progress=options.progress)
     return expected
 
 
@@ -229,30 +251,35 @@ def adaptive_state(training_set, adaptive):
     return "trained" if adaptive else "skipped"
 
 
-def adaptive_attacker(training_set, staging, privatizer, settings, device, precision, compile, progress):
-    """The adaptive attacker of this release, trained in ``staging/.adaptive``, as a ``SuiteAttacker``."""
+def adaptive_attacker(training_set, staging, privatizer, options):
+    """The adaptive attacker of this release (``ReleaseOptions``), trained in ``staging/.adaptive``, as a
+    ``SuiteAttacker``."""
     from ..evaluation.embed import load_embedder
     from ..evaluation.suite import SuiteAttacker
 
     model, network = train_adaptive_attacker(training_set, os.path.join(staging, ADAPTIVE_DIR), privatizer,
-                                             settings["quality"], settings["batch_size"], device, progress)
-    embedder = load_embedder(model, network, device=device, precision=precision, compile=compile)
+                                             options.convert, options.device, options.progress)
+    embedder = load_embedder(model, network, device=options.device, precision=options.precision,
+                             compile=options.compile)
     # model=None: the file goes with .adaptive before the card, so nothing names or caches it
     return SuiteAttacker(ADAPTIVE, embedder, ADAPTIVE, model=None)
 
 
-def audit_release(in_dir, staging, privatizer, suite, reapply, convert_settings, options, adaptive=None):
+def audit_release(in_dir, staging, privatizer, suite, options, embedding_cache=None, adaptive=None):
     """Every attacker's audit of the release in ``staging`` (``evaluation.suite``), the ``adaptive``
     ``SuiteAttacker`` too when given: the suite's record, with each attacker's ``audit.json`` under ``reports``."""
     from ..evaluation.suite import audit_suite
 
     attackers = list(suite) + ([adaptive] if adaptive is not None else [])
     gallery = os.path.join(staging, REAPPLY_DIR)
-    if reapply:
-        attackers += reapply_attackers(in_dir, gallery, privatizer, convert_settings, released=staging,
+    if options.reapply:
+        attackers += reapply_attackers(in_dir, gallery, privatizer, options.convert, released=staging,
                                        searchers=suite)
     try:
-        summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR), **options)
+        summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR),
+                              training_set=options.training_set, batch_size=options.convert.batch_size,
+                              device=options.device, progress=options.progress, search=options.search,
+                              seed=options.seed, embedding_cache=embedding_cache)
     finally:
         shutil.rmtree(gallery, ignore_errors=True)
         shutil.rmtree(os.path.join(staging, ADAPTIVE_DIR), ignore_errors=True)
@@ -271,12 +298,13 @@ def publish_json(path, staging):
     return record
 
 
-def verify_attacker(recogniser, val_sets, batch_size, device, progress):
+def verify_attacker(recogniser, val_sets, options):
     """A recogniser's accuracy on each ``.bin`` set; none for the attackers that are not recognisers."""
     from ..evaluation.bin_report import verify_loaded
 
     if recogniser is None:
         return []
     _, embedder, _ = recogniser
-    return [verify_loaded(embedder, path, images, issame, batch_size, device, progress=progress)
+    return [verify_loaded(embedder, path, images, issame, options.convert.batch_size, options.device,
+                          progress=options.progress)
             for path, images, issame in val_sets]
