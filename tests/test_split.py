@@ -1,6 +1,7 @@
 """Splitting a shard by identity: disjoint parts, every image once, bytes unchanged, seeded."""
 import functools
 
+import numpy as np
 import pytest
 
 from facemae_plugin.core.errors import OutputError
@@ -53,6 +54,17 @@ def test_layout_b_input_is_grouped_by_label_and_the_seed_decides(tmp_path):
     assert sorted(first["a"]["original_labels"] + first["b"]["original_labels"]) == [0, 2, 4, 7]
     assert first["a"]["images"] + first["b"]["images"] == 6
     assert (tmp_path / "a" / "train.rec").read_bytes() == (tmp_path / "a2" / "train.rec").read_bytes()
+    # another seed draws another part A (numpy's draw without replacement, the rule's oracle), and the
+    # shard holds exactly those identities
+    other_seed = next(seed for seed in range(1, 50) if sorted(np.random.default_rng(seed).choice(
+        [0, 2, 4, 7], size=2, replace=False).tolist()) != first["a"]["original_labels"])
+    other = split_by_identity(tmp_path / "in", tmp_path / "a3", tmp_path / "b3", fraction=0.5, seed=other_seed,
+                              progress=False)
+    expected = sorted(np.random.default_rng(other_seed).choice([0, 2, 4, 7], size=2, replace=False).tolist())
+    assert other["a"]["original_labels"] == expected != first["a"]["original_labels"]
+    sizes = {0: 1, 2: 1, 4: 2, 7: 2}  # images per label in the input
+    with FaceShard(tmp_path / "a3") as part:
+        assert len(part) == sum(sizes[label] for label in expected) and part.property[0] == 2
 
 
 def test_bad_fraction_and_existing_output_are_refused(tmp_path):
