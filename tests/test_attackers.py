@@ -9,7 +9,7 @@ import torch
 from facemae_plugin.convert import convert
 from facemae_plugin.data.synthetic import make_synthetic_dataset
 from facemae_plugin.evaluation.attackers import PIXEL_SIDE, THREATS, PixelAttacker, unique_names, worst_case
-from facemae_plugin.evaluation.audit import audit
+from facemae_plugin.evaluation.audit import AuditOptions, audit
 from facemae_plugin.evaluation.retrieval import without_source
 from facemae_plugin.evaluation.suite import SuiteAttacker, audit_suite, pixel_attacker
 from facemae_plugin.formats.shard import FaceShard
@@ -50,8 +50,8 @@ def test_the_pixel_attacker_equals_a_numpy_brute_force_search(tmp_path):
     make_synthetic_dataset(tmp_path / "ds", identities=12, images_per_identity=5, holdout_identities=2, num_pairs=10,
                            progress=False)
     convert(tmp_path / "ds", tmp_path / "blur", make_privatizer("blur", sigma=12.0), IN_PROCESS, progress=False)
-    report = audit(tmp_path / "ds", tmp_path / "blur", PixelAttacker(), out_dir=tmp_path / "audit", batch_size=16,
-                   plots=False)
+    report = audit(tmp_path / "ds", tmp_path / "blur", PixelAttacker(),
+                   options=AuditOptions(batch_size=16, plots=False), out_dir=tmp_path / "audit")
     with FaceShard(tmp_path / "ds") as original, FaceShard(tmp_path / "blur") as released:
         gallery, gallery_labels = numpy_pixel_vectors(original)
         query, query_labels = numpy_pixel_vectors(released)
@@ -64,7 +64,8 @@ def test_the_pixel_attacker_equals_a_numpy_brute_force_search(tmp_path):
 
 
 def test_blur_sigma_6_gives_the_pixel_attacker_almost_every_source(faces, tmp_path):
-    summary = audit_suite(faces / "ds", faces / "blur6", [pixel_attacker()], tmp_path, plots=False)
+    summary = audit_suite(faces / "ds", faces / "blur6", [pixel_attacker()], tmp_path,
+                          options=AuditOptions(plots=False))
     assert summary["attackers"]["pixels"]["instance_rank1"] >= 0.95
     assert summary["worst_case"]["instance"] == {"attacker": "pixels", "metric": "instance_rank1",
                                                  "value": summary["attackers"]["pixels"]["instance_rank1"]}
@@ -97,7 +98,8 @@ def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_
     blur = make_privatizer("blur", sigma=6.0)
     (attacker,) = reapply_attackers(faces / "ds", tmp_path / "unused", blur, IN_PROCESS, released=faces / "blur6")
     assert attacker.gallery == faces / "blur6" and not (tmp_path / "unused").exists()  # the same bytes, not redone
-    report = audit(attacker.gallery, faces / "blur6", attacker.embedder, out_dir=tmp_path / "a", plots=False)
+    report = audit(attacker.gallery, faces / "blur6", attacker.embedder, options=AuditOptions(plots=False),
+                   out_dir=tmp_path / "a")
     assert report["instance_rank1"] == 1.0
 
     noise = make_privatizer("noise", std=40.0).with_seed(123, public=False)
@@ -116,7 +118,7 @@ def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_
     with open(tmp_path / "guess" / "train.rec", "rb") as a, open(tmp_path / "noise" / "train.rec", "rb") as b:
         assert a.read() != b.read()
     summary = audit_suite(faces / "ds", tmp_path / "noise", [pixel_attacker(), attacker], tmp_path / "suite",
-                          plots=False)
+                          options=AuditOptions(plots=False))
     with open(tmp_path / "suite" / "leakage.json") as f:
         assert json.load(f) == summary
     assert 0 < summary["attackers"][REAPPLY]["instance_rank1"] <= 1.0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from facemae_plugin.evaluation.attackers import THREATS
-from facemae_plugin.evaluation.audit import AuditInputError, audit
+from facemae_plugin.evaluation.audit import AuditInputError, AuditOptions, audit
 from facemae_plugin.evaluation.retrieval import (count_impostor_pairs, impostor_scores, retrieval_metrics,
                                                  score_tar_at_far)
 from facemae_plugin.evaluation.search import RetrievalInputError, chunked_search, chunked_topk
@@ -157,7 +157,8 @@ def few_faces(tmp_path_factory):
 
 def test_originals_audited_against_themselves_retrieve_every_source(layout_a_shard, tmp_path):
     shard_dir, _ = layout_a_shard
-    report = audit(shard_dir, shard_dir, PixelProjection(), out_dir=tmp_path / "self", batch_size=4, plots=False)
+    report = audit(shard_dir, shard_dir, PixelProjection(), options=AuditOptions(batch_size=4, plots=False),
+                   out_dir=tmp_path / "self")
     assert report["instance_rank1"] == 1.0 and report["identity_rank1"] == 1.0
     assert report["mean_source_cosine"] == pytest.approx(1.0, abs=1e-6)
     assert report["median_source_rank"] == 0
@@ -168,7 +169,8 @@ def test_originals_audited_against_themselves_retrieve_every_source(layout_a_sha
 def test_audit_of_a_blurred_copy_matches_numpy(synthetic_faces, tmp_path):
     attacker = PixelProjection()
     original, blurred = synthetic_faces / "original", synthetic_faces / "blurred"
-    report = audit(original, blurred, attacker, out_dir=tmp_path, batch_size=16, examples=5, plots=False)
+    report = audit(original, blurred, attacker, options=AuditOptions(batch_size=16, examples=5, plots=False),
+                   out_dir=tmp_path)
     gallery, gallery_labels = numpy_pixel_embeddings(FaceShard(original), attacker.weight.double().numpy())
     query, query_labels = numpy_pixel_embeddings(FaceShard(blurred), attacker.weight.double().numpy())
     keys = FaceShard(original).image_keys
@@ -188,8 +190,10 @@ def test_heavy_blur_leaks_less_than_the_originals_to_a_random_mbf(few_faces, tmp
     torch.manual_seed(0)
     attacker = get_backbone("mbf").eval()
     blurred_copy(few_faces, tmp_path / "heavy", sigma=12)
-    identical = audit(few_faces, few_faces, attacker, out_dir=tmp_path / "a", batch_size=18, plots=False)
-    heavy = audit(few_faces, tmp_path / "heavy", attacker, out_dir=tmp_path / "b", batch_size=18, plots=False)
+    identical = audit(few_faces, few_faces, attacker, options=AuditOptions(batch_size=18, plots=False),
+                      out_dir=tmp_path / "a")
+    heavy = audit(few_faces, tmp_path / "heavy", attacker, options=AuditOptions(batch_size=18, plots=False),
+                  out_dir=tmp_path / "b")
     assert identical["instance_rank1"] == 1.0 and identical["mean_source_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert heavy["instance_rank1"] <= 0.9 and heavy["mean_source_cosine"] < 0.97
     assert heavy["tar_at_far"] < identical["tar_at_far"] == 1.0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facemae_plugin.evaluation import approximate, retrieval
-from facemae_plugin.evaluation.audit import audit
+from facemae_plugin.evaluation.audit import AuditOptions, audit
 from facemae_plugin.evaluation.embed import embed_with_flip
 from facemae_plugin.evaluation.embedding_store import EmbeddingRows
 from facemae_plugin.evaluation.retrieval import evaluate_retrieval, retrieval_metrics
@@ -31,7 +31,7 @@ def in_memory_embeddings(shard_dir, attacker, batch_size):
 def test_a_disk_backed_audit_gives_the_in_memory_figures_bit_for_bit(synthetic_faces, tmp_path):
     attacker = PixelProjection()
     original, blurred = synthetic_faces / "original", synthetic_faces / "blurred"
-    report = audit(original, blurred, attacker, out_dir=tmp_path, batch_size=7, plots=False)
+    report = audit(original, blurred, attacker, options=AuditOptions(batch_size=7, plots=False), out_dir=tmp_path)
     gallery, gallery_labels, keys = in_memory_embeddings(original, attacker, 7)
     query, query_labels, _ = in_memory_embeddings(blurred, attacker, 7)
     want = retrieval_metrics(query, gallery, keys, keys, query_labels, gallery_labels)
@@ -43,8 +43,8 @@ def test_a_disk_backed_audit_gives_the_in_memory_figures_bit_for_bit(synthetic_f
 def test_float16_embeddings_move_the_figures_by_little(synthetic_faces, tmp_path):
     attacker = PixelProjection()
     args = (synthetic_faces / "original", synthetic_faces / "blurred", attacker)
-    full = audit(*args, out_dir=tmp_path / "32", plots=False)
-    half = audit(*args, out_dir=tmp_path / "16", plots=False, embedding_dtype="float16")
+    full = audit(*args, options=AuditOptions(plots=False), out_dir=tmp_path / "32")
+    half = audit(*args, options=AuditOptions(plots=False, embedding_dtype="float16"), out_dir=tmp_path / "16")
     assert half["mean_source_cosine"] == pytest.approx(full["mean_source_cosine"], abs=1e-3)
     assert abs(half["instance_rank1"] - full["instance_rank1"]) <= 1 / full["queries"]
 

@@ -202,7 +202,7 @@ def test_fast_verification_is_within_a_tenth_of_a_point_of_fp32(trained):
 def test_fast_audit_rank1_is_within_a_fifth_of_a_point_of_fp32(tmp_path):
     """A seeded random mbf: its embeddings spread like a recogniser's, where the briefly trained one's
     sit within 1e-6 of one another, so that any rounding, fp32 included, reorders them."""
-    from facemae_plugin.evaluation.audit import audit
+    from facemae_plugin.evaluation.audit import AuditOptions, audit
     from tests.helpers import blurred_copy
 
     torch.manual_seed(0)
@@ -210,8 +210,8 @@ def test_fast_audit_rank1_is_within_a_fifth_of_a_point_of_fp32(tmp_path):
     make_synthetic_dataset(tmp_path / "faces", identities=25, images_per_identity=20, holdout_identities=2,
                            num_pairs=10, progress=False)  # 500 faces: a fifth of a point is one of them
     blurred_copy(tmp_path / "faces", tmp_path / "blurred", sigma=10)
-    reports = {name: audit(tmp_path / "faces", tmp_path / "blurred", embedder,
-                           out_dir=tmp_path / name.replace(" ", "_"), plots=False)
+    reports = {name: audit(tmp_path / "faces", tmp_path / "blurred", embedder, options=AuditOptions(plots=False),
+                           out_dir=tmp_path / name.replace(" ", "_"))
                for name, embedder in every_path(tmp_path / "mbf.pt").items()}
     reference = reports.pop("fp32 eager")
     for figure in ("instance_rank1", "identity_rank1"):  # neither all nor none found: rank-1 can move

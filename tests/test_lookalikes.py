@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from facemae_plugin.evaluation.audit import AuditInputError, audit
+from facemae_plugin.evaluation.audit import AuditInputError, AuditOptions, audit
 from facemae_plugin.evaluation.lookalikes import (FLAG_Z, TOP_IDENTITIES, centre_impostor_scores, identity_centres,
                                                 training_set_leakage)
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
@@ -179,16 +179,16 @@ def test_an_embedding_cache_gives_the_same_figures_and_embeds_the_shared_shards_
     torch.save(get_backbone("mbf").state_dict(), tmp_path / "model.pt")
     model = load_mbf(tmp_path / "model.pt")
     planted_release(splits / "b", splits / "a", tmp_path / "planted", every=3)
-    plain = audit(splits / "b", tmp_path / "planted", model, out_dir=tmp_path / "plain", plots=False,
-                  training_set=splits / "a")
+    plain = audit(splits / "b", tmp_path / "planted", model, options=AuditOptions(plots=False),
+                  out_dir=tmp_path / "plain", training_set=splits / "a")
     embedded = []
     real = audit_module.embed_shard
     monkeypatch.setattr(audit_module, "embed_shard", lambda shard, *a, **k: embedded.append(shard.rec_path) or
                         real(shard, *a, **k))
-    options = dict(plots=False, training_set=splits / "a", embedding_cache=tmp_path / "cache",
-                   model=str(tmp_path / "model.pt"))
-    first = audit(splits / "b", tmp_path / "planted", model, out_dir=tmp_path / "first", **options)
-    second = audit(splits / "b", splits / "b", model, out_dir=tmp_path / "second", **options)
+    given = dict(training_set=splits / "a", embedding_cache=tmp_path / "cache", model=str(tmp_path / "model.pt"))
+    first = audit(splits / "b", tmp_path / "planted", model, AuditOptions(plots=False), out_dir=tmp_path / "first",
+                  **given)
+    second = audit(splits / "b", splits / "b", model, AuditOptions(plots=False), out_dir=tmp_path / "second", **given)
     assert len(embedded) == 4  # first: original, released, training set; second: its release only
     figures = ("instance_rank1", "identity_rank1", "tar_at_far", "mean_source_cosine")
     assert {k: first[k] for k in figures} == {k: plain[k] for k in figures}

@@ -87,7 +87,7 @@ def add_audit(verbs):
 def _audit(args):
     from ..core.devices import pick_device
     from ..evaluation.attackers import worst_text
-    from ..evaluation.audit import check_release
+    from ..evaluation.audit import AuditOptions, check_release
     from ..evaluation.suite import audit_suite, load_suite
 
     check_release(args.original, args.released, args.training_set)  # mismatched shards fail before the model loads
@@ -95,10 +95,10 @@ def _audit(args):
     attackers = load_suite([(args.model, args.network)] if args.model is not None else [], device, args.precision,
                            args.compile)
     out_dir = args.out or os.path.join(args.released, "audit")
-    summary = audit_suite(args.original, args.released, attackers, out_dir, batch_size=args.batch_size,
-                          device=device, max_impostors=args.max_impostors, seed=args.seed, progress=not args.quiet,
-                          search=args.search, embedding_dtype=args.embedding_dtype,
-                          recall_queries=args.recall_queries, training_set=args.training_set,
+    options = AuditOptions(batch_size=args.batch_size, device=device, search=args.search,
+                           recall_queries=args.recall_queries, embedding_dtype=args.embedding_dtype, seed=args.seed,
+                           max_impostors=args.max_impostors, progress=not args.quiet)
+    summary = audit_suite(args.original, args.released, attackers, out_dir, options, training_set=args.training_set,
                           embedding_cache=args.embedding_cache)
     figures = "; ".join(attacker_text(name, entry) for name, entry in summary["attackers"].items())
     lookalikes = ""

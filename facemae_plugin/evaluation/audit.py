@@ -12,6 +12,8 @@ arcface_torch evaluates); every released image queries the whole original galler
 """
 import json
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -35,6 +37,37 @@ TRAINING_SET_PNG = "training_set_histogram.png"
 
 class AuditInputError(FaceMAEError):
     """The two shards are not an original and its record-by-record release."""
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """How an audit embeds, searches and reports, the same for every attacker; built once where the
+    request arrives and passed whole.
+
+    ``search`` and ``recall_queries`` as in ``retrieval.evaluate_retrieval``; ``embedding_dtype``: the
+    embeddings on disk (``embedding_store``); ``ks``, ``far_target``, ``max_impostors`` and ``seed``
+    (the impostor sample): the figures; ``examples``: the leak examples each end of the ranking;
+    ``chunk``: queries scored at once (None: sized to the score budget); ``plots=False`` writes only
+    ``audit.json`` (the figures take seconds; the metrics do not need them).
+    """
+
+    batch_size: int = 64
+    device: str = "cpu"
+    search: str = "auto"
+    recall_queries: Optional[int] = None
+    embedding_dtype: str = "float32"
+    seed: int = 0
+    ks: tuple = DEFAULT_KS
+    far_target: float = FAR_TARGET
+    max_impostors: int = DEFAULT_MAX_IMPOSTORS
+    examples: int = 8
+    chunk: Optional[int] = None
+    plots: bool = True
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise AuditInputError(f"batch size must be a positive integer, got {self.batch_size}")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -130,9 +163,9 @@ def embed_shard(shard, embedder, rows, batch_size=64, device="cpu", progress=Fal
 class _Embedder:
     """Shards embedded by one model for one audit: into its scratch folder, or through a cache."""
 
-    def __init__(self, embedder, scratch, batch_size, device, progress, dtype, cache=None, model=None):
-        self.embedder, self.scratch, self.batch_size = embedder, scratch, batch_size
-        self.device, self.progress, self.dtype = device, progress, dtype
+    def __init__(self, embedder, scratch, options, cache=None, model=None):
+        self.embedder, self.scratch, self.batch_size = embedder, scratch, options.batch_size
+        self.device, self.progress, self.dtype = options.device, options.progress, options.embedding_dtype
         usable = cache is not None and model is not None and os.path.isfile(model)
         self.cache = EmbeddingCache(cache) if usable else None
         self.model_sha256 = sha256_file(model) if usable else None
@@ -156,13 +189,16 @@ class _Embedder:
 
 
 def _embed_and_search(original, released, embed, options):
-    """Both shards embedded (``_Embedder``), then the search: ``(RetrievalReport, query labels, query
-    rows [Q, D], gallery rows [G, D])``."""
+    """Both shards embedded (``_Embedder``), then the search (``AuditOptions``): ``(RetrievalReport,
+    query labels, query rows [Q, D], gallery rows [G, D])``."""
     gallery, gallery_labels = embed(original, "original", cached=True)
     query, query_labels = embed(released, "released")
     check_same_labels(original, gallery_labels, released, released_labels=query_labels)
     result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
-                                gallery_labels, **options)
+                                gallery_labels, ks=options.ks, chunk=options.chunk, device=options.device,
+                                far_target=options.far_target, max_impostors=options.max_impostors,
+                                seed=options.seed, normalised=True, search=options.search,
+                                recall_queries=options.recall_queries, progress=options.progress)
     return result, query_labels, query, gallery
 
 
@@ -170,28 +206,25 @@ def _training_set_leakage(training_dir, query, gallery, source_index, embed, opt
     """Look-alikes of ``training_dir``'s identities among the released and (paired) original images."""
     with FaceShard(training_dir) as training:
         train, train_labels = embed(training, "training set", cached=True)
-    return training_set_leakage(query, gallery, train, train_labels, original_rows=source_index, **options)
+    return training_set_leakage(query, gallery, train, train_labels, original_rows=source_index,
+                                far_target=options.far_target, max_impostors=options.max_impostors,
+                                seed=options.seed)
 
 
-def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, device="cpu", ks=DEFAULT_KS,
-          far_target=FAR_TARGET, max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, examples=8, chunk=None,
-          progress=False, model=None, plots=True, search="auto", embedding_dtype="float32", recall_queries=None,
-          training_set=None, embedding_cache=None, attacker=None):
-    """Audit ``released_dir`` against ``original_dir`` with ``embedder``; returns the report dict.
+def audit(original_dir, released_dir, embedder, options=AuditOptions(), out_dir=None, model=None, attacker=None,
+          training_set=None, embedding_cache=None):
+    """Audit ``released_dir`` against ``original_dir`` with ``embedder`` and ``options``
+    (``AuditOptions``); returns the report dict.
 
     ``embedder``: a torch recogniser or ``OnnxEmbedder`` (see ``embed.load_embedder``); ``model``
-    only names it in the report. ``out_dir`` defaults to ``<released_dir>/audit``. ``plots=False``
-    writes only audit.json (the figures take seconds; the metrics do not need them). Embeddings
-    live on disk in ``out_dir`` while the audit runs (``embedding_dtype``, see
-    ``embedding_store``); ``search`` and ``recall_queries`` as in ``retrieval.evaluate_retrieval``.
-    ``training_set``: the shard the release's reconstructor was trained on; adds ``training_set``,
-    its look-alikes among the released and the original images (``lookalikes``).
+    only names it in the report. ``out_dir`` defaults to ``<released_dir>/audit``; embeddings live
+    on disk there while the audit runs. ``training_set``: the shard the release's reconstructor was
+    trained on; adds ``training_set``, its look-alikes among the released and the original images
+    (``lookalikes``).
     ``embedding_cache``: a folder where the original's and the training set's embeddings are kept
     for later audits by the same ``model`` file (``embedding_store.EmbeddingCache``).
     ``attacker``: the attacker's name in the report (``attackers``); the model's file stem by default.
     """
-    if batch_size < 1:
-        raise AuditInputError(f"batch size must be a positive integer, got {batch_size}")
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(os.fspath(released_dir), "audit")
     attacker = attacker or (attacker_stem(model) if model else "attacker")
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
@@ -199,17 +232,14 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
         if training_set is not None:
             check_training_set(original, training_set)
         with ScratchFolder(out_dir) as scratch:
-            embed = _Embedder(embedder, scratch, batch_size, device, progress, embedding_dtype, embedding_cache, model)
-            result, query_labels, query, gallery = _embed_and_search(original, released, embed, dict(
-                ks=ks, chunk=chunk, device=device, far_target=far_target, max_impostors=max_impostors, seed=seed,
-                normalised=True, search=search, recall_queries=recall_queries, progress=progress))
+            embed = _Embedder(embedder, scratch, options, embedding_cache, model)
+            result, query_labels, query, gallery = _embed_and_search(original, released, embed, options)
             lookalikes = None if training_set is None else _training_set_leakage(
-                training_set, query, gallery, result.source_index, embed,
-                dict(far_target=far_target, max_impostors=max_impostors, seed=seed))
-        most, least = leak_ranking(result, released.image_keys, original.image_keys, query_labels, examples)
+                training_set, query, gallery, result.source_index, embed, options)
+        most, least = leak_ranking(result, released.image_keys, original.image_keys, query_labels, options.examples)
         os.makedirs(out_dir, exist_ok=True)
         figures = {}
-        if plots:
+        if options.plots:
             figures["histogram"] = plot_similarity_histogram(result, os.path.join(out_dir, HISTOGRAM_PNG),
                                                              attacker)
             figures["examples"] = save_leak_examples(original, released, most, least,
@@ -219,7 +249,7 @@ def audit(original_dir, released_dir, embedder, out_dir=None, batch_size=64, dev
                                                                       os.path.join(out_dir, TRAINING_SET_PNG))
     report = {"attacker": attacker, "original": os.fspath(original_dir), "released": os.fspath(released_dir),
               "model": model,
-              "device": str(device), "precision": getattr(embedder, "precision", None),
+              "device": str(options.device), "precision": getattr(embedder, "precision", None),
               "runtime": getattr(embedder, "runtime", None), **result.metrics,
               "most_leaking": most, "least_leaking": least,
               "training_set": None if lookalikes is None else {"dir": os.fspath(training_set), **lookalikes[0]},

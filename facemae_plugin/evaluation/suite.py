@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..core.files import write_json
 from .attackers import PIXELS, PixelAttacker, attacker_stem, unique_names, worst_case
-from .audit import audit
+from .audit import AuditOptions, audit
 
 LEAKAGE_JSON = "leakage.json"
 # what a suite keeps of each attacker's audit.json (and a card shows)
@@ -47,18 +47,20 @@ def load_suite(models, device="cpu", precision="fp32", compile=True):
                       "recogniser", model=model) for name, (model, network) in zip(names, models)]
 
 
-def audit_suite(original_dir, released_dir, attackers, out_dir, training_set=None, **options):
+def audit_suite(original_dir, released_dir, attackers, out_dir, options=AuditOptions(), training_set=None,
+                embedding_cache=None):
     """Audit ``released_dir`` with every ``SuiteAttacker``; returns (and writes) the ``leakage.json`` dict.
 
-    ``options`` go to every ``audit.audit``; ``training_set`` (the look-alike audit) only to the
-    recognisers, the attackers whose similarity has a face-recognition meaning.
+    ``options`` (``AuditOptions``) and ``embedding_cache`` go to every ``audit.audit``; ``training_set``
+    (the look-alike audit) only to the recognisers, the attackers whose similarity has a
+    face-recognition meaning.
     """
     reports = {}
     for attacker in attackers:
         given = training_set if attacker.kind == "recogniser" else None
-        reports[attacker.name] = audit(attacker.gallery or original_dir, released_dir, attacker.embedder,
+        reports[attacker.name] = audit(attacker.gallery or original_dir, released_dir, attacker.embedder, options,
                                        out_dir=os.path.join(out_dir, attacker.name), model=attacker.model,
-                                       attacker=attacker.name, training_set=given, **options)
+                                       attacker=attacker.name, training_set=given, embedding_cache=embedding_cache)
     summary = suite_summary(original_dir, released_dir, attackers, reports, os.path.join(out_dir, LEAKAGE_JSON))
     write_json(summary["report"], summary, sort_keys=False, default=str)
     return summary

@@ -323,7 +323,7 @@ class Experiment(StepStore):
     def audit(self, variant, seed, attacker="teacher"):
         """Leakage of the release: each released image queries the original split B."""
         from ..evaluation.attackers import PixelAttacker
-        from ..evaluation.audit import audit
+        from ..evaluation.audit import AuditOptions, audit
         from ..evaluation.embed import load_embedder
 
         released = self.release(variant, seed)["released"]
@@ -333,9 +333,9 @@ class Experiment(StepStore):
         def build():
             embedder = PixelAttacker() if model is None else load_embedder(model, network, device=self.device)
             # The teacher's audit also asks whether released faces resemble split A's people.
-            report = audit(self.splits["release"], released, embedder, device=self.device,
-                           out_dir=self.path("audits", name), progress=self.progress, model=model,
-                           plots=attacker == "teacher", attacker=attacker,
+            options = AuditOptions(device=self.device, plots=attacker == "teacher", progress=self.progress)
+            report = audit(self.splits["release"], released, embedder, options, out_dir=self.path("audits", name),
+                           model=model, attacker=attacker,
                            training_set=self.splits["train"] if attacker == "teacher" else None,
                            embedding_cache=self.embedding_cache)
             lookalikes = report["training_set"]

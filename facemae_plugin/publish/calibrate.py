@@ -87,6 +87,7 @@ class _Measure:
     def __call__(self, param, value):
         """``(worst rank-1 instance leakage, the attacker that reached it)`` at ``param=value``."""
         from ..convert import convert
+        from ..evaluation.audit import AuditOptions
         from ..evaluation.suite import audit_suite
 
         for point in self.points:
@@ -99,8 +100,8 @@ class _Measure:
         if self.reapply:
             attackers += reapply_attackers(self.subset, out + "-reapplied", privatizer, self.settings,
                                            released=out, searchers=self.attackers)
-        summary = audit_suite(self.subset, out, attackers, os.path.join(out, "audit"), plots=False,
-                              batch_size=self.settings.batch_size, device=self.device,
+        options = AuditOptions(batch_size=self.settings.batch_size, device=self.device, plots=False)
+        summary = audit_suite(self.subset, out, attackers, os.path.join(out, "audit"), options,
                               embedding_cache=os.path.join(self.scratch, "embeddings"))
         for folder in (out, out + "-reapplied"):
             shutil.rmtree(folder, ignore_errors=True)

@@ -69,6 +69,14 @@ class ReleaseOptions:
     progress: bool = True
     command: Optional[str] = None
 
+    @property
+    def audit(self):
+        """The ``AuditOptions`` every attacker's audit of the release runs with."""
+        from ..evaluation.audit import AuditOptions
+
+        return AuditOptions(batch_size=self.convert.batch_size, device=self.device, search=self.search,
+                            seed=self.seed, progress=self.progress)
+
 
 @dataclass
 class Attacker:
@@ -276,10 +284,8 @@ def audit_release(in_dir, staging, privatizer, suite, options, embedding_cache=N
         attackers += reapply_attackers(in_dir, gallery, privatizer, options.convert, released=staging,
                                        searchers=suite)
     try:
-        summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR),
-                              training_set=options.training_set, batch_size=options.convert.batch_size,
-                              device=options.device, progress=options.progress, search=options.search,
-                              seed=options.seed, embedding_cache=embedding_cache)
+        summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR), options.audit,
+                              training_set=options.training_set, embedding_cache=embedding_cache)
     finally:
         shutil.rmtree(gallery, ignore_errors=True)
         shutil.rmtree(os.path.join(staging, ADAPTIVE_DIR), ignore_errors=True)
