@@ -68,7 +68,7 @@ def measure_one(size, args):
     import torch
 
     from facemae_plugin.evaluation.embedding_store import EmbeddingRows
-    from facemae_plugin.evaluation.retrieval import evaluate_retrieval
+    from facemae_plugin.evaluation.retrieval import SearchOptions, evaluate_retrieval
     from facemae_plugin.evaluation.search import default_chunk, unit_rows
 
     if args.threads:
@@ -80,9 +80,9 @@ def measure_one(size, args):
         reset_peak_rss()
         before = rss_mib("VmRSS")
         start = time.perf_counter()
-        report = evaluate_retrieval(queries, gallery, keys, keys, labels, labels, ks=(1, 5), chunk=args.chunk,
-                                    normalised=True, search=args.search, recall_queries=args.recall_queries,
-                                    seed=args.seed)
+        options = SearchOptions(ks=(1, 5), chunk=args.chunk, search=args.search,
+                                recall_queries=args.recall_queries, seed=args.seed)
+        report = evaluate_retrieval(queries, gallery, keys, keys, labels, labels, options, normalised=True)
         seconds = time.perf_counter() - start
         peak = rss_mib("VmHWM")
     metrics = report.metrics

@@ -9,8 +9,8 @@ import torch
 
 from facemae_plugin.evaluation.attackers import THREATS
 from facemae_plugin.evaluation.audit import AuditInputError, AuditOptions, audit
-from facemae_plugin.evaluation.retrieval import (count_impostor_pairs, impostor_scores, retrieval_metrics,
-                                                 score_tar_at_far)
+from facemae_plugin.evaluation.retrieval import (SearchOptions, count_impostor_pairs, impostor_scores,
+                                                 retrieval_metrics, score_tar_at_far)
 from facemae_plugin.evaluation.search import RetrievalInputError, chunked_search, chunked_topk
 from facemae_plugin.formats.shard import FaceShard, FaceShardWriter
 from facemae_plugin.data.synthetic import make_synthetic_dataset
@@ -82,7 +82,8 @@ def test_instance_and_identity_hits_on_hand_made_embeddings():
     # 12 -> nearest is itself.  10 -> 11 first (same identity), itself second.
     # 13 -> 10 then 11 (both identity 0), itself far away.  11 -> 12 (other identity) first, itself second.
     query = at_degrees(88, 22, 2, 60, norm=0.5)
-    m = retrieval_metrics(query, gallery, query_keys, [10, 11, 12, 13], [1, 0, 1, 0], [0, 0, 1, 1], ks=(1, 2))
+    m = retrieval_metrics(query, gallery, query_keys, [10, 11, 12, 13], [1, 0, 1, 0], [0, 0, 1, 1],
+                          SearchOptions(ks=(1, 2)))
     assert m["instance_rank1"] == 1 / 4 and m["instance_rank2"] == 3 / 4
     assert m["identity_rank1"] == 2 / 4 and m["identity_rank2"] == 3 / 4
     own_angles = np.deg2rad([2, 22, 108, 40])
@@ -108,8 +109,8 @@ def test_retrieval_metrics_equal_brute_force_on_clustered_data():
     keys = np.arange(1, 61) * 3  # keys need not be 0..N-1
     order = rng.permutation(60)  # queries in another order than the gallery
     query = gallery[order] + 3.0 * rng.normal(size=(60, 32))  # noisy enough that some queries miss
-    got = retrieval_metrics(query, gallery, keys[order], keys, labels[order], labels, ks=(1, 5, 10),
-                            chunk=7, far_target=1e-2)
+    got = retrieval_metrics(query, gallery, keys[order], keys, labels[order], labels,
+                            SearchOptions(ks=(1, 5, 10), chunk=7, far_target=1e-2))
     want = brute_force_metrics(query, gallery, keys[order], keys, labels[order], labels, (1, 5, 10), 1e-2)
     for name, value in want.items():
         assert got[name] == pytest.approx(value, abs=1e-6), name

@@ -4,6 +4,8 @@ Oracles: the in-memory exact path of 0.2 (``retrieval_metrics`` on embeddings he
 disk-backed audit, and numpy brute force over the whole gallery for the recall the approximate
 search reports.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from facemae_plugin.evaluation import approximate, retrieval
 from facemae_plugin.evaluation.audit import AuditOptions, audit
 from facemae_plugin.evaluation.embed import embed_with_flip
 from facemae_plugin.evaluation.embedding_store import EmbeddingRows
-from facemae_plugin.evaluation.retrieval import evaluate_retrieval, retrieval_metrics
+from facemae_plugin.evaluation.retrieval import SearchOptions, evaluate_retrieval, retrieval_metrics
 from facemae_plugin.evaluation.search import RetrievalInputError
 from facemae_plugin.data.dataset import normalise
 from facemae_plugin.formats.shard import FaceShard
@@ -70,8 +72,8 @@ def planted(n, dim, noise, seed=0):
 @pytest.mark.parametrize("noise", [1.0, 2.5])
 def test_approximate_search_reports_the_recall_brute_force_finds(noise):
     query, gallery, keys, labels = planted(3000, 64, noise)
-    got = evaluate_retrieval(query, gallery, keys, keys, labels, labels, normalised=True, search="approximate",
-                             max_impostors=2000, recall_queries=400, seed=3)
+    options = SearchOptions(search="approximate", max_impostors=2000, recall_queries=400, seed=3)
+    got = evaluate_retrieval(query, gallery, keys, keys, labels, labels, options, normalised=True)
     rows = got.recall_rows
     assert len(rows) == 400 and len(set(rows.tolist())) == 400
     exact_top1 = np.argmax(query[rows].astype(np.float64) @ gallery.astype(np.float64).T, axis=1)
@@ -79,8 +81,8 @@ def test_approximate_search_reports_the_recall_brute_force_finds(noise):
     info = got.metrics["search"]
     assert info["method"] == "approximate" and info["recall_queries"] == 400
     assert info["recall_at_1"] == pytest.approx(measured, abs=1 / 400)  # float32 vs float64 near-ties at most
-    exact = evaluate_retrieval(query, gallery, keys, keys, labels, labels, normalised=True, search="exact",
-                               max_impostors=2000, seed=3)
+    exact = evaluate_retrieval(query, gallery, keys, keys, labels, labels, replace(options, search="exact"),
+                               normalised=True)
     everywhere = np.mean(got.search.top_indices[:, 0] == exact.search.top_indices[:, 0])
     assert everywhere >= 0.98  # the sample's recall speaks for the whole set
     assert abs(got.metrics["instance_rank1"] - exact.metrics["instance_rank1"]) <= 1 - everywhere + 1e-9
@@ -89,8 +91,8 @@ def test_approximate_search_reports_the_recall_brute_force_finds(noise):
 
 def test_approximate_search_searches_harder_until_recall_is_reached():
     query, gallery, keys, labels = planted(3000, 64, 2.5)  # weak matches: the first effort does not suffice
-    got = evaluate_retrieval(query, gallery, keys, keys, labels, labels, normalised=True, search="approximate",
-                             max_impostors=2000, recall_queries=300).metrics["search"]
+    options = SearchOptions(search="approximate", max_impostors=2000, recall_queries=300)
+    got = evaluate_retrieval(query, gallery, keys, keys, labels, labels, options, normalised=True).metrics["search"]
     first = approximate.Effort(min(approximate.FIRST_PROBES, got["lists"]), approximate.CANDIDATES)
     assert (got["probes"], got["candidates"]) != (first.probes, first.candidates)
     assert got["probes"] >= first.probes and got["candidates"] >= first.candidates
@@ -99,8 +101,8 @@ def test_approximate_search_searches_harder_until_recall_is_reached():
 
 def test_approximate_search_is_deterministic_for_a_seed():
     query, gallery, keys, labels = planted(3000, 64, 1.5)
-    runs = [evaluate_retrieval(query, gallery, keys, keys, labels, labels, normalised=True, search="approximate",
-                               max_impostors=2000, recall_queries=200, seed=5) for _ in range(2)]
+    options = SearchOptions(search="approximate", max_impostors=2000, recall_queries=200, seed=5)
+    runs = [evaluate_retrieval(query, gallery, keys, keys, labels, labels, options, normalised=True) for _ in range(2)]
     assert runs[0].metrics == runs[1].metrics
     assert np.array_equal(runs[0].search.top_indices, runs[1].search.top_indices)
 
@@ -121,8 +123,9 @@ def test_queries_whose_probed_lists_run_short_are_searched_exactly():
 
 def test_auto_searches_exactly_up_to_the_pair_limit(monkeypatch):
     query, gallery, keys, labels = planted(400, 32, 1.0)
-    run = lambda: evaluate_retrieval(query, gallery, keys, keys, labels, labels, normalised=True,  # noqa: E731
-                                     max_impostors=1000).metrics["search"]["method"]
+    options = SearchOptions(max_impostors=1000)
+    run = lambda: evaluate_retrieval(query, gallery, keys, keys, labels, labels, options,  # noqa: E731
+                                     normalised=True).metrics["search"]["method"]
     assert run() == "exact"
     monkeypatch.setattr(retrieval, "EXACT_PAIRS", 400 * 400 - 1)
     assert run() == "approximate"
@@ -131,7 +134,7 @@ def test_auto_searches_exactly_up_to_the_pair_limit(monkeypatch):
 def test_approximate_search_refuses_sets_whose_impostors_are_all_scored():
     query, gallery, keys, labels = planted(200, 16, 1.0)
     with pytest.raises(RetrievalInputError, match="search exactly or lower max_impostors"):
-        evaluate_retrieval(query, gallery, keys, keys, labels, labels, search="approximate")
+        evaluate_retrieval(query, gallery, keys, keys, labels, labels, SearchOptions(search="approximate"))
 
 
 def test_the_cli_offers_the_searches_and_dtypes_the_library_takes():

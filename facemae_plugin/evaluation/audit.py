@@ -13,7 +13,6 @@ arcface_torch evaluates); every released image queries the whole original galler
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from .attackers import attacker_stem
 from .embedding_store import EmbeddingCache, EmbeddingRows, ScratchFolder
 from .lookalikes import training_set_leakage
 from .plots import new_figure, save_figure
-from .retrieval import DEFAULT_KS, DEFAULT_MAX_IMPOSTORS, FAR_TARGET, evaluate_retrieval, source_rows, unit_rows
+from .retrieval import SearchOptions, evaluate_retrieval, source_rows, unit_rows
 
 AUDIT_JSON = "audit.json"
 HISTOGRAM_PNG = "similarity_histogram.png"
@@ -40,30 +39,19 @@ class AuditInputError(FaceMAEError):
 
 
 @dataclass(frozen=True)
-class AuditOptions:
+class AuditOptions(SearchOptions):
     """How an audit embeds, searches and reports, the same for every attacker; built once where the
-    request arrives and passed whole.
-
-    ``search`` and ``recall_queries`` as in ``retrieval.evaluate_retrieval``; ``embedding_dtype``: the
-    embeddings on disk (``embedding_store``); ``ks``, ``far_target``, ``max_impostors`` and ``seed``
-    (the impostor sample): the figures; ``examples``: the leak examples each end of the ranking;
-    ``chunk``: queries scored at once (None: sized to the score budget); ``plots=False`` writes only
-    ``audit.json`` (the figures take seconds; the metrics do not need them).
+    request arrives and passed whole. The search's options are ``SearchOptions``' (the audit hands
+    itself to ``retrieval.evaluate_retrieval``); besides them ``batch_size`` and ``device`` embed,
+    ``embedding_dtype`` is the embeddings on disk (``embedding_store``), ``examples`` the leak
+    examples each end of the ranking, and ``plots=False`` writes only ``audit.json`` (the figures
+    take seconds; the metrics do not need them).
     """
 
     batch_size: int = 64
-    device: str = "cpu"
-    search: str = "auto"
-    recall_queries: Optional[int] = None
     embedding_dtype: str = "float32"
-    seed: int = 0
-    ks: tuple = DEFAULT_KS
-    far_target: float = FAR_TARGET
-    max_impostors: int = DEFAULT_MAX_IMPOSTORS
     examples: int = 8
-    chunk: Optional[int] = None
     plots: bool = True
-    progress: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -195,10 +183,7 @@ def _embed_and_search(original, released, embed, options):
     query, query_labels = embed(released, "released")
     check_same_labels(original, gallery_labels, released, released_labels=query_labels)
     result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
-                                gallery_labels, ks=options.ks, chunk=options.chunk, device=options.device,
-                                far_target=options.far_target, max_impostors=options.max_impostors,
-                                seed=options.seed, normalised=True, search=options.search,
-                                recall_queries=options.recall_queries, progress=options.progress)
+                                gallery_labels, options, normalised=True)
     return result, query_labels, query, gallery
 
 

@@ -5,6 +5,7 @@ Every released (query) embedding searches the whole original gallery (``search``
 lists and source ranks into the audit's figures.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -17,6 +18,29 @@ DEFAULT_KS = (1, 5)
 FAR_TARGET = 1e-3
 EXACT_PAIRS = 25_000_000_000  # (query, gallery) pairs searched exactly under search="auto"; more go approximate
 SEARCHES = ("auto", "exact", "approximate")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a retrieval searches and what it reports; built once by the caller and passed whole.
+
+    ``ks``: the ranks reported; ``far_target``: the TAR@FAR operating point; ``max_impostors`` and
+    ``seed``: the impostor sample (``ImpostorCollector``; the approximate search's recall sample too);
+    ``search``: ``exact``, ``approximate`` (``approximate.approximate_search``) or ``auto``, exact up to
+    ``EXACT_PAIRS`` (query, gallery) pairs; ``recall_queries``: queries the approximate search checks
+    against exact search (None: ``approximate.RECALL_QUERIES``); ``chunk``: queries scored at once
+    (None: sized to the score budget); ``device``: where exact search scores.
+    """
+
+    ks: tuple = DEFAULT_KS
+    far_target: float = FAR_TARGET
+    max_impostors: int = DEFAULT_MAX_IMPOSTORS
+    seed: int = 0
+    search: str = "auto"
+    recall_queries: Optional[int] = None
+    chunk: Optional[int] = None
+    device: str = "cpu"
+    progress: bool = False
 
 
 @dataclass
@@ -132,16 +156,12 @@ def score_tar_at_far(genuine, impostor, far_target=FAR_TARGET):
 
 
 def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_labels, gallery_labels,
-                       ks=DEFAULT_KS, chunk=None, device="cpu", far_target=FAR_TARGET,
-                       max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0, normalised=False, search="auto",
-                       recall_queries=None, progress=False):
-    """Search every query in the gallery (cosine) and measure leakage; see ``retrieval_metrics``.
-
-    ``normalised=True``: the embeddings are unit rows already (numpy or memory maps), used as
-    they are. ``search``: ``exact``, ``approximate`` (``approximate.approximate_search``) or
-    ``auto``, exact up to ``EXACT_PAIRS`` (query, gallery) pairs.
+                       options=SearchOptions(), normalised=False):
+    """Search every query in the gallery (cosine) as ``options`` (``SearchOptions``) say and measure
+    leakage; see ``retrieval_metrics``. ``normalised=True``: the embeddings are unit rows already
+    (numpy or memory maps), used as they are.
     """
-    ks = sorted({int(k) for k in ks})
+    ks = sorted({int(k) for k in options.ks})
     query_labels = _labels(query_labels, len(query_emb), "query")
     gallery_labels = _labels(gallery_labels, len(gallery_emb), "gallery")
     if len(query_keys) != len(query_emb) or len(gallery_keys) != len(gallery_emb):
@@ -150,18 +170,18 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
             f"{len(gallery_keys)} gallery keys for {len(gallery_emb)} rows")
     source_index = source_rows(query_keys, gallery_keys)
     q, g = (query_emb, gallery_emb) if normalised else (unit_rows(query_emb), unit_rows(gallery_emb))  # [Q, D], [G, D]
-    collector = ImpostorCollector(query_labels, gallery_labels, max_impostors, seed)
-    method = choose_search(search, len(q), len(g), collector.exhaustive)
+    collector = ImpostorCollector(query_labels, gallery_labels, options.max_impostors, options.seed)
+    method = choose_search(options.search, len(q), len(g), collector.exhaustive)
     recall_rows = None
     depth = max(ks) + 1  # one more than asked: re-identification drops each query's own source
     if method == "exact":
-        result = chunked_search(q, g, depth, source_index=source_index, chunk=chunk, device=device,
+        result = chunked_search(q, g, depth, source_index=source_index, chunk=options.chunk, device=options.device,
                                 impostors=collector)
         search_info = {"method": "exact"}
     else:
-
         result, search_info, recall_rows = approximate_search(
-            q, g, depth, source_index, collector, recall_queries or RECALL_QUERIES, seed=seed, progress=progress)
+            q, g, depth, source_index, collector, options.recall_queries or RECALL_QUERIES, seed=options.seed,
+            progress=options.progress)
     impostors, exhaustive = collector.scores(), collector.exhaustive
 
     metrics = {"queries": int(len(q)), "gallery": int(len(g)), "dim": int(q.shape[1]), "search": search_info}
@@ -174,8 +194,8 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
     metrics["mean_source_cosine"] = float(np.mean(result.source_scores, dtype=np.float64)) if len(q) else None
     exact_ranks = len(q) and method == "exact"  # approximate ranks stop at the candidate count
     metrics["median_source_rank"] = float(np.median(result.source_ranks)) if exact_ranks else None
-    verification = score_tar_at_far(result.source_scores, impostors, far_target)
-    metrics.update({"far_target": far_target, "tar_at_far": verification["tar"],
+    verification = score_tar_at_far(result.source_scores, impostors, options.far_target)
+    metrics.update({"far_target": options.far_target, "tar_at_far": verification["tar"],
                     "far": verification["far"], "threshold": verification["threshold"],
                     "impostor_pairs": int(len(impostors)), "impostors_exhaustive": exhaustive,
                     "mean_impostor_cosine": float(np.mean(impostors, dtype=np.float64)) if len(impostors) else None})
@@ -214,8 +234,7 @@ def reidentification_metrics(top_indices, source_index, query_labels, gallery_la
 
 
 def retrieval_metrics(query_emb, gallery_emb, query_keys, gallery_keys, query_labels, gallery_labels,
-                      ks=DEFAULT_KS, chunk=None, device="cpu", far_target=FAR_TARGET,
-                      max_impostors=DEFAULT_MAX_IMPOSTORS, seed=0):
+                      options=SearchOptions()):
     """Leakage of released (query) embeddings [Q, D] against their originals (gallery) [G, D].
 
     Embeddings are L2-normalised here. A query's *source* is the gallery record with its key.
@@ -232,7 +251,7 @@ def retrieval_metrics(query_emb, gallery_emb, query_keys, gallery_keys, query_la
                          see ``ImpostorCollector``).
     """
     return evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_labels,
-                              gallery_labels, ks, chunk, device, far_target, max_impostors, seed).metrics
+                              gallery_labels, options).metrics
 
 
 def choose_search(search, num_queries, gallery_size, exhaustive_impostors):
