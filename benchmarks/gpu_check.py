@@ -2,8 +2,12 @@
 
 On one CUDA GPU, in a few minutes, runs each step in its own process with its own time limit:
 
-  recogniser   the plugin's recognition loop, fp16 autocast with the GradScaler, one epoch of a
+  recogniser   the plugin's recognition loop, fp16 autocast with the GradScaler, one eager epoch of a
                synthetic shard (200 identities x 20): images/s and the loss it ends at
+  recogniser_compiled
+               the same epoch with the step compiled (torch.compile of forward, loss and backward,
+               forced: a job this short would run eagerly): images/s, the build included, and the
+               first losses beside the eager ones
   pretrain     FaceMAE tiny and base training throughput with IRM, fp32 and fp16, eager and compiled
                (benchmarks/train_bench.py)
   convert      ``facemae convert`` with FaceMAE tiny on the GPU under autocast against the model
@@ -57,6 +61,9 @@ def parse_args(argv=None):
                         help="recognition/arcface_torch of an insightface checkout (default $ARCFACE_TORCH_ROOT)")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--step-timeout", type=int, default=150, help="seconds each step may take (default 150)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="also write the JSON report here, rewritten after every step, so that a check cut "
+                             "short (a lease ending) keeps the steps that ran")
     return parser.parse_args(argv)
 
 
@@ -89,14 +96,19 @@ def steps(args, work, toy):
     """``[(name, command, env)]`` for this device; sizes shrink to toys on the CPU rehearsal."""
     classes, per_identity = (10, 4) if toy else (200, 20)
     synth, checkpoint = work / "synth", work / "facemae_tiny.pt"
-    recipe = work / "recogniser.py"
-    recipe.write_text(RECOGNISER_RECIPE.format(rec=str(synth), classes=classes, batch=16 if toy else 128,
-                                               output=str(work / "recogniser")))
+    recipes = {}
+    for name in ("recogniser", "recogniser_compiled"):
+        recipes[name] = work / f"{name}.py"
+        recipes[name].write_text(RECOGNISER_RECIPE.format(rec=str(synth), classes=classes, batch=16 if toy else 128,
+                                                          output=str(work / name)))
     device = args.device
     plan = [
         ("synth", facemae("synth", synth, "--identities", classes, "--images-per-identity", per_identity,
                           "--holdout-identities", 2, "--pairs", 10, "--quiet", "--overwrite"), None),
-        ("recogniser", facemae("train", recipe, "--device", device, "--quiet", "--json"), None),
+        ("recogniser", facemae("train", recipes["recogniser"], "--device", device, "--no-compile", "--quiet",
+                               "--json"), None),
+        ("recogniser_compiled", [sys.executable, __file__, "--compiled-train-child", recipes["recogniser_compiled"],
+                                 device], None),
         ("pretrain", [sys.executable, BENCHMARKS / "train_bench.py", "--device", device, "--models",
                       "facemae-tiny" if toy else "facemae-tiny,facemae-base", "--iters", 1 if toy else 10,
                       "--warmup", 1 if toy else 3, "--batch-size", 8 if toy else 128,
@@ -155,9 +167,23 @@ def faiss_gpu_child():
     return {"exact_queries_per_s": 100_000 / (time.perf_counter() - started), "gallery": len(gallery)}
 
 
+def compiled_train_child(recipe, device):
+    """``facemae train`` with its step compiled whatever the job's size."""
+    import torch
+
+    from facemae_plugin import cli
+    from facemae_plugin.train import compiled
+
+    compiled.COMPILE_AFTER_IMAGES[torch.device(device).type] = 0
+    cli.main(["train", recipe, "--device", device, "--quiet", "--json"])
+
+
 def main(argv=None):
     if argv is None and sys.argv[1:] == ["--faiss-gpu-child"]:
         print(json.dumps(faiss_gpu_child()))
+        return
+    if argv is None and sys.argv[1:2] == ["--compiled-train-child"]:
+        compiled_train_child(*sys.argv[2:4])
         return
     args = parse_args(argv)
     toy = args.device == "cpu"
@@ -173,7 +199,16 @@ def main(argv=None):
             results[name] = run_step(command, args.step_timeout, env)
             state = "ok" if results[name]["ok"] else "FAILED"
             print(f"{name:11s} {state:6s} {results[name]['seconds']:7.1f} s", flush=True)
-    print(json.dumps({"bench": "gpu_check", "cuda": not toy, "device": args.device, "steps": results}))
+            report = {"bench": "gpu_check", "cuda": not toy, "device": args.device, "steps": results}
+            if args.report:
+                write_report(args.report, report)
+    print(json.dumps(report))
+
+
+def write_report(path, report):
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1))
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":
