@@ -173,7 +173,7 @@ class Row:
     needs: tuple = field(default=())
 
 
-NO_CUDA = () if torch.cuda.is_available() else ("no-cuda",)
+NO_CUDA = ("no-cuda",)
 
 ROWS = [
     # 1. an output that is the input, named by its .rec file
