@@ -96,6 +96,26 @@ def test_checkout_matches_the_hooked_signatures(checkout):
     assert "train_v2" not in sys.modules  # importing it would start NCCL
 
 
+def test_the_commit_is_the_checkouts_not_that_of_a_repository_it_was_copied_into(tmp_path):
+    import subprocess
+
+    from facemae_plugin.arcface.checkout import REQUIRED_FILES
+    repo, git = tmp_path / "project", ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    folder = repo / "scratch" / "arcface_torch"
+    for name in REQUIRED_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("")
+    (repo / "README").write_text("another project")
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "README"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "x"], check=True)
+    assert ArcfaceCheckout(folder).commit == "commit unknown: not a git checkout"
+    subprocess.run([*git, "-C", str(repo), "add", "scratch"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "y"], check=True)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert ArcfaceCheckout(folder).commit == head
+
+
 def test_signature_drift_names_file_and_commit(checkout, monkeypatch):
     dataset = checkout.import_module("dataset")
 

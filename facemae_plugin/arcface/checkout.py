@@ -46,13 +46,21 @@ class ArcfaceCheckoutError(FaceMAEError):
 
 
 def checkout_commit(root):
-    """The git commit of ``root``, or a sentence saying why there is none."""
+    """The git commit of ``root``, or a sentence saying why there is none.
+
+    A copy of arcface_torch inside some other repository (a project's scratch folder) would report
+    that repository's commit: the commit counts only when git tracks train_v2.py there.
+    """
     try:
-        done = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+        head = _git(root, "rev-parse", "HEAD")
+        tracked = head.returncode == 0 and _git(root, "ls-files", "--error-unmatch", "train_v2.py").returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return "commit unknown: git not available"
-    return done.stdout.strip() if done.returncode == 0 else "commit unknown: not a git checkout"
+    return head.stdout.strip() if tracked else "commit unknown: not a git checkout"
+
+
+def _git(root, *argv):
+    return subprocess.run(["git", "-C", root, *argv], capture_output=True, text=True, timeout=10)
 
 
 def _module_file(module):
