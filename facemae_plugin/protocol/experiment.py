@@ -226,7 +226,7 @@ class Experiment(StepStore):
         step). The protocol's seeds are its own, so ``reapply`` would find every source: it is skipped."""
         from ..evaluation.embed import load_embedder
         from ..evaluation.suite import SuiteAttacker, pixel_attacker
-        from ..publish.calibrate import calibrate
+        from ..publish.calibrate import CalibrationOptions, calibrate
         from ..privatizers.methods import STRENGTHS
 
         method, param = variant["method"], STRENGTHS[variant["method"]].param
@@ -238,10 +238,11 @@ class Experiment(StepStore):
         def build():
             embedder = load_embedder(teacher, self.protocol.teacher.network, device=self.device)
             attackers = [pixel_attacker(), SuiteAttacker("teacher", embedder, "recogniser", model=teacher)]
+            options = CalibrationOptions(variant[TARGET_KEY], self.convert_settings, seed=seed, device=self.device,
+                                         progress=self.progress, reapply=False)
             return calibrate(self.splits["release"], self.path("calibration"), method,
                              lambda value: variant_privatizer(self.protocol, {**plain, param: value}, seed, checkpoint),
-                             attackers, variant[TARGET_KEY], self.convert_settings, seed=seed, device=self.device,
-                             progress=self.progress, reapply=False)
+                             attackers, options)
 
         shared = method in DETERMINISTIC_METHODS
         done = self.run_step(f"calibrate-{self.release_name(variant, seed)}", build,

@@ -15,7 +15,9 @@ next to converting the whole set.
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 
+from ..convert.settings import ConvertSettings
 from ..core.errors import FaceMAEError
 from ..formats.shard import FaceShard
 from ..data.split import choose_identities, group_keys_by_label, write_identities
@@ -31,37 +33,54 @@ class CalibrationError(FaceMAEError):
     """No setting of the method reaches the target leakage, or the target cannot be asked for."""
 
 
-def calibrate(in_dir, work_parent, method, privatizer_at, attackers, target, settings, seed=0,
-              identities=CALIBRATION_IDENTITIES, steps=BISECTION_STEPS, device="cpu", progress=False, reapply=True):
-    """Bisect ``method``'s strength until the worst-case rank-1 instance leakage is at most ``target``.
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How one calibration runs.
+
+    ``target``: the worst-case rank-1 instance leakage to reach; ``settings``: how every point is
+    converted (its batch size also embeds); ``seed`` draws the ``identities`` of the subset;
+    ``steps``: halvings of the strength's range; ``reapply``: also attack every point by
+    re-applying the method.
+    """
+    target: float
+    settings: ConvertSettings
+    seed: int = 0
+    identities: int = CALIBRATION_IDENTITIES
+    steps: int = BISECTION_STEPS
+    device: str = "cpu"
+    progress: bool = False
+    reapply: bool = True
+
+
+def calibrate(in_dir, work_parent, method, privatizer_at, attackers, options):
+    """Bisect ``method``'s strength until the worst-case rank-1 instance leakage is at most ``options.target``.
 
     ``privatizer_at(value)`` builds the method's privatizer at one setting; ``attackers``: the
-    release's ``evaluation.suite.SuiteAttacker`` list; ``reapply``: also attack every point with
-    ``reapply``; ``settings``: how every point is converted (``ConvertSettings``; its batch size
-    also embeds). The subset and every point live in a hidden folder inside ``work_parent``,
-    removed at the end. Returns the record: the chosen ``value``, every measured point (each
+    release's ``evaluation.suite.SuiteAttacker`` list; ``options``: a ``CalibrationOptions``. The
+    subset and every point live in a hidden folder inside ``work_parent``, removed at the end. Returns the record: the chosen ``value``, every measured point (each
     attacker's figure and the worst) and the subset's size. ``CalibrationError`` when even the
     strongest setting leaks more than ``target``, naming the attacker that defeats it.
     """
     if method not in STRENGTHS:
         raise CalibrationError(f"--target-leakage: method {method} has no strength to calibrate; expected one of "
                                f"{', '.join(STRENGTHS)}")
-    if not 0.0 <= target <= 1.0:
-        raise CalibrationError(f"--target-leakage must be a fraction in [0, 1], got {target}")
+    if not 0.0 <= options.target <= 1.0:
+        raise CalibrationError(f"--target-leakage must be a fraction in [0, 1], got {options.target}")
     strength = STRENGTHS[method]
     os.makedirs(work_parent, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=".calibration-", dir=work_parent)
     try:
-        subset, size = _write_subset(in_dir, os.path.join(scratch, "subset"), identities, seed)
-        measure = _Measure(subset, scratch, privatizer_at, attackers, reapply, settings, device, progress)
-        value = _bisect(strength, measure, target, steps)
+        subset, size = _write_subset(in_dir, os.path.join(scratch, "subset"), options.identities, options.seed)
+        measure = _Measure(subset, scratch, privatizer_at, attackers, options)
+        value = _bisect(strength, measure, options.target, options.steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    reapply = options.reapply
     names = [a.name for a in attackers] + ([REAPPLY] if reapply else []) + \
         [f"{REAPPLY}-{a.name}" for a in attackers if reapply and a.kind == "recogniser"]
-    return {"method": method, "param": strength.param, "value": value, "target": target, "threat": "instance",
-            "attackers": names, "identities": size["identities"], "images": size["images"], "seed": seed,
-            "steps": steps, "points": sorted(measure.points, key=lambda p: p["value"])}
+    return {"method": method, "param": strength.param, "value": value, "target": options.target,
+            "threat": "instance", "attackers": names, "identities": size["identities"], "images": size["images"],
+            "seed": options.seed, "steps": options.steps, "points": sorted(measure.points, key=lambda p: p["value"])}
 
 
 def _write_subset(in_dir, out_dir, identities, seed):
@@ -78,10 +97,9 @@ def _write_subset(in_dir, out_dir, identities, seed):
 class _Measure:
     """Worst-case rank-1 instance leakage of the subset released at one setting (each measured once)."""
 
-    def __init__(self, subset, scratch, privatizer_at, attackers, reapply, settings, device, progress):
+    def __init__(self, subset, scratch, privatizer_at, attackers, options):
         self.subset, self.scratch, self.privatizer_at = subset, scratch, privatizer_at
-        self.attackers, self.reapply, self.settings = attackers, reapply, settings
-        self.device, self.progress = device, progress
+        self.attackers, self.options = attackers, options
         self.points = []
 
     def __call__(self, param, value):
@@ -95,12 +113,13 @@ class _Measure:
                 return point["instance_rank1"], point["attacker"]
         out = os.path.join(self.scratch, f"point-{len(self.points)}")
         privatizer = self.privatizer_at(value)
-        convert(self.subset, out, privatizer, self.settings, progress=False)
+        settings = self.options.settings
+        convert(self.subset, out, privatizer, settings, progress=False)
         attackers = list(self.attackers)
-        if self.reapply:
-            attackers += reapply_attackers(self.subset, out + "-reapplied", privatizer, self.settings,
+        if self.options.reapply:
+            attackers += reapply_attackers(self.subset, out + "-reapplied", privatizer, settings,
                                            released=out, searchers=self.attackers)
-        options = AuditOptions(batch_size=self.settings.batch_size, device=self.device, plots=False)
+        options = AuditOptions(batch_size=settings.batch_size, device=self.options.device, plots=False)
         summary = audit_suite(self.subset, out, attackers, os.path.join(out, "audit"), options,
                               embedding_cache=os.path.join(self.scratch, "embeddings"))
         for folder in (out, out + "-reapplied"):
@@ -109,7 +128,7 @@ class _Measure:
         point = {"param": param, "value": value, "instance_rank1": worst["value"], "attacker": worst["attacker"],
                  "by_attacker": {name: entry["instance_rank1"] for name, entry in summary["attackers"].items()}}
         self.points.append(point)
-        if self.progress:
+        if self.options.progress:
             print(f"[calibrate] {param}={value:g}: worst-case rank-1 instance leakage "
                   f"{worst['value'] * 100:.2f}% ({worst['attacker']})", flush=True)
         return point["instance_rank1"], point["attacker"]

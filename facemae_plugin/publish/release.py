@@ -21,7 +21,7 @@ from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, 
 from ..convert.layout import read_json_or_none
 from ..convert.settings import ConvertSettings
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
-from .calibrate import calibrate
+from .calibrate import CalibrationOptions, calibrate
 from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, public_paths, write_card
 from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attacker
 from .reapply import reapply_attackers
@@ -113,8 +113,9 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
     calibration = None
     if options.target_leakage is not None:
         calibration = calibrate(in_dir, os.path.dirname(out_dir), provenance_method(privatizer), privatizer_at, suite,
-                                options.target_leakage, options.convert, seed=options.seed, device=options.device,
-                                progress=options.progress, reapply=options.reapply)
+                                CalibrationOptions(options.target_leakage, options.convert, seed=options.seed,
+                                                   device=options.device, progress=options.progress,
+                                                   reapply=options.reapply))
         privatizer = privatizer_at(calibration["value"])
 
     provenance = convert_into(in_dir, staging, privatizer, options, convert, converted)
