@@ -159,8 +159,12 @@ def test_data_detail_reaches_every_split(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsys):
-    report = run_demo(tmp_path, TOY, progress=False)
+    protocol = {**TOY, "facemae": {**TOY["facemae"], "num_epoch": 3}}
+    report = run_demo(tmp_path, protocol, progress=False)
     first = capsys.readouterr()
+    with open(tmp_path / "steps" / "facemae.done.json") as f:
+        losses = [epoch["loss"] for epoch in json.load(f)["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]  # FaceMAE learnt to reconstruct
     assert "[teacher] running" in first.err and "[teacher]" not in first.out  # step lines are progress
     assert [r["variant"] for r in report["rows"]] == ["original", "blur s3", "FaceMAE full 0.75"]
     for r in report["rows"]:
@@ -196,10 +200,10 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original", "audit-pixels-original"}
     blur_steps = {"release-blur_s3", "recogniser-blur_s3-s0", "verify-blur_s3-s0", "audit-blur_s3",
                   "audit-pixels-blur_s3"}
-    expected = {"data", "teacher", "facemae", "release-masked_0.75-s0"} | facemae_steps | original_steps | blur_steps
+    expected = {"data", "teacher", "facemae", "release-masked_0.75-s0", "publish"} | facemae_steps | original_steps | blur_steps
     assert set(report["steps"]) == expected
     capsys.readouterr()
-    again = run_demo(tmp_path, TOY, progress=False)
+    again = run_demo(tmp_path, protocol, progress=False)
     second = capsys.readouterr().err
     assert "running" not in second and "[teacher] reusing finished step" in second  # every step reused
     assert again["rows"] == report["rows"]

@@ -182,8 +182,10 @@ def _demo(args):
 
     result = run_demo(args.work_dir, load_protocol_file(args.protocol), progress=not args.quiet,
                       command="facemae " + shlex.join(args.argv))
-    rows = "; ".join(f"{row['variant']} {row['accuracy'] * 100:.2f}% accuracy, {row['instance_rank1'] * 100:.1f}% "
-                     "rank-1 leakage" for row in result["rows"])
+    rows = "; ".join(f"{row['variant']} {row['accuracy'] * 100:.2f}% accuracy, worst-case rank-1 leakage "
+                     f"{row['worst_instance_rank1'] * 100:.1f}% instance ({row['worst_instance_attacker']}), "
+                     f"{row['worst_reid_rank1'] * 100:.1f}% re-identification ({row['worst_reid_attacker']})"
+                     for row in result["rows"])
     return f"demo: {rows} -> {result['work_dir']}/report.json, card {result['card']}", result
 
 

@@ -64,13 +64,16 @@ def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
 def publish_facemae(experiment, command):
     """The demo's FaceMAE release published as ``facemae release`` would: with a secret seed (kept in
     ``WORK_DIR/release.secret.json``), audited by every attacker (the teacher, and the adaptive attacker
-    trained on split A), with its card."""
+    trained on split A), with its card, as the step ``publish``."""
+    return experiment.run_step("publish", lambda: _publish(experiment, command))
+
+
+def _publish(experiment, command):
     from ..convert.secret import publisher_seed
     from ..publish.release import Attacker, ReleaseOptions, release_dataset
 
     card_json = experiment.path(RELEASE_DIR, "RELEASE.json")
-    if os.path.isfile(card_json):  # published by an earlier run of this work directory
-        print(f"[{RELEASE_DIR}] reusing the published release", flush=True)
+    if os.path.isfile(card_json):  # published by a run from before publishing was a step
         with open(card_json) as f:
             return json.load(f)
     p = experiment.protocol
