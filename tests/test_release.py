@@ -249,6 +249,29 @@ def test_calibration_brackets_the_worst_case_within_one_bisection_step(crowd, tm
     assert card["reapply"] == ("run" if reapply else "skipped")
 
 
+@pytest.mark.slow
+def test_a_calibrated_release_that_an_attacker_outside_calibration_defeats_is_refused(crowd, tmp_path, monkeypatch):
+    from facemae_plugin.publish import release as release_module
+
+    real_audit = release_module.audit_release
+
+    def audit_with_a_stronger_attacker(*args, **kwargs):
+        # what the adaptive attacker does to a release: it runs after calibration, on the chosen setting
+        summary = real_audit(*args, **kwargs)
+        summary["worst_case"]["instance"] = {"value": 0.9, "attacker": "adaptive"}
+        return summary
+
+    monkeypatch.setattr(release_module, "audit_release", audit_with_a_stronger_attacker)
+    at = privatizer_factory("masked", tmp_path)
+    with pytest.raises(ReleaseError) as error:
+        release_dataset(crowd / "ds", tmp_path / "released", at(0.0), [Attacker(str(crowd / "model.pt"), "mbf")],
+                        quiet(target_leakage=0.4, reapply=False), privatizer_at=at)
+    message = str(error.value)
+    assert "--target-leakage 0.4: calibrated to mask_ratio=" in message and "no release written" in message
+    assert "leaks 90.00% rank-1 instance under the adaptive attacker" in message and "\n" not in message
+    assert not os.path.exists(tmp_path / "released")
+
+
 def test_an_unreachable_target_stops_with_one_line_and_writes_nothing(crowd, tmp_path):
     result = facemae("release", crowd / "ds", tmp_path / "released", "--method", "blur", "--target-leakage", 0,
                      "--attacker", crowd / "model.pt", "--attacker-network", "mbf", "--workers", 0, "--quiet")

@@ -132,6 +132,7 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
         released_entry = {"name": os.path.basename(out_dir), "images": len(released), "idx_sha256": released.idx_sha256}
     if calibration is not None:  # the whole release, audited by every attacker
         calibration["released_instance_rank1"] = summary["worst_case"]["instance"]["value"]
+        refuse_above_target(calibration, summary["worst_case"]["instance"], staging)
     card = build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries, trained,
                       calibration, SAMPLES_PNG, options.command, seed_public=privatizer.seed_public,
                       reapply=options.reapply, adaptive=adaptive_state(trained, options.adaptive))
@@ -155,6 +156,18 @@ def check_release_output(in_dir, out_dir, staging, overwrite):
     if os.path.lexists(out_dir) and not overwrite:
         raise OutputError(f"{out_dir}: exists; pass --overwrite to replace it with a new release")
     return source
+
+
+def refuse_above_target(calibration, worst, staging):
+    """A calibrated release is published only if the whole of it meets the target under every attacker,
+    the adaptive one included: that one is trained after calibration, on the chosen setting."""
+    if worst["value"] <= calibration["target"]:
+        return
+    raise ReleaseError(
+        f"--target-leakage {calibration['target']:g}: calibrated to {calibration['param']}={calibration['value']:g} "
+        f"against {', '.join(calibration['attackers'])}, the whole release leaks {worst['value'] * 100:.2f}% rank-1 "
+        f"instance under the {worst['attacker']} attacker; no release written (the work is kept in {staging}); "
+        "ask for a lower target")
 
 
 def training_set_entry(training_set, source):
