@@ -200,7 +200,8 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original", "audit-pixels-original"}
     blur_steps = {"release-blur_s3", "recogniser-blur_s3-s0", "verify-blur_s3-s0", "audit-blur_s3",
                   "audit-pixels-blur_s3"}
-    expected = {"data", "teacher", "facemae", "release-masked_0.75-s0", "publish"} | facemae_steps | original_steps | blur_steps
+    expected = ({"data", "teacher", "facemae", "release-masked_0.75-s0", "publish"} | facemae_steps | original_steps
+                | blur_steps)
     assert set(report["steps"]) == expected
     capsys.readouterr()
     again = run_demo(tmp_path, protocol, progress=False)

@@ -57,9 +57,10 @@ def calibrate(in_dir, work_parent, method, privatizer_at, attackers, options):
 
     ``privatizer_at(value)`` builds the method's privatizer at one setting; ``attackers``: the
     release's ``evaluation.suite.SuiteAttacker`` list; ``options``: a ``CalibrationOptions``. The
-    subset and every point live in a hidden folder inside ``work_parent``, removed at the end. Returns the record: the chosen ``value``, every measured point (each
-    attacker's figure and the worst) and the subset's size. ``CalibrationError`` when even the
-    strongest setting leaks more than ``target``, naming the attacker that defeats it.
+    subset and every point live in a hidden folder inside ``work_parent``, removed at the end.
+    Returns the record: the chosen ``value``, every measured point (each attacker's figure and the
+    worst) and the subset's size. ``CalibrationError`` when even the strongest setting leaks more
+    than the target, naming the attacker that defeats it.
     """
     if method not in STRENGTHS:
         raise CalibrationError(f"--target-leakage: method {method} has no strength to calibrate; expected one of "
