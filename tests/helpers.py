@@ -1,6 +1,6 @@
 """What several test modules share: the command line in a subprocess, its JSON line, the small
 training configs the training tests run on the ``synth_dir`` shard (``conftest.py``), the toy
-protocol, a fixed pixel attacker and a blurred copy of a shard."""
+protocol, a fixed pixel attacker, a blurred copy of a shard and a recogniser with distinctive weights."""
 import json
 import subprocess
 import sys
@@ -77,3 +77,23 @@ def blurred_copy(original_dir, out_dir, sigma):
         for start, end in shard.identity_ranges().values():
             writer.add_identity([cv2.GaussianBlur(shard.decode(k, rgb=False), (0, 0), sigma)
                                  for k in range(start, end)])
+
+
+def randomise_weights(model, seed=0):
+    """Give every parameter and buffer distinctive values (BN statistics and PReLU slopes
+    included), so a wrongly wired layer cannot hide behind default initialisation."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            noise = torch.rand(tensor.shape, generator=generator)
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + noise)
+            elif tensor.dim() >= 2:  # conv / linear weights: embeddings of order 1, so that a
+                # 1e-5 tolerance is tight relative to the signal
+                fan_in = tensor[0].numel()
+                tensor.copy_((noise * 2 - 1) * (1.0 / fan_in) ** 0.5)
+            else:
+                tensor.copy_(noise * 0.4 - 0.2 + (1.0 if name.endswith("weight") else 0.0))
+    return model

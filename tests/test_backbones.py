@@ -8,6 +8,8 @@ import torch
 
 from facemae_plugin.models.backbones import KNOWN_NETWORKS, get_backbone, load_backbone
 
+from .helpers import randomise_weights
+
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 KEYS_FILE = os.path.join(DATA_DIR, "arcface_backbone_keys.json")
 
@@ -42,26 +44,6 @@ def _shapes(model):
 def _faces(batch=2, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, 112, 112, generator=generator) * 2 - 1  # [B, 3, 112, 112]
-
-
-def _randomise(model, seed=0):
-    """Give every parameter and buffer distinctive values (BN statistics and PReLU slopes
-    included), so a wrongly wired layer cannot hide behind default initialisation."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                continue
-            noise = torch.rand(tensor.shape, generator=generator)
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + noise)
-            elif tensor.dim() >= 2:  # conv / linear weights: embeddings of order 1, so that
-                # the 1e-5 tolerance below is tight relative to the signal
-                fan_in = tensor[0].numel()
-                tensor.copy_((noise * 2 - 1) * (1.0 / fan_in) ** 0.5)
-            else:
-                tensor.copy_(noise * 0.4 - 0.2 + (1.0 if name.endswith("weight") else 0.0))
-    return model
 
 
 # ------------------------------------------------------------------ always-on layout checks
@@ -127,7 +109,7 @@ def test_embedding_bn_scale_is_frozen_like_arcface_torch():
 # ------------------------------------------------------------------------------ loading
 
 def test_load_backbone_round_trip(tmp_path):
-    source = _randomise(get_backbone("r18")).eval()
+    source = randomise_weights(get_backbone("r18")).eval()
     path = tmp_path / "model.pt"
     torch.save(source.state_dict(), path)
     loaded = load_backbone(str(path), "r18")
@@ -184,7 +166,7 @@ def test_keys_file_is_current(arcface_root):
 @arcface_warning
 @pytest.mark.parametrize("name", ["r18", "mbf"])
 def test_arcface_torch_weights_load_into_ours_and_give_same_embeddings(name, arcface_backbones):
-    theirs = _randomise(arcface_backbones.get_model(name), seed=1).eval()
+    theirs = randomise_weights(arcface_backbones.get_model(name), seed=1).eval()
     ours = get_backbone(name).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     faces = _faces(seed=2)
@@ -197,7 +179,7 @@ def test_arcface_torch_weights_load_into_ours_and_give_same_embeddings(name, arc
 @arcface_warning
 @pytest.mark.parametrize("name", ["r18", "mbf"])
 def test_our_weights_load_into_arcface_torch_and_give_same_embeddings(name, arcface_backbones):
-    ours = _randomise(get_backbone(name), seed=3).eval()
+    ours = randomise_weights(get_backbone(name), seed=3).eval()
     theirs = arcface_backbones.get_model(name).eval()
     theirs.load_state_dict(ours.state_dict(), strict=True)
     faces = _faces(seed=4)
@@ -209,7 +191,7 @@ def test_our_weights_load_into_arcface_torch_and_give_same_embeddings(name, arcf
 
 @arcface_warning
 def test_arcface_torch_model_pt_loads_with_load_backbone(tmp_path, arcface_backbones):
-    theirs = _randomise(arcface_backbones.get_model("r18"), seed=5).eval()
+    theirs = randomise_weights(arcface_backbones.get_model("r18"), seed=5).eval()
     path = tmp_path / "model.pt"
     torch.save(theirs.state_dict(), path)
     ours = load_backbone(str(path), "r18")

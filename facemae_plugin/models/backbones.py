@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.errors import CheckpointError, UsageError
+from .activations import PReLU
 from .weights import is_tensor_dict, load_weights_file
 
 IRESNET_LAYERS = {
@@ -44,7 +45,7 @@ class IBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(in_channels, eps=1e-5)
         self.conv1 = _conv3x3(in_channels, channels)
         self.bn2 = nn.BatchNorm2d(channels, eps=1e-5)
-        self.prelu = nn.PReLU(channels)
+        self.prelu = PReLU(channels)
         self.conv2 = _conv3x3(channels, channels, stride)
         self.bn3 = nn.BatchNorm2d(channels, eps=1e-5)
         self.downsample = downsample
@@ -78,7 +79,7 @@ class IResNet(nn.Module):
         self.num_features = num_features  # the embedding's width
         self.conv1 = _conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
-        self.prelu = nn.PReLU(64)
+        self.prelu = PReLU(64)
         widths = (64, 128, 256, 512)
         in_widths = (64,) + widths[:-1]
         self.layer1 = _iresnet_stage(in_widths[0], widths[0], layers[0])
@@ -113,15 +114,34 @@ class IResNet(nn.Module):
 
 # ------------------------------------------------------------------------ MobileFaceNet
 
+class StridedDepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution with a stride, run in float32 under CPU autocast: oneDNN's bf16
+    kernels for it (forward and both gradients) are several times slower than its float32 ones
+    (``benchmarks/train_bench.py``). Elsewhere it is ``nn.Conv2d``; its output under CPU autocast is
+    float32, which the next layers take as it is (BatchNorm, PReLU) or cast back (a convolution)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def _conv(in_channels, out_channels, kernel, stride, padding, groups) -> nn.Conv2d:
+    depthwise = groups > 1 and groups == in_channels == out_channels
+    conv = StridedDepthwiseConv2d if depthwise and stride > 1 else nn.Conv2d
+    return conv(in_channels, out_channels, kernel, stride, padding, groups=groups, bias=False)
+
+
 class ConvBlock(nn.Module):
     """Conv-BN-PReLU."""
 
     def __init__(self, in_channels, out_channels, kernel=1, stride=1, padding=0, groups=1):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups=groups, bias=False),
+            _conv(in_channels, out_channels, kernel, stride, padding, groups),
             nn.BatchNorm2d(out_channels),
-            nn.PReLU(out_channels),
+            PReLU(out_channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
