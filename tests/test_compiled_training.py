@@ -1,5 +1,5 @@
-"""Compiled training steps: when both loops compile, that compiled and eager steps agree, and the
-fallback to eager when compiling fails."""
+"""Compiled training steps: when both loops compile and what, that compiled and eager steps agree,
+and the fallback to eager when compiling fails."""
 import json
 
 import pytest
@@ -29,7 +29,8 @@ def pretraining_losses(synth_dir, output, irm_teacher=None, **kwargs):
 def test_a_job_compiles_only_when_long_enough_to_repay_the_build():
     for device, after in compiled.COMPILE_AFTER_IMAGES.items():
         assert not compile_pays(device, after - 1) and compile_pays(device, after)
-    assert TrainingCompiler("cpu", 10**9).runtime == "torch.compile"
+    assert TrainingCompiler("cpu", 10**9).runtime == "torch.compile (PReLU)"
+    assert TrainingCompiler("cuda", 10**9).runtime == "torch.compile"
     assert TrainingCompiler("cpu", 10**9, enabled=False).runtime == "eager"
     assert TrainingCompiler("cpu", 1).runtime == "eager"
 
@@ -39,7 +40,7 @@ def test_the_test_sized_jobs_of_both_loops_run_eagerly(synth_dir, tmp_path):
     assert pretraining_losses(synth_dir, tmp_path / "p")[1] == "eager"
 
 
-def failing_compile(fn):
+def failing_compile(fn, **options):
     def run(*args, **kwargs):
         raise RuntimeError("C++ compile error\nmore detail")
     return run
@@ -59,7 +60,13 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_line_and_the_same_train
     assert runtime == "eager (torch.compile failed)"
     assert losses == eager_losses and all(torch.equal(model[k], eager_model[k]) for k in model)
 
+    # FaceMAE has no PReLU: on a CPU nothing of it compiles, so nothing fails
     parts, runtime = pretraining_losses(synth_dir, tmp_path / "fallback-mae")
+    assert runtime == "eager" and parts == eager_parts
+    assert capsys.readouterr().err.strip() == ""
+
+    monkeypatch.setitem(compiled.STRATEGY, "cpu", "step")  # the whole step, as on CUDA
+    parts, runtime = pretraining_losses(synth_dir, tmp_path / "fallback-mae-step")
     assert runtime == "eager (torch.compile failed)" and parts == eager_parts
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -78,15 +85,25 @@ def test_a_step_that_fails_eagerly_too_raises_its_own_error():
 
 @pytest.mark.slow
 def test_compiled_steps_match_eager_ones_and_repeat_exactly(synth_dir, tmp_path, monkeypatch):
-    """Both loops (FaceMAE with IRM through a frozen teacher) under torch.compile: the first step's
-    losses (same weights, same batch) equal eager ones to float rounding; later steps stay close
-    (fused kernels round differently, and float32 backward through a deep BatchNorm stack is itself
-    only a few parts in a thousand from float64); a second compiled run repeats the first exactly."""
+    """Both loops compiled the way each device compiles them. On a CPU, the recogniser's PReLU
+    kernel computes aten's values, so the first loss is eager's exactly; later steps stay close
+    (the slopes' gradients are summed in another order). The whole step (CUDA's way, run here on a
+    CPU): the first step's losses equal eager ones to float rounding, later ones stay close (fused
+    kernels round differently, and float32 backward through a deep BatchNorm stack is itself only a
+    few parts in a thousand from float64). A second compiled run repeats the first exactly."""
     eager_losses, _, _ = recogniser_losses(synth_dir, tmp_path / "teacher", compile=False)
     teacher = str(tmp_path / "teacher" / "model.pt")
     eager_parts, _ = pretraining_losses(synth_dir, tmp_path / "eager-mae", teacher, compile=False)
     monkeypatch.setitem(compiled.COMPILE_AFTER_IMAGES, "cpu", 0)
 
+    runs = [recogniser_losses(synth_dir, tmp_path / f"prelu-{i}") for i in range(2)]
+    assert runs[0][1] == runs[1][1] == "torch.compile (PReLU)"
+    assert runs[0][0][0] == eager_losses[0]
+    assert runs[0][0] == pytest.approx(eager_losses, rel=5e-2)
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][2][key], runs[1][2][key]) for key in runs[0][2])
+
+    monkeypatch.setitem(compiled.STRATEGY, "cpu", "step")
     runs = [recogniser_losses(synth_dir, tmp_path / f"compiled-{i}") for i in range(2)]
     assert runs[0][1] == runs[1][1] == "torch.compile"
     assert runs[0][0][0] == pytest.approx(eager_losses[0], rel=1e-5)

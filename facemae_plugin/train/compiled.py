@@ -1,27 +1,34 @@
-"""Compiled training steps: ``torch.compile`` of a loop's forward-and-loss, where the job repays it.
+"""Compiled training steps, where the job repays the build, in the form that is fast on each device.
 
-Both loops hand their forward pass and loss (the backbone and margin head; FaceMAE, its pixel
-loss and IRM's frozen teacher) to ``TrainingCompiler.compile`` as one function. AOTAutograd
-compiles the backward pass with it, so BatchNorm, PReLU, LayerNorm and the attention's small ops
-fuse into fewer passes over memory. The optimiser step stays eager: it is a small share of a step.
+- CUDA (``"step"``): the loop's whole forward-and-loss (the backbone and margin head; FaceMAE, its
+  pixel loss and IRM's frozen teacher) under ``torch.compile``. AOTAutograd compiles the backward
+  pass with it, so BatchNorm, PReLU, LayerNorm and the attention's small ops fuse into fewer passes
+  over memory. The optimiser step stays eager: it is a small share of a step.
+- CPU (``"prelu"``): a whole-step graph is barely faster than oneDNN's eager convolutions there and
+  takes minutes to build, while one layer's eager kernel is slow: the trained recogniser's PReLU
+  runs a generated kernel (``models.activations``), built in seconds. FaceMAE has no PReLU, so
+  pretraining on a CPU stays eager (its frozen teacher has its own kernel, ``models.frozen``).
 
-Building the graphs takes from tens of seconds (CUDA) to minutes (a CPU with few cores), and on a
-CPU the compiled step is only modestly faster than oneDNN's eager kernels, so a loop compiles only
-when its job, images times epochs, is long enough to repay the build (``COMPILE_AFTER_IMAGES``, per
-device type); ``enabled=False`` (the verbs' ``--no-compile``) keeps every loop eager. Where
-building or running a compiled step fails (no C++ compiler, an operator the compiler does not
-cover), one line on stderr says so and that step runs again eagerly, as does every later one: no
-parameter has moved yet, because the failure comes before the optimiser step.
+A loop compiles only when its job, images times epochs, is long enough to repay the build
+(``COMPILE_AFTER_IMAGES``, per device type); ``enabled=False`` (the verbs' ``--no-compile``) keeps
+every loop eager. Where building or running a compiled step fails (no C++ compiler, an operator the
+compiler does not cover), one line on stderr says so and training goes on eagerly. The CPU kernel
+is built before the first step, so its failure comes before anything trained; a compiled step
+that fails runs again eagerly, no parameter having moved (the failure comes before the optimiser).
 """
 import logging
 import sys
 
 import torch
 
-# Images (times epochs) a training job must reach before its steps are compiled, per device type. A
-# CUDA step runs thousands of images a second, so the build's tens of seconds are worth hundreds of
-# thousands of eager images; a CPU step is slow enough that a smaller job repays its longer build.
-COMPILE_AFTER_IMAGES = {"cuda": 300_000, "cpu": 50_000}
+from ..models.activations import generated_kernel, prelu_layers, use_kernel
+
+# Images (times epochs) a training job must reach before it compiles, per device type. A CUDA step
+# runs thousands of images a second, so the build's tens of seconds are worth hundreds of thousands
+# of eager images; a CPU's PReLU kernel builds in seconds and repays them within a few thousand.
+COMPILE_AFTER_IMAGES = {"cuda": 300_000, "cpu": 2_000}
+# What compiles on each device type: the whole step, or the trained recogniser's PReLU layers.
+STRATEGY = {"cuda": "step", "cpu": "prelu"}
 
 
 def compile_pays(device, job_images):
@@ -32,32 +39,64 @@ def compile_pays(device, job_images):
 class TrainingCompiler:
     """The compiled-or-eager choice of one training run, and its fallback to eager.
 
-    ``compile(fn)`` returns what a step should call instead of ``fn``; ``step(run, *args)`` runs one
-    step (forward, loss, backward, optimiser) so that a compiler failure inside it falls back to
-    eager. ``runtime`` names what ran, for the run's summary.
+    ``compile(fn, model)`` returns what a step should call instead of ``fn`` (the forward and loss
+    of the trained ``model``); ``step(run, *args)`` runs one step (forward, loss, backward,
+    optimiser) so that a compiler failure inside it falls back to eager. ``runtime`` names what
+    ran, for the run's summary.
     """
 
     def __init__(self, device, job_images, enabled=True):
+        self.strategy = STRATEGY.get(torch.device(device).type, "step")
         self.active = bool(enabled) and compile_pays(device, job_images)
         self.failed = False
+        self._models = []  # models whose PReLU layers run the generated kernel
 
     @property
     def runtime(self):
         if not self.active:
             return "eager"
-        return "eager (torch.compile failed)" if self.failed else "torch.compile"
+        if self.failed:
+            return "eager (torch.compile failed)"
+        return "torch.compile" if self.strategy == "step" else "torch.compile (PReLU)"
 
-    def compile(self, fn):
-        """``fn`` itself when not compiling, else a callable running its compiled graph until a failure."""
+    def compile(self, fn, model):
+        """``fn``, or what runs it compiled: ``fn``'s graph (``"step"``) until a failure, or ``fn``
+        itself once ``model``'s PReLU layers run the generated kernel (``"prelu"``; a model without
+        PReLU layers trains eagerly)."""
         if not self.active:
             return fn
         # On a machine without CUDA, compiling logs that it found none: true, and not the user's concern.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        if self.strategy == "prelu":
+            self._compile_prelu(model)
+            return fn
         compiled = torch.compile(fn)
 
         def run(*args, **kwargs):
             return fn(*args, **kwargs) if self.failed else compiled(*args, **kwargs)
         return run
+
+    def _compile_prelu(self, model):
+        if not prelu_layers(model):
+            self.active = False  # nothing of this model compiles: it trains eagerly
+            return
+        kernel = generated_kernel()
+        try:  # build it now, on a small input, so a compiler that cannot run fails before training
+            probe = torch.linspace(-1, 1, 16).view(2, 2, 2, 2).requires_grad_(True)  # no draw from the seeded RNG
+            kernel(probe, torch.full((1, 2, 1, 1), 0.25, requires_grad=True)).sum().backward()
+        except Exception as exc:  # the compiler's failure: prelu itself cannot fail on these inputs
+            self._fall_back(exc)
+            return
+        use_kernel(model, kernel)
+        self._models.append(model)
+
+    def _fall_back(self, exc):
+        self.failed = True
+        for model in self._models:
+            use_kernel(model, None)
+        reason = (str(exc).strip().splitlines() or [""])[0][:160]
+        print(f"facemae: torch.compile failed ({type(exc).__name__}: {reason}); training without it",
+              file=sys.stderr)
 
     def step(self, run, *args):
         """``run(*args)``; if it fails while compiled, one line on stderr and ``run(*args)`` again, eagerly."""
@@ -66,8 +105,5 @@ class TrainingCompiler:
         except Exception as exc:  # the compiler's failure, unless the eager rerun fails the same way
             if not self.active or self.failed:
                 raise
-            self.failed = True
-            reason = (str(exc).strip().splitlines() or [""])[0][:160]
-            print(f"facemae: torch.compile failed ({type(exc).__name__}: {reason}); training without it",
-                  file=sys.stderr)
+            self._fall_back(exc)
             return run(*args)

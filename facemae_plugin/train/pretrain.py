@@ -20,10 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import require
+from ..core.devices import mixed_precision
 from ..core.errors import CheckpointError, ConfigError
 from ..core.keyseed import seed_for_key
 from ..data.dataset import FaceRecordDataset, mirror_where
 from ..models.backbones import load_backbone
+from ..models.frozen import frozen_recogniser
 from ..models.mae import create_facemae
 from ..models.masking import mask_noise_for_keys
 from ..models.weights import load_weights_file
@@ -88,7 +90,11 @@ class PretrainObjective(torch.nn.Module):
         self.irm = None
         if self.irm_weight > 0:
             teacher = load_backbone(irm.teacher, irm.network, device=str(device))
-            teacher = teacher.to(memory_format=torch.channels_last)  # faster convolutions, same numbers
+            # in the step's precision, as the recogniser loop trains it (a float32 body would turn the
+            # step's autocast off inside the teacher)
+            teacher.fp16 = mixed_precision(device, cfg.fp16)
+            teacher = frozen_recogniser(teacher).to(memory_format=torch.channels_last)  # faster convolutions
+            self.irm = IRMLoss(teacher, variant=irm.variant, temperature=irm.temperature)
             self.irm = IRMLoss(teacher, variant=irm.variant, temperature=irm.temperature)
 
     def forward(self, mae, images, pred, mask, embedded_original=None):
@@ -159,7 +165,7 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None, comp
     steps_per_epoch = len(dataset) // (cfg.batch_size * process.world_size)
     total_steps, warmup_steps = steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch
     compiler = TrainingCompiler(process.device, len(dataset) * cfg.num_epoch, enabled=compile)
-    loss_of = compiler.compile(pretraining_loss(cfg, model, objective, update))
+    loss_of = compiler.compile(pretraining_loss(cfg, model, objective, update), mae)
     originals = teacher_cache(cfg, objective, update, len(dataset), cfg.num_epoch)
     grid_batch = fixed_grid_batch(dataset, cfg.mae.grid_images)
     trained_on = dataset.shard.fingerprint() if process.is_main else None  # kept in the checkpoint

@@ -126,7 +126,7 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     optimizer = build_optimizer(cfg, [{"params": backbone.parameters()}, {"params": head.parameters()}])
     update = OptimizerStep(optimizer, backbone.parameters(), process.device, cfg.fp16, GRAD_CLIP_NORM)
     compiler = TrainingCompiler(process.device, cfg.num_image * cfg.num_epoch, enabled=compile)
-    loss_of = compiler.compile(margin_loss(backbone, head, update))
+    loss_of = compiler.compile(margin_loss(backbone, head, update), unwrap(backbone))
     steps_per_epoch = cfg.num_image // (cfg.batch_size * process.world_size)
     total_steps = steps_per_epoch * cfg.num_epoch
     warmup_steps = steps_per_epoch * cfg.warmup_epoch
