@@ -95,9 +95,10 @@ SHARED_OPTIONS = {
         "output (mode 0600, read again by a resumed run), never inside it"))),),
     "overwrite": (("--overwrite", dict(action="store_true", help="replace an existing output (never an input)")),),
     "compile-training": (("--no-compile", dict(dest="compile", action="store_false", help=(
-        "keep the training step eager (by default a job long enough to repay building the graph, images times "
-        "epochs, compiles its forward, loss and backward with torch.compile: tens of thousands of images on a "
-        "CPU, fewer on CUDA; a failure to compile falls back to eager with one line)"))),),
+        "keep the training step eager (by default a job long enough to repay the build, images times epochs, "
+        "compiles with torch.compile: on a CPU, from a few thousand images, the trained recogniser's PReLU "
+        "kernel; on CUDA, from hundreds of thousands, the whole forward, loss and backward; a failure to "
+        "compile falls back to eager with one line)"))),),
     # How convert and release privatize the images: the method and its parameters.
     "method": (
         ("--checkpoint", dict(default=None, help="facemae.pt (needed by --method facemae)")),
