@@ -95,7 +95,6 @@ class PretrainObjective(torch.nn.Module):
             teacher.fp16 = mixed_precision(device, cfg.fp16)
             teacher = frozen_recogniser(teacher).to(memory_format=torch.channels_last)  # faster convolutions
             self.irm = IRMLoss(teacher, variant=irm.variant, temperature=irm.temperature)
-            self.irm = IRMLoss(teacher, variant=irm.variant, temperature=irm.temperature)
 
     def forward(self, mae, images, pred, mask, embedded_original=None):
         target = unwrap(mae).patchify(images)  # [N, L, p*p*3]
