@@ -71,7 +71,7 @@ def irm_teacher(device, mixed, plain):
 
 def pretrain_step(preset, device, mixed, compiled=False, irm=False, plain=False):
     model = create_facemae(preset).to(device)
-    irm_loss = irm_teacher(device, mixed, plain).to(device) if irm else None
+    irm_loss = irm_teacher(device, mixed, plain) if irm else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
 
     def loss_of(images, mixed):

@@ -298,11 +298,12 @@ def _mismatch_report(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> s
 
 
 def load_backbone(path: str, name: str, device: str = "cpu",
-                  num_features: Optional[int] = None) -> nn.Module:
+                  num_features: Optional[int] = None, fp16: bool = False) -> nn.Module:
     """Load an arcface_torch `model.pt` (a backbone state_dict) into a fresh `name` network.
 
     Loading is strict and uses `torch.load(weights_only=True)`. num_features: embedding
-    width; None reads it from the file. Returns the network on `device` in eval mode.
+    width; None reads it from the file. fp16: as `get_backbone`'s. Returns the network on
+    `device` in eval mode.
     """
     state_dict = load_weights_file(path, "recogniser model.pt", map_location="cpu")
     if not is_tensor_dict(state_dict):
@@ -311,7 +312,7 @@ def load_backbone(path: str, name: str, device: str = "cpu",
     state_dict = _strip_ddp_prefix(state_dict)
     if num_features is None:
         num_features = _embedding_size(state_dict, name) or 512
-    model = get_backbone(name, num_features=num_features)
+    model = get_backbone(name, num_features=num_features, fp16=fp16)
     problems = _mismatch_report(model, state_dict)
     if problems:
         raise CheckpointError(f"{path} does not fit network {name!r}: {problems}; "

@@ -89,10 +89,10 @@ class PretrainObjective(torch.nn.Module):
         self.irm_weight = irm.weight if irm is not None else 0.0
         self.irm = None
         if self.irm_weight > 0:
-            teacher = load_backbone(irm.teacher, irm.network, device=str(device))
             # in the step's precision, as the recogniser loop trains it (a float32 body would turn the
             # step's autocast off inside the teacher)
-            teacher.fp16 = mixed_precision(device, cfg.fp16)
+            teacher = load_backbone(irm.teacher, irm.network, device=str(device),
+                                    fp16=mixed_precision(device, cfg.fp16))
             teacher = frozen_recogniser(teacher).to(memory_format=torch.channels_last)  # faster convolutions
             self.irm = IRMLoss(teacher, variant=irm.variant, temperature=irm.temperature)
 
