@@ -6,9 +6,9 @@ Pretraining (FaceMAE tiny/small, pixel loss, mask 0.75, plus IRM with a frozen m
 (bf16 marked ``emulated`` on a CPU without native bf16, where it is slower than fp32), on random
 normalised 112x112 batches, so only the model is timed (no decoding). Each row runs as the
 training loops run it: ``eager``, and given ``--compile`` compiled as ``train.compiled`` compiles
-on this device (the whole step on CUDA; the trained recogniser's PReLU kernel on a CPU; its build
-time reported apart). ``--plain`` adds a first row per model with the layers every recogniser
-used before the loops had faster ones (``nn.Conv2d`` for the strided depthwise convolutions,
+on this device (the whole step on CUDA; on a CPU the PReLU kernels of the trained recogniser and
+of IRM's teacher; their build time reported apart). ``--plain`` adds a first row per model with
+the layers every recogniser used before the loops had faster ones (``nn.Conv2d`` for the strided depthwise convolutions,
 aten's PReLU, an IRM teacher in float32 inside the step's autocast, neither folded nor frozen):
 ``vs plain`` is each row's rate over it.
 Prints a Markdown table and a JSON line.
@@ -44,9 +44,9 @@ def maybe_compiled(module, compiled):
     return torch.compile(module) if compiled else module
 
 
-def as_loops_compile(loss_of, model, device, compiled):
+def as_loops_compile(loss_of, models, device, compiled):
     """``loss_of`` as a training loop runs it: compiled the device's way (``train.compiled``) or eager."""
-    return TrainingCompiler(device, float("inf")).compile(loss_of, model) if compiled else loss_of
+    return TrainingCompiler(device, float("inf")).compile(loss_of, *models) if compiled else loss_of
 
 
 def plain_layers(model):
@@ -79,7 +79,7 @@ def pretrain_step(preset, device, mixed, compiled=False, irm=False, plain=False)
             pred, mask = model(images, 0.75)
             relation = irm_loss(images, model.compose(images, pred, mask, "full")) if irm else 0.0
         return masked_mse(pred.float(), model.patchify(images), mask, w_visible=1.0) + relation
-    loss_of = as_loops_compile(loss_of, model, device, compiled)
+    loss_of = as_loops_compile(loss_of, [model, irm_loss] if irm else [model], device, compiled)
 
     def step(images, mixed):
         loss = loss_of(images, mixed)
@@ -143,7 +143,7 @@ def recognise_step(network, device, mixed, num_classes=1000, compiled=False, pla
         with autocast(device, mixed):
             embeddings = backbone(images.contiguous(memory_format=torch.channels_last))
         return head(embeddings.float(), labels)
-    loss_of = as_loops_compile(loss_of, backbone, device, compiled)
+    loss_of = as_loops_compile(loss_of, [backbone], device, compiled)
 
     def step(images, mixed):
         labels = torch.randint(0, num_classes, (images.shape[0],), device=device)

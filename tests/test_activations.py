@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facemae_plugin.models.activations import (PReLU, frozen_kernel, generated_kernel, prelu, prelu_layers,
-                                                use_kernel)
+from facemae_plugin.models.activations import (PReLU, frozen_kernel, generated_frozen_kernel, generated_kernel,
+                                                prelu, prelu_layers, use_kernel)
 from facemae_plugin.models.backbones import StridedDepthwiseConv2d, get_backbone
 from facemae_plugin.models.frozen import frozen_recogniser
 
@@ -38,11 +38,12 @@ def test_every_prelu_kernel_gives_atens_values_and_input_gradient(dtype, channel
     x, slope = inputs(dtype, channels_last)
     grad = torch.randn(x.shape).to(dtype)
     out, grad_x, grad_slope = gradients(aten, x, slope, grad)
-    for kernel in (prelu, generated_kernel(), frozen_kernel):
+    frozen = (frozen_kernel, generated_frozen_kernel())
+    for kernel in (prelu, generated_kernel(), *frozen):
         k_out, k_grad_x, k_grad_slope = gradients(kernel, x, slope, grad)
         assert torch.equal(k_out, out) and k_out.dtype == dtype
         assert torch.equal(k_grad_x, grad_x)
-        if kernel is frozen_kernel:
+        if kernel in frozen:
             assert k_grad_slope is None  # the frozen recogniser's slopes are not trained
         else:  # summed in another order (aten sums bf16 in bf16): both within rounding of float64's
             exact = gradients(aten, x.double(), slope.double(), grad.double())[2].float()

@@ -49,7 +49,9 @@ def failing_compile(fn, **options):
 def test_a_failing_compiler_falls_back_to_eager_with_one_line_and_the_same_training(synth_dir, tmp_path,
                                                                                     monkeypatch, capsys):
     eager_losses, _, eager_model = recogniser_losses(synth_dir, tmp_path / "eager", compile=False)
+    teacher = str(tmp_path / "eager" / "model.pt")
     eager_parts, _ = pretraining_losses(synth_dir, tmp_path / "eager-mae", compile=False)
+    eager_irm_parts, _ = pretraining_losses(synth_dir, tmp_path / "eager-irm", teacher, compile=False)
     monkeypatch.setitem(compiled.COMPILE_AFTER_IMAGES, "cpu", 0)
     monkeypatch.setattr(compiled.torch, "compile", failing_compile)
     capsys.readouterr()
@@ -60,10 +62,13 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_line_and_the_same_train
     assert runtime == "eager (torch.compile failed)"
     assert losses == eager_losses and all(torch.equal(model[k], eager_model[k]) for k in model)
 
-    # FaceMAE has no PReLU: on a CPU nothing of it compiles, so nothing fails
+    # FaceMAE has no PReLU: on a CPU nothing of it compiles without IRM's teacher, so nothing fails
     parts, runtime = pretraining_losses(synth_dir, tmp_path / "fallback-mae")
     assert runtime == "eager" and parts == eager_parts
     assert capsys.readouterr().err.strip() == ""
+    parts, runtime = pretraining_losses(synth_dir, tmp_path / "fallback-irm", teacher)  # the teacher's kernel fails
+    assert runtime == "eager (torch.compile failed)" and parts == eager_irm_parts
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
     monkeypatch.setitem(compiled.STRATEGY, "cpu", "step")  # the whole step, as on CUDA
     parts, runtime = pretraining_losses(synth_dir, tmp_path / "fallback-mae-step")
@@ -87,7 +92,8 @@ def test_a_step_that_fails_eagerly_too_raises_its_own_error():
 def test_compiled_steps_match_eager_ones_and_repeat_exactly(synth_dir, tmp_path, monkeypatch):
     """Both loops compiled the way each device compiles them. On a CPU, the recogniser's PReLU
     kernel computes aten's values, so the first loss is eager's exactly; later steps stay close
-    (the slopes' gradients are summed in another order). The whole step (CUDA's way, run here on a
+    (the slopes' gradients are summed in another order); IRM's teacher trains no slope, so
+    pretraining with its kernels repeats eager pretraining exactly. The whole step (CUDA's way, run here on a
     CPU): the first step's losses equal eager ones to float rounding, later ones stay close (fused
     kernels round differently, and float32 backward through a deep BatchNorm stack is itself only a
     few parts in a thousand from float64). A second compiled run repeats the first exactly."""
@@ -102,6 +108,10 @@ def test_compiled_steps_match_eager_ones_and_repeat_exactly(synth_dir, tmp_path,
     assert runs[0][0] == pytest.approx(eager_losses, rel=5e-2)
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][2][key], runs[1][2][key]) for key in runs[0][2])
+
+    # IRM's frozen teacher passes the same input gradients through its generated kernels: no part differs
+    prelu_parts, runtime = pretraining_losses(synth_dir, tmp_path / "prelu-mae", teacher)
+    assert runtime == "torch.compile (PReLU)" and prelu_parts == eager_parts
 
     monkeypatch.setitem(compiled.STRATEGY, "cpu", "step")
     runs = [recogniser_losses(synth_dir, tmp_path / f"compiled-{i}") for i in range(2)]

@@ -5,9 +5,9 @@
   pass with it, so BatchNorm, PReLU, LayerNorm and the attention's small ops fuse into fewer passes
   over memory. The optimiser step stays eager: it is a small share of a step.
 - CPU (``"prelu"``): a whole-step graph is barely faster than oneDNN's eager convolutions there and
-  takes minutes to build, while one layer's eager kernel is slow: the trained recogniser's PReLU
-  runs a generated kernel (``models.activations``), built in seconds. FaceMAE has no PReLU, so
-  pretraining on a CPU stays eager (its frozen teacher has its own kernel, ``models.frozen``).
+  takes minutes to build, while one layer's eager kernel is slow: the PReLU layers that gradients
+  flow through run generated kernels (``models.activations``), built in seconds: the trained
+  recogniser's, and in pretraining the backward of IRM's frozen teacher's (FaceMAE has none).
 
 A loop compiles only when its job, images times epochs, is long enough to repay the build
 (``COMPILE_AFTER_IMAGES``, per device type); ``enabled=False`` (the verbs' ``--no-compile``) keeps
@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from ..models.activations import generated_kernel, prelu_layers, use_kernel
+from ..models.activations import generated_frozen_kernel, generated_kernel, prelu_layers
 
 # Images (times epochs) a training job must reach before it compiles, per device type. A CUDA step
 # runs thousands of images a second, so the build's tens of seconds are worth hundreds of thousands
@@ -49,7 +49,7 @@ class TrainingCompiler:
         self.strategy = STRATEGY.get(torch.device(device).type, "step")
         self.active = bool(enabled) and compile_pays(device, job_images)
         self.failed = False
-        self._models = []  # models whose PReLU layers run the generated kernel
+        self._replaced = []  # (PReLU layer, the kernel it ran before a generated one)
 
     @property
     def runtime(self):
@@ -59,16 +59,17 @@ class TrainingCompiler:
             return "eager (torch.compile failed)"
         return "torch.compile" if self.strategy == "step" else "torch.compile (PReLU)"
 
-    def compile(self, fn, model):
+    def compile(self, fn, *models):
         """``fn``, or what runs it compiled: ``fn``'s graph (``"step"``) until a failure, or ``fn``
-        itself once ``model``'s PReLU layers run the generated kernel (``"prelu"``; a model without
-        PReLU layers trains eagerly)."""
+        itself once the PReLU layers of ``models`` (the trained model, and a frozen one the loss
+        backpropagates through) run generated kernels (``"prelu"``; a step without PReLU layers
+        runs eagerly)."""
         if not self.active:
             return fn
         # On a machine without CUDA, compiling logs that it found none: true, and not the user's concern.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         if self.strategy == "prelu":
-            self._compile_prelu(model)
+            self._compile_prelu([layer for model in models for layer in prelu_layers(model)])
             return fn
         compiled = torch.compile(fn)
 
@@ -76,24 +77,26 @@ class TrainingCompiler:
             return fn(*args, **kwargs) if self.failed else compiled(*args, **kwargs)
         return run
 
-    def _compile_prelu(self, model):
-        if not prelu_layers(model):
-            self.active = False  # nothing of this model compiles: it trains eagerly
+    def _compile_prelu(self, layers):
+        if not layers:
+            self.active = False  # nothing of this step compiles: it trains eagerly
             return
-        kernel = generated_kernel()
-        try:  # build it now, on a small input, so a compiler that cannot run fails before training
-            probe = torch.linspace(-1, 1, 16).view(2, 2, 2, 2).requires_grad_(True)  # no draw from the seeded RNG
-            kernel(probe, torch.full((1, 2, 1, 1), 0.25, requires_grad=True)).sum().backward()
-        except Exception as exc:  # the compiler's failure: prelu itself cannot fail on these inputs
+        kernels = {True: generated_kernel(), False: generated_frozen_kernel()}  # by whether the slope trains
+        try:  # build each one used now, on a small input, so a compiler that cannot run fails before training
+            for trained in {layer.weight.requires_grad for layer in layers}:
+                probe = torch.linspace(-1, 1, 16).view(2, 2, 2, 2).requires_grad_(True)  # no draw from the seeded RNG
+                kernels[trained](probe, torch.full((1, 2, 1, 1), 0.25, requires_grad=trained)).sum().backward()
+        except Exception as exc:  # the compiler's failure: the kernels cannot fail on these inputs
             self._fall_back(exc)
             return
-        use_kernel(model, kernel)
-        self._models.append(model)
+        self._replaced = [(layer, layer.kernel) for layer in layers]
+        for layer in layers:
+            layer.kernel = kernels[layer.weight.requires_grad]
 
     def _fall_back(self, exc):
         self.failed = True
-        for model in self._models:
-            use_kernel(model, None)
+        for layer, kernel in self._replaced:
+            layer.kernel = kernel
         reason = (str(exc).strip().splitlines() or [""])[0][:160]
         print(f"facemae: torch.compile failed ({type(exc).__name__}: {reason}); training without it",
               file=sys.stderr)

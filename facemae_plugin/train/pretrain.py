@@ -164,7 +164,7 @@ def pretrain(cfg, device=None, progress=True, resume=False, max_steps=None, comp
     steps_per_epoch = len(dataset) // (cfg.batch_size * process.world_size)
     total_steps, warmup_steps = steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch
     compiler = TrainingCompiler(process.device, len(dataset) * cfg.num_epoch, enabled=compile)
-    loss_of = compiler.compile(pretraining_loss(cfg, model, objective, update), mae)
+    loss_of = compiler.compile(pretraining_loss(cfg, model, objective, update), mae, objective)
     originals = teacher_cache(cfg, objective, update, len(dataset), cfg.num_epoch)
     grid_batch = fixed_grid_batch(dataset, cfg.mae.grid_images)
     trained_on = dataset.shard.fingerprint() if process.is_main else None  # kept in the checkpoint
