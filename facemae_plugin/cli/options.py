@@ -96,9 +96,9 @@ SHARED_OPTIONS = {
     "overwrite": (("--overwrite", dict(action="store_true", help="replace an existing output (never an input)")),),
     "compile-training": (("--no-compile", dict(dest="compile", action="store_false", help=(
         "keep the training step eager (by default a job long enough to repay the build, images times epochs, "
-        "compiles with torch.compile: on a CPU, from a few thousand images, the trained recogniser's PReLU "
-        "kernel; on CUDA, from hundreds of thousands, the whole forward, loss and backward; a failure to "
-        "compile falls back to eager with one line)"))),),
+        "compiles with torch.compile: on a CPU, from a few thousand images, the PReLU kernels of the trained "
+        "recogniser and of IRM's teacher; on CUDA, from hundreds of thousands, the whole forward, loss and "
+        "backward; a failure to compile falls back to eager with one line)"))),),
     # How convert and release privatize the images: the method and its parameters.
     "method": (
         ("--checkpoint", dict(default=None, help="facemae.pt (needed by --method facemae)")),

@@ -160,7 +160,8 @@ def _benchmark(args):
 
 def add_demo(verbs):
     p = verbs.add_parser("demo", parents=parents("common"),
-                         help="the whole pipeline on the embedded synthetic default (CPU: about an hour on 2 cores)",
+                         help="the whole pipeline on the embedded synthetic default (CPU: about half an hour "
+                              "on 2 cores with native bf16)",
                          description="Synthesise disjoint identity splits, train a teacher and FaceMAE tiny + IRM "
                                      "on split A, release split B through FaceMAE and through blur, train the same "
                                      "recogniser on the originals and on each release, verify each on held-out "

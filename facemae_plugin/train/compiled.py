@@ -27,7 +27,7 @@ from ..models.activations import generated_frozen_kernel, generated_kernel, prel
 # runs thousands of images a second, so the build's tens of seconds are worth hundreds of thousands
 # of eager images; a CPU's PReLU kernel builds in seconds and repays them within a few thousand.
 COMPILE_AFTER_IMAGES = {"cuda": 300_000, "cpu": 2_000}
-# What compiles on each device type: the whole step, or the trained recogniser's PReLU layers.
+# What compiles on each device type: the whole step, or the PReLU layers gradients flow through.
 STRATEGY = {"cuda": "step", "cpu": "prelu"}
 
 
