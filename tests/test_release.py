@@ -191,6 +191,43 @@ def test_the_adaptive_attacker_skipped_or_without_a_training_set_is_said_on_the_
     assert (skipped["adaptive"], alone["adaptive"]) == ("skipped", "no training set")
 
 
+@pytest.mark.slow
+def test_adaptive_attackers_fine_tuned_from_each_recogniser_are_audited_and_on_the_card(world, tmp_path):
+    out = tmp_path / "released"
+    card = release_dataset(world / "ds", out, make_privatizer("blur", sigma=3.0), attackers_of(world),
+                           quiet(training_set=world / "other", adaptive_from_attackers=True, reapply=False))
+    by_name = {a["name"]: a for a in card["attackers"]}
+    assert list(by_name) == ["pixels", "attacker", "adaptive", "adaptive-attacker"]
+    assert {name: a["started_from"] for name, a in by_name.items()} == {
+        "pixels": None, "attacker": None, "adaptive": None, "adaptive-attacker": "attacker"}
+    for name in ("adaptive", "adaptive-attacker"):
+        assert by_name[name]["kind"] == "adaptive"
+        with open(out / "audit" / name / "audit.json") as f:
+            assert json.load(f)["mean_source_cosine"] == by_name[name]["leakage"]["mean_source_cosine"]
+    # both train with the recipe's seed on the same pairs: only the start tells them apart
+    assert by_name["adaptive"]["leakage"]["mean_source_cosine"] != \
+        by_name["adaptive-attacker"]["leakage"]["mean_source_cosine"]
+    for threat, entry in card["worst_case"].items():
+        assert entry["value"] == max(a["leakage"][entry["metric"]] for a in card["attackers"])
+    text = text_of(out)
+    assert "- adaptive-attacker: the attacker recogniser fine-tuned on the training set" in text
+    assert "- adaptive: a face recogniser trained from random weights" in text
+    assert not os.path.exists(out / ".adaptive")
+
+
+def test_adaptive_attackers_from_attackers_need_a_training_set_and_model_pts(world, tmp_path):
+    result = facemae("release", world / "ds", tmp_path / "a", "--method", "blur", "--attacker",
+                     world / "attacker" / "model.pt", "--attacker-network", "mbf", "--adaptive-from-attackers",
+                     "--quiet", check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--adaptive-from-attackers: the adaptive attackers train on --training-set" in result.stderr
+    onnx = [Attacker(str(tmp_path / "attacker.onnx"))]
+    with pytest.raises(ReleaseError, match="attacker.onnx is an ONNX model; only a model.pt"):
+        release_dataset(world / "ds", tmp_path / "b", make_privatizer("blur"), onnx,
+                        quiet(training_set=world / "other", adaptive_from_attackers=True))
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------- calibration
 
 

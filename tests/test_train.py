@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from facemae_plugin.config import ConfigError
+from facemae_plugin.core.errors import CheckpointError
 from facemae_plugin.data.dataset import normalise
 from facemae_plugin.models.backbones import load_backbone
 from facemae_plugin.models.mae import FaceMAE, create_facemae
@@ -29,6 +30,24 @@ def test_recogniser_writes_an_arcface_model_pt(synth_dir, tmp_path):
     assert 0.0 <= summary["epochs"][0]["val"]["holdout"] <= 1.0
     with open(os.path.join(tmp_path, "summary.json")) as f:  # the data it learnt from, named by its .idx
         assert json.load(f)["data"] == summary["data"] == expected_fingerprint(synth_dir)
+
+
+def test_a_recogniser_started_from_a_model_pt_trains_from_its_weights(synth_dir, tmp_path):
+    first = train_recogniser(recognition_config(synth_dir, tmp_path / "first", val_targets=[]), progress=False)
+    # the warmup's first step has learning rate 0: it moves nothing, so the weights saved are the ones it started from
+    frozen = dict(warmup_epoch=1, val_targets=[], seed=4)
+    started = train_recogniser(recognition_config(synth_dir, tmp_path / "started", **frozen), progress=False,
+                               start=first["model"], max_steps=1)
+    scratch = train_recogniser(recognition_config(synth_dir, tmp_path / "scratch", **frozen), progress=False,
+                               max_steps=1)
+    weights = {name: dict(load_backbone(summary["model"], "mbf").named_parameters())
+               for name, summary in (("first", first), ("started", started), ("scratch", scratch))}
+    assert all(torch.equal(weights["started"][key], value) for key, value in weights["first"].items())
+    assert not all(torch.equal(weights["scratch"][key], value) for key, value in weights["first"].items())
+    assert started["started_from"] == first["model"] and scratch["started_from"] is None
+    with pytest.raises(CheckpointError, match="does not fit network 'r18'"):
+        train_recogniser(recognition_config(synth_dir, tmp_path / "other", network="r18", **frozen), progress=False,
+                         start=first["model"], max_steps=1)
 
 
 def expected_fingerprint(shard_dir):

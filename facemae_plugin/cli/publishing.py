@@ -87,6 +87,10 @@ def add_release(verbs):
     p.add_argument("--no-adaptive", dest="adaptive", action="store_false",
                    help="with --training-set, skip training the adaptive attacker (the card then says the worst "
                         "case assumes an attacker who has not trained on faces privatized by this method)")
+    p.add_argument("--adaptive-from-attackers", action="store_true",
+                   help="with --training-set, also fine-tune each --attacker model.pt the same way (adaptive-NAME): "
+                        "an attacker who holds a face recogniser adapts it to the method rather than training one "
+                        "from nothing, and may re-identify more people; one more training per attacker")
     p.add_argument("--target-leakage", type=number(float, 0.0, 1.0), default=None, metavar="X",
                    help="release at the weakest setting of the method (mask ratio for facemae and masked, sigma for "
                         "blur, block size for pixelate, std for noise) whose rank-1 instance leakage is at most X (a "
@@ -107,7 +111,8 @@ def _release(args):
     attackers = _attackers(args.attacker, args.attacker_network)
     options = ReleaseOptions(
         convert=_convert_settings(args), val_bins=tuple(args.val or ()), training_set=args.training_set,
-        target_leakage=args.target_leakage, reapply=args.reapply, adaptive=args.adaptive, seed=args.seed or 0,
+        target_leakage=args.target_leakage, reapply=args.reapply, adaptive=args.adaptive,
+        adaptive_from_attackers=args.adaptive_from_attackers, seed=args.seed or 0,
         device=str(pick_device(args.device)), precision=args.precision, search=args.search, compile=args.compile,
         overwrite=args.overwrite, progress=not args.quiet, command="facemae " + shlex.join(args.argv))
     with _secret_seed(args, work_dirs=[os.path.abspath(args.out_dir) + PARTIAL_SUFFIX]):

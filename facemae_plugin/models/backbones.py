@@ -297,6 +297,20 @@ def _mismatch_report(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> s
     return "; ".join(parts)
 
 
+def _load_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The backbone state_dict in an arcface_torch `model.pt` (weights_only, a DDP prefix removed)."""
+    state_dict = load_weights_file(path, "recogniser model.pt", map_location="cpu")
+    if not is_tensor_dict(state_dict):
+        raise CheckpointError(f"{path} is not a backbone state_dict (expected a dict of tensors, "
+                              f"as arcface_torch saves in model.pt)")
+    return _strip_ddp_prefix(state_dict)
+
+
+def stored_embedding_size(path: str, name: str) -> int:
+    """The embedding width of the `name` network in the `model.pt` at `path` (512 where it does not say)."""
+    return _embedding_size(_load_state_dict(path), name) or 512
+
+
 def load_backbone(path: str, name: str, device: str = "cpu",
                   num_features: Optional[int] = None, fp16: bool = False) -> nn.Module:
     """Load an arcface_torch `model.pt` (a backbone state_dict) into a fresh `name` network.
@@ -305,11 +319,7 @@ def load_backbone(path: str, name: str, device: str = "cpu",
     width; None reads it from the file. fp16: as `get_backbone`'s. Returns the network on
     `device` in eval mode.
     """
-    state_dict = load_weights_file(path, "recogniser model.pt", map_location="cpu")
-    if not is_tensor_dict(state_dict):
-        raise CheckpointError(f"{path} is not a backbone state_dict (expected a dict of tensors, "
-                              f"as arcface_torch saves in model.pt)")
-    state_dict = _strip_ddp_prefix(state_dict)
+    state_dict = _load_state_dict(path)
     if num_features is None:
         num_features = _embedding_size(state_dict, name) or 512
     model = get_backbone(name, num_features=num_features, fp16=fp16)

@@ -5,7 +5,8 @@ Recognisers trained on obfuscated faces defeat blur and pixelation (McPherson, S
 people, privatizes it with the published method and parameters (a seed of its own: it cannot know a
 secret one), and trains the recogniser recipe on each original beside its privatized twin under one
 label, so it learns to match a privatized face to its source. ``facemae release --training-set``
-and the benchmark (split A) train one each.
+and the benchmark (split A) train one each from random weights; ``facemae release
+--adaptive-from-attackers`` also fine-tunes each recogniser it was given the same way.
 """
 import os
 import shutil
@@ -37,16 +38,28 @@ def beside_release(training_set, folder, privatizer, settings, progress=False):
     return pairs
 
 
-def train_adaptive_attacker(training_set, folder, privatizer, settings, device, progress, recipe=None):
-    """Train the adaptive attacker in ``folder``; returns ``(model.pt, network)``."""
-    from ..config import merge_config
-    from ..train.recognise import train_recogniser
-
+def train_adaptive_attackers(training_set, folder, privatizer, settings, device, progress, starts=(None,),
+                             recipe=None):
+    """Train one adaptive attacker in ``folder`` per entry of ``starts``, all on the same pairs: None trains
+    the recipe from random weights, ``(model.pt, network)`` fine-tunes that recogniser instead (an attacker
+    who holds a face recogniser adapts it to the method). Returns their ``(model.pt, network)``, in order."""
     recipe = {**RECIPE, **(recipe or {})}
     pairs = beside_release(training_set, folder, privatizer, settings)
+    return [_train_on_pairs(pairs, os.path.join(folder, f"recogniser-{i}"), recipe, start, device, progress)
+            for i, start in enumerate(starts)]
+
+
+def _train_on_pairs(pairs, output, recipe, start, device, progress):
+    from ..config import merge_config
+    from ..models.backbones import stored_embedding_size
+    from ..train.recognise import train_recogniser
+
+    model, network = start or (None, recipe["network"])
+    width = recipe["embedding_size"] if model is None else stored_embedding_size(model, network)
     with FaceShard(pairs) as shard:
         num_classes, images = shard.fingerprint()["identities"], len(shard)  # layout A: one identity record each
-    cfg = merge_config({**recipe, "rec": pairs, "num_classes": num_classes, "val_targets": [],
+    cfg = merge_config({**recipe, "network": network, "embedding_size": width, "rec": pairs,
+                        "num_classes": num_classes, "val_targets": [],
                         "batch_size": min(recipe["batch_size"], images),  # a small set still trains
-                        "output": os.path.join(folder, "recogniser")})
-    return train_recogniser(cfg, device=device, progress=progress)["model"], recipe["network"]
+                        "output": output})
+    return train_recogniser(cfg, device=device, progress=progress, start=model)["model"], network

@@ -19,7 +19,7 @@ from ..evaluation.suite import LEAKAGE_KEYS
 
 CARD_JSON = "RELEASE.json"
 CARD_MD = "RELEASE.md"
-CARD_VERSION = 2
+CARD_VERSION = 3
 LOOKALIKE_KEYS = ("training_identities", "threshold", "released_fraction", "original_fraction", "mcnemar_z",
                   "flagged", "top_identities")
 THREAT_WORDS = {"instance": "instance (its own source photo is the top match)",
@@ -27,17 +27,18 @@ THREAT_WORDS = {"instance": "instance (its own source photo is the top match)",
                                     "top match)"}
 
 
-def attacker_entry(name, recogniser, figures, audit_report, verification, audit_dir):
+def attacker_entry(name, recogniser, figures, audit_report, verification, audit_dir, started_from=None):
     """One attacker on the card: what it is, its accuracy on each ``.bin`` and its audit's figures.
 
-    ``recogniser``: ``(Attacker, embedder, sha256)`` of a recogniser, None for the pixel and
-    reapply attackers; ``figures``: its entry in the suite's ``leakage.json``.
+    ``recogniser``: ``(Attacker, embedder, sha256)`` of a recogniser, None for the pixel, reapply and
+    adaptive attackers; ``figures``: its entry in the suite's ``leakage.json``; ``started_from``: the
+    recogniser attacker an adaptive one was fine-tuned from (None: random weights, or not adaptive).
     """
     attacker, embedder, sha256 = recogniser or (None, None, None)
     lookalikes = audit_report.get("training_set")
     return {
         "name": name, "kind": figures["kind"], "model": attacker.model if attacker else None, "sha256": sha256,
-        "network": attacker.network if attacker else None,
+        "network": attacker.network if attacker else None, "started_from": started_from,
         "precision": embedder.precision if embedder is not None else audit_report.get("precision"),
         "verification": {v["name"]: {"accuracy": v["accuracy_flip"], "accuracy_std": v["accuracy_std"],
                                      "pairs": v["pairs"], "path": v["path"]} for v in verification},
@@ -234,8 +235,10 @@ def _attacker_lines(card):
             lines.append(f"- {a['name']}: no model; nearest neighbour in 28x28 grey pixels, mean-centred; "
                          f"report `{a['audit']}`")
         elif a["kind"] == "adaptive":
-            lines.append(f"- {a['name']}: a face recogniser trained on the training set beside its release by this "
-                         f"method (a seed of its own), so it has learnt to see through it; report `{a['audit']}`")
+            start = (f"the {a['started_from']} recogniser fine-tuned" if a["started_from"] else
+                     "a face recogniser trained from random weights")
+            lines.append(f"- {a['name']}: {start} on the training set beside its release by this method (a seed of "
+                         f"its own), so it has learnt to see through it; report `{a['audit']}`")
         else:
             seed = "the published seed" if card["seed"] == "published" else "a seed of its own"
             searcher = a["name"].split("-", 1)[1] if "-" in a["name"] else "the pixel attacker"

@@ -23,7 +23,7 @@ from ..convert.settings import ConvertSettings
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import CalibrationOptions, calibrate
 from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, public_paths, write_card
-from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attacker
+from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attackers
 from .reapply import reapply_attackers
 
 PARTIAL_SUFFIX = ".partial"
@@ -47,7 +47,8 @@ class ReleaseOptions:
     recogniser is verified on. ``training_set``: the shard a FaceMAE reconstructor was trained on
     (other people than the release's), for the look-alike audit (``evaluation.lookalikes``) and,
     unless ``adaptive`` is False, to train the adaptive attacker on (``publish.adaptive``;
-    calibration runs without it). ``target_leakage``: release at the weakest setting whose
+    calibration runs without it); ``adaptive_from_attackers``: also fine-tune each recogniser attacker
+    into an adaptive one on that set (``publish.adaptive``). ``target_leakage``: release at the weakest setting whose
     worst-case rank-1 instance leakage is at most this (``calibrate``). ``seed``: the audit's and
     the calibration's draws (impostor samples, the calibration subset), not the privatizer's.
     ``precision`` and ``compile``: how the recognisers run (``evaluation.embed.load_embedder``);
@@ -60,6 +61,7 @@ class ReleaseOptions:
     target_leakage: Optional[float] = None
     reapply: bool = True
     adaptive: bool = True
+    adaptive_from_attackers: bool = False
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"
@@ -108,6 +110,7 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
                            "holds one image per original (--k 1)")
     trained = training_set_entry(options.training_set, source)
     reconstructor = reconstructor_entry(privatizer, source, trained)
+    check_adaptive_starts(attackers, trained, options)
     suite, recognisers = load_attackers(attackers, options.device, options.precision, options.compile)
     val_sets = load_val_sets(options.val_bins)
     calibration = None
@@ -119,13 +122,14 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
         privatizer = privatizer_at(calibration["value"])
 
     provenance = convert_into(in_dir, staging, privatizer, options, convert, converted)
-    adaptive = None
+    adaptive, started_from = [], {}
     if trained is not None and options.adaptive:
-        adaptive = adaptive_attacker(options.training_set, staging, privatizer, options)
+        adaptive, started_from = adaptive_attackers(options.training_set, staging, privatizer, recognisers, options)
     summary = audit_release(in_dir, staging, privatizer, suite, options, embedding_cache, adaptive)
     entries = [attacker_entry(name, recognisers.get(name), entry, summary["reports"][name],
                               verify_attacker(recognisers.get(name), val_sets, options),
-                              os.path.join(AUDIT_DIR, name)) for name, entry in summary["attackers"].items()]
+                              os.path.join(AUDIT_DIR, name), started_from.get(name))
+               for name, entry in summary["attackers"].items()]
     save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
                          spread_keys(in_dir, SAMPLE_FACES))
     with FaceShard(staging) as released:
@@ -168,6 +172,19 @@ def refuse_above_target(calibration, worst, staging):
         f"against {', '.join(calibration['attackers'])}, the whole release leaks {worst['value'] * 100:.2f}% rank-1 "
         f"instance under the {worst['attacker']} attacker; no release written (the work is kept in {staging}); "
         "ask for a lower target")
+
+
+def check_adaptive_starts(attackers, training_set, options):
+    """``--adaptive-from-attackers`` needs the training set and recognisers it can fine-tune (``model.pt``)."""
+    if not options.adaptive_from_attackers:
+        return
+    if training_set is None or not options.adaptive:
+        raise ReleaseError("--adaptive-from-attackers: the adaptive attackers train on --training-set A_DIR "
+                           "(and not with --no-adaptive)")
+    for attacker in attackers:
+        if attacker.network is None:
+            raise ReleaseError(f"--adaptive-from-attackers: {attacker.model} is an ONNX model; only a model.pt "
+                               "with its --attacker-network can be fine-tuned")
 
 
 def training_set_entry(training_set, source):
@@ -273,26 +290,32 @@ def adaptive_state(training_set, adaptive):
     return "trained" if adaptive else "skipped"
 
 
-def adaptive_attacker(training_set, staging, privatizer, options):
-    """The adaptive attacker of this release (``ReleaseOptions``), trained in ``staging/.adaptive``, as a
-    ``SuiteAttacker``."""
+def adaptive_attackers(training_set, staging, privatizer, recognisers, options):
+    """The adaptive attackers of this release (``ReleaseOptions``), trained in ``staging/.adaptive``: one
+    from random weights, then with ``options.adaptive_from_attackers`` one fine-tuned from each of
+    ``recognisers`` (``load_attackers``' map), named ``adaptive-<its name>``. Returns ``(SuiteAttacker``s,
+    ``{name: the recogniser it started from}``)."""
     from ..evaluation.embed import load_embedder
     from ..evaluation.suite import SuiteAttacker
 
-    model, network = train_adaptive_attacker(training_set, os.path.join(staging, ADAPTIVE_DIR), privatizer,
-                                             options.convert, options.device, options.progress)
-    embedder = load_embedder(model, network, device=options.device, precision=options.precision,
-                             compile=options.compile)
-    # model=None: the file goes with .adaptive before the card, so nothing names or caches it
-    return SuiteAttacker(ADAPTIVE, embedder, ADAPTIVE, model=None)
+    started_from = {f"{ADAPTIVE}-{name}": name for name in recognisers} if options.adaptive_from_attackers else {}
+    names = [ADAPTIVE, *started_from]
+    starts = [None] + [(recognisers[name][0].model, recognisers[name][0].network) for name in started_from.values()]
+    models = train_adaptive_attackers(training_set, os.path.join(staging, ADAPTIVE_DIR), privatizer, options.convert,
+                                      options.device, options.progress, starts=starts)
+    # model=None: the files go with .adaptive before the card, so nothing names or caches them
+    suite = [SuiteAttacker(name, load_embedder(model, network, device=options.device, precision=options.precision,
+                                               compile=options.compile), ADAPTIVE, model=None)
+             for name, (model, network) in zip(names, models)]
+    return suite, started_from
 
 
-def audit_release(in_dir, staging, privatizer, suite, options, embedding_cache=None, adaptive=None):
+def audit_release(in_dir, staging, privatizer, suite, options, embedding_cache=None, adaptive=()):
     """Every attacker's audit of the release in ``staging`` (``evaluation.suite``), the ``adaptive``
-    ``SuiteAttacker`` too when given: the suite's record, with each attacker's ``audit.json`` under ``reports``."""
+    ``SuiteAttacker``s too: the suite's record, with each attacker's ``audit.json`` under ``reports``."""
     from ..evaluation.suite import audit_suite
 
-    attackers = list(suite) + ([adaptive] if adaptive is not None else [])
+    attackers = list(suite) + list(adaptive or ())
     gallery = os.path.join(staging, REAPPLY_DIR)
     if options.reapply:
         attackers += reapply_attackers(in_dir, gallery, privatizer, options.convert, released=staging,

@@ -28,7 +28,7 @@ from ..evaluation.embed import decode_faces, embed_with_flip
 from ..evaluation.verification import ten_fold_accuracy
 from ..formats.binfile import load_bin
 from ..formats.shard import FaceShard
-from ..models.backbones import get_backbone
+from ..models.backbones import get_backbone, load_backbone
 from ..privatizers.facemae import ReconstructionStage, check_offline_release
 from .compiled import TrainingCompiler
 from .common import (OptimizerStep, atomic_save, make_loader, polynomial_warmup_lr, reduce_mean,
@@ -102,13 +102,14 @@ def build_optimizer(cfg, params):
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_steps=None, compile=True):
+def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_steps=None, compile=True, start=None):
     """Train a recogniser from ``cfg``; returns a summary dict (also saved as ``summary.json``).
 
     ``batch_stage(images, keys) -> images`` transforms each batch on the device before the
     backbone (the FaceMAE reconstruction stage). ``max_steps`` stops early (tests, smoke runs).
     ``compile``: compile the training step where the job repays it (``train.compiled``); False keeps
-    it eager.
+    it eager. ``start``: a ``model.pt`` of ``cfg.network`` whose weights the backbone starts from (a
+    fine-tune) instead of random ones; the margin head starts random either way.
     """
     check_recognition_config(cfg)
     process = setup_process(device)
@@ -118,8 +119,10 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     dataset = FaceRecordDataset(cfg.rec, flip=cfg.get("flip", True), with_keys=True,
                                 defer_flip=batch_stage is not None)
     # channels_last lets oneDNN/cuDNN pick their fast convolution kernels
-    backbone = get_backbone(cfg.network, cfg.embedding_size, fp16=mixed_precision(process.device, cfg.fp16)).to(
-        process.device, memory_format=torch.channels_last)
+    fp16 = mixed_precision(process.device, cfg.fp16)
+    backbone = (get_backbone(cfg.network, cfg.embedding_size, fp16=fp16) if start is None else
+                load_backbone(start, cfg.network, num_features=cfg.embedding_size, fp16=fp16).train())
+    backbone = backbone.to(process.device, memory_format=torch.channels_last)
     head = MarginSoftmax(cfg.embedding_size, cfg.num_classes, cfg.margin_list).to(process.device)
     if process.distributed:
         backbone, head = DistributedDataParallel(backbone), DistributedDataParallel(head)
@@ -160,7 +163,7 @@ def train_recogniser(cfg, device=None, progress=True, batch_stage=None, max_step
     summary = {"model": os.path.join(cfg.output, "model.pt"), "steps": step, "epochs": history,
                "images_per_s": step * cfg.batch_size * process.world_size / (time.time() - started),
                "world_size": process.world_size, "device": str(process.device), "runtime": compiler.runtime,
-               "data": dataset.shard.fingerprint() if process.is_main else None}
+               "started_from": start, "data": dataset.shard.fingerprint() if process.is_main else None}
     if process.is_main:
         with open(os.path.join(cfg.output, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
