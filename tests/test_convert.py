@@ -336,6 +336,25 @@ def test_rerun_redoes_only_unfinished_shards(shard_a, checkpoint, tmp_path):
     assert not shards.exists()  # merged, shards cleaned up
 
 
+def test_a_stop_while_a_writer_opens_its_files_leaves_no_temporary_file(shard_a, checkpoint, tmp_path, monkeypatch):
+    opened = []
+
+    class StoppedInConstructor(RecordWriter):  # SIGTERM raises wherever Python next checks signals: say, here
+        def __init__(self, *paths):
+            super().__init__(*paths)
+            opened.append(self.rec_path)
+            if len(opened) == 2:  # the second shard's: the first is finished, so the output is kept
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr("facemae_plugin.convert.job.RecordWriter", StoppedInConstructor)
+    # kept, the traceback keeps the half-built writer alive, as a process exiting on SIGTERM does
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_convert(shard_a, tmp_path / "out", stage(checkpoint), batch_size=3, num_shards=4)
+    shards = tmp_path / "out" / "shards"
+    assert (shards / "shard-0of4.done.json").is_file() and stopped.traceback
+    assert sorted(p.name for p in shards.iterdir() if ".tmp-" in p.name) == []
+
+
 @pytest.mark.slow
 def test_killed_conversion_leaves_nothing_whole_and_resumes_to_the_same_bytes(checkpoint, tmp_path):
     source = tmp_path / "in"

@@ -144,6 +144,13 @@ class Conversion:
 
     def _run_shard(self, i, executor, bar):
         self.shards.remove(i)  # leftovers of a killed run: temp files, a marker of an unfinished shard
+        try:
+            self._write_shard(i, executor, bar)
+        except BaseException:  # a stop (Ctrl-C, SIGTERM) after a writer opened its files but before its block began
+            self.shards.remove_temporary(i)
+            raise
+
+    def _write_shard(self, i, executor, bar):
         rec, idx, _ = self.shards.files(i)
         start, end = self.range(i)
         ahead = max(2, 2 * self.workers)

@@ -81,11 +81,15 @@ class ShardFolder:
 
     def remove(self, i):
         """Shard i's files, marker and temporary files (and the tail's, for the last shard)."""
-        rec, idx, marker = self.files(i)
-        remove_files(marker, marker + ".tmp-*", rec, idx, rec + ".tmp-*", idx + ".tmp-*")
-        if i == self.num_shards - 1:
-            for path in (*self.tail_files(), *self.meta_files()):
-                remove_files(path, path + ".tmp-*")
+        remove_files(*self._paths(i))
+        self.remove_temporary(i)
+
+    def remove_temporary(self, i):
+        """Shard i's temporary files (and the tail's, for the last shard): never a finished file."""
+        remove_files(*(path + ".tmp-*" for path in self._paths(i)))
+
+    def _paths(self, i):
+        return (*self.files(i), *((*self.tail_files(), *self.meta_files()) if i == self.num_shards - 1 else ()))
 
     def done(self, i):
         rec, idx, marker_path = self.files(i)
