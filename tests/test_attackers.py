@@ -8,16 +8,17 @@ import torch
 
 from facemae_plugin.convert import convert
 from facemae_plugin.data.synthetic import make_synthetic_dataset
-from facemae_plugin.evaluation.attackers import PIXEL_SIDE, THREATS, PixelAttacker, unique_names, worst_case
+from facemae_plugin.evaluation.attackers import (PIXEL_SIDE, THREATS, VERBATIM, PixelAttacker, VerbatimAttacker,
+                                                 unique_names, worst_case)
 from facemae_plugin.evaluation.audit import AuditOptions, audit
 from facemae_plugin.evaluation.retrieval import without_source
-from facemae_plugin.evaluation.suite import SuiteAttacker, audit_suite, pixel_attacker
+from facemae_plugin.evaluation.suite import SuiteAttacker, audit_suite, model_free_attackers, pixel_attacker
 from facemae_plugin.formats.shard import FaceShard
 from facemae_plugin.models.backbones import get_backbone
 from facemae_plugin.publish.reapply import REAPPLY, attacker_privatizer, reapply_attackers
 from facemae_plugin.privatizers.methods import make_privatizer
 from tests.helpers import IN_PROCESS
-from tests.oracles import brute_force_metrics
+from tests.oracles import brute_force_metrics, visible_patch_matcher
 
 
 def numpy_pixel_vectors(shard):
@@ -148,3 +149,49 @@ def test_the_adaptive_attacker_sees_through_blur_better_than_the_teacher(tmp_pat
     with FaceShard(tmp_path / "adaptive" / "adaptive-blur_s8" / "data" / "train") as pairs, \
             FaceShard(experiment.splits["train"]) as train:
         assert len(pairs) == 2 * len(train) and len(pairs.identity_keys) == len(train.identity_keys)
+
+
+# ----------------------------------------------------------------------------- what a method keeps verbatim
+
+
+def masks_of(privatizer, shard_dir):
+    """``{key: [L] mask}`` the privatizer drew for each record: what the oracle may look at."""
+    with FaceShard(shard_dir) as shard:
+        keys = [int(k) for k in shard.image_keys]
+    side = 112 // privatizer.patch_size
+    return dict(zip(keys, privatizer.masks(torch.tensor(keys), side * side).numpy()))
+
+
+@pytest.mark.slow
+def test_a_release_card_reports_what_masked_and_paste_keep_as_a_brute_force_patch_matcher_finds(faces, tmp_path):
+    from facemae_plugin.models.mae import create_facemae
+    from facemae_plugin.publish.release import ReleaseOptions, release_dataset
+
+    torch.manual_seed(0)
+    checkpoint = create_facemae("tiny", patch_size=8).save_checkpoint(tmp_path / "facemae.pt")
+    options = ReleaseOptions(convert=IN_PROCESS, progress=False, reapply=False)
+    cards, oracles = {}, {}
+    for name, privatizer in (("masked", make_privatizer("masked", mask_ratio=0.9, seed=11)),
+                             ("paste", make_privatizer("facemae", checkpoint=checkpoint, mask_ratio=0.75,
+                                                       output="paste", seed=11))):
+        cards[name] = release_dataset(faces / "ds", tmp_path / name, privatizer, [], options)
+        same_masks = make_privatizer("masked", mask_ratio=privatizer.mask_ratio, seed=11)
+        oracles[name] = visible_patch_matcher(faces / "ds", tmp_path / name, masks_of(same_masks, faces / "ds"), 8,
+                                              every=5)
+    worst = {name: card["worst_case"]["instance"] for name, card in cards.items()}
+    assert abs(worst["masked"]["value"] - oracles["masked"]) <= 0.02 and worst["masked"]["attacker"] == VERBATIM
+    assert worst["paste"]["value"] >= oracles["paste"] >= 0.9
+    # the thumbnail alone averages the visible patches with the grey fill and misses many sources
+    pixels = next(a for a in cards["masked"]["attackers"] if a["name"] == "pixels")
+    assert pixels["leakage"]["instance_rank1"] < oracles["masked"] - 0.2
+
+
+def test_the_verbatim_attacker_embeds_flat_cells_as_zero_and_textured_cells_at_unit_length():
+    rng = np.random.default_rng(0)
+    image = torch.zeros(1, 3, 8, 8)  # grey everywhere: [1, 3, H, W]
+    image[0, :, :4, :4] = torch.from_numpy(rng.uniform(-1, 1, (3, 4, 4))).float()  # one textured cell
+    vector = VerbatimAttacker()(image).reshape(4, 16)  # [cells, 4 * 4], row-major cells
+    grey = (image[0].double().numpy() * np.array([0.299, 0.587, 0.114])[:, None, None]).sum(0)[:4, :4].ravel()
+    want = (grey - grey.mean()) / np.linalg.norm(grey - grey.mean())
+    np.testing.assert_allclose(vector[0].double().numpy(), want, atol=1e-6)
+    assert torch.count_nonzero(vector[1:]) == 0

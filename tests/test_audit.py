@@ -239,10 +239,11 @@ def test_cli_audit_end_to_end_with_a_random_mbf(few_faces, tmp_path):
     summary, last = result.stdout.strip().splitlines()[-2:]
     suite = json.loads(last)
     assert summary.startswith("audit: 18 released vs 18 originals; worst case: instance")
-    out_dir = released / "audit"  # the default report folder
+    out_dir = tmp_path / "released.private" / "audit"  # the default report folder: beside the release, private
+    assert not (released / "audit").exists() and os.stat(out_dir.parent).st_mode & 0o777 == 0o700
     with open(out_dir / "leakage.json") as f:
         assert json.load(f) == suite
-    assert list(suite["attackers"]) == ["pixels", "attacker"]  # the pixel attacker always runs, first
+    assert list(suite["attackers"]) == ["pixels", "verbatim", "attacker"]  # the model-free attackers always run
     for name, entry in suite["attackers"].items():
         with open(out_dir / name / "audit.json") as f:
             report = json.load(f)
@@ -259,7 +260,7 @@ def test_cli_audit_end_to_end_with_a_random_mbf(few_faces, tmp_path):
         worst = suite["worst_case"][threat]
         assert worst["value"] == max(entry[metric] for entry in suite["attackers"].values())
         assert suite["attackers"][worst["attacker"]][metric] == worst["value"]
-    assert sorted(os.listdir(out_dir)) == ["attacker", "leakage.json", "pixels"]
+    assert sorted(os.listdir(out_dir)) == ["attacker", "leakage.json", "pixels", "verbatim"]
 
 
 def test_cli_audit_mismatched_shards_is_one_error_line(synthetic_faces, tmp_path):

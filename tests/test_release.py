@@ -15,6 +15,7 @@ from facemae_plugin.publish.calibrate import BISECTION_STEPS, VALUE_DECIMALS, Ca
 from facemae_plugin.publish.release import Attacker, ReleaseError, ReleaseOptions, release_dataset
 from facemae_plugin.privatizers.methods import STRENGTHS, make_privatizer
 from tests.helpers import IN_PROCESS, facemae
+from tests.oracles import originals_shown
 
 
 def quiet(**changes):
@@ -53,6 +54,13 @@ def attackers_of(world):
     return [Attacker(str(world / "attacker" / "model.pt"), "mbf")]
 
 
+PUBLISHED_FILES = {"train.rec", "train.idx", "property", "facemae_provenance.json", "RELEASE.json", "RELEASE.md"}
+
+
+def published_files(out):
+    return set(tree_hashes(out))
+
+
 def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figures(world, tmp_path):
     before = tree_hashes(world / "ds")
     out = tmp_path / "released"
@@ -63,22 +71,27 @@ def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figur
     card = json.loads(result.stdout.strip().splitlines()[-1])
     with open(out / "RELEASE.json") as f:
         assert json.load(f) == card
-    with open(out / "audit" / "attacker" / "audit.json") as f:
+    private = tmp_path / "released.private"
+    assert str(private) in result.stdout and "released.private" not in json.dumps(card) + text_of(out)
+    assert os.stat(private).st_mode & 0o777 == 0o700
+    with open(private / "audit" / "attacker" / "audit.json") as f:
         report = json.load(f)
-    assert [a["name"] for a in card["attackers"]] == ["pixels", "attacker", "reapply", "reapply-attacker"]
-    attacker = card["attackers"][1]
+    names = ["pixels", "verbatim", "attacker", "reapply", "reapply-attacker"]
+    assert [a["name"] for a in card["attackers"]] == names
+    attacker = card["attackers"][2]
     for key, value in attacker["leakage"].items():
         assert report[key] == value, key
-    # paths inside the release are relative to it, so they hold wherever it is copied
-    assert report["released"] == "." and report["report"] == os.path.join("audit", "attacker", "audit.json")
-    assert all(os.path.isfile(out / path) for path in report["plots"].values())
+    # the release holds the shard, its card and one aggregate figure per attacker; nothing else
+    figures = {f"figures/{name}-similarity.png" for name in names}
+    assert published_files(out) == PUBLISHED_FILES | figures
+    assert {path for a in card["attackers"] for path in a["plots"].values()} == figures
     for threat, entry in card["worst_case"].items():  # the card leads with the largest figure of each threat
         values = {a["name"]: a["leakage"][entry["metric"]] for a in card["attackers"]}
         assert entry["value"] == max(values.values()) and values[entry["attacker"]] == entry["value"]
     # blur is deterministic: re-applied with the card's parameters it gives the release's bytes
-    assert card["attackers"][2]["leakage"]["instance_rank1"] == 1.0 == card["worst_case"]["instance"]["value"]
+    assert card["attackers"][3]["leakage"]["instance_rank1"] == 1.0 == card["worst_case"]["instance"]["value"]
     # ... and searched by the recogniser too, which knows each released face's very bytes among the gallery
-    assert card["attackers"][3]["leakage"]["instance_rank1"] == 1.0
+    assert card["attackers"][4]["leakage"]["instance_rank1"] == 1.0
     assert "reapply-attacker: knows the method" in text_of(out) and "searches with attacker" in text_of(out)
     # The released shard is what `facemae convert` makes with the same settings, byte for byte.
     convert(world / "ds", tmp_path / "converted", make_privatizer("blur", sigma=4.0), IN_PROCESS, progress=False)
@@ -89,10 +102,13 @@ def test_cli_release_writes_the_shard_its_audit_and_a_card_with_the_audits_figur
     assert attacker["sha256"] == hashlib.sha256((world / "attacker" / "model.pt").read_bytes()).hexdigest()
     assert list(attacker["verification"]) == ["holdout"] and attacker["verification"]["holdout"]["pairs"] == 20
     text = (out / "RELEASE.md").read_text()
-    assert f"{report['instance_rank1'] * 100:.2f}%" in text and "facemae release" in text and "samples.png" in text
+    assert f"{report['instance_rank1'] * 100:.2f}%" in text and "facemae release" in text
     assert text.index("## Worst case") < text.index("## What was released")
     assert f"**100.00%** rank-1, by the **{card['worst_case']['instance']['attacker']}** attacker" in text
-    assert os.path.isfile(out / "samples.png") and not os.path.exists(f"{out}.partial")
+    assert not os.path.exists(f"{out}.partial")
+    # the originals are shown in the private folder (the oracle sees them there) and nowhere in the release
+    assert {file for file, _, _ in originals_shown(private, world / "ds")} >= {"samples.png"}
+    assert originals_shown(out, world / "ds") == []
     assert tree_hashes(world / "ds") == before
 
 
@@ -165,7 +181,7 @@ def test_a_facemae_release_names_its_reconstructor_and_the_look_alikes_of_its_tr
                            attackers_of(world), quiet(training_set=world / "other"))
     assert card["reconstructor"]["trained_on"] == trained_on
     assert card["reconstructor"]["sha256"] == hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
-    with open(tmp_path / "released" / "audit" / "attacker" / "audit.json") as f:
+    with open(tmp_path / "released.private" / "audit" / "attacker" / "audit.json") as f:
         lookalikes = json.load(f)["training_set"]
     recogniser = next(a for a in card["attackers"] if a["kind"] == "recogniser")
     assert {k: lookalikes[k] for k in recogniser["training_set"]} == recogniser["training_set"]
@@ -173,11 +189,12 @@ def test_a_facemae_release_names_its_reconstructor_and_the_look_alikes_of_its_tr
     assert "Look-alikes of the 6 identities" in (tmp_path / "released" / "RELEASE.md").read_text()
     # the training set also trained the adaptive attacker, audited like the others, then removed
     adaptive = next(a for a in card["attackers"] if a["kind"] == "adaptive")
-    with open(tmp_path / "released" / "audit" / "adaptive" / "audit.json") as f:
+    with open(tmp_path / "released.private" / "audit" / "adaptive" / "audit.json") as f:
         assert json.load(f)["instance_rank1"] == adaptive["leakage"]["instance_rank1"]
     assert card["adaptive"] == "trained" and card["worst_case"]["instance"]["value"] >= \
         adaptive["leakage"]["instance_rank1"]
     assert not os.path.exists(tmp_path / "released" / ".adaptive")
+    assert not os.path.exists(tmp_path / "released.private" / ".adaptive")
 
 
 def test_the_adaptive_attacker_skipped_or_without_a_training_set_is_said_on_the_card(world, tmp_path):
@@ -202,7 +219,7 @@ def test_adaptive_attackers_fine_tuned_from_each_recogniser_are_audited_and_on_t
         "pixels": None, "attacker": None, "adaptive": None, "adaptive-attacker": "attacker"}
     for name in ("adaptive", "adaptive-attacker"):
         assert by_name[name]["kind"] == "adaptive"
-        with open(out / "audit" / name / "audit.json") as f:
+        with open(tmp_path / "released.private" / "audit" / name / "audit.json") as f:
             assert json.load(f)["mean_source_cosine"] == by_name[name]["leakage"]["mean_source_cosine"]
     # both train with the recipe's seed on the same pairs: only the start tells them apart
     assert by_name["adaptive"]["leakage"]["mean_source_cosine"] != \

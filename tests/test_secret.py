@@ -88,7 +88,7 @@ def test_a_release_without_a_seed_publishes_no_seed_and_no_path_of_this_machine(
     assert files_holding(out, str(seed)) == [] and files_holding(out, str(tmp_path)) == []
     card = json.loads((out / "RELEASE.json").read_text())
     assert card["seed"] == "secret" and card["method"]["seed"] == "secret"
-    assert [a["name"] for a in card["attackers"]] == ["pixels", "reapply"]
+    assert [a["name"] for a in card["attackers"]] == ["pixels", "verbatim", "reapply"]
     assert "Seed: secret" in (out / "RELEASE.md").read_text()
 
     given = facemae("release", ds, tmp_path / "given", "--method", "noise", "--seed", 5, "--workers", 0, "--quiet")
@@ -125,3 +125,22 @@ def test_a_refused_command_leaves_no_secret_but_a_started_one_keeps_it(ds, tmp_p
     again = facemae("convert", ds, tmp_path / "out", "--method", "noise", "--num-shards", 2, "--quality", 101,
                     "--quiet")
     assert again.returncode == 2 and (tmp_path / "out.secret.json").is_file()  # shard 0 needs it to resume
+
+
+def test_a_stopped_release_whose_secret_is_gone_is_refused_and_started_again_with_overwrite(ds, tmp_path):
+    out, partial = tmp_path / "released", tmp_path / "released.partial"
+    started = facemae("convert", ds, partial, "--method", "noise", "--workers", 0, "--quiet")  # a finished conversion
+    assert started.returncode == 0, started.stderr
+    before = (partial / "train.rec").read_bytes()
+    args = ("release", ds, out, "--method", "noise", "--workers", 0, "--no-reapply", "--quiet")
+    refused = facemae(*args)  # no released.secret.json: a new secret would not regenerate what is there
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "the secret of" in lines[0] and "--overwrite" in lines[0]
+    assert not out.exists() and not (tmp_path / "released.secret.json").exists()
+    assert (partial / "train.rec").read_bytes() == before  # nothing of it touched
+    again = facemae(*args, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    seed = json.loads((tmp_path / "released.secret.json").read_text())["seed"]
+    regenerated = tmp_path / "regenerated"
+    convert(ds, regenerated, make_privatizer("noise", std=25.0, seed=seed), IN_PROCESS, progress=False)
+    assert (regenerated / "train.rec").read_bytes() == (out / "train.rec").read_bytes() != before

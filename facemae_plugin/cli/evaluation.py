@@ -60,7 +60,9 @@ def add_audit(verbs):
     p.add_argument("--model", default=None,
                    help="a recogniser attacker: model.pt (arcface_torch state_dict) or model.onnx (default: the "
                         "pixel attacker alone)")
-    p.add_argument("--out", default=None, help="report folder (default: <released>/audit)")
+    p.add_argument("--out", default=None,
+                   help="report folder; it shows original faces (leak examples), so keep it private (default: "
+                        "<released>.private/audit, a folder only you can open, beside the release)")
     p.add_argument("--max-impostors", type=POSITIVE_INT, default=1_000_000,
                    help="impostor pairs scored; more are sampled with --seed (default 1000000)")
     p.add_argument("--search", choices=AUDIT_SEARCHES, default="auto",
@@ -87,14 +89,14 @@ def add_audit(verbs):
 def _audit(args):
     from ..core.devices import pick_device
     from ..evaluation.attackers import worst_text
-    from ..evaluation.audit import AuditOptions, check_release
+    from ..evaluation.audit import AuditOptions, check_release, default_audit_dir
     from ..evaluation.suite import audit_suite, load_suite
 
     check_release(args.original, args.released, args.training_set)  # mismatched shards fail before the model loads
     device = str(pick_device(args.device))
     attackers = load_suite([(args.model, args.network)] if args.model is not None else [], device, args.precision,
                            args.compile)
-    out_dir = args.out or os.path.join(args.released, "audit")
+    out_dir = args.out or default_audit_dir(args.released)
     options = AuditOptions(batch_size=args.batch_size, device=device, search=args.search,
                            recall_queries=args.recall_queries, embedding_dtype=args.embedding_dtype, seed=args.seed,
                            max_impostors=args.max_impostors, progress=not args.quiet)

@@ -106,6 +106,7 @@ def _release(args):
 
     from ..core.devices import pick_device
     from ..evaluation.attackers import worst_text
+    from ..publish.private import private_path
     from ..publish.release import PARTIAL_SUFFIX, ReleaseOptions, release_dataset
 
     attackers = _attackers(args.attacker, args.attacker_network)
@@ -120,7 +121,8 @@ def _release(args):
                                privatizer_at=lambda value: _privatizer(_with_strength(args, value)))
     leaks = "; ".join(attacker_text(a["name"], a["leakage"]) for a in card["attackers"])
     return (f"release: {card['released']['images']} images ({card['method']['method']}) -> {args.out_dir}; worst "
-            f"case: {worst_text(card['worst_case'])}; {leaks}; card {os.path.join(args.out_dir, 'RELEASE.md')}"), card
+            f"case: {worst_text(card['worst_case'])}; {leaks}; card {os.path.join(args.out_dir, 'RELEASE.md')}; "
+            f"audits and sample sheets showing the originals in {private_path(args.out_dir)} (keep it private)"), card
 
 
 def add_benchmark(verbs):
@@ -205,7 +207,7 @@ def _secret_seed(args, work_dirs=()):
         args.secret_seed = None
         yield
         return
-    with drawn_seed(args.out_dir, work_dirs=work_dirs) as (args.secret_seed, _):
+    with drawn_seed(args.out_dir, work_dirs=work_dirs, overwrite=args.overwrite) as (args.secret_seed, _):
         yield
 
 

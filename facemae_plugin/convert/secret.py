@@ -45,13 +45,19 @@ def publisher_seed(out_dir, seed=None):
 
 
 @contextlib.contextmanager
-def drawn_seed(out_dir, seed=None, work_dirs=()):
+def drawn_seed(out_dir, seed=None, work_dirs=(), overwrite=False):
     """``publisher_seed`` for the block that makes ``out_dir``: a secret drawn here goes again when the
     block fails on bad input (``FaceMAEError``, ``OSError``) before ``out_dir`` or any of ``work_dirs`` (where the
     output is made first) exists, so that a refused command leaves nothing behind; once output exists,
-    a resume needs the secret and it stays."""
+    a resume needs the secret and it stays.
+
+    A work folder left by a stopped run was made with a secret; when that secret is gone, a new one
+    would not regenerate what is there, so the run is refused, or with ``overwrite`` the work folder
+    is removed and the run starts again."""
     path = secret_path(out_dir)
     fresh = seed is None and not os.path.lexists(path)
+    if fresh:
+        _refuse_orphaned_work(path, work_dirs, overwrite)
     drawn = publisher_seed(out_dir, seed)
     try:
         yield drawn
@@ -60,6 +66,19 @@ def drawn_seed(out_dir, seed=None, work_dirs=()):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         raise
+
+
+def _refuse_orphaned_work(path, work_dirs, overwrite):
+    import shutil
+
+    for work in work_dirs:
+        refuse_link(work)
+        if not os.path.lexists(work):
+            continue
+        if not overwrite:
+            raise SecretError(f"the secret of {work} is gone ({path} is missing), so its work cannot be resumed: "
+                              "start again with --overwrite")
+        shutil.rmtree(work)
 
 
 def read_secret(path):

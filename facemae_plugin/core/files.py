@@ -18,6 +18,20 @@ from .errors import OutputError
 
 LOCK_NAME = ".facemae.lock"
 TMP_MARK = ".tmp-"
+PRIVATE_SUFFIX = ".private"
+
+
+def private_path(out_dir):
+    """``OUT_DIR.private``: beside an output a user may publish, where what shows its originals is kept."""
+    return os.path.abspath(os.fspath(out_dir)).rstrip(os.sep) + PRIVATE_SUFFIX
+
+
+def make_private_dir(path):
+    """``path`` as a folder only its owner can open (mode 0700, also when it existed); returns it."""
+    refuse_link(path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def temp_name(path):

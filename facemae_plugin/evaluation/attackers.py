@@ -7,6 +7,11 @@ strongest knowledge (docs/privacy.md):
   pixels      no model: grey pixels at 28x28, mean-centred, so the search ranks by correlation.
               Blur, pixelation and partial masks keep the coarse face; this alone finds most of
               their sources. Always run.
+  verbatim    no model: grey pixels at full resolution in 4x4 cells, each cell centred and scaled
+              to unit length, flat cells dropped, so a released face scores by how many of its
+              cells reappear in a photo: what a method keeps verbatim (the visible patches of
+              ``masked`` and FaceMAE ``paste``) finds its source, where a thumbnail averages it
+              away with the fill. Always run.
   recognisers a face recogniser (``.pt`` or ``.onnx``): the teacher, an informed one, any the user names.
   adaptive    a recogniser trained on other people's faces beside their privatized twins, so it has
               learnt to see through the method (``publish.adaptive``).
@@ -24,7 +29,10 @@ import torch
 import torch.nn.functional as F
 
 PIXELS = "pixels"
+VERBATIM = "verbatim"
 PIXEL_SIDE = 28  # 112 / 4: whole 4x4 blocks, so the pooling is a plain block mean
+VERBATIM_CELL = 4  # divides every patch size a method masks with on 112x112 faces (8, 16, 28, 56)
+FLAT_CELL = 2.0 / 255 * 2  # grey std in the normalised space below which a cell is flat (2 grey levels)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 grey, as cv2.cvtColor(..., COLOR_RGB2GRAY) weighs it
 # threat -> the audit metric that measures it (rank-1: the attacker's single best guess)
 THREATS = {"instance": "instance_rank1", "reidentification": "reid_rank1"}
@@ -50,6 +58,36 @@ class PixelAttacker(torch.nn.Module):
         grey = (images.float() * self.luma).sum(1, keepdim=True)  # [N, 1, H, W]
         small = F.adaptive_avg_pool2d(grey, self.side).flatten(1)  # [N, side * side]
         return small - small.mean(1, keepdim=True)  # [N, side * side]; the audit scales rows to unit length
+
+
+class VerbatimAttacker(torch.nn.Module):
+    """The model-free attacker on what a method keeps: ``[N, 3, H, W]`` normalised RGB -> ``[N, H * W]``.
+
+    Grey pixels in ``cell`` x ``cell`` cells; each cell centred and scaled to unit length, or zero
+    when flat (a grey fill, a pixelation block, a plain background: nothing of a photo). The inner
+    product of two faces is then the sum over cells textured in both of the cells' correlations,
+    so a cell copied from the source adds about 1 and any other cell adds its chance correlation.
+    """
+
+    flip = False
+    precision = "fp32"
+    runtime = VERBATIM
+
+    def __init__(self, cell=VERBATIM_CELL, flat=FLAT_CELL):
+        super().__init__()
+        self.cell, self.flat = cell, flat
+        self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1))
+
+    def forward(self, images):  # [N, 3, H, W]
+        grey = (images.float() * self.luma).sum(1)  # [N, H, W]
+        n, h, w = grey.shape
+        c = self.cell
+        cells = grey.reshape(n, h // c, c, w // c, c).transpose(2, 3).reshape(n, -1, c * c)  # [N, L, c*c]
+        cells = cells - cells.mean(-1, keepdim=True)
+        norms = cells.norm(dim=-1, keepdim=True)  # [N, L, 1]
+        textured = norms > self.flat * c  # a cell's std above ``flat``: norm = std * sqrt(c * c)
+        cells = torch.where(textured, cells / norms.clamp_min(1e-12), torch.zeros_like(cells))
+        return cells.flatten(1)  # [N, L * c * c]
 
 
 def attacker_stem(model):

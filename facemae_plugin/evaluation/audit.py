@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.errors import FaceMAEError
-from ..core.files import sha256_file, write_json
+from ..core.files import make_private_dir, private_path, sha256_file, write_json
 from ..data.dataset import normalise
 from ..formats.shard import PROVENANCE_NAME, FaceShard, lineage_problem
 from .embed import embed_for_search, embedding_job, passes_per_image
@@ -183,8 +183,17 @@ def _embed_and_search(original, released, embed, options):
     query, query_labels = embed(released, "released")
     check_same_labels(original, gallery_labels, released, released_labels=query_labels)
     result = evaluate_retrieval(query, gallery, released.image_keys, original.image_keys, query_labels,
-                                gallery_labels, options, normalised=True)
+                                gallery_labels, options, normalised=True, gallery_copies=copies_of(original))
     return result, query_labels, query, gallery
+
+
+def copies_of(shard):
+    """``[N]`` int64, one value per distinct image payload of ``shard`` (``image_keys`` order): records
+    holding byte-identical photos share it, so an attacker who finds a copy of a source has found it."""
+    import hashlib
+
+    digests = b"".join(hashlib.blake2b(shard.read(key)[1], digest_size=8).digest() for key in shard.image_keys)
+    return np.unique(np.frombuffer(digests, "<i8"), return_inverse=True)[1].astype(np.int64)
 
 
 def _training_set_leakage(training_dir, query, gallery, source_index, embed, options):
@@ -202,15 +211,16 @@ def audit(original_dir, released_dir, embedder, options=AuditOptions(), out_dir=
     (``AuditOptions``); returns the report dict.
 
     ``embedder``: a torch recogniser or ``OnnxEmbedder`` (see ``embed.load_embedder``); ``model``
-    only names it in the report. ``out_dir`` defaults to ``<released_dir>/audit``; embeddings live
-    on disk there while the audit runs. ``training_set``: the shard the release's reconstructor was
+    only names it in the report. ``out_dir`` (it shows original faces: leak examples) defaults to
+    ``<released_dir>.private/audit``, never inside the release; embeddings live on disk there while
+    the audit runs. ``training_set``: the shard the release's reconstructor was
     trained on; adds ``training_set``, its look-alikes among the released and the original images
     (``lookalikes``).
     ``embedding_cache``: a folder where the original's and the training set's embeddings are kept
     for later audits by the same ``model`` file (``embedding_store.EmbeddingCache``).
     ``attacker``: the attacker's name in the report (``attackers``); the model's file stem by default.
     """
-    out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(os.fspath(released_dir), "audit")
+    out_dir = os.fspath(out_dir) if out_dir is not None else default_audit_dir(released_dir)
     attacker = attacker or (attacker_stem(model) if model else "attacker")
     with FaceShard(original_dir) as original, FaceShard(released_dir) as released:
         check_same_records(original, released)
@@ -241,6 +251,11 @@ def audit(original_dir, released_dir, embedder, options=AuditOptions(), out_dir=
               "plots": figures, "report": os.path.join(out_dir, AUDIT_JSON)}
     write_json(report["report"], report, sort_keys=False, default=str)
     return report
+
+
+def default_audit_dir(released_dir):
+    """``RELEASED.private/audit``: an audit shows original faces, so it goes beside the release, private."""
+    return os.path.join(make_private_dir(private_path(released_dir)), "audit")
 
 
 def leak_ranking(result, query_keys, gallery_keys, query_labels, count):

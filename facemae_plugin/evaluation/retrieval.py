@@ -156,10 +156,11 @@ def score_tar_at_far(genuine, impostor, far_target=FAR_TARGET):
 
 
 def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_labels, gallery_labels,
-                       options=SearchOptions(), normalised=False):
+                       options=SearchOptions(), normalised=False, gallery_copies=None):
     """Search every query in the gallery (cosine) as ``options`` (``SearchOptions``) say and measure
     leakage; see ``retrieval_metrics``. ``normalised=True``: the embeddings are unit rows already
-    (numpy or memory maps), used as they are.
+    (numpy or memory maps), used as they are. ``gallery_copies`` [G]: rows with equal values hold the
+    same photo (``audit.copies_of``); finding a copy of its source counts as finding the source.
     """
     ks = sorted({int(k) for k in options.ks})
     query_labels = _labels(query_labels, len(query_emb), "query")
@@ -185,7 +186,8 @@ def evaluate_retrieval(query_emb, gallery_emb, query_keys, gallery_keys, query_l
     impostors, exhaustive = collector.scores(), collector.exhaustive
 
     metrics = {"queries": int(len(q)), "gallery": int(len(g)), "dim": int(q.shape[1]), "search": search_info}
-    found_source = result.top_indices == source_index[:, None]  # [Q, depth]
+    copies = np.arange(len(g)) if gallery_copies is None else np.asarray(gallery_copies)  # [G]
+    found_source = copies[result.top_indices] == copies[source_index][:, None]  # [Q, depth]
     found_identity = gallery_labels[result.top_indices] == query_labels[:, None]  # [Q, depth]
     for k in ks:
         metrics[f"instance_rank{k}"] = float(found_source[:, :k].any(1).mean()) if len(q) else 0.0

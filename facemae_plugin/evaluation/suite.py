@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.files import write_json
-from .attackers import PIXELS, PixelAttacker, attacker_stem, unique_names, worst_case
+from .attackers import PIXELS, VERBATIM, PixelAttacker, VerbatimAttacker, attacker_stem, unique_names, worst_case
 from .audit import AuditOptions, audit
 
 LEAKAGE_JSON = "leakage.json"
@@ -36,13 +36,23 @@ def pixel_attacker():
     return SuiteAttacker(PIXELS, PixelAttacker(), PIXELS)
 
 
+def verbatim_attacker():
+    return SuiteAttacker(VERBATIM, VerbatimAttacker(), VERBATIM)
+
+
+def model_free_attackers():
+    """The attackers every audit runs, needing no model: the thumbnail and the verbatim matchers."""
+    return [pixel_attacker(), verbatim_attacker()]
+
+
 def load_suite(models, device="cpu", precision="fp32", compile=True):
-    """The pixel attacker, then one recogniser per ``(model file, network)`` in ``models``, each named
-    by its file (``attacker_stem``, numbered where names repeat) and loaded by ``embed.load_embedder``."""
+    """The model-free attackers, then one recogniser per ``(model file, network)`` in ``models``, each
+    named by its file (``attacker_stem``, numbered where names repeat) and loaded by ``embed.load_embedder``."""
     from .embed import load_embedder
 
-    names = unique_names([PIXELS, *(attacker_stem(model) for model, _ in models)])[1:]
-    return [pixel_attacker()] + [
+    free = model_free_attackers()
+    names = unique_names([a.name for a in free] + [attacker_stem(model) for model, _ in models])[len(free):]
+    return free + [
         SuiteAttacker(name, load_embedder(model, network, device=device, precision=precision, compile=compile),
                       "recogniser", model=model) for name, (model, network) in zip(names, models)]
 

@@ -6,8 +6,9 @@ shard by name, size and ``.idx`` hash; the method and every parameter, a secret 
 ``"secret"``; the reconstructor and the data it was trained on), who tried to find the sources
 (the pixel attacker, each recogniser by hash and network with its verification accuracy where
 ``.bin`` sets were given, ``reapply``) and how often each succeeded: every figure is the one in
-that attacker's ``audit.json``. Paths are relative to the release, or a file's bare name
-(``public_paths``): nothing says where anything lies on the publisher's machine.
+that attacker's ``audit.json`` (kept in the publisher's private folder, ``private``, since it ranks
+records). Paths are relative to the release, or a file's bare name (``public_paths``): nothing says
+where anything lies on the publisher's machine.
 """
 import os
 import shlex
@@ -16,10 +17,9 @@ from .. import __version__
 from ..core.files import atomic_file, json_text
 from ..evaluation.attackers import THREATS
 from ..evaluation.suite import LEAKAGE_KEYS
+from .private import CARD_JSON, CARD_MD
 
-CARD_JSON = "RELEASE.json"
-CARD_MD = "RELEASE.md"
-CARD_VERSION = 3
+CARD_VERSION = 4
 LOOKALIKE_KEYS = ("training_identities", "threshold", "released_fraction", "original_fraction", "mcnemar_z",
                   "flagged", "top_identities")
 THREAT_WORDS = {"instance": "instance (its own source photo is the top match)",
@@ -27,12 +27,13 @@ THREAT_WORDS = {"instance": "instance (its own source photo is the top match)",
                                     "top match)"}
 
 
-def attacker_entry(name, recogniser, figures, audit_report, verification, audit_dir, started_from=None):
+def attacker_entry(name, recogniser, figures, audit_report, verification, plots, started_from=None):
     """One attacker on the card: what it is, its accuracy on each ``.bin`` and its audit's figures.
 
-    ``recogniser``: ``(Attacker, embedder, sha256)`` of a recogniser, None for the pixel, reapply and
-    adaptive attackers; ``figures``: its entry in the suite's ``leakage.json``; ``started_from``: the
-    recogniser attacker an adaptive one was fine-tuned from (None: random weights, or not adaptive).
+    ``recogniser``: ``(Attacker, embedder, sha256)`` of a recogniser, None for the other attackers;
+    ``figures``: its entry in the suite's ``leakage.json``; ``plots``: its published aggregate plots
+    (``{kind: path in the release}``); ``started_from``: the recogniser attacker an adaptive one was
+    fine-tuned from (None: random weights, or not adaptive).
     """
     attacker, embedder, sha256 = recogniser or (None, None, None)
     lookalikes = audit_report.get("training_set")
@@ -45,14 +46,12 @@ def attacker_entry(name, recogniser, figures, audit_report, verification, audit_
         "leakage": {key: figures[key] for key in LEAKAGE_KEYS},
         "search": audit_report["search"],
         "training_set": None if lookalikes is None else {key: lookalikes[key] for key in LOOKALIKE_KEYS},
-        "audit": os.path.join(audit_dir, "audit.json"),
-        "plots": {kind: os.path.join(audit_dir, os.path.basename(path))
-                  for kind, path in audit_report["plots"].items()},
+        "plots": dict(plots),
     }
 
 
 def build_card(source, released, provenance, reconstructor, worst_case, attackers, training_set, calibration,
-               samples, command, seed_public=True, reapply=True, adaptive="no training set"):
+               command, seed_public=True, reapply=True, adaptive="no training set"):
     """The card as a JSON-ready dict (see the module docstring for what each part holds)."""
     return {
         "card_version": CARD_VERSION, "facemae_plugin": __version__, "command": public_command(command),
@@ -63,7 +62,7 @@ def build_card(source, released, provenance, reconstructor, worst_case, attacker
         "reconstructor": reconstructor, "training_set": training_set, "attackers": attackers,
         "reapply": "run" if reapply else "skipped",
         "adaptive": adaptive,
-        "calibration": calibration, "samples": samples,
+        "calibration": calibration,
     }
 
 
@@ -151,7 +150,9 @@ def render_markdown(card):
                      f"{_number(leak['tar_at_far'])} | {_number(leak['mean_source_cosine'])} | {searched} |")
     lines += _lookalike_lines(card)
     lines += _attacker_lines(card)
-    lines += ["", "## Look", "", f"![the same records, original and released]({card['samples']})", ""]
+    lines += ["", "## Look", "",
+              "How similar each attacker finds a released face to its own source, against other people's faces "
+              "(a release shows no original face, so none is drawn here):", ""]
     lines += [f"![{a['name']}: similarity of released images to their sources]({a['plots']['histogram']})"
               for a in card["attackers"] if "histogram" in a["plots"]]
     return "\n".join(lines) + "\n"
@@ -229,21 +230,22 @@ def _attacker_lines(card):
         if a["kind"] == "recogniser":
             accuracy = ", ".join(f"{name} {v['accuracy'] * 100:.2f}%" for name, v in a["verification"].items())
             lines.append(f"- {a['name']}: a face recogniser, `{a['model']}` (sha256 `{a['sha256']}`, "
-                         f"{a['network'] or 'onnx'}, {a['precision']}); verification: {accuracy or 'no .bin given'}; "
-                         f"report `{a['audit']}`")
+                         f"{a['network'] or 'onnx'}, {a['precision']}); verification: {accuracy or 'no .bin given'}")
         elif a["kind"] == "pixels":
-            lines.append(f"- {a['name']}: no model; nearest neighbour in 28x28 grey pixels, mean-centred; "
-                         f"report `{a['audit']}`")
+            lines.append(f"- {a['name']}: no model; nearest neighbour in 28x28 grey pixels, mean-centred")
+        elif a["kind"] == "verbatim":
+            lines.append(f"- {a['name']}: no model; counts the 4x4 cells of full-resolution grey pixels a released "
+                         "face shares with each photo (what a method keeps verbatim, such as visible patches)")
         elif a["kind"] == "adaptive":
             start = (f"the {a['started_from']} recogniser fine-tuned" if a["started_from"] else
                      "a face recogniser trained from random weights")
             lines.append(f"- {a['name']}: {start} on the training set beside its release by this method (a seed of "
-                         f"its own), so it has learnt to see through it; report `{a['audit']}`")
+                         f"its own), so it has learnt to see through it")
         else:
             seed = "the published seed" if card["seed"] == "published" else "a seed of its own"
             searcher = a["name"].split("-", 1)[1] if "-" in a["name"] else "the pixel attacker"
             lines.append(f"- {a['name']}: knows the method and every parameter on this card, privatizes the "
-                         f"originals the same way ({seed}) and searches with {searcher}; report `{a['audit']}`")
+                         f"originals the same way ({seed}) and searches with {searcher}")
     if card.get("adaptive") in ("skipped", "no training set"):
         why = ("skipped at the publisher's request" if card["adaptive"] == "skipped"
                else "not run: no --training-set was given to train it on")

@@ -1,14 +1,15 @@
 """``facemae release``: a privatized shard that carries its measured leakage.
 
     convert IN_DIR  ->  audit the release against IN_DIR with every attacker (the pixel attacker,
-    each recogniser, ``reapply``)  ->  verify each recogniser on the ``.bin`` sets  ->  sample sheet
-    ->  the card (``card``), led by the worst case, written last
+    the verbatim matcher, each recogniser, ``adaptive``, ``reapply``)  ->  verify each recogniser on
+    the ``.bin`` sets  ->  sample sheets  ->  the card (``card``), led by the worst case, written last
 
-Everything is made in ``OUT_DIR.partial`` beside ``OUT_DIR`` and renamed to ``OUT_DIR`` once the
+The release is made in ``OUT_DIR.partial`` beside ``OUT_DIR`` and renamed to ``OUT_DIR`` once the
 card is in it, so a folder named ``OUT_DIR`` is always a finished, audited release. A rerun of a
 stopped release resumes its conversion there (a finished conversion with the same provenance is
-kept; the audits run again). Nothing in the release names a path of the publisher's machine or a
-secret seed (``convert.secret``).
+kept; the audits run again). What shows an original (audits, sample sheets, the attackers' work)
+is made in ``OUT_DIR.private`` (``private``); the release holds only ``private.PUBLISHED``. Nothing
+in the release names a path of the publisher's machine or a secret seed (``convert.secret``).
 """
 import json
 import os
@@ -17,21 +18,21 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..core.errors import FaceMAEError
-from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, sha256_file, write_json
+from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, sha256_file
 from ..convert.layout import read_json_or_none
 from ..convert.settings import ConvertSettings
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import CalibrationOptions, calibrate
-from .card import CARD_JSON, CARD_MD, attacker_entry, build_card, public_paths, write_card
+from .card import attacker_entry, build_card, public_paths, write_card
 from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attackers
+from .private import FIGURES_DIR, SHARD_FILES, private_path, private_workspace, sweep
 from .reapply import reapply_attackers
 
 PARTIAL_SUFFIX = ".partial"
-AUDIT_DIR = "audit"
-REAPPLY_DIR = ".reapply"  # the reapply attacker's gallery while the audits run; removed before the card
-SAMPLES_PNG = "samples.png"
+AUDIT_DIR = "audit"  # in OUT_DIR.private: every attacker's audit.json, plots and leak examples
+REAPPLY_DIR = ".reapply"  # in OUT_DIR.private: the reapply attacker's gallery while the audits run
+SAMPLES_PNG = "samples.png"  # in OUT_DIR.private: originals above their released versions
 SAMPLE_FACES = 8
-RELEASE_FILES = (AUDIT_DIR, REAPPLY_DIR, ADAPTIVE_DIR, SAMPLES_PNG, CARD_JSON, CARD_MD)  # what a release adds to a conversion
 
 
 class ReleaseError(FaceMAEError):
@@ -103,8 +104,8 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
     from ..evaluation.samples import save_release_samples, spread_keys
 
     in_dir, out_dir = os.path.abspath(os.fspath(in_dir)), os.path.abspath(os.fspath(out_dir))
-    staging = out_dir + PARTIAL_SUFFIX
-    source = check_release_output(in_dir, out_dir, staging, options.overwrite)
+    staging, private = out_dir + PARTIAL_SUFFIX, private_path(out_dir)
+    source = check_release_output(in_dir, out_dir, staging, private, options.overwrite)
     if privatizer.k != 1:
         raise ReleaseError(f"--k {privatizer.k}: a release is audited record by record against its source, so it "
                            "holds one image per original (--k 1)")
@@ -114,23 +115,26 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
     suite, recognisers = load_attackers(attackers, options.device, options.precision, options.compile)
     val_sets = load_val_sets(options.val_bins)
     calibration = None
-    if options.target_leakage is not None:
-        calibration = calibrate(in_dir, os.path.dirname(out_dir), provenance_method(privatizer), privatizer_at, suite,
-                                CalibrationOptions(options.target_leakage, options.convert, seed=options.seed,
-                                                   device=options.device, progress=options.progress,
-                                                   reapply=options.reapply))
-        privatizer = privatizer_at(calibration["value"])
+    with private_workspace(private, staging):  # the audits run again on a resume: nothing earlier is kept
+        if options.target_leakage is not None:
+            calibration = calibrate(in_dir, private, provenance_method(privatizer), privatizer_at, suite,
+                                    CalibrationOptions(options.target_leakage, options.convert, seed=options.seed,
+                                                       device=options.device, progress=options.progress,
+                                                       reapply=options.reapply))
+            privatizer = privatizer_at(calibration["value"])
 
     provenance = convert_into(in_dir, staging, privatizer, options, convert, converted)
     adaptive, started_from = [], {}
     if trained is not None and options.adaptive:
-        adaptive, started_from = adaptive_attackers(options.training_set, staging, privatizer, recognisers, options)
-    summary = audit_release(in_dir, staging, privatizer, suite, options, embedding_cache, adaptive)
+        adaptive, started_from = adaptive_attackers(options.training_set, private, privatizer, recognisers, options)
+    summary = audit_release(in_dir, staging, private, privatizer, suite, options, embedding_cache, adaptive)
+    sweep(staging, keep=SHARD_FILES)  # a lock or scratch of a stopped conversion is never published
+    figures = publish_figures(summary["reports"], staging)
     entries = [attacker_entry(name, recognisers.get(name), entry, summary["reports"][name],
                               verify_attacker(recognisers.get(name), val_sets, options),
-                              os.path.join(AUDIT_DIR, name), started_from.get(name))
+                              figures[name], started_from.get(name))
                for name, entry in summary["attackers"].items()]
-    save_release_samples(os.path.join(staging, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
+    save_release_samples(os.path.join(private, SAMPLES_PNG), [("original", in_dir), ("released", staging)],
                          spread_keys(in_dir, SAMPLE_FACES))
     with FaceShard(staging) as released:
         released_entry = {"name": os.path.basename(out_dir), "images": len(released), "idx_sha256": released.idx_sha256}
@@ -138,9 +142,10 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
         calibration["released_instance_rank1"] = summary["worst_case"]["instance"]["value"]
         refuse_above_target(calibration, summary["worst_case"]["instance"], staging)
     card = build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries, trained,
-                      calibration, SAMPLES_PNG, options.command, seed_public=privatizer.seed_public,
+                      calibration, options.command, seed_public=privatizer.seed_public,
                       reapply=options.reapply, adaptive=adaptive_state(trained, options.adaptive))
     card = public_paths(card, staging, out_dir)
+    sweep(staging)  # exactly the published files, whatever a stopped run left
     write_card(staging, card)  # last: a folder with a card is a finished release
     replace_dir(staging, out_dir)
     return card
@@ -149,13 +154,13 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
 # ----------------------------------------------------------------------------- checks, before any work
 
 
-def check_release_output(in_dir, out_dir, staging, overwrite):
+def check_release_output(in_dir, out_dir, staging, private, overwrite):
     """Refuse an ``OUT_DIR`` that exists (without ``overwrite``) or overlaps the input; returns the source entry."""
     with FaceShard(in_dir) as shard:
-        refuse_overlap(out_dir, [shard.directory, shard.rec_path, shard.idx_path], output_is_dir=True)
-        refuse_overlap(staging, [shard.directory, shard.rec_path, shard.idx_path], output_is_dir=True)
+        for folder in (out_dir, staging, private):
+            refuse_overlap(folder, [shard.directory, shard.rec_path, shard.idx_path], output_is_dir=True)
         source = {"path": in_dir, **shard.fingerprint()}
-    for path in (out_dir, staging):
+    for path in (out_dir, staging, private):
         refuse_link(path)
     if os.path.lexists(out_dir) and not overwrite:
         raise OutputError(f"{out_dir}: exists; pass --overwrite to replace it with a new release")
@@ -216,13 +221,13 @@ def reconstructor_entry(privatizer, source, training_set):
 
 
 def load_attackers(attackers, device, precision, compile=True):
-    """``(suite, recognisers)``: the pixel attacker and every recogniser loaded (named uniquely) before any
+    """``(suite, recognisers)``: the model-free attackers and every recogniser loaded (named uniquely) before any
     work, as ``SuiteAttacker``s; ``recognisers`` maps a name to ``(Attacker, embedder, sha256)``."""
     from ..evaluation.suite import load_suite
 
     suite = load_suite([(a.model, a.network) for a in attackers], device, precision, compile)
     recognisers = {loaded.name: (attacker, loaded.embedder, sha256_file(attacker.model))
-                   for loaded, attacker in zip(suite[1:], attackers)}
+                   for loaded, attacker in zip([s for s in suite if s.kind == "recogniser"], attackers)}
     return suite, recognisers
 
 
@@ -254,12 +259,7 @@ def convert_into(in_dir, staging, privatizer, options, convert, converted=None):
         copy_conversion(converted, staging, expected_json)
         return expected
     if finished:  # another method or setting: the release files of that attempt go with it
-        for name in RELEASE_FILES:
-            path = os.path.join(staging, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            elif os.path.lexists(path):
-                os.remove(path)
+        sweep(staging, keep=SHARD_FILES)
     convert(in_dir, staging, privatizer, options.convert, overwrite=finished or options.overwrite,
             progress=options.progress)
     return expected
@@ -290,8 +290,8 @@ def adaptive_state(training_set, adaptive):
     return "trained" if adaptive else "skipped"
 
 
-def adaptive_attackers(training_set, staging, privatizer, recognisers, options):
-    """The adaptive attackers of this release (``ReleaseOptions``), trained in ``staging/.adaptive``: one
+def adaptive_attackers(training_set, private, privatizer, recognisers, options):
+    """The adaptive attackers of this release (``ReleaseOptions``), trained in ``private/.adaptive``: one
     from random weights, then with ``options.adaptive_from_attackers`` one fine-tuned from each of
     ``recognisers`` (``load_attackers``' map), named ``adaptive-<its name>``. Returns ``(SuiteAttacker``s,
     ``{name: the recogniser it started from}``)."""
@@ -301,7 +301,7 @@ def adaptive_attackers(training_set, staging, privatizer, recognisers, options):
     started_from = {f"{ADAPTIVE}-{name}": name for name in recognisers} if options.adaptive_from_attackers else {}
     names = [ADAPTIVE, *started_from]
     starts = [None] + [(recognisers[name][0].model, recognisers[name][0].network) for name in started_from.values()]
-    models = train_adaptive_attackers(training_set, os.path.join(staging, ADAPTIVE_DIR), privatizer, options.convert,
+    models = train_adaptive_attackers(training_set, os.path.join(private, ADAPTIVE_DIR), privatizer, options.convert,
                                       options.device, options.progress, starts=starts)
     # model=None: the files go with .adaptive before the card, so nothing names or caches them
     suite = [SuiteAttacker(name, load_embedder(model, network, device=options.device, precision=options.precision,
@@ -310,35 +310,47 @@ def adaptive_attackers(training_set, staging, privatizer, recognisers, options):
     return suite, started_from
 
 
-def audit_release(in_dir, staging, privatizer, suite, options, embedding_cache=None, adaptive=()):
+def audit_release(in_dir, staging, private, privatizer, suite, options, embedding_cache=None, adaptive=()):
     """Every attacker's audit of the release in ``staging`` (``evaluation.suite``), the ``adaptive``
-    ``SuiteAttacker``s too: the suite's record, with each attacker's ``audit.json`` under ``reports``."""
+    ``SuiteAttacker``s too, written under ``private/audit``: the suite's record, with each attacker's
+    ``audit.json`` under ``reports``."""
     from ..evaluation.suite import audit_suite
 
     attackers = list(suite) + list(adaptive or ())
-    gallery = os.path.join(staging, REAPPLY_DIR)
+    gallery = os.path.join(private, REAPPLY_DIR)
     if options.reapply:
         attackers += reapply_attackers(in_dir, gallery, privatizer, options.convert, released=staging,
                                        searchers=suite)
     try:
-        summary = audit_suite(in_dir, staging, attackers, os.path.join(staging, AUDIT_DIR), options.audit,
+        summary = audit_suite(in_dir, staging, attackers, os.path.join(private, AUDIT_DIR), options.audit,
                               training_set=options.training_set, embedding_cache=embedding_cache)
     finally:
         shutil.rmtree(gallery, ignore_errors=True)
-        shutil.rmtree(os.path.join(staging, ADAPTIVE_DIR), ignore_errors=True)
+        shutil.rmtree(os.path.join(private, ADAPTIVE_DIR), ignore_errors=True)
     reports = {}
     for name, entry in summary["attackers"].items():
-        reports[name] = publish_json(entry["report"], staging)
-    publish_json(summary["report"], staging)
+        with open(entry["report"]) as f:
+            reports[name] = json.load(f)
     return {**summary, "reports": reports}
 
 
-def publish_json(path, staging):
-    """The JSON file at ``path`` in ``staging`` rewritten with public paths (``card.public_paths``); returns it."""
-    with open(path) as f:
-        record = public_paths(json.load(f), staging)
-    write_json(path, record, sort_keys=False)
-    return record
+PUBLIC_PLOTS = {"histogram": "similarity", "training_set": "training-set"}  # aggregates: no face in them
+
+
+def publish_figures(reports, staging):
+    """Each attacker's aggregate plots copied into ``staging/figures`` as ``<attacker>-<plot>.png``;
+    returns ``{attacker: {plot: path relative to the release}}``. Leak examples stay private."""
+    folder = os.path.join(staging, FIGURES_DIR)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    figures = {}
+    for name, report in reports.items():
+        figures[name] = {}
+        for plot, stem in PUBLIC_PLOTS.items():
+            if plot in report["plots"]:
+                figures[name][plot] = os.path.join(FIGURES_DIR, f"{name}-{stem}.png")
+                shutil.copyfile(report["plots"][plot], os.path.join(staging, figures[name][plot]))
+    return figures
 
 
 def verify_attacker(recogniser, val_sets, options):
