@@ -280,3 +280,23 @@ def test_cli_audit_mismatched_shards_is_one_error_line(synthetic_faces, tmp_path
 def test_cli_audit_help():
     out = facemae("audit", "--help").stdout
     assert out.startswith("usage: facemae audit") and "--original" in out and "--json" in out
+
+
+def test_a_copy_of_the_source_earlier_in_the_gallery_counts_as_the_source(tmp_path):
+    from facemae_plugin.evaluation.attackers import PixelAttacker
+
+    rng = np.random.default_rng(0)
+    faces = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    with FaceShardWriter(tmp_path / "ds") as writer:
+        writer.add_identity([faces[0], faces[1]])
+        writer.add_identity([faces[2], faces[0]])  # the first photo again, filed under a later key
+    with FaceShard(tmp_path / "ds") as shard:
+        payloads = [shard.read(key)[1] for key in shard.image_keys]
+        pixels = PixelAttacker()(torch.stack([torch.from_numpy(shard.decode(k).copy()).permute(2, 0, 1).float() / 127.5 - 1
+                                              for k in shard.image_keys])).double().numpy()
+    assert payloads[0] == payloads[3]
+    _, order = brute_force_ranking(unit_rows(pixels), unit_rows(pixels))
+    assert order[3, 0] == 0  # the plain ranking puts the earlier copy first: a miss by key
+    report = audit(tmp_path / "ds", tmp_path / "ds", PixelAttacker(), options=AuditOptions(plots=False),
+                   out_dir=tmp_path / "audit")
+    assert report["instance_rank1"] == 1.0

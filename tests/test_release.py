@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -359,3 +360,46 @@ def test_a_finished_conversion_is_published_without_converting_again(world, tmp_
                     converted=tmp_path / "converted")
     assert tree_hashes(tmp_path / "released")["train.rec"] == tree_hashes(tmp_path / "converted")["train.rec"]
     assert (tmp_path / "released" / "RELEASE.md").is_file()
+
+
+def run_until(args, ready, timeout=300):
+    """Start ``facemae *args``, SIGKILL it (the whole process group) once ``ready()`` holds; whether it did."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "facemae_plugin.cli", *map(str, args)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    caught = process.poll() is None
+    if caught:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return caught
+
+
+@pytest.mark.slow
+def test_a_release_killed_at_any_step_then_resumed_publishes_exactly_the_published_files(world, tmp_path):
+    out, partial, private = tmp_path / "released", tmp_path / "released.partial", tmp_path / "released.private"
+    args = ("release", world / "ds", out, "--method", "noise", "--attacker", world / "attacker" / "model.pt",
+            "--attacker-network", "mbf", "--workers", 0, "--quiet")
+    steps = {"converting": lambda: partial.exists(),
+             "auditing": lambda: (private / "audit" / "attacker").exists(),
+             "writing the card": lambda: (partial / "figures").exists()}
+    caught = [name for name, ready in steps.items() if run_until(args, ready)]
+    assert "converting" in caught and "auditing" in caught, caught  # the others may finish before the poll sees them
+    # what a stopped run of any version may have left in the staging folder: scratch, a lock, original faces
+    (partial / "audit" / "attacker" / ".embeddings-1").mkdir(parents=True, exist_ok=True)
+    np.save(partial / "audit" / "attacker" / ".embeddings-1" / "original.npy", np.ones((2, 3)))
+    for name in (".facemae.lock", "samples.png", "train.rec.tmp-1-abc"):
+        (partial / name).write_bytes(b"left over")
+    result = facemae(*args)
+    assert result.returncode == 0, result.stderr
+    names = ["pixels", "verbatim", "attacker", "reapply", "reapply-attacker"]
+    assert published_files(out) == PUBLISHED_FILES | {f"figures/{name}-similarity.png" for name in names}
+    assert not partial.exists() and os.stat(private).st_mode & 0o777 == 0o700
+    assert originals_shown(out, world / "ds") == []
+    assert sorted(os.listdir(private)) == ["audit", "samples.png"]
