@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from facemae_plugin.publish.calibrate import CalibrationError
+
 from facemae_plugin.data import faces as synth
 from facemae_plugin.formats.binfile import load_bin
 from facemae_plugin.protocol.demo import run_demo
@@ -173,8 +175,9 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     for path in (report["samples_png"], report["roc_png"], report["audit"], report["tradeoff_png"],
                  report["card"], tmp_path / "report.json"):
         assert os.path.isfile(path)
-    for r in report["rows"]:  # each row is judged by the worst of the pixel attacker and the teacher
-        assert r["worst_instance_rank1"] == max(r["instance_rank1"], r["pixels_instance_rank1"])
+    for r in report["rows"]:  # each row is judged by the worst of the model-free attackers and the teacher
+        assert r["worst_instance_rank1"] == max(r["instance_rank1"], r["pixels_instance_rank1"],
+                                                r["verbatim_instance_rank1"])
     # The published release is the protocol's FaceMAE release made again with a secret seed, kept beside it.
     seed = json.loads((tmp_path / "release.secret.json").read_text())["seed"]
     with open(tmp_path / "released" / "facemae_full_0.75-s0" / "train.rec", "rb") as f, \
@@ -184,9 +187,10 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
         card = json.load(f)
     assert card["seed"] == "secret" and str(seed) not in json.dumps(card)
     # the training split also trains the adaptive attacker; reapply searches with pixels and the teacher
-    assert [a["name"] for a in card["attackers"]] == ["pixels", "teacher", "adaptive", "reapply", "reapply-teacher"]
+    assert [a["name"] for a in card["attackers"]] == ["pixels", "verbatim", "teacher", "adaptive", "reapply",
+                                                      "reapply-teacher"]
     assert card["adaptive"] == "trained"
-    assert card["attackers"][1]["training_set"] is not None
+    assert card["attackers"][2]["training_set"] is not None
     assert card["worst_case"]["instance"]["value"] == max(a["leakage"]["instance_rank1"] for a in card["attackers"])
     assert report["card_worst_case"] == card["worst_case"]
     with open(tmp_path / "report.json") as f:
@@ -196,10 +200,11 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
         assert list(released.image_keys) == list(original.image_keys)
         assert np.array_equal(released.labels(), original.labels())
     facemae_steps = {f"{step}-facemae_full_0.75-s0" for step in ("release", "recogniser", "verify", "audit",
-                                                                  "audit-pixels")}
-    original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original", "audit-pixels-original"}
+                                                                  "audit-pixels", "audit-verbatim")}
+    original_steps = {"recogniser-original-s0", "verify-original-s0", "audit-original", "audit-pixels-original",
+                      "audit-verbatim-original"}
     blur_steps = {"release-blur_s3", "recogniser-blur_s3-s0", "verify-blur_s3-s0", "audit-blur_s3",
-                  "audit-pixels-blur_s3"}
+                  "audit-pixels-blur_s3", "audit-verbatim-blur_s3"}
     expected = ({"data", "teacher", "facemae", "release-masked_0.75-s0", "publish"} | facemae_steps | original_steps
                 | blur_steps)
     assert set(report["steps"]) == expected
@@ -214,23 +219,28 @@ def test_a_variant_with_a_target_leakage_releases_at_its_calibrated_setting(tmp_
     from facemae_plugin.privatizers.methods import STRENGTHS
 
     experiment = Experiment(tmp_path, TOY, progress=False)
-    # masking: blur keeps enough of a face for the pixel attacker to find every source among these few
-    variant = {"name": "masked to 0.9", "method": "masked", "target_leakage": 0.9}
+    # masking keeps its visible patches verbatim: no mask ratio hides them from the verbatim attacker
+    masked = {"name": "masked to 0.9", "method": "masked", "target_leakage": 0.9}
     with pytest.raises(ProtocolError, match="give one of them, not both"):
-        check_variant({**variant, "mask_ratio": 0.5})
+        check_variant({**masked, "mask_ratio": 0.5})
     with pytest.raises(ProtocolError, match="expected a fraction"):
-        check_variant({**variant, "target_leakage": 2})
+        check_variant({**masked, "target_leakage": 2})
+    with pytest.raises(CalibrationError, match="mask_ratio=0.95 leaks .* under the verbatim attacker"):
+        experiment.release(masked, 0)
+    # on these few faces every baseline leaks all sources at its strongest: a target of 1 takes the weakest
+    variant = {"name": "noise to 1", "method": "noise", "target_leakage": 1.0}
     released = experiment.release(variant, 0)["released"]
-    with open(tmp_path / "steps" / "calibrate-masked_to_0.9-s0.done.json") as f:
+    with open(tmp_path / "steps" / "calibrate-noise_to_1-s0.done.json") as f:
         calibration = json.load(f)
     with open(os.path.join(released, "facemae_provenance.json")) as f:
-        assert json.load(f)["privatizer"]["mask_ratio"] == calibration["value"]
+        assert json.load(f)["privatizer"]["std"] == calibration["value"]
     points = {p["value"]: p["instance_rank1"] for p in calibration["points"]}
-    assert points[calibration["value"]] <= 0.9 and STRENGTHS["masked"].strongest in points
-    assert calibration["attackers"] == ["pixels", "teacher"]  # the protocol's seeds are its own: no reapply
+    strength = STRENGTHS["noise"]  # measured strongest first, then the weakest, which meets the target
+    assert calibration["value"] == strength.weakest and sorted(points) == [strength.weakest, strength.strongest]
+    assert calibration["attackers"] == ["pixels", "verbatim", "teacher"]  # the protocol's seeds: no reapply
     assert all(p["instance_rank1"] == max(p["by_attacker"].values()) for p in calibration["points"])
-    assert experiment.calibrated(variant, 0) == {"name": "masked to 0.9", "method": "masked",
-                                                 "mask_ratio": calibration["value"]}
+    assert experiment.calibrated(variant, 0) == {"name": "noise to 1", "method": "noise",
+                                                 "std": calibration["value"]}
 
 
 def test_where_the_time_went_counts_each_steps_own_time_once(tmp_path, monkeypatch):

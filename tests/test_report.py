@@ -30,6 +30,15 @@ def entry(variant, method, error, leak):
             "instance_rank1": (leak, 0.0), "accuracy": (1 - error, 0.0)}
 
 
+def teacher_tradeoff(summary, **kwargs):
+    """The verdict on one attacker's column: the rows here carry one leakage figure, ``instance_rank1``."""
+    return tradeoff_verdict(summary, "instance_rank1", **kwargs)
+
+
+def teacher_matched(summary, **kwargs):
+    return matched_leakage_verdict(summary, "instance_rank1", **kwargs)
+
+
 def test_aggregate_is_numpy_mean_and_population_std_per_variant_in_first_seen_order():
     rows = [row("b", "blur", 0, 0.80, 0.9), row("a", "facemae", 0, 0.90, 0.2), row("b", "blur", 1, 0.70, 0.7),
             row("b", "blur", 2, 0.75, 0.8)]
@@ -53,7 +62,7 @@ def test_verdict_holds_at_half_the_error_of_the_best_baseline_that_leaks_as_much
     summary = [entry("FaceMAE full 0.75", "facemae", 0.10, 0.20), entry("FaceMAE paste 0.75", "facemae", 0.08, 0.40),
                entry("blur", "blur", 0.25, 0.95), entry("noise", "noise", 0.21, 0.50),
                entry("masked", "masked", 0.05, 0.10)]  # more accurate but leaks less: not comparable
-    verdict = tradeoff_verdict(summary)
+    verdict = teacher_tradeoff(summary)
     assert verdict["best_baseline"] == "noise"
     assert verdict["error_ratio"] == pytest.approx(0.10 / 0.21)
     assert verdict["holds"] is True and verdict["leaks_less_than_paste"] is True
@@ -61,24 +70,24 @@ def test_verdict_holds_at_half_the_error_of_the_best_baseline_that_leaks_as_much
 
 def test_verdict_fails_when_error_is_not_halved_or_paste_leaks_less():
     base = [entry("blur", "blur", 0.15, 0.95)]
-    not_halved = tradeoff_verdict([entry("FaceMAE full 0.75", "facemae", 0.10, 0.2)] + base)
+    not_halved = teacher_tradeoff([entry("FaceMAE full 0.75", "facemae", 0.10, 0.2)] + base)
     assert not_halved["holds"] is False and not_halved["error_ratio"] == pytest.approx(0.10 / 0.15)
-    paste_better = tradeoff_verdict([entry("FaceMAE full 0.75", "facemae", 0.05, 0.3),
+    paste_better = teacher_tradeoff([entry("FaceMAE full 0.75", "facemae", 0.05, 0.3),
                                      entry("FaceMAE paste 0.75", "facemae", 0.05, 0.2)] + base)
     assert paste_better["holds"] is False and paste_better["leaks_less_than_paste"] is False
-    assert tradeoff_verdict(base)["holds"] is None
+    assert teacher_tradeoff(base)["holds"] is None
 
 
 def test_verdict_says_when_even_the_originals_cannot_reach_the_bar():
     rows = [entry("FaceMAE full 0.75", "facemae", 0.214, 0.75), entry("pixelate 8", "pixelate", 0.156, 0.926),
             entry("blur s6", "blur", 0.23, 0.449)]
-    ceiling = tradeoff_verdict(rows + [entry("original", "original", 0.128, 1.0)])
+    ceiling = teacher_tradeoff(rows + [entry("original", "original", 0.128, 1.0)])
     assert ceiling["best_baseline"] == "pixelate 8"
     assert ceiling["original_ratio"] == pytest.approx(0.128 / 0.156)
     assert "no release can reach 0.50" in ceiling["text"]
-    room = tradeoff_verdict(rows + [entry("original", "original", 0.05, 1.0)])
+    room = teacher_tradeoff(rows + [entry("original", "original", 0.05, 1.0)])
     assert room["original_ratio"] == pytest.approx(0.05 / 0.156) and "no release" not in room["text"]
-    assert tradeoff_verdict(rows)["original_ratio"] is None
+    assert teacher_tradeoff(rows)["original_ratio"] is None
 
 
 def test_matched_verdict_interpolates_each_family_to_facemaes_leakage():
@@ -87,7 +96,7 @@ def test_matched_verdict_interpolates_each_family_to_facemaes_leakage():
             entry("blur s3", "blur", 0.06, 0.90), entry("blur s6", "blur", 0.30, 0.20),  # bracket 0.40
             entry("pixelate 16", "pixelate", 0.15, 0.40),  # leaks exactly as much
             entry("noise 25", "noise", 0.04, 1.0)]  # only the originals' side: unmatched
-    verdict = matched_leakage_verdict(rows)
+    verdict = teacher_matched(rows)
     blur = verdict["families"]["blur"]
     assert blur["error"] == pytest.approx(0.06 + (0.40 - 0.90) / (0.20 - 0.90) * (0.30 - 0.06))
     assert blur["ratio"] == pytest.approx(0.10 / blur["error"]) and "blur s6 and blur s3" in blur["between"]
@@ -95,24 +104,24 @@ def test_matched_verdict_interpolates_each_family_to_facemaes_leakage():
     assert verdict["families"]["noise"] is None and "masked" not in verdict["families"]
     assert "noise: every row leaks more" in verdict["text"]
     assert verdict["holds"] is False  # pixelate alone already errs less than twice as often
-    assert matched_leakage_verdict(rows[:4] + rows[5:])["holds"] is None  # blur passes, noise undecided
-    matched = matched_leakage_verdict(rows[:5] + [entry("noise 200", "noise", 0.60, 0.10)])
+    assert teacher_matched(rows[:4] + rows[5:])["holds"] is None  # blur passes, noise undecided
+    matched = teacher_matched(rows[:5] + [entry("noise 200", "noise", 0.60, 0.10)])
     noise = matched["families"]["noise"]  # between noise 200 and the originals (strength 0)
     assert noise["error"] == pytest.approx(0.60 + (0.40 - 0.10) / (1.0 - 0.10) * (0.05 - 0.60))
     assert matched["holds"] is (max(f["ratio"] for f in matched["families"].values()) <= 0.5)
     assert matched["holds"] is False and "Claim does not hold here." in matched["text"]
     best = min(f["error"] for f in matched["families"].values())  # noise's, interpolated
     assert matched["original_ratio"] == pytest.approx(0.05 / best) and "no release can" not in matched["text"]
-    assert matched_leakage_verdict([e for e in rows if e["method"] != "original"])["original_ratio"] is None
+    assert teacher_matched([e for e in rows if e["method"] != "original"])["original_ratio"] is None
 
 
 def test_matched_verdict_holds_only_when_every_family_errs_twice_as_often():
     rows = [entry("FaceMAE full 0.75", "facemae", 0.10, 0.40), entry("original", "original", 0.05, 1.0),
             entry("blur s6", "blur", 0.30, 0.20), entry("pixelate 16", "pixelate", 0.25, 0.30)]
-    verdict = matched_leakage_verdict(rows)
+    verdict = teacher_matched(rows)
     assert verdict["holds"] is True and "Claim holds." in verdict["text"]
-    assert matched_leakage_verdict(rows[1:])["holds"] is None
-    assert matched_leakage_verdict(rows[:2])["holds"] is None  # no baseline row beyond the originals
+    assert teacher_matched(rows[1:])["holds"] is None
+    assert teacher_matched(rows[:2])["holds"] is None  # no baseline row beyond the originals
 
 
 def test_matched_ratio_table_has_a_line_per_facemae_row_and_attacker():
@@ -198,14 +207,33 @@ def test_a_benchmark_config_may_leave_out_the_trained_attackers_but_never_pixels
         path.write_text(f"variants = [dict(name='original', method='original')]\nattackers = {attackers!r}\n")
         return path
 
-    assert bench.load_benchmark_config(config(None))[2] == ("pixels", "teacher", "informed", "adaptive")
-    # named in any order, run in the suite's order
+    assert bench.load_benchmark_config(config(None))[2] == ("pixels", "verbatim", "teacher", "informed", "adaptive")
+    # named in any order, run in the suite's order; the verbatim attacker needs no model and always runs
     assert bench.load_benchmark_config(config(["teacher", "pixels", "informed"]))[2] == \
-        ("pixels", "teacher", "informed")
+        ("pixels", "verbatim", "teacher", "informed")
     text = bench.attackers_text(("pixels", "teacher", "informed"))
-    assert "Not run" in text and "adaptive" in text.split("Not run")[1]
-    assert "Not run" not in bench.attackers_text(tuple(bench.ATTACKER_TEXT))
+    assert "Not run (the config" in text and "adaptive" in text.split("Not run (the config")[1]
+    full = bench.attackers_text(tuple(bench.ATTACKER_TEXT))
+    assert "Not run (the config" not in full and "Not run here: reapply" in full
     for bad, named in ((["teacher"], "pixels"), (["pixels"], "teacher"), (["pixels", "teacher", "oracle"], "oracle"),
                        ("pixels", "list")):
         with pytest.raises(ProtocolError, match=named):
             bench.load_benchmark_config(config(bad))
+
+
+def test_benchmark_json_leads_each_variant_with_its_worst_case_and_the_attackers_that_reached_it():
+    from facemae_plugin.cli.publishing import worst_summary
+    from facemae_plugin.protocol.verdicts import worst_columns
+
+    figures = [{"pixels_instance_rank1": 0.9, "instance_rank1": 0.04, "verbatim_instance_rank1": 0.2,
+                "pixels_reid_rank1": 0.1, "reid_rank1": 0.6},
+               {"pixels_instance_rank1": 0.3, "instance_rank1": 0.05, "verbatim_instance_rank1": 0.7,
+                "pixels_reid_rank1": 0.1, "reid_rank1": 0.5}]
+    rows = []
+    for seed, leak in enumerate(figures):
+        base = {"variant": "blur s16", "method": "blur", "seed": seed, "accuracy": 0.8, "error": 0.2, **leak}
+        rows.append({**base, **worst_columns(base)})
+    (entry,) = aggregate(rows)
+    line = worst_summary(entry, rows)
+    assert line["worst_instance_rank1"] == pytest.approx((0.9 + 0.7) / 2)  # not the teacher's 4-5%
+    assert line["worst_instance_attacker"] == "pixels/verbatim" and line["worst_reid_attacker"] == "teacher"

@@ -4,7 +4,7 @@
 # row (the row's own and its adaptive attacker) and two FaceMAE models.
 #   python benchmarks/privacy_utility.py benchmarks/configs/privacy_utility_frontier.py
 protocol = dict()
-attackers = ["pixels", "teacher", "informed", "adaptive"]
+attackers = ["pixels", "verbatim", "teacher", "informed", "adaptive"]
 
 variants = [
     dict(name="original", method="original"),

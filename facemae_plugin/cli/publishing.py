@@ -159,10 +159,20 @@ def _benchmark(args):
     print("\n".join(v["text"] for v in result["verdicts"].values()))
     compact = {"benchmark": "privacy_utility", "rows": len(result["rows"]), "out_dir": result["out_dir"],
                **{name: verdict["holds"] for name, verdict in result["verdicts"].items()},
-               "summary": {e["variant"]: {k: e[k][0] for k in ("accuracy", "instance_rank1")}
-                           for e in result["summary"]}}
+               "summary": {e["variant"]: worst_summary(e, result["rows"]) for e in result["summary"]}}
     return (f"benchmark: {len(result['rows'])} row(s) -> {os.path.join(result['out_dir'], 'results.md')} "
             f"(tradeoff.png, samples.png beside it)"), compact
+
+
+def worst_summary(entry, rows):
+    """A variant's line of ``benchmark --json``: its accuracy and, per threat, the worst case and the
+    attacker(s) that reached it over its seeds (never one attacker's figure alone)."""
+    members = [row for row in rows if row["variant"] == entry["variant"]]
+    out = {"accuracy": entry["accuracy"][0]}
+    for threat in ("instance", "reid"):
+        out[f"worst_{threat}_rank1"] = entry[f"worst_{threat}_rank1"][0]
+        out[f"worst_{threat}_attacker"] = "/".join(sorted({str(r[f"worst_{threat}_attacker"]) for r in members}))
+    return out
 
 
 def add_demo(verbs):

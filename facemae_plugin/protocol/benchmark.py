@@ -27,12 +27,14 @@ SAMPLE_FACES = 8
 # What each attacker a benchmark can run is, for results.md; pixels and the teacher always run.
 ATTACKER_TEXT = {
     "pixels": "the pixel attacker (28x28 grey pixels, no model)",
+    "verbatim": "the verbatim attacker (full-resolution 4x4 cells of grey pixels shared with a photo, no model)",
     "teacher": "the teacher recogniser (trained on split A, never saw split B; also IRM's teacher)",
     "informed": "the informed attacker (the same recogniser recipe trained on the original split B, seed 0)",
     "adaptive": "the adaptive attacker (the same recipe trained on split A beside its release by the row's "
                 "method, with a seed of its own)",
 }
 ALWAYS_RUN = ("pixels", "teacher")
+FREE = ("verbatim",)  # runs whether named or not: it needs no model and no training
 VERDICTS = {  # results.json key: (judge, leakage column); a method is judged by its worst case
     "verdict": (tradeoff_verdict, "worst_instance_rank1"),
     "verdict_reid": (tradeoff_verdict, "worst_reid_rank1"),
@@ -77,7 +79,7 @@ def check_attackers(path, attackers):
     if missing:
         raise ProtocolError(f"{path}: attackers must include {' and '.join(missing)} (every benchmark runs "
                             f"{' and '.join(ALWAYS_RUN)})")
-    return tuple(a for a in ATTACKER_TEXT if a in attackers)
+    return tuple(a for a in ATTACKER_TEXT if a in attackers or a in FREE)
 
 
 def attackers_text(attackers):
@@ -86,7 +88,9 @@ def attackers_text(attackers):
     skipped = [a for a in ATTACKER_TEXT if a not in attackers]
     return (f"Worst case: the largest over the attackers run: {run}."
             + (f" Not run (the config's `attackers`): {', '.join(skipped)}; the worst case may be "
-               f"higher." if skipped else ""))
+               f"higher." if skipped else "")
+            + " Not run here: reapply (each row's seed is the protocol's own, so re-applying the method with it "
+              "gives the release's very bytes; `facemae release` runs it against a secret seed).")
 
 
 def write_results(experiment, rows, out_dir, command, attackers=tuple(ATTACKER_TEXT)):

@@ -31,6 +31,15 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+MODEL_FREE = ("pixels", "verbatim")  # the attackers every row runs that need no model (``evaluation.attackers``)
+
+
+def model_free_embedder(kind):
+    from ..evaluation.attackers import PixelAttacker, VerbatimAttacker
+
+    return {"pixels": PixelAttacker, "verbatim": VerbatimAttacker}[kind]()
+
+
 class Experiment(StepStore):
     """The protocol's steps, from data to audited rows, in one work directory (``StepStore``)."""
 
@@ -222,10 +231,10 @@ class Experiment(StepStore):
 
     def calibrated(self, variant, seed):
         """``variant`` with its strength set by bisection to the weakest meeting its ``target_leakage``
-        on split B under the worst of the pixel attacker and the teacher (``publish.calibrate``; its own
+        on split B under the worst of the model-free attackers and the teacher (``publish.calibrate``; its own
         step). The protocol's seeds are its own, so ``reapply`` would find every source: it is skipped."""
         from ..evaluation.embed import load_embedder
-        from ..evaluation.suite import SuiteAttacker, pixel_attacker
+        from ..evaluation.suite import SuiteAttacker, model_free_attackers
         from ..publish.calibrate import CalibrationOptions, calibrate
         from ..privatizers.methods import STRENGTHS
 
@@ -237,7 +246,7 @@ class Experiment(StepStore):
 
         def build():
             embedder = load_embedder(teacher, self.protocol.teacher.network, device=self.device)
-            attackers = [pixel_attacker(), SuiteAttacker("teacher", embedder, "recogniser", model=teacher)]
+            attackers = model_free_attackers() + [SuiteAttacker("teacher", embedder, "recogniser", model=teacher)]
             options = CalibrationOptions(variant[TARGET_KEY], self.convert_settings, seed=seed, device=self.device,
                                          progress=self.progress, reapply=False)
             return calibrate(self.splits["release"], self.path("calibration"), method,
@@ -311,7 +320,7 @@ class Experiment(StepStore):
         trained on the original split B (seed 0), a different network state that knows the people.
         ``adaptive``: trained on split A beside its release by ``variant``'s method (``adaptive``).
         """
-        if kind == "pixels":  # no model (``evaluation.attackers.PixelAttacker``)
+        if kind in MODEL_FREE:  # no model (``evaluation.attackers``)
             return None, None
         if kind == "teacher":
             return self.teacher()["model"], self.protocol.teacher.network
@@ -323,7 +332,6 @@ class Experiment(StepStore):
 
     def audit(self, variant, seed, attacker="teacher"):
         """Leakage of the release: each released image queries the original split B."""
-        from ..evaluation.attackers import PixelAttacker
         from ..evaluation.audit import AuditOptions, audit
         from ..evaluation.embed import load_embedder
 
@@ -332,7 +340,8 @@ class Experiment(StepStore):
         name = self.audit_name(self.release_name(variant, seed), attacker)
 
         def build():
-            embedder = PixelAttacker() if model is None else load_embedder(model, network, device=self.device)
+            embedder = model_free_embedder(attacker) if model is None else \
+                load_embedder(model, network, device=self.device)
             # The teacher's audit also asks whether released faces resemble split A's people.
             options = AuditOptions(device=self.device, plots=attacker == "teacher", progress=self.progress)
             report = audit(self.splits["release"], released, embedder, options, out_dir=self.path("audits", name),
@@ -359,8 +368,8 @@ class Experiment(StepStore):
         return release_name if attacker == "teacher" else f"{attacker}-{release_name}"
 
     def row(self, variant, seed, informed_attacker=False, adaptive_attacker=False):
-        """Every step of one (variant, seed): released, trained, verified, audited by the pixel attacker
-        and the teacher, and the worst case over the attackers.
+        """Every step of one (variant, seed): released, trained, verified, audited by the model-free
+        attackers and the teacher, and the worst case over the attackers.
 
         ``informed_attacker`` adds the audit by the recogniser trained on the original split B
         (one more training if the ``original`` row has not run yet); ``adaptive_attacker`` the audit by
@@ -370,6 +379,7 @@ class Experiment(StepStore):
         verified = self.verify(variant, seed)
         leaked = self.audit(variant, seed)
         pixels = self.audit(variant, seed, attacker="pixels")
+        verbatim = self.audit(variant, seed, attacker="verbatim")
         unmeasured = dict.fromkeys(("instance_rank1", "identity_rank1", "reid_rank1"))
         informed = self.audit(variant, seed, attacker="informed") if informed_attacker else unmeasured
         adaptive = self.audit(variant, seed, attacker="adaptive") \
@@ -386,6 +396,7 @@ class Experiment(StepStore):
                 "identity_rank1": leaked["identity_rank1"], "reid_rank1": leaked.get("reid_rank1"),
                 "source_tar_at_far": leaked["tar_at_far"],
                 "pixels_instance_rank1": pixels["instance_rank1"], "pixels_reid_rank1": pixels["reid_rank1"],
+                "verbatim_instance_rank1": verbatim["instance_rank1"], "verbatim_reid_rank1": verbatim["reid_rank1"],
                 "informed_instance_rank1": informed["instance_rank1"],
                 "informed_identity_rank1": informed["identity_rank1"],
                 "informed_reid_rank1": informed.get("reid_rank1"),
@@ -397,7 +408,7 @@ class Experiment(StepStore):
     def row_finished(self, variant, seed, informed_attacker=False, adaptive_attacker=False):
         """Whether ``row`` would only reuse finished steps (nothing to train or convert)."""
         release = self.release_name(variant, seed)
-        attackers = ["teacher", "pixels"] + (["informed"] if informed_attacker else []) \
+        attackers = ["teacher", *MODEL_FREE] + (["informed"] if informed_attacker else []) \
             + (["adaptive"] if adaptive_attacker and variant["method"] != "original" else [])
         shared = variant["method"] in DETERMINISTIC_METHODS
         steps = [(f"verify-{self.row_name(variant, seed)}", variant_inputs(variant, seed))]
