@@ -1,5 +1,9 @@
 """``--target-leakage``: the weakest setting of a method whose worst-case rank-1 instance leakage is at most a target.
 
+A point meets the target when the one-sided 95% upper confidence bound of its worst-case rate
+(Clopper-Pearson, binomial over the calibration queries) is at most the target, not its measured
+rate alone: one noisy measurement under the target is no bound on the release.
+
 Each method has one strength parameter (``privatizers.methods.STRENGTHS``); leakage falls as it grows. Every point is
 audited by every attacker of the release (the pixel attacker, the recognisers and, unless skipped,
 ``reapply``) and judged by the largest of their rank-1 instance figures: a setting that one
@@ -12,6 +16,7 @@ at CASIA-WebFace's 15 per identity; a rank-1 fraction p over n images has standa
 sqrt(p (1 - p) / n), under a point there, and eight points of a few conversions each stay cheap
 next to converting the whole set.
 """
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +32,7 @@ from .reapply import REAPPLY, reapply_attackers
 CALIBRATION_IDENTITIES = 100
 BISECTION_STEPS = 6
 VALUE_DECIMALS = 4
+CONFIDENCE = 0.95  # of the one-sided upper bound a calibration point must keep under the target
 
 
 class CalibrationError(FaceMAEError):
@@ -80,7 +86,7 @@ def calibrate(in_dir, work_parent, method, privatizer_at, attackers, options):
     names = [a.name for a in attackers] + ([REAPPLY] if reapply else []) + \
         [f"{REAPPLY}-{a.name}" for a in attackers if reapply and a.kind == "recogniser"]
     return {"method": method, "param": strength.param, "value": value, "target": options.target,
-            "threat": "instance", "attackers": names, "identities": size["identities"], "images": size["images"],
+            "threat": "instance", "confidence": CONFIDENCE, "attackers": names, "identities": size["identities"], "images": size["images"],
             "seed": options.seed, "steps": options.steps, "points": sorted(measure.points, key=lambda p: p["value"])}
 
 
@@ -96,7 +102,8 @@ def _write_subset(in_dir, out_dir, identities, seed):
 
 
 class _Measure:
-    """Worst-case rank-1 instance leakage of the subset released at one setting (each measured once)."""
+    """Worst-case rank-1 instance leakage of the subset released at one setting (each measured once) and
+    its upper confidence bound (``upper_bound``), which is what meets a target or not."""
 
     def __init__(self, subset, scratch, privatizer_at, attackers, options):
         self.subset, self.scratch, self.privatizer_at = subset, scratch, privatizer_at
@@ -104,14 +111,14 @@ class _Measure:
         self.points = []
 
     def __call__(self, param, value):
-        """``(worst rank-1 instance leakage, the attacker that reached it)`` at ``param=value``."""
+        """``(upper bound of the worst rank-1 instance leakage, the attacker that reached it)`` at ``param=value``."""
         from ..convert import convert
         from ..evaluation.audit import AuditOptions
         from ..evaluation.suite import audit_suite
 
         for point in self.points:
             if point["value"] == value:
-                return point["instance_rank1"], point["attacker"]
+                return point["instance_upper"], point["attacker"]
         out = os.path.join(self.scratch, f"point-{len(self.points)}")
         privatizer = self.privatizer_at(value)
         settings = self.options.settings
@@ -126,13 +133,40 @@ class _Measure:
         for folder in (out, out + "-reapplied"):
             shutil.rmtree(folder, ignore_errors=True)
         worst = summary["worst_case"]["instance"]
-        point = {"param": param, "value": value, "instance_rank1": worst["value"], "attacker": worst["attacker"],
+        queries = summary["attackers"][worst["attacker"]]["queries"]
+        upper = upper_bound(round(worst["value"] * queries), queries)
+        point = {"param": param, "value": value, "instance_rank1": worst["value"], "instance_upper": upper,
+                 "queries": queries, "attacker": worst["attacker"],
                  "by_attacker": {name: entry["instance_rank1"] for name, entry in summary["attackers"].items()}}
         self.points.append(point)
         if self.options.progress:
             print(f"[calibrate] {param}={value:g}: worst-case rank-1 instance leakage "
-                  f"{worst['value'] * 100:.2f}% ({worst['attacker']})", flush=True)
-        return point["instance_rank1"], point["attacker"]
+                  f"{worst['value'] * 100:.2f}% ({worst['attacker']}), {CONFIDENCE:.0%} upper bound "
+                  f"{upper * 100:.2f}%", flush=True)
+        return upper, point["attacker"]
+
+
+def upper_bound(hits, n, confidence=CONFIDENCE):
+    """One-sided Clopper-Pearson upper bound of a rate seen as ``hits`` of ``n``: the largest rate under
+    which seeing at most ``hits`` still has probability ``1 - confidence``."""
+    if n <= 0 or hits >= n:
+        return 1.0
+    low, high = hits / n, 1.0
+    for _ in range(60):  # bisection: the binomial tail falls as the rate grows
+        middle = (low + high) / 2
+        if _binomial_cdf(hits, n, middle) > 1.0 - confidence:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _binomial_cdf(k, n, p):
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (n of a few thousand stays exact enough)."""
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+            + (n - i) * math.log1p(-p) for i in range(k + 1)]
+    top = max(logs)
+    return math.exp(top) * math.fsum(math.exp(v - top) for v in logs)
 
 
 def _bisect(strength, measure, target, steps):
@@ -141,9 +175,9 @@ def _bisect(strength, measure, target, steps):
     strongest_leak, attacker = measure(strength.param, strong)
     if strongest_leak > target:
         raise CalibrationError(
-            f"--target-leakage {target:g}: even the strongest setting {strength.param}={strong:g} leaks "
-            f"{strongest_leak * 100:.2f}% rank-1 instance under the {attacker} attacker on the calibration "
-            "identities; no release written")
+            f"--target-leakage {target:g}: even the strongest setting {strength.param}={strong:g} leaks up to "
+            f"{strongest_leak * 100:.2f}% rank-1 instance ({CONFIDENCE:.0%} upper bound) under the {attacker} "
+            "attacker on the calibration identities; no release written")
     if measure(strength.param, weak)[0] <= target:
         return weak
     for _ in range(steps):  # invariant: leak(weak) > target >= leak(strong)

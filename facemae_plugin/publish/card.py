@@ -198,9 +198,10 @@ def _reconstructor_lines(reconstructor):
 def _calibration_lines(calibration):
     if calibration is None:
         return []
-    points = "; ".join(f"{p['param']}={p['value']:g}: {_percent(p['instance_rank1'])} ({p['attacker']})"
-                       for p in calibration["points"])
-    return [f"- Calibrated to worst-case rank-1 instance leakage <= {_percent(calibration['target'])} over the "
+    points = "; ".join(f"{p['param']}={p['value']:g}: {_percent(p['instance_rank1'])}, upper bound "
+                       f"{_percent(p['instance_upper'])} ({p['attacker']})" for p in calibration["points"])
+    return [f"- Calibrated to worst-case rank-1 instance leakage <= {_percent(calibration['target'])} at "
+            f"{calibration['confidence']:.0%} confidence (one-sided Clopper-Pearson upper bound) over the "
             f"attackers {', '.join(calibration['attackers'])} on {calibration['images']} images of "
             f"{calibration['identities']} calibration identities: chose {calibration['param']}="
             f"{calibration['value']:g} (points: {points}); the whole release then leaks at worst "
