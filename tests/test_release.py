@@ -413,3 +413,28 @@ def test_the_calibration_bound_is_the_clopper_pearson_upper_bound(hits, n):
     stats = pytest.importorskip("scipy.stats")
     want = 1.0 if hits == n else stats.beta.ppf(0.95, hits + 1, n - hits)
     assert upper_bound(hits, n) == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_the_adaptive_attacker_trains_on_unseen_people_when_given_them_and_the_card_says_on_what(world, tmp_path):
+    with FaceShard(world / "other") as other:
+        trained_on = other.fingerprint()
+    checkpoint = facemae_checkpoint(tmp_path / "facemae.pt", trained_on)
+    privatizer = make_privatizer("facemae", checkpoint=checkpoint)
+    write_identity_shard(tmp_path / "unseen", 0, range(300, 306), 3, progress=False)
+    card = release_dataset(world / "ds", tmp_path / "released", privatizer, [],
+                           quiet(training_set=world / "other", attacker_set=tmp_path / "unseen", reapply=False))
+    with FaceShard(tmp_path / "unseen") as unseen:
+        assert card["adaptive_data"] == {"set": "attacker set", "name": "unseen", "idx_sha256": unseen.idx_sha256,
+                                         "images": 18, "identities": 6, "seen_by_reconstructor": False}
+    assert "`unseen`, people neither released nor seen" in text_of(tmp_path / "released")
+    # trained on the reconstructor's own faces, the card says this attacker may understate
+    seen = release_dataset(world / "ds", tmp_path / "seen", privatizer, [],
+                           quiet(training_set=world / "other", reapply=False))
+    assert seen["adaptive_data"]["seen_by_reconstructor"] and "may understate" in text_of(tmp_path / "seen")
+    for given, said in ((world / "other", "is what the reconstructor was trained on"),
+                        (world / "ds", "is the shard being released")):
+        with pytest.raises(ReleaseError, match=f"--attacker-set .*{said}"):
+            release_dataset(world / "ds", tmp_path / "refused", privatizer, [],
+                            quiet(training_set=world / "other", attacker_set=given))
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.private").exists()

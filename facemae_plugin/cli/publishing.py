@@ -64,7 +64,9 @@ def add_release(verbs):
                                      "recogniser on the --val sets, and write OUT_DIR/RELEASE.md with its JSON twin "
                                      "RELEASE.json, led by the worst case over the attackers (then source, method "
                                      "and parameters, reconstructor and the data it was trained on, attackers, "
-                                     "the command), samples.png and the audits' plots. No path of this machine and "
+                                     "the command) and each attacker's similarity histogram. No path of this machine, "
+                                     "no original face (the audits and sample sheets go to OUT_DIR.private, "
+                                     "readable by you alone) and "
                                      "no secret seed goes in. The work happens in OUT_DIR.partial and becomes "
                                      "OUT_DIR only when the card is written; rerun the same command to resume.")
     p.add_argument("in_dir", metavar="IN_DIR")
@@ -84,6 +86,10 @@ def add_release(verbs):
                         "checkpoint records): train the adaptive attacker on them beside their release by the same "
                         "method (the recogniser recipe mbf, 3 epochs: minutes per thousand faces on a CPU), and "
                         "measure look-alikes of their identities among the released images")
+    p.add_argument("--attacker-set", default=None, metavar="C_DIR",
+                   help="faces of people neither in IN_DIR nor in the reconstructor's training set: the adaptive "
+                        "attackers train on them instead of --training-set, so they learn the method on unseen "
+                        "people, as the released ones are (the card says which set they trained on)")
     p.add_argument("--no-adaptive", dest="adaptive", action="store_false",
                    help="with --training-set, skip training the adaptive attacker (the card then says the worst "
                         "case assumes an attacker who has not trained on faces privatized by this method)")
@@ -112,6 +118,7 @@ def _release(args):
     attackers = _attackers(args.attacker, args.attacker_network)
     options = ReleaseOptions(
         convert=_convert_settings(args), val_bins=tuple(args.val or ()), training_set=args.training_set,
+        attacker_set=args.attacker_set,
         target_leakage=args.target_leakage, reapply=args.reapply, adaptive=args.adaptive,
         adaptive_from_attackers=args.adaptive_from_attackers, seed=args.seed or 0,
         device=str(pick_device(args.device)), precision=args.precision, search=args.search, compile=args.compile,
@@ -137,7 +144,8 @@ def add_benchmark(verbs):
                                      "val=[lfw.bin, ...]) or dict(source=DIR, fraction=0.5, val=[...]); "
                                      "teacher=dict(checkpoint=model.pt) and facemae=dict(checkpoint=facemae.pt) "
                                      "use models trained already. Finished steps are reused; writes results.md, "
-                                     "results.json, tradeoff.png and samples.png.")
+                                     "results.json and tradeoff.png; the sample sheet, which shows original faces, goes "
+                                     "to RESULTS.private/samples.png.")
     p.add_argument("config", metavar="CONFIG", help="benchmark file, e.g. benchmarks/configs/privacy_utility_synth.py")
     p.add_argument("--work-dir", default=os.path.join("work_dirs", "demo"),
                    help="steps live here; the default shares the finished steps of `facemae demo`")
@@ -161,7 +169,7 @@ def _benchmark(args):
                **{name: verdict["holds"] for name, verdict in result["verdicts"].items()},
                "summary": {e["variant"]: worst_summary(e, result["rows"]) for e in result["summary"]}}
     return (f"benchmark: {len(result['rows'])} row(s) -> {os.path.join(result['out_dir'], 'results.md')} "
-            f"(tradeoff.png, samples.png beside it)"), compact
+            f"(tradeoff.png beside it; originals beside their releases in {result['samples_png']})"), compact
 
 
 def worst_summary(entry, rows):
@@ -184,7 +192,7 @@ def add_demo(verbs):
                                      "recogniser on the originals and on each release, verify each on held-out "
                                      "identities, audit each release's leakage, and publish the FaceMAE release "
                                      "with its card (WORK_DIR/release/RELEASE.md). Everything lands in WORK_DIR "
-                                     "(report.json, samples.png, tradeoff.png, ROC, audit plots); finished steps "
+                                     "(report.json, samples.private.png, tradeoff.png, ROC, audit plots); finished steps "
                                      "are reused when run again.")
     p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
     p.add_argument("--protocol", default=None, metavar="CONFIG.py",

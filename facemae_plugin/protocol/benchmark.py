@@ -6,7 +6,8 @@ and audit the release's leakage with the pixel attacker, the teacher, the inform
 variant's adaptive attacker (trained on split A beside its release by the same method). Rows run
 seed-major (every variant's first seed before any repeat), results are rewritten after every row,
 and finished steps are reused, so an interrupted run resumes where it stopped. Writes results.md,
-results.json, tradeoff.png and samples.png to the results folder.
+results.json and tradeoff.png to the results folder, and the sample sheet (originals beside their
+releases) to ``RESULTS.private`` beside it.
 
 Two verdicts on FaceMAE's claim (at most half the error), each for both threats at their worst case
 over the attackers (pixels, teacher, informed, adaptive): against the most accurate baseline that leaks at
@@ -17,6 +18,7 @@ import os
 
 from ..core.files import write_json
 from ..evaluation.samples import save_release_samples, spread_keys
+from ..core.files import make_private_dir, private_path
 from .experiment import Experiment
 from .report import markdown_table, matched_ratio_table, plot_tradeoff
 from .spec import ProtocolError, check_variant, load_python_config
@@ -143,7 +145,8 @@ def run_benchmark(config, work_dir, out_dir=None, only=None, finished_only=False
     original = experiment.splits["release"]
     sources = [("original", original)] + [(v["name"], experiment.release(v, seed)["released"])
                                           for v, seed in first_rows.values() if v["method"] != "original"]
-    samples = save_release_samples(os.path.join(out_dir, "samples.png"), sources,
+    # the sheet shows original faces: beside the results a user may share, in a folder only they open
+    samples = save_release_samples(os.path.join(make_private_dir(private_path(out_dir)), "samples.png"), sources,
                                    spread_keys(original, SAMPLE_FACES))
     print(where_the_time_went(experiment))
     return {"rows": rows, "summary": summary, "verdicts": verdicts, "table": table, "out_dir": out_dir,

@@ -38,7 +38,7 @@ def run_demo(work_dir, protocol=None, progress=True, command="facemae demo"):
     masked = experiment.release(MASKED, 0)["released"]
     blurred = experiment.release(BLUR, 0)["released"]
     samples = save_release_samples(
-        experiment.path("samples.png"),
+        experiment.path("samples.private.png"),  # original faces: the name says where it may go
         [("original", original), ("blur s3", blurred), ("FaceMAE input\n(masked)", masked),
          ("FaceMAE\nreleased", released)],
         spread_keys(original, SAMPLE_FACES))

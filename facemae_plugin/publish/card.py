@@ -185,6 +185,18 @@ def _kind(attacker):
     return attacker["kind"]
 
 
+def _adaptive_data_words(data):
+    if data is None:
+        return "other people's faces"
+    if data["set"] == "attacker set":
+        return f"`{data['name']}`, people neither released nor seen by any model of the release"
+    if data["seen_by_reconstructor"]:
+        return (f"the reconstructor's own training faces `{data['name']}` (its reconstructions of faces it "
+                "learnt from are not those of the unseen released people: this attacker may understate; "
+                "pass --attacker-set)")
+    return f"the training set `{data['name']}`"
+
+
 def _reconstructor_lines(reconstructor):
     if reconstructor is None:
         return []
@@ -240,8 +252,8 @@ def _attacker_lines(card):
         elif a["kind"] == "adaptive":
             start = (f"the {a['started_from']} recogniser fine-tuned" if a["started_from"] else
                      "a face recogniser trained from random weights")
-            lines.append(f"- {a['name']}: {start} on the training set beside its release by this method (a seed of "
-                         f"its own), so it has learnt to see through it")
+            lines.append(f"- {a['name']}: {start} on {_adaptive_data_words(card.get('adaptive_data'))} beside "
+                         "its release by this method (a seed of its own), so it has learnt to see through it")
         else:
             seed = "the published seed" if card["seed"] == "published" else "a seed of its own"
             searcher = a["name"].split("-", 1)[1] if "-" in a["name"] else "the pixel attacker"
@@ -249,7 +261,7 @@ def _attacker_lines(card):
                          f"originals the same way ({seed}) and searches with {searcher}")
     if card.get("adaptive") in ("skipped", "no training set"):
         why = ("skipped at the publisher's request" if card["adaptive"] == "skipped"
-               else "not run: no --training-set was given to train it on")
+               else "not run: no --attacker-set or --training-set was given to train it on")
         lines.append(f"- adaptive: {why}; the worst case above assumes an attacker who has not trained a "
                      f"recogniser on faces privatized by this method")
     if card["reapply"] == "skipped":

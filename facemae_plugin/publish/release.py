@@ -49,7 +49,11 @@ class ReleaseOptions:
     (other people than the release's), for the look-alike audit (``evaluation.lookalikes``) and,
     unless ``adaptive`` is False, to train the adaptive attacker on (``publish.adaptive``;
     calibration runs without it); ``adaptive_from_attackers``: also fine-tune each recogniser attacker
-    into an adaptive one on that set (``publish.adaptive``). ``target_leakage``: release at the weakest setting whose
+    into an adaptive one on that set (``publish.adaptive``). ``attacker_set``: other people's faces
+    that neither the release nor a FaceMAE reconstructor holds, which the adaptive attackers train on
+    instead of ``training_set``: their privatized faces are of unseen people, as the released ones
+    are, where reconstructions of the reconstructor's own training faces are another distribution.
+    ``target_leakage``: release at the weakest setting whose
     worst-case rank-1 instance leakage is at most this (``calibrate``). ``seed``: the audit's and
     the calibration's draws (impostor samples, the calibration subset), not the privatizer's.
     ``precision`` and ``compile``: how the recognisers run (``evaluation.embed.load_embedder``);
@@ -59,6 +63,7 @@ class ReleaseOptions:
     convert: ConvertSettings = field(default_factory=ConvertSettings)
     val_bins: tuple = ()
     training_set: Optional[str] = None
+    attacker_set: Optional[str] = None
     target_leakage: Optional[float] = None
     reapply: bool = True
     adaptive: bool = True
@@ -111,7 +116,8 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
                            "holds one image per original (--k 1)")
     trained = training_set_entry(options.training_set, source)
     reconstructor = reconstructor_entry(privatizer, source, trained)
-    check_adaptive_starts(attackers, trained, options)
+    adaptive_data = adaptive_data_entry(options, source, trained, reconstructor)
+    check_adaptive_starts(attackers, adaptive_data, options)
     suite, recognisers = load_attackers(attackers, options.device, options.precision, options.compile)
     val_sets = load_val_sets(options.val_bins)
     calibration = None
@@ -125,8 +131,9 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
 
     provenance = convert_into(in_dir, staging, privatizer, options, convert, converted)
     adaptive, started_from = [], {}
-    if trained is not None and options.adaptive:
-        adaptive, started_from = adaptive_attackers(options.training_set, private, privatizer, recognisers, options)
+    if adaptive_data is not None and options.adaptive:
+        adaptive, started_from = adaptive_attackers(options.attacker_set or options.training_set, private,
+                                                    privatizer, recognisers, options)
     summary = audit_release(in_dir, staging, private, privatizer, suite, options, embedding_cache, adaptive)
     sweep(staging, keep=SHARD_FILES)  # a lock or scratch of a stopped conversion is never published
     figures = publish_figures(summary["reports"], staging)
@@ -143,7 +150,8 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
         refuse_above_target(calibration, summary["worst_case"]["instance"], staging)
     card = build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries, trained,
                       calibration, options.command, seed_public=privatizer.seed_public,
-                      reapply=options.reapply, adaptive=adaptive_state(trained, options.adaptive))
+                      reapply=options.reapply, adaptive=adaptive_state(adaptive_data, options.adaptive))
+    card["adaptive_data"] = adaptive_data if options.adaptive else None
     card = public_paths(card, staging, out_dir)
     sweep(staging)  # exactly the published files, whatever a stopped run left
     write_card(staging, card)  # last: a folder with a card is a finished release
@@ -184,8 +192,8 @@ def check_adaptive_starts(attackers, training_set, options):
     if not options.adaptive_from_attackers:
         return
     if training_set is None or not options.adaptive:
-        raise ReleaseError("--adaptive-from-attackers: the adaptive attackers train on --training-set A_DIR "
-                           "(and not with --no-adaptive)")
+        raise ReleaseError("--adaptive-from-attackers: the adaptive attackers train on --attacker-set C_DIR or "
+                           "--training-set A_DIR (and not with --no-adaptive)")
     for attacker in attackers:
         if attacker.network is None:
             raise ReleaseError(f"--adaptive-from-attackers: {attacker.model} is an ONNX model; only a model.pt "
@@ -202,6 +210,27 @@ def training_set_entry(training_set, source):
     if problem is not None:
         raise ReleaseError(f"--training-set {problem}; give the shard the reconstructor was trained on")
     return entry
+
+
+def adaptive_data_entry(options, source, trained, reconstructor):
+    """What the adaptive attackers train on, for the card: ``--attacker-set`` (checked to hold other
+    people than the release and the reconstructor), else ``--training-set``, else None; ``seen_by_
+    reconstructor`` says whether a FaceMAE model learnt from those very faces."""
+    if options.attacker_set is None:
+        if trained is None:
+            return None
+        return {"set": "training set", "name": os.path.basename(trained["path"]),
+                "seen_by_reconstructor": reconstructor is not None}
+    with FaceShard(options.attacker_set) as shard:
+        entry = {"path": os.path.abspath(os.fspath(options.attacker_set)), **shard.fingerprint()}
+    problem = lineage_problem(source, training_set=entry)
+    learnt = ((reconstructor or {}).get("trained_on") or {}).get("idx_sha256")
+    if problem is None and learnt == entry["idx_sha256"]:
+        problem = f"{entry['path']} is what the reconstructor was trained on, not people it never saw"
+    if problem is not None:
+        raise ReleaseError(f"--attacker-set {problem}; give faces of other people")
+    return {"set": "attacker set", "name": os.path.basename(entry["path"]), "idx_sha256": entry["idx_sha256"],
+            "images": entry["images"], "identities": entry["identities"], "seen_by_reconstructor": False}
 
 
 def provenance_method(privatizer):
