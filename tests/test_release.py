@@ -203,7 +203,7 @@ def test_the_adaptive_attacker_skipped_or_without_a_training_set_is_said_on_the_
                               quiet(training_set=world / "other", adaptive=False))
     alone = release_dataset(world / "ds", tmp_path / "alone", make_privatizer("blur", sigma=3.0), [], quiet())
     for card, folder, said in ((skipped, "skipped", "skipped at the publisher's request"),
-                               (alone, "alone", "no --training-set")):
+                               (alone, "alone", "no --attacker-set or --training-set")):
         assert all(a["kind"] != "adaptive" for a in card["attackers"])
         assert said in (tmp_path / folder / "RELEASE.md").read_text()
     assert (skipped["adaptive"], alone["adaptive"]) == ("skipped", "no training set")
@@ -215,9 +215,9 @@ def test_adaptive_attackers_fine_tuned_from_each_recogniser_are_audited_and_on_t
     card = release_dataset(world / "ds", out, make_privatizer("blur", sigma=3.0), attackers_of(world),
                            quiet(training_set=world / "other", adaptive_from_attackers=True, reapply=False))
     by_name = {a["name"]: a for a in card["attackers"]}
-    assert list(by_name) == ["pixels", "attacker", "adaptive", "adaptive-attacker"]
+    assert list(by_name) == ["pixels", "verbatim", "attacker", "adaptive", "adaptive-attacker"]
     assert {name: a["started_from"] for name, a in by_name.items()} == {
-        "pixels": None, "attacker": None, "adaptive": None, "adaptive-attacker": "attacker"}
+        "pixels": None, "verbatim": None, "attacker": None, "adaptive": None, "adaptive-attacker": "attacker"}
     for name in ("adaptive", "adaptive-attacker"):
         assert by_name[name]["kind"] == "adaptive"
         with open(tmp_path / "released.private" / "audit" / name / "audit.json") as f:
@@ -238,7 +238,7 @@ def test_adaptive_attackers_from_attackers_need_a_training_set_and_model_pts(wor
                      world / "attacker" / "model.pt", "--attacker-network", "mbf", "--adaptive-from-attackers",
                      "--quiet", check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "--adaptive-from-attackers: the adaptive attackers train on --training-set" in result.stderr
+    assert "--adaptive-from-attackers: the adaptive attackers train on --attacker-set C_DIR or --training-set" in result.stderr
     onnx = [Attacker(str(tmp_path / "attacker.onnx"))]
     with pytest.raises(ReleaseError, match="attacker.onnx is an ONNX model; only a model.pt"):
         release_dataset(world / "ds", tmp_path / "b", make_privatizer("blur"), onnx,
