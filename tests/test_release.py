@@ -438,3 +438,15 @@ def test_the_adaptive_attacker_trains_on_unseen_people_when_given_them_and_the_c
             release_dataset(world / "ds", tmp_path / "refused", privatizer, [],
                             quiet(training_set=world / "other", attacker_set=given))
     assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.private").exists()
+
+
+def test_a_reidentification_target_is_bounded_beside_the_instance_target(crowd, tmp_path):
+    at = privatizer_factory("facemae", tmp_path)
+    # no setting keeps the 95% upper bound of re-identification at 0 on 45 faces: refused, naming that threat
+    with pytest.raises(CalibrationError, match=r"--target-leakage 0.4 --target-reid 0: even the strongest setting "
+                                               r"mask_ratio=0.95 leaks up to .*% rank-1 re-identification"):
+        release_dataset(crowd / "ds", tmp_path / "released", at(0.0), [],
+                        quiet(target_leakage=0.4, target_reid=0.0, reapply=False), privatizer_at=at)
+    assert not (tmp_path / "released").exists() and not (tmp_path / "released.private").exists()
+    alone = facemae("release", crowd / "ds", tmp_path / "cli", "--method", "blur", "--target-reid", 0.5, "--quiet")
+    assert alone.returncode == 2 and "--target-reid" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1

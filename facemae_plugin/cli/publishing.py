@@ -102,6 +102,9 @@ def add_release(verbs):
                         "blur, block size for pixelate, std for noise) whose rank-1 instance leakage is at most X (a "
                         "fraction) under every attacker, found by bisection on up to 100 of IN_DIR's identities; "
                         "the whole release is then audited again and the card records every point")
+    p.add_argument("--target-reid", type=number(float, 0.0, 1.0), default=None, metavar="Y",
+                   help="with --target-leakage, also keep the worst-case rank-1 re-identification at most Y (a "
+                        "fraction; its 95%% upper bound on the calibration identities, then the whole release)")
     p.add_argument("--search", choices=AUDIT_SEARCHES, default="auto", help="the audit's search (see facemae audit)")
     add_precision(p, "fp32", "the audit's figures, as facemae audit computes them")
     p.set_defaults(run=_release)
@@ -116,9 +119,11 @@ def _release(args):
     from ..publish.release import PARTIAL_SUFFIX, ReleaseOptions, release_dataset
 
     attackers = _attackers(args.attacker, args.attacker_network)
+    if args.target_reid is not None and args.target_leakage is None:
+        raise UsageError("--target-reid Y calibrates beside --target-leakage X; give both")
     options = ReleaseOptions(
         convert=_convert_settings(args), val_bins=tuple(args.val or ()), training_set=args.training_set,
-        attacker_set=args.attacker_set,
+        attacker_set=args.attacker_set, target_reid=args.target_reid,
         target_leakage=args.target_leakage, reapply=args.reapply, adaptive=args.adaptive,
         adaptive_from_attackers=args.adaptive_from_attackers, seed=args.seed or 0,
         device=str(pick_device(args.device)), precision=args.precision, search=args.search, compile=args.compile,

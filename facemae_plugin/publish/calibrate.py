@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Optional
 
 from ..convert.settings import ConvertSettings
 from ..core.errors import FaceMAEError
@@ -56,6 +57,7 @@ class CalibrationOptions:
     device: str = "cpu"
     progress: bool = False
     reapply: bool = True
+    target_reid: Optional[float] = None  # also bound the worst-case rank-1 re-identification
 
 
 def calibrate(in_dir, work_parent, method, privatizer_at, attackers, options):
@@ -71,22 +73,24 @@ def calibrate(in_dir, work_parent, method, privatizer_at, attackers, options):
     if method not in STRENGTHS:
         raise CalibrationError(f"--target-leakage: method {method} has no strength to calibrate; expected one of "
                                f"{', '.join(STRENGTHS)}")
-    if not 0.0 <= options.target <= 1.0:
-        raise CalibrationError(f"--target-leakage must be a fraction in [0, 1], got {options.target}")
+    for flag, target in (("--target-leakage", options.target), ("--target-reid", options.target_reid)):
+        if target is not None and not 0.0 <= target <= 1.0:
+            raise CalibrationError(f"{flag} must be a fraction in [0, 1], got {target}")
     strength = STRENGTHS[method]
     os.makedirs(work_parent, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=".calibration-", dir=work_parent)
     try:
         subset, size = _write_subset(in_dir, os.path.join(scratch, "subset"), options.identities, options.seed)
         measure = _Measure(subset, scratch, privatizer_at, attackers, options)
-        value = _bisect(strength, measure, options.target, options.steps)
+        value = _bisect(strength, measure, options.steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     reapply = options.reapply
     names = [a.name for a in attackers] + ([REAPPLY] if reapply else []) + \
         [f"{REAPPLY}-{a.name}" for a in attackers if reapply and a.kind == "recogniser"]
     return {"method": method, "param": strength.param, "value": value, "target": options.target,
-            "threat": "instance", "confidence": CONFIDENCE, "attackers": names, "identities": size["identities"], "images": size["images"],
+            "target_reid": options.target_reid, "threat": "instance" if options.target_reid is None else "both",
+            "confidence": CONFIDENCE, "attackers": names, "identities": size["identities"], "images": size["images"],
             "seed": options.seed, "steps": options.steps, "points": sorted(measure.points, key=lambda p: p["value"])}
 
 
@@ -102,8 +106,9 @@ def _write_subset(in_dir, out_dir, identities, seed):
 
 
 class _Measure:
-    """Worst-case rank-1 instance leakage of the subset released at one setting (each measured once) and
-    its upper confidence bound (``upper_bound``), which is what meets a target or not."""
+    """Worst-case rank-1 instance (and re-identification) leakage of the subset released at one setting
+    (each measured once) and their upper confidence bounds (``upper_bound``), which are what meet the
+    targets or not."""
 
     def __init__(self, subset, scratch, privatizer_at, attackers, options):
         self.subset, self.scratch, self.privatizer_at = subset, scratch, privatizer_at
@@ -111,14 +116,14 @@ class _Measure:
         self.points = []
 
     def __call__(self, param, value):
-        """``(upper bound of the worst rank-1 instance leakage, the attacker that reached it)`` at ``param=value``."""
+        """``(whether param=value meets the targets, what it leaks: the threat that misses one, else instance)``."""
         from ..convert import convert
         from ..evaluation.audit import AuditOptions
         from ..evaluation.suite import audit_suite
 
         for point in self.points:
             if point["value"] == value:
-                return point["instance_upper"], point["attacker"]
+                return self.judge(point)
         out = os.path.join(self.scratch, f"point-{len(self.points)}")
         privatizer = self.privatizer_at(value)
         settings = self.options.settings
@@ -138,12 +143,31 @@ class _Measure:
         point = {"param": param, "value": value, "instance_rank1": worst["value"], "instance_upper": upper,
                  "queries": queries, "attacker": worst["attacker"],
                  "by_attacker": {name: entry["instance_rank1"] for name, entry in summary["attackers"].items()}}
+        reid = summary["worst_case"]["reidentification"]
+        if reid["value"] is not None:
+            reid_queries = summary["attackers"][reid["attacker"]]["reid_queries"]
+            point.update({"reid_rank1": reid["value"], "reid_attacker": reid["attacker"],
+                          "reid_upper": upper_bound(round(reid["value"] * reid_queries), reid_queries)})
         self.points.append(point)
         if self.options.progress:
             print(f"[calibrate] {param}={value:g}: worst-case rank-1 instance leakage "
                   f"{worst['value'] * 100:.2f}% ({worst['attacker']}), {CONFIDENCE:.0%} upper bound "
                   f"{upper * 100:.2f}%", flush=True)
-        return upper, point["attacker"]
+        return self.judge(point)
+
+    def judge(self, point):
+        """``(meets, words)``: both bounds under their targets, and what the point leaks (the threat that
+        misses, or instance)."""
+        target_reid = self.options.target_reid
+        if target_reid is not None and point.get("reid_upper", 1.0) > target_reid:
+            return False, _leak_words(point.get("reid_upper", 1.0), "re-identification", point.get("reid_attacker"))
+        words = _leak_words(point["instance_upper"], "instance", point["attacker"])
+        return point["instance_upper"] <= self.options.target, words
+
+
+def _leak_words(upper, threat, attacker):
+    return (f"leaks up to {upper * 100:.2f}% rank-1 {threat} ({CONFIDENCE:.0%} upper bound) under the {attacker} "
+            "attacker")
 
 
 def upper_bound(hits, n, confidence=CONFIDENCE):
@@ -169,23 +193,25 @@ def _binomial_cdf(k, n, p):
     return math.exp(top) * math.fsum(math.exp(v - top) for v in logs)
 
 
-def _bisect(strength, measure, target, steps):
-    """The weakest measured setting at or under ``target``, bracketed to ``steps`` halvings of the range."""
+def _bisect(strength, measure, steps):
+    """The weakest measured setting that meets the targets (``_Measure``), bracketed to ``steps`` halvings
+    of the range."""
     weak, strong = strength.weakest, strength.strongest
-    strongest_leak, attacker = measure(strength.param, strong)
-    if strongest_leak > target:
-        raise CalibrationError(
-            f"--target-leakage {target:g}: even the strongest setting {strength.param}={strong:g} leaks up to "
-            f"{strongest_leak * 100:.2f}% rank-1 instance ({CONFIDENCE:.0%} upper bound) under the {attacker} "
-            "attacker on the calibration identities; no release written")
-    if measure(strength.param, weak)[0] <= target:
+    meets, words = measure(strength.param, strong)
+    if not meets:
+        options = measure.options
+        asked = f"--target-leakage {options.target:g}" + (
+            f" --target-reid {options.target_reid:g}" if options.target_reid is not None else "")
+        raise CalibrationError(f"{asked}: even the strongest setting {strength.param}={strong:g} {words} on the "
+                               "calibration identities; no release written")
+    if measure(strength.param, weak)[0]:
         return weak
-    for _ in range(steps):  # invariant: leak(weak) > target >= leak(strong)
+    for _ in range(steps):  # invariant: weak misses the targets, strong meets them
         if strength.integer and strong - weak <= 1:
             break
         # rounded so that the card and the privatizer see the same short number
         middle = (weak + strong) // 2 if strength.integer else round((weak + strong) / 2, VALUE_DECIMALS)
-        if measure(strength.param, middle)[0] <= target:
+        if measure(strength.param, middle)[0]:
             strong = middle
         else:
             weak = middle

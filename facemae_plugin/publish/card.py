@@ -212,7 +212,9 @@ def _calibration_lines(calibration):
         return []
     points = "; ".join(f"{p['param']}={p['value']:g}: {_percent(p['instance_rank1'])}, upper bound "
                        f"{_percent(p['instance_upper'])} ({p['attacker']})" for p in calibration["points"])
-    return [f"- Calibrated to worst-case rank-1 instance leakage <= {_percent(calibration['target'])} at "
+    reid = calibration.get("target_reid")
+    bound = "" if reid is None else f" and re-identification <= {_percent(reid)}"
+    return [f"- Calibrated to worst-case rank-1 instance leakage <= {_percent(calibration['target'])}{bound} at "
             f"{calibration['confidence']:.0%} confidence (one-sided Clopper-Pearson upper bound) over the "
             f"attackers {', '.join(calibration['attackers'])} on {calibration['images']} images of "
             f"{calibration['identities']} calibration identities: chose {calibration['param']}="

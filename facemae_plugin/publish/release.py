@@ -53,6 +53,7 @@ class ReleaseOptions:
     that neither the release nor a FaceMAE reconstructor holds, which the adaptive attackers train on
     instead of ``training_set``: their privatized faces are of unseen people, as the released ones
     are, where reconstructions of the reconstructor's own training faces are another distribution.
+    ``target_reid``: with it, that setting's worst-case re-identification is bounded too.
     ``target_leakage``: release at the weakest setting whose
     worst-case rank-1 instance leakage is at most this (``calibrate``). ``seed``: the audit's and
     the calibration's draws (impostor samples, the calibration subset), not the privatizer's.
@@ -65,6 +66,7 @@ class ReleaseOptions:
     training_set: Optional[str] = None
     attacker_set: Optional[str] = None
     target_leakage: Optional[float] = None
+    target_reid: Optional[float] = None
     reapply: bool = True
     adaptive: bool = True
     adaptive_from_attackers: bool = False
@@ -126,7 +128,7 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
             calibration = calibrate(in_dir, private, provenance_method(privatizer), privatizer_at, suite,
                                     CalibrationOptions(options.target_leakage, options.convert, seed=options.seed,
                                                        device=options.device, progress=options.progress,
-                                                       reapply=options.reapply))
+                                                       reapply=options.reapply, target_reid=options.target_reid))
             privatizer = privatizer_at(calibration["value"])
 
     provenance = convert_into(in_dir, staging, privatizer, options, convert, converted)
@@ -147,7 +149,8 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
         released_entry = {"name": os.path.basename(out_dir), "images": len(released), "idx_sha256": released.idx_sha256}
     if calibration is not None:  # the whole release, audited by every attacker
         calibration["released_instance_rank1"] = summary["worst_case"]["instance"]["value"]
-        refuse_above_target(calibration, summary["worst_case"]["instance"], staging)
+        calibration["released_reid_rank1"] = summary["worst_case"]["reidentification"]["value"]
+        refuse_above_target(calibration, summary["worst_case"], staging)
     card = build_card(source, released_entry, provenance, reconstructor, summary["worst_case"], entries, trained,
                       calibration, options.command, seed_public=privatizer.seed_public,
                       reapply=options.reapply, adaptive=adaptive_state(adaptive_data, options.adaptive))
@@ -175,16 +178,20 @@ def check_release_output(in_dir, out_dir, staging, private, overwrite):
     return source
 
 
-def refuse_above_target(calibration, worst, staging):
-    """A calibrated release is published only if the whole of it meets the target under every attacker,
+def refuse_above_target(calibration, worst_case, staging):
+    """A calibrated release is published only if the whole of it meets the targets under every attacker,
     the adaptive one included: that one is trained after calibration, on the chosen setting."""
-    if worst["value"] <= calibration["target"]:
-        return
-    raise ReleaseError(
-        f"--target-leakage {calibration['target']:g}: calibrated to {calibration['param']}={calibration['value']:g} "
-        f"against {', '.join(calibration['attackers'])}, the whole release leaks {worst['value'] * 100:.2f}% rank-1 "
-        f"instance under the {worst['attacker']} attacker; no release written (the work is kept in {staging}); "
-        "ask for a lower target")
+    for threat, flag, target in (("instance", "--target-leakage", calibration["target"]),
+                                 ("reidentification", "--target-reid", calibration.get("target_reid"))):
+        worst = worst_case[threat]
+        if target is None or worst["value"] is None or worst["value"] <= target:
+            continue
+        words = "instance" if threat == "instance" else "re-identification"
+        raise ReleaseError(
+            f"{flag} {target:g}: calibrated to {calibration['param']}={calibration['value']:g} against "
+            f"{', '.join(calibration['attackers'])}, the whole release leaks {worst['value'] * 100:.2f}% rank-1 "
+            f"{words} under the {worst['attacker']} attacker; no release written (the work is kept in {staging}); "
+            "ask for a lower target")
 
 
 def check_adaptive_starts(attackers, training_set, options):
