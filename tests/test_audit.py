@@ -292,8 +292,9 @@ def test_a_copy_of_the_source_earlier_in_the_gallery_counts_as_the_source(tmp_pa
         writer.add_identity([faces[2], faces[0]])  # the first photo again, filed under a later key
     with FaceShard(tmp_path / "ds") as shard:
         payloads = [shard.read(key)[1] for key in shard.image_keys]
-        pixels = PixelAttacker()(torch.stack([torch.from_numpy(shard.decode(k).copy()).permute(2, 0, 1).float() / 127.5 - 1
-                                              for k in shard.image_keys])).double().numpy()
+        images = [torch.from_numpy(shard.decode(k).copy()).permute(2, 0, 1).float() / 127.5 - 1
+                  for k in shard.image_keys]  # [3, H, W] each
+        pixels = PixelAttacker()(torch.stack(images)).double().numpy()
     assert payloads[0] == payloads[3]
     _, order = brute_force_ranking(unit_rows(pixels), unit_rows(pixels))
     assert order[3, 0] == 0  # the plain ranking puts the earlier copy first: a miss by key

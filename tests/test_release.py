@@ -238,7 +238,8 @@ def test_adaptive_attackers_from_attackers_need_a_training_set_and_model_pts(wor
                      world / "attacker" / "model.pt", "--attacker-network", "mbf", "--adaptive-from-attackers",
                      "--quiet", check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "--adaptive-from-attackers: the adaptive attackers train on --attacker-set C_DIR or --training-set" in result.stderr
+    assert ("--adaptive-from-attackers: the adaptive attackers train on --attacker-set C_DIR or --training-set"
+            in result.stderr)
     onnx = [Attacker(str(tmp_path / "attacker.onnx"))]
     with pytest.raises(ReleaseError, match="attacker.onnx is an ONNX model; only a model.pt"):
         release_dataset(world / "ds", tmp_path / "b", make_privatizer("blur"), onnx,

@@ -115,7 +115,7 @@ def _release(args):
 
     from ..core.devices import pick_device
     from ..evaluation.attackers import worst_text
-    from ..publish.private import private_path
+    from ..core.files import private_path
     from ..publish.release import PARTIAL_SUFFIX, ReleaseOptions, release_dataset
 
     attackers = _attackers(args.attacker, args.attacker_network)
@@ -149,8 +149,8 @@ def add_benchmark(verbs):
                                      "val=[lfw.bin, ...]) or dict(source=DIR, fraction=0.5, val=[...]); "
                                      "teacher=dict(checkpoint=model.pt) and facemae=dict(checkpoint=facemae.pt) "
                                      "use models trained already. Finished steps are reused; writes results.md, "
-                                     "results.json and tradeoff.png; the sample sheet, which shows original faces, goes "
-                                     "to RESULTS.private/samples.png.")
+                                     "results.json and tradeoff.png; the sample sheet, which shows original faces, "
+                                     "goes to RESULTS.private/samples.png.")
     p.add_argument("config", metavar="CONFIG", help="benchmark file, e.g. benchmarks/configs/privacy_utility_synth.py")
     p.add_argument("--work-dir", default=os.path.join("work_dirs", "demo"),
                    help="steps live here; the default shares the finished steps of `facemae demo`")
@@ -197,8 +197,8 @@ def add_demo(verbs):
                                      "recogniser on the originals and on each release, verify each on held-out "
                                      "identities, audit each release's leakage, and publish the FaceMAE release "
                                      "with its card (WORK_DIR/release/RELEASE.md). Everything lands in WORK_DIR "
-                                     "(report.json, samples.private.png, tradeoff.png, ROC, audit plots); finished steps "
-                                     "are reused when run again.")
+                                     "(report.json, samples.private.png, tradeoff.png, ROC, audit plots); finished "
+                                     "steps are reused when run again.")
     p.add_argument("work_dir", metavar="WORK_DIR", nargs="?", default=os.path.join("work_dirs", "demo"))
     p.add_argument("--protocol", default=None, metavar="CONFIG.py",
                    help="a file defining `protocol = dict(...)` overriding the embedded sizes and budgets "

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 
 from ..core.errors import FaceMAEError
 from ..core.files import refuse_link, temp_name
@@ -69,8 +70,6 @@ def drawn_seed(out_dir, seed=None, work_dirs=(), overwrite=False):
 
 
 def _refuse_orphaned_work(path, work_dirs, overwrite):
-    import shutil
-
     for work in work_dirs:
         refuse_link(work)
         if not os.path.lexists(work):

@@ -10,6 +10,7 @@ arcface_torch evaluates); every released image queries the whole original galler
   leak_examples.png           original | released of the most and least leaking records
   training_set_histogram.png  with a training set: nearest identity-centre cosines (``lookalikes``)
 """
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -189,11 +190,22 @@ def _embed_and_search(original, released, embed, options):
 
 def copies_of(shard):
     """``[N]`` int64, one value per distinct image payload of ``shard`` (``image_keys`` order): records
-    holding byte-identical photos share it, so an attacker who finds a copy of a source has found it."""
+    holding byte-identical photos share it, so an attacker who finds a copy of a source has found it.
+    Every attacker of a suite searches the same originals: their payloads are read once."""
+    stat = os.stat(shard.rec_path)
+    return _copies(shard.rec_path, shard.idx_sha256, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _copies(rec_path, idx_sha256, rec_size, rec_mtime_ns):
+    """``copies_of`` for the shard of ``rec_path``, keyed by what identifies its bytes (read-only)."""
     import hashlib
 
-    digests = b"".join(hashlib.blake2b(shard.read(key)[1], digest_size=8).digest() for key in shard.image_keys)
-    return np.unique(np.frombuffer(digests, "<i8"), return_inverse=True)[1].astype(np.int64)
+    with FaceShard(rec_path) as shard:
+        digests = b"".join(hashlib.blake2b(shard.read(key)[1], digest_size=8).digest() for key in shard.image_keys)
+    copies = np.unique(np.frombuffer(digests, "<i8"), return_inverse=True)[1].astype(np.int64)
+    copies.setflags(write=False)
+    return copies
 
 
 def _training_set_leakage(training_dir, query, gallery, source_index, embed, options):

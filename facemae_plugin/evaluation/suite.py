@@ -36,13 +36,12 @@ def pixel_attacker():
     return SuiteAttacker(PIXELS, PixelAttacker(), PIXELS)
 
 
-def verbatim_attacker():
-    return SuiteAttacker(VERBATIM, VerbatimAttacker(), VERBATIM)
+MODEL_FREE = {PIXELS: PixelAttacker, VERBATIM: VerbatimAttacker}  # every audit runs these: they need no model
 
 
 def model_free_attackers():
     """The attackers every audit runs, needing no model: the thumbnail and the verbatim matchers."""
-    return [pixel_attacker(), verbatim_attacker()]
+    return [SuiteAttacker(name, embedder(), name) for name, embedder in MODEL_FREE.items()]
 
 
 def load_suite(models, device="cpu", precision="fp32", compile=True):

@@ -16,9 +16,8 @@ strengths (blur s3 / s6 ...; the originals are strength 0).
 """
 import os
 
-from ..core.files import write_json
+from ..core.files import make_private_dir, private_path, write_json
 from ..evaluation.samples import save_release_samples, spread_keys
-from ..core.files import make_private_dir, private_path
 from .experiment import Experiment
 from .report import markdown_table, matched_ratio_table, plot_tradeoff
 from .spec import ProtocolError, check_variant, load_python_config

@@ -31,15 +31,6 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-MODEL_FREE = ("pixels", "verbatim")  # the attackers every row runs that need no model (``evaluation.attackers``)
-
-
-def model_free_embedder(kind):
-    from ..evaluation.attackers import PixelAttacker, VerbatimAttacker
-
-    return {"pixels": PixelAttacker, "verbatim": VerbatimAttacker}[kind]()
-
-
 class Experiment(StepStore):
     """The protocol's steps, from data to audited rows, in one work directory (``StepStore``)."""
 
@@ -313,14 +304,17 @@ class Experiment(StepStore):
         return self.run_step(f"train-{name}", build, variant_inputs(variant, None if shared else seed))
 
     def attacker(self, kind, variant=None, seed=None):
-        """``(model.pt, network)`` of an attacker; ``(None, None)`` for the pixel attacker, which has no model.
+        """``(model.pt, network)`` of an attacker; ``(None, None)`` for the pixel and verbatim attackers, which
+        have no model.
 
         ``teacher``: trained on split A, never saw split B; it is also IRM's teacher, so FaceMAE was
         trained to keep exactly its similarity structure. ``informed``: the protocol's recogniser
         trained on the original split B (seed 0), a different network state that knows the people.
         ``adaptive``: trained on split A beside its release by ``variant``'s method (``adaptive``).
         """
-        if kind in MODEL_FREE:  # no model (``evaluation.attackers``)
+        from ..evaluation.suite import MODEL_FREE
+
+        if kind in MODEL_FREE:  # no model
             return None, None
         if kind == "teacher":
             return self.teacher()["model"], self.protocol.teacher.network
@@ -328,20 +322,20 @@ class Experiment(StepStore):
             return self.recogniser(ORIGINAL, 0)["model"], self.protocol.recogniser.network
         if kind == "adaptive":
             return self.adaptive(variant, seed)["model"], self.protocol.recogniser.network
-        raise ProtocolError(f"unknown attacker {kind!r}; expected pixels, teacher, informed or adaptive")
+        raise ProtocolError(f"unknown attacker {kind!r}; expected pixels, verbatim, teacher, informed or adaptive")
 
     def audit(self, variant, seed, attacker="teacher"):
         """Leakage of the release: each released image queries the original split B."""
         from ..evaluation.audit import AuditOptions, audit
         from ..evaluation.embed import load_embedder
+        from ..evaluation.suite import MODEL_FREE
 
         released = self.release(variant, seed)["released"]
         model, network = self.attacker(attacker, variant, seed)
         name = self.audit_name(self.release_name(variant, seed), attacker)
 
         def build():
-            embedder = model_free_embedder(attacker) if model is None else \
-                load_embedder(model, network, device=self.device)
+            embedder = MODEL_FREE[attacker]() if model is None else load_embedder(model, network, device=self.device)
             # The teacher's audit also asks whether released faces resemble split A's people.
             options = AuditOptions(device=self.device, plots=attacker == "teacher", progress=self.progress)
             report = audit(self.splits["release"], released, embedder, options, out_dir=self.path("audits", name),
@@ -407,6 +401,8 @@ class Experiment(StepStore):
 
     def row_finished(self, variant, seed, informed_attacker=False, adaptive_attacker=False):
         """Whether ``row`` would only reuse finished steps (nothing to train or convert)."""
+        from ..evaluation.suite import MODEL_FREE
+
         release = self.release_name(variant, seed)
         attackers = ["teacher", *MODEL_FREE] + (["informed"] if informed_attacker else []) \
             + (["adaptive"] if adaptive_attacker and variant["method"] != "original" else [])

@@ -31,8 +31,8 @@ LOOKALIKE_COLUMN = ("lookalike_excess", "look-alikes of split A, excess over ori
 # model; the teacher never saw the released identities; the informed attacker is the recogniser trained on
 # the original release split, who knows them.
 ATTACKERS = (("worst_instance_rank1", "worst case"), ("pixels_instance_rank1", "pixels"),
-             ("verbatim_instance_rank1", "verbatim"), ("instance_rank1", "teacher"), ("informed_instance_rank1", "informed"),
-             ("adaptive_instance_rank1", "adaptive"))
+             ("verbatim_instance_rank1", "verbatim"), ("instance_rank1", "teacher"),
+             ("informed_instance_rank1", "informed"), ("adaptive_instance_rank1", "adaptive"))
 # a row's attackers: (name, its instance and re-identification keys), for the worst case over them
 ROW_ATTACKERS = (("pixels", "pixels_instance_rank1", "pixels_reid_rank1"),
                  ("verbatim", "verbatim_instance_rank1", "verbatim_reid_rank1"),
@@ -90,7 +90,8 @@ def tradeoff_verdict(summary, leak_key, facemae="FaceMAE full 0.75", paste="Face
     Holds when ``facemae`` has at most half the verification error of the most accurate baseline
     that leaks at least as much (so FaceMAE is compared at equal or lower leakage), and leaks less
     than ``paste``. Leakage is the ``leak_key`` column (a worst case, ``worst_instance_rank1``, unless a
-    caller asks what one attacker alone sees: no attacker is assumed). Returns ``{"holds", "text", ...}``; ``holds`` is None when rows are missing.
+    caller asks what one attacker alone sees: no attacker is assumed). Returns ``{"holds", "text",
+    ...}``; ``holds`` is None when rows are missing.
     With an ``original`` row, ``original_ratio`` is the originals' own error against the same
     baseline: above 0.5 no release can pass, since none is expected to beat untouched data.
     """

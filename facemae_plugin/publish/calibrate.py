@@ -138,16 +138,14 @@ class _Measure:
         for folder in (out, out + "-reapplied"):
             shutil.rmtree(folder, ignore_errors=True)
         worst = summary["worst_case"]["instance"]
-        queries = summary["attackers"][worst["attacker"]]["queries"]
-        upper = upper_bound(round(worst["value"] * queries), queries)
+        upper, queries = _worst_bound(summary, "instance", "queries")
         point = {"param": param, "value": value, "instance_rank1": worst["value"], "instance_upper": upper,
                  "queries": queries, "attacker": worst["attacker"],
                  "by_attacker": {name: entry["instance_rank1"] for name, entry in summary["attackers"].items()}}
         reid = summary["worst_case"]["reidentification"]
         if reid["value"] is not None:
-            reid_queries = summary["attackers"][reid["attacker"]]["reid_queries"]
             point.update({"reid_rank1": reid["value"], "reid_attacker": reid["attacker"],
-                          "reid_upper": upper_bound(round(reid["value"] * reid_queries), reid_queries)})
+                          "reid_upper": _worst_bound(summary, "reidentification", "reid_queries")[0]})
         self.points.append(point)
         if self.options.progress:
             print(f"[calibrate] {param}={value:g}: worst-case rank-1 instance leakage "
@@ -163,6 +161,14 @@ class _Measure:
             return False, _leak_words(point.get("reid_upper", 1.0), "re-identification", point.get("reid_attacker"))
         words = _leak_words(point["instance_upper"], "instance", point["attacker"])
         return point["instance_upper"] <= self.options.target, words
+
+
+def _worst_bound(summary, threat, count_key):
+    """``(upper bound, queries)`` of the worst case of ``threat`` in an ``audit_suite`` summary: its rate
+    over the ``count_key`` queries of the attacker that reached it."""
+    worst = summary["worst_case"][threat]
+    queries = summary["attackers"][worst["attacker"]][count_key]
+    return upper_bound(round(worst["value"] * queries), queries), queries
 
 
 def _leak_words(upper, threat, attacker):

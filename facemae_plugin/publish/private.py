@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 
-from ..core.files import make_private_dir, private_path  # noqa: F401 (the release's private folder)
+from ..core.files import make_private_dir
 from ..formats.shard import IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, REC_NAME
 
 FIGURES_DIR = "figures"  # inside the release: figures of released images and aggregates only

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..core.errors import FaceMAEError
-from ..core.files import OutputError, refuse_link, refuse_overlap, replace_dir, sha256_file
+from ..core.files import OutputError, private_path, refuse_link, refuse_overlap, replace_dir, sha256_file
 from ..convert.layout import read_json_or_none
 from ..convert.settings import ConvertSettings
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import CalibrationOptions, calibrate
 from .card import attacker_entry, build_card, public_paths, write_card
 from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attackers
-from .private import FIGURES_DIR, SHARD_FILES, private_path, private_workspace, sweep
+from .private import FIGURES_DIR, SHARD_FILES, private_workspace, sweep
 from .reapply import reapply_attackers
 
 PARTIAL_SUFFIX = ".partial"
@@ -137,7 +137,7 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
         adaptive, started_from = adaptive_attackers(options.attacker_set or options.training_set, private,
                                                     privatizer, recognisers, options)
     summary = audit_release(in_dir, staging, private, privatizer, suite, options, embedding_cache, adaptive)
-    sweep(staging, keep=SHARD_FILES)  # a lock or scratch of a stopped conversion is never published
+    sweep(staging, keep=SHARD_FILES)  # no lock, scratch or file of a stopped run is published
     figures = publish_figures(summary["reports"], staging)
     entries = [attacker_entry(name, recognisers.get(name), entry, summary["reports"][name],
                               verify_attacker(recognisers.get(name), val_sets, options),
@@ -156,7 +156,6 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
                       reapply=options.reapply, adaptive=adaptive_state(adaptive_data, options.adaptive))
     card["adaptive_data"] = adaptive_data if options.adaptive else None
     card = public_paths(card, staging, out_dir)
-    sweep(staging)  # exactly the published files, whatever a stopped run left
     write_card(staging, card)  # last: a folder with a card is a finished release
     replace_dir(staging, out_dir)
     return card
@@ -194,11 +193,12 @@ def refuse_above_target(calibration, worst_case, staging):
             "ask for a lower target")
 
 
-def check_adaptive_starts(attackers, training_set, options):
-    """``--adaptive-from-attackers`` needs the training set and recognisers it can fine-tune (``model.pt``)."""
+def check_adaptive_starts(attackers, adaptive_data, options):
+    """``--adaptive-from-attackers`` needs faces to train on (``adaptive_data_entry``) and recognisers it can
+    fine-tune (``model.pt``)."""
     if not options.adaptive_from_attackers:
         return
-    if training_set is None or not options.adaptive:
+    if adaptive_data is None or not options.adaptive:
         raise ReleaseError("--adaptive-from-attackers: the adaptive attackers train on --attacker-set C_DIR or "
                            "--training-set A_DIR (and not with --no-adaptive)")
     for attacker in attackers:
@@ -207,12 +207,17 @@ def check_adaptive_starts(attackers, training_set, options):
                                "with its --attacker-network can be fine-tuned")
 
 
+def shard_entry(path):
+    """``{"path", **fingerprint}`` of the shard at ``path``: how the card and the lineage checks name it."""
+    with FaceShard(path) as shard:
+        return {"path": os.path.abspath(os.fspath(path)), **shard.fingerprint()}
+
+
 def training_set_entry(training_set, source):
     """The ``--training-set`` on the card; it must be another shard than the one released."""
     if training_set is None:
         return None
-    with FaceShard(training_set) as shard:
-        entry = {"path": os.path.abspath(os.fspath(training_set)), **shard.fingerprint()}
+    entry = shard_entry(training_set)
     problem = lineage_problem(source, training_set=entry)
     if problem is not None:
         raise ReleaseError(f"--training-set {problem}; give the shard the reconstructor was trained on")
@@ -228,8 +233,7 @@ def adaptive_data_entry(options, source, trained, reconstructor):
             return None
         return {"set": "training set", "name": os.path.basename(trained["path"]),
                 "seen_by_reconstructor": reconstructor is not None}
-    with FaceShard(options.attacker_set) as shard:
-        entry = {"path": os.path.abspath(os.fspath(options.attacker_set)), **shard.fingerprint()}
+    entry = shard_entry(options.attacker_set)
     problem = lineage_problem(source, training_set=entry)
     learnt = ((reconstructor or {}).get("trained_on") or {}).get("idx_sha256")
     if problem is None and learnt == entry["idx_sha256"]:
@@ -319,9 +323,9 @@ def copy_conversion(converted, staging, expected):
                 shutil.copyfile(source, tmp)
 
 
-def adaptive_state(training_set, adaptive):
-    """What the card says of the adaptive attacker."""
-    if training_set is None:
+def adaptive_state(adaptive_data, adaptive):
+    """What the card says of the adaptive attacker (``adaptive_data``: ``adaptive_data_entry``)."""
+    if adaptive_data is None:
         return "no training set"
     return "trained" if adaptive else "skipped"
 
@@ -376,9 +380,7 @@ PUBLIC_PLOTS = {"histogram": "similarity", "training_set": "training-set"}  # ag
 def publish_figures(reports, staging):
     """Each attacker's aggregate plots copied into ``staging/figures`` as ``<attacker>-<plot>.png``;
     returns ``{attacker: {plot: path relative to the release}}``. Leak examples stay private."""
-    folder = os.path.join(staging, FIGURES_DIR)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    os.makedirs(os.path.join(staging, FIGURES_DIR))  # the staging holds the shard alone here (``sweep``)
     figures = {}
     for name, report in reports.items():
         figures[name] = {}
