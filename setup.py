@@ -36,7 +36,11 @@ setup(
         "openvino",  # the compiled CPU runtime of long embedding jobs (verify, audit)
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "insightface", "scikit-learn"],
+        # Parquet both ways and the Hub dataset folder (release --hub): its card's YAML, its Croissant
+        "hub": ["pyarrow", "pyyaml"],
+        # the tests also load what --hub writes with the Hub's own readers and Croissant's validator
+        "test": ["pytest", "hypothesis", "insightface", "scikit-learn", "pyarrow", "pyyaml", "datasets",
+                 "mlcroissant", "huggingface_hub"],
         # what a user's arcface_torch checkout imports besides torch (train_v2, eval/verification.py)
         "arcface": ["tensorboard", "scikit-learn", "scipy"],
     },

@@ -1,4 +1,5 @@
-"""Verbs on datasets and their formats: synth, inspect, folder2rec, rec2folder, pairs2bin, split, merge."""
+"""Verbs on datasets and their formats: synth, inspect, folder2rec, rec2folder, rec2parquet, parquet2rec,
+pairs2bin, split, merge."""
 from .options import POSITIVE_INT, QUALITY, number, parents
 
 
@@ -91,6 +92,55 @@ def _rec2folder(args):
     return f"rec2folder: {result['images']} images of {result['identities']} identities -> {args.out_dir}", result
 
 
+def add_rec2parquet(verbs):
+    p = verbs.add_parser("rec2parquet", parents=parents("common", "overwrite"),
+                         help="shard -> Parquet files the Hub and datasets load",
+                         description="Write every image record of a shard, bytes unchanged, into "
+                                     "OUT_DIR/train-IIIII-of-NNNNN.parquet (columns image {bytes, path}, label, "
+                                     "key, recordio_header; layout A's header and identity records go to "
+                                     "recordio-layout.parquet). datasets.load_dataset('parquet', "
+                                     "data_files='OUT_DIR/train-*.parquet') loads it; parquet2rec gives the "
+                                     "shard back byte for byte. A killed run resumes: finished files are kept.")
+    p.add_argument("rec_dir", metavar="REC_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--rows-per-file", type=POSITIVE_INT, default=50_000,
+                   help="images per Parquet file (default 50000, about 300 MB of 112x112 JPEGs)")
+    p.set_defaults(run=_rec2parquet)
+
+
+def _rec2parquet(args):
+    from ..data.parquet import rec_to_parquet
+
+    result = rec_to_parquet(args.rec_dir, args.out_dir, rows_per_file=args.rows_per_file,
+                            overwrite=args.overwrite, progress=not args.quiet)
+    return f"rec2parquet: {result['images']} images -> {len(result['files'])} file(s) in {args.out_dir}", result
+
+
+def add_parquet2rec(verbs):
+    p = verbs.add_parser("parquet2rec", parents=parents("common", "overwrite"),
+                         help="Parquet face set -> shard arcface_torch trains on",
+                         description="Files written by rec2parquet become their shard again, byte for byte. "
+                                     "Any other Parquet set (a Hub face dataset: an image column holding "
+                                     "bytes or datasets' {bytes, path}, an integer label column) becomes a "
+                                     "layout-B shard, keys 0.. in row order. A killed run resumes from the "
+                                     "files already done (OUT_DIR/parts).")
+    p.add_argument("parquet", metavar="PARQUET", nargs="+",
+                   help="Parquet files, folders of them, or quoted glob patterns (in order)")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--image-column", default="image", help="the column of image bytes (default image)")
+    p.add_argument("--label-column", default="label", help="the column of integer identities (default label)")
+    p.set_defaults(run=_parquet2rec)
+
+
+def _parquet2rec(args):
+    from ..data.parquet import parquet_to_rec
+
+    result = parquet_to_rec(args.parquet, args.out_dir, image_column=args.image_column,
+                            label_column=args.label_column, overwrite=args.overwrite, progress=not args.quiet)
+    return (f"parquet2rec: {result['images']} images of {result['identities']} identities (layout "
+            f"{result['layout']}) -> {args.out_dir}", result)
+
+
 def add_pairs2bin(verbs):
     p = verbs.add_parser("pairs2bin", parents=parents("common", "overwrite"),
                          help="pairs list -> verification .bin",
@@ -153,4 +203,5 @@ def _merge(args):
     return f"merge: {result['shards']} shard(s), {result['records']} records -> {args.out_dir}", result
 
 
-VERBS = (add_synth, add_inspect, add_folder2rec, add_rec2folder, add_pairs2bin, add_split, add_merge,)
+VERBS = (add_synth, add_inspect, add_folder2rec, add_rec2folder, add_rec2parquet, add_parquet2rec, add_pairs2bin,
+         add_split, add_merge,)

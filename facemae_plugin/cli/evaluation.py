@@ -1,6 +1,5 @@
 """Verbs that measure: verify (a recogniser on .bin sets), audit (how much a release leaks), export (ONNX)."""
 import json
-import os
 
 from ..core.errors import UsageError
 from .options import AUDIT_EMBEDDING_DTYPES, AUDIT_SEARCHES, MASK_RATIO, POSITIVE_INT, add_precision, parents
