@@ -107,7 +107,41 @@ def add_release(verbs):
                         "fraction; its 95%% upper bound on the calibration identities, then the whole release)")
     p.add_argument("--search", choices=AUDIT_SEARCHES, default="auto", help="the audit's search (see facemae audit)")
     add_precision(p, "fp32", "the audit's figures, as facemae audit computes them")
+    add_hub_options(p)
     p.set_defaults(run=_release)
+
+
+def add_hub_options(p):
+    hub = p.add_argument_group("Hugging Face Hub folder (needs pip install 'facemae-plugin[hub]')")
+    hub.add_argument("--hub", action="store_true",
+                     help="also make OUT_DIR a Hub dataset folder: data/train-*.parquet (image, label), README.md "
+                          "(the Hub's dataset card: front matter, gated access, risks led by the worst case) and "
+                          "croissant.json (Croissant 1.1 with its Responsible-AI fields); upload it with "
+                          "`hf upload USER/NAME OUT_DIR --repo-type dataset`")
+    hub.add_argument("--hub-metadata", default=None, metavar="FILE.yaml",
+                     help="what only you know, as YAML: license, source_datasets, contact (required), "
+                          "license_name and license_link (for license: other), pretty_name, citation")
+    hub.add_argument("--hub-license", default=None, metavar="ID", help="a Hub licence id (cc-by-nc-4.0, other, ...)")
+    hub.add_argument("--hub-source-dataset", action="append", default=None, metavar="NAME",
+                     help="the dataset the photos came from; repeat for several")
+    hub.add_argument("--hub-contact", default=None, metavar="WHO", help="who answers for this dataset")
+    hub.add_argument("--hub-pretty-name", default=None, metavar="NAME", help="the dataset's display name")
+
+
+def _hub_metadata(args):
+    """The Hub card's metadata from --hub-metadata and the --hub-* flags, or None without --hub."""
+    given = [args.hub_metadata, args.hub_license, args.hub_source_dataset, args.hub_contact, args.hub_pretty_name]
+    if not args.hub:
+        if any(value is not None for value in given):
+            raise UsageError("--hub-metadata and --hub-* describe the Hub folder that --hub makes; add --hub")
+        return None
+    from ..data.parquet import pyarrow_modules
+    from ..publish.hub import HubMetadata
+
+    pyarrow_modules()
+    return HubMetadata.load(args.hub_metadata, license=args.hub_license,
+                            source_datasets=tuple(args.hub_source_dataset or ()), contact=args.hub_contact,
+                            pretty_name=args.hub_pretty_name)
 
 
 def _release(args):
@@ -127,7 +161,8 @@ def _release(args):
         target_leakage=args.target_leakage, reapply=args.reapply, adaptive=args.adaptive,
         adaptive_from_attackers=args.adaptive_from_attackers, seed=args.seed or 0,
         device=str(pick_device(args.device)), precision=args.precision, search=args.search, compile=args.compile,
-        overwrite=args.overwrite, progress=not args.quiet, command="facemae " + shlex.join(args.argv))
+        overwrite=args.overwrite, progress=not args.quiet, command="facemae " + shlex.join(args.argv),
+        hub=_hub_metadata(args))
     with _secret_seed(args, work_dirs=[os.path.abspath(args.out_dir) + PARTIAL_SUFFIX]):
         card = release_dataset(args.in_dir, args.out_dir, _privatizer(args), attackers, options,
                                privatizer_at=lambda value: _privatizer(_with_strength(args, value)))

@@ -121,7 +121,7 @@ def render_markdown(card):
     params = ", ".join(f"{key}={value}" for key, value in method.items()
                        if key not in ("method", "model", "checkpoint", "checkpoint_sha256", "mask_key_scheme"))
     lines = [f"# Release card: {card['released']['name']}", ""]
-    lines += _worst_case_lines(card)
+    lines += worst_case_lines(card)
     lines += [
         "", f"Made by facemae-plugin {card['facemae_plugin']}: `{card['command']}`", "",
         "## What was released", "",
@@ -134,20 +134,8 @@ def render_markdown(card):
     ]
     lines += _reconstructor_lines(card["reconstructor"])
     lines += _calibration_lines(card["calibration"])
-    lines += ["", "## How much it leaks, by attacker", "",
-              "Each released image searched every original image. Instance: its own source is the top match; "
-              "re-identification: with the source held out, another image of its person is; identity: any image "
-              "of its person is (the source included).", "",
-              "| attacker | kind | instance rank-1 | rank-5 | re-identification rank-1 | rank-5 | identity rank-1 | "
-              "TAR@FAR | mean source cosine | search |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for a in card["attackers"]:
-        leak, search = a["leakage"], a["search"]
-        searched = "exact" if search["method"] == "exact" else f"approximate (recall@1 {search['recall_at_1']:.3f})"
-        lines.append(f"| {a['name']} | {_kind(a)} | {_percent(leak['instance_rank1'])} | "
-                     f"{_percent(leak['instance_rank5'])} | {_percent(leak['reid_rank1'])} | "
-                     f"{_percent(leak['reid_rank5'])} | {_percent(leak['identity_rank1'])} | "
-                     f"{_number(leak['tar_at_far'])} | {_number(leak['mean_source_cosine'])} | {searched} |")
+    lines += ["", "## How much it leaks, by attacker", ""]
+    lines += leakage_table_lines(card)
     lines += _lookalike_lines(card)
     lines += _attacker_lines(card)
     lines += ["", "## Look", "",
@@ -158,7 +146,25 @@ def render_markdown(card):
     return "\n".join(lines) + "\n"
 
 
-def _worst_case_lines(card):
+def leakage_table_lines(card):
+    """What each attacker found, one table row per attacker (the worst case is stated above it)."""
+    lines = ["Each released image searched every original image. Instance: its own source is the top match; "
+             "re-identification: with the source held out, another image of its person is; identity: any image "
+             "of its person is (the source included).", "",
+             "| attacker | kind | instance rank-1 | rank-5 | re-identification rank-1 | rank-5 | identity rank-1 | "
+             "TAR@FAR | mean source cosine | search |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for a in card["attackers"]:
+        leak, search = a["leakage"], a["search"]
+        searched = "exact" if search["method"] == "exact" else f"approximate (recall@1 {search['recall_at_1']:.3f})"
+        lines.append(f"| {a['name']} | {_kind(a)} | {_percent(leak['instance_rank1'])} | "
+                     f"{_percent(leak['instance_rank5'])} | {_percent(leak['reid_rank1'])} | "
+                     f"{_percent(leak['reid_rank5'])} | {_percent(leak['identity_rank1'])} | "
+                     f"{_number(leak['tar_at_far'])} | {_number(leak['mean_source_cosine'])} | {searched} |")
+    return lines
+
+
+def worst_case_lines(card):
     lines = ["## Worst case", "",
              "The largest leakage over the attackers that ran; a release is as private as its worst case.", ""]
     for threat in THREATS:

@@ -19,7 +19,11 @@ FIGURES_DIR = "figures"  # inside the release: figures of released images and ag
 CARD_JSON = "RELEASE.json"
 CARD_MD = "RELEASE.md"
 SHARD_FILES = (REC_NAME, IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME)
-PUBLISHED = SHARD_FILES + (FIGURES_DIR, CARD_JSON, CARD_MD)
+HUB_DATA_DIR = "data"  # with --hub (``publish.hub``): the Parquet files, the Hub's card and the Croissant file
+HUB_CARD = "README.md"
+CROISSANT_JSON = "croissant.json"
+HUB_FILES = (HUB_DATA_DIR, HUB_CARD, CROISSANT_JSON)
+PUBLISHED = SHARD_FILES + (FIGURES_DIR, CARD_JSON, CARD_MD) + HUB_FILES
 
 
 def fresh_private_dir(path):

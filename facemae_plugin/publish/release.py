@@ -24,6 +24,7 @@ from ..convert.settings import ConvertSettings
 from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_problem
 from .calibrate import CalibrationOptions, calibrate
 from .card import attacker_entry, build_card, public_paths, write_card
+from .hub import write_hub_folder
 from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attackers
 from .private import FIGURES_DIR, SHARD_FILES, private_workspace, sweep
 from .reapply import reapply_attackers
@@ -78,6 +79,7 @@ class ReleaseOptions:
     overwrite: bool = False
     progress: bool = True
     command: Optional[str] = None
+    hub: Optional[object] = None  # ``publish.hub.HubMetadata``: also make the release a Hub dataset folder
 
     @property
     def audit(self):
@@ -156,6 +158,8 @@ def release_dataset(in_dir, out_dir, privatizer, attackers, options=ReleaseOptio
                       reapply=options.reapply, adaptive=adaptive_state(adaptive_data, options.adaptive))
     card["adaptive_data"] = adaptive_data if options.adaptive else None
     card = public_paths(card, staging, out_dir)
+    if options.hub is not None:
+        card["hub"] = write_hub_folder(staging, card, options.hub, progress=options.progress)
     write_card(staging, card)  # last: a folder with a card is a finished release
     replace_dir(staging, out_dir)
     return card
