@@ -234,8 +234,8 @@ class ParquetSource:
 
 
 def _open_parquet(pq, path):
-    try:
-        return pq.ParquetFile(path)
+    try:  # without pre-buffering a reader holds one row group, not the whole file
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise InputError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:120]})") from None
 
