@@ -144,3 +144,22 @@ def test_a_stopped_release_whose_secret_is_gone_is_refused_and_started_again_wit
     regenerated = tmp_path / "regenerated"
     convert(ds, regenerated, make_privatizer("noise", std=25.0, seed=seed), IN_PROCESS, progress=False)
     assert (regenerated / "train.rec").read_bytes() == (out / "train.rec").read_bytes() != before
+
+
+def test_a_stopped_conversion_whose_secret_is_gone_is_refused_and_started_again_with_overwrite(ds, tmp_path):
+    out = tmp_path / "out"
+    args = ("convert", ds, out, "--method", "noise", "--workers", 0, "--num-shards", 2, "--quiet")
+    assert facemae(*args, "--shard", 0).returncode == 0  # shard 0 done, shard 1 not yet
+    done = sorted(p.name for p in (out / "shards").iterdir())
+    os.remove(tmp_path / "out.secret.json")
+    refused = facemae(*args, "--shard", 1)  # a new secret would not match shard 0
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "the secret of" in lines[0] and "--overwrite" in lines[0]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == done and not (tmp_path / "out.secret.json").exists()
+    again = facemae(*args, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    seed = json.loads((tmp_path / "out.secret.json").read_text())["seed"]
+    regenerated = tmp_path / "regenerated"
+    convert(ds, regenerated, make_privatizer("noise", std=25.0, seed=seed), IN_PROCESS, progress=False)
+    assert (regenerated / "train.rec").read_bytes() == (out / "train.rec").read_bytes()
+

@@ -27,7 +27,7 @@ def add_convert(verbs):
 
 
 def _convert(args):
-    from ..convert import convert
+    from ..convert import SHARDS_DIR, convert
 
     shard, num_shards, distributed = args.shard, args.num_shards, False
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -39,7 +39,7 @@ def _convert(args):
     if shard is not None and num_shards is None:
         raise UsageError("--shard I needs --num-shards N")
     quiet = args.quiet or (distributed and shard != 0)
-    with _secret_seed(args):
+    with _secret_seed(args, work_dirs=[os.path.join(os.path.abspath(args.out_dir), SHARDS_DIR)]):
         result = convert(args.in_dir, args.out_dir, _privatizer(args), _convert_settings(args),
                          num_shards=num_shards or 1, shard=shard, overwrite=args.overwrite, progress=not quiet,
                          distributed=distributed, keep_shards=args.keep_shards)

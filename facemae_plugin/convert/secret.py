@@ -72,7 +72,9 @@ def drawn_seed(out_dir, seed=None, work_dirs=(), overwrite=False):
 def _refuse_orphaned_work(path, work_dirs, overwrite):
     for work in work_dirs:
         refuse_link(work)
-        if not os.path.lexists(work):
+        # a secret is written before its work folder: seen in this order, a missing secret is lost, not
+        # about to be written by a process starting beside this one (ranks of one torchrun)
+        if not os.path.lexists(work) or os.path.lexists(path):
             continue
         if not overwrite:
             raise SecretError(f"the secret of {work} is gone ({path} is missing), so its work cannot be resumed: "
