@@ -8,7 +8,8 @@ import pytest
 from facemae_plugin.protocol import benchmark as bench
 from facemae_plugin.protocol.spec import ProtocolError, merge_protocol
 from facemae_plugin.protocol.report import markdown_table, matched_ratio_table, plot_tradeoff, tradeoff_panels
-from facemae_plugin.protocol.verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict, worst_columns
+from facemae_plugin.protocol.verdicts import (aggregate, matched_leakage_verdict, tradeoff_verdict, with_target_check,
+                                             worst_columns)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -199,6 +200,27 @@ def test_benchmark_results_judge_each_threat_by_its_worst_case(tmp_path):
     blur = saved["verdict_matched"]["families"]["blur"]
     assert blur["error"] == pytest.approx(0.45 + (0.5 - 0.2) / (1.0 - 0.2) * (0.05 - 0.45))
     assert saved["verdict_matched_reid"]["leakage"] == pytest.approx(0.3 / 2)  # pixels' 0.15 over the teacher's 0.125
+
+
+def test_a_calibrated_variant_is_held_to_its_target_by_the_whole_releases_worst_case(tmp_path):
+    """Calibration sees a subset and no trained attacker but the teacher: the row checks the release."""
+    def calibrated(name, sigma, teacher, pixels):
+        r = {**row(name, "blur", 0, 0.7, teacher), "target_leakage": 0.05,
+             "setting": {"name": name, "method": "blur", "sigma": sigma}}
+        return with_target_check(audited(r, pixels))
+
+    held = calibrated("blur at 5% (held)", 12.5, teacher=0.02, pixels=0.04)
+    missed = calibrated("blur at 5% (missed)", 9.0, teacher=0.03, pixels=0.3)  # pixels finds more on the release
+    plain = with_target_check(audited(row("blur s6", "blur", 0, 0.8, 0.4), pixels=0.9))
+    assert (held["target_met"], missed["target_met"], plain["target_met"]) == (True, False, None)
+    experiment = type("Run", (), {"protocol": {"seed": 0}})()
+    bench.write_results(experiment, [held, missed, plain], str(tmp_path), "python bench.py")
+    report = (tmp_path / "results.md").read_text()
+    assert ("- blur at 5% (missed) (seed 0): calibrated to sigma=9; the whole release's worst case is 30.00% "
+            "instance (pixels), which MISSES the target 5.00%") in report
+    assert "blur at 5% (held) (seed 0): calibrated to sigma=12.5" in report and "4.00% instance (pixels), which meets" \
+        in report
+    assert "blur s6 (seed" not in report
 
 
 def test_a_benchmark_config_may_leave_out_the_trained_attackers_but_never_pixels_or_the_teacher(tmp_path):

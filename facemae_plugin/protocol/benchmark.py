@@ -22,7 +22,7 @@ from .experiment import Experiment
 from .report import markdown_table, matched_ratio_table, plot_tradeoff
 from .spec import ProtocolError, check_variant, load_python_config
 from .store import time_by_kind, where_the_time_went
-from .verdicts import aggregate, matched_leakage_verdict, tradeoff_verdict
+from .verdicts import aggregate, matched_leakage_verdict, target_lines, tradeoff_verdict
 
 SAMPLE_FACES = 8
 # What each attacker a benchmark can run is, for results.md; pixels and the teacher always run.
@@ -101,6 +101,11 @@ def write_results(experiment, rows, out_dir, command, attackers=tuple(ATTACKER_T
     table = markdown_table(summary)
     plot = plot_tradeoff(summary, os.path.join(out_dir, "tradeoff.png"))
     verdict_text = "\n\n".join(v["text"] for v in verdicts.values())
+    targets = target_lines(rows)
+    if targets:
+        verdict_text += ("\n\nCalibrated variants (each setting chosen on split B against the teacher and the "
+                         "model-free attackers, then the whole release audited by every attacker run):\n\n"
+                         + "\n".join(targets))
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(f"# Privacy vs utility\n\n`{command}`\n\n{table}\n\n{verdict_text}\n\n"
                 "Every FaceMAE row's error over each baseline's error at the same leakage (claim: <= 0.50):\n\n"

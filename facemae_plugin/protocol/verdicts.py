@@ -7,7 +7,7 @@ most half as often. Tables and figures of these live in ``report``.
 import numpy as np
 
 from ..evaluation.attackers import worst_case
-from ..privatizers.methods import BASELINE_METHODS
+from ..privatizers.methods import BASELINE_METHODS, STRENGTHS
 
 COLUMNS = (  # (key, header, format): percentages of the row dicts ``Experiment.row`` returns
     ("accuracy", "verification acc. %", "{:.2f}"),
@@ -50,6 +50,30 @@ def worst_columns(row):
             "worst_instance_attacker": worst["instance"]["attacker"],
             "worst_reid_rank1": worst["reidentification"]["value"],
             "worst_reid_attacker": worst["reidentification"]["attacker"]}
+
+
+def with_target_check(row):
+    """``row`` with ``target_met``: whether a calibrated variant's whole release kept its worst-case
+    instance leakage, over every attacker the row ran, at or under its ``target_leakage`` (None
+    without a target). Calibration sees a subset and fewer attackers; this is the release's check."""
+    target = row.get("target_leakage")
+    met = None if target is None or row["worst_instance_rank1"] is None else row["worst_instance_rank1"] <= target
+    return {**row, "target_met": met}
+
+
+def target_lines(rows):
+    """One line per calibrated row of ``results.md``: its setting and whether the whole release met the target."""
+    lines = []
+    for row in rows:
+        if row.get("target_leakage") is None:
+            continue
+        param = STRENGTHS[row["method"]].param
+        setting = f"{param}={row['setting'][param]:g}"
+        verdict = "meets" if row["target_met"] else "MISSES"
+        lines.append(f"- {row['variant']} (seed {row['seed']}): calibrated to {setting}; the whole release's worst "
+                     f"case is {row['worst_instance_rank1'] * 100:.2f}% instance ({row['worst_instance_attacker']}), "
+                     f"which {verdict} the target {row['target_leakage'] * 100:.2f}%")
+    return lines
 
 
 def table_columns(rows):
