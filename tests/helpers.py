@@ -47,7 +47,8 @@ def pretrain_config(synth_dir, output, **overrides):
 # A protocol small enough to run every step of an experiment in a test.
 TOY = dict(
     data=dict(train_identities=6, train_images_per_identity=4, release_identities=5, release_images_per_identity=3,
-              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20),
+              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20, attacker_identities=3,
+              attacker_images_per_identity=3),
     teacher=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
     facemae=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
     recogniser=dict(num_epoch=1, batch_size=8, warmup_epoch=0),

@@ -139,7 +139,7 @@ def test_reapply_finds_every_source_of_a_deterministic_method_and_draws_its_own_
 # A protocol small enough for a test, in fp32: emulated bf16 (a CPU without avx512_bf16) trains several times slower.
 SMALL = dict(
     data=dict(train_identities=12, train_images_per_identity=6, release_identities=8, release_images_per_identity=4,
-              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20),
+              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20, attacker_identities=0),
     teacher=dict(num_epoch=3, batch_size=16, warmup_epoch=0),
     facemae=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
     recogniser=dict(num_epoch=3, batch_size=16, warmup_epoch=0),

@@ -132,7 +132,15 @@ def mean_abs_difference(encoded, bgr):
 def test_splits_hold_disjoint_identities_rendered_from_the_seed(tmp_path):
     experiment = Experiment(tmp_path, TOY, progress=False)
     result = experiment.data()
-    assert result["identities"] == {"train": [0, 6], "release": [6, 11], "holdout": [11, 15]}
+    assert result["identities"] == {"train": [0, 6], "release": [6, 11], "holdout": [11, 15], "attacker": [15, 18]}
+    with FaceShard(experiment.path("data", "attacker")) as attacker:  # split C: the adaptive attackers' people
+        assert len(attacker) == 9 and attacker.property[0] == 3 and result["classes"]["attacker"] == 3
+        first_c = attacker.read(attacker.image_keys[0])[1]
+        assert mean_abs_difference(first_c, synth.identity_images(0, 15, 3)[0]) < 6  # identity 15, JPEG-close
+        assert mean_abs_difference(first_c, synth.identity_images(0, 0, 3)[0]) > 20
+    assert experiment.adaptive_split == "attacker"
+    no_c = Experiment(tmp_path / "no_c", {**TOY, "data": {**TOY["data"], "attacker_identities": 0}}, progress=False)
+    assert "attacker" not in no_c.data() and no_c.adaptive_split == "train"
     with FaceShard(experiment.path("data", "release")) as release, \
             FaceShard(experiment.path("data", "train")) as train:
         assert len(release) == 15 and release.property[0] == 5 and len(train) == 24 and train.property[0] == 6
@@ -142,6 +150,21 @@ def test_splits_hold_disjoint_identities_rendered_from_the_seed(tmp_path):
         assert mean_abs_difference(train.read(train.image_keys[0])[1], first_b) > 20  # not identity 0's
     images, issame = load_bin(experiment.holdout_bin)
     assert len(images) == 40 and len(issame) == 20
+
+
+def test_the_adaptive_attacker_learns_on_split_c_and_on_split_a_only_when_asked(tmp_path):
+    experiment = Experiment(tmp_path, TOY, progress=False)
+    blur = {"name": "blur s8", "method": "blur", "sigma": 8.0}
+    unseen, seen = experiment.adaptive(blur, 0), experiment.adaptive(blur, 0, split="train")
+    assert (unseen["split"], seen["split"]) == ("attacker", "train") and unseen["model"] != seen["model"]
+    for name, split in (("adaptive-blur_s8", "attacker"), ("adaptive-blur_s8-on-train", "train")):
+        # each learnt from its split beside that split's blurred twin: twice the images, the split's labels
+        with FaceShard(tmp_path / "adaptive" / name / "data" / "train") as pairs, \
+                FaceShard(experiment.splits[split]) as source:
+            assert len(pairs) == 2 * len(source) and len(pairs.identity_keys) == len(source.identity_keys)
+    # its step names the split, so an attacker trained on A before the protocol had a split C trains again
+    marker = json.loads((tmp_path / "steps" / "train-adaptive-blur_s8.done.json").read_text())
+    assert marker["inputs"]["split"] == "attacker"
 
 
 def test_data_detail_reaches_every_split(tmp_path):
@@ -186,10 +209,14 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     with open(tmp_path / "release" / "RELEASE.json") as f:
         card = json.load(f)
     assert card["seed"] == "secret" and str(seed) not in json.dumps(card)
-    # the training split also trains the adaptive attacker; reapply searches with pixels and the teacher
+    # the adaptive attacker learns the method on split C, people FaceMAE never saw; reapply searches with
+    # pixels and the teacher
     assert [a["name"] for a in card["attackers"]] == ["pixels", "verbatim", "teacher", "adaptive", "reapply",
                                                       "reapply-teacher"]
     assert card["adaptive"] == "trained"
+    assert card["adaptive_data"] == {"set": "attacker set", "name": "attacker", "seen_by_reconstructor": False,
+                                     "idx_sha256": FaceShard(tmp_path / "data" / "attacker").idx_sha256,
+                                     "images": 9, "identities": 3}
     assert card["attackers"][2]["training_set"] is not None
     assert card["worst_case"]["instance"]["value"] == max(a["leakage"]["instance_rank1"] for a in card["attackers"])
     assert report["card_worst_case"] == card["worst_case"]

@@ -2,7 +2,8 @@
 #   python benchmarks/privacy_utility.py benchmarks/configs/privacy_utility_smoke.py --work-dir work_dirs/pu_smoke
 protocol = dict(
     data=dict(train_identities=8, train_images_per_identity=4, release_identities=6, release_images_per_identity=4,
-              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20),
+              holdout_identities=4, holdout_images_per_identity=4, num_pairs=20, attacker_identities=4,
+              attacker_images_per_identity=4),
     teacher=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
     facemae=dict(num_epoch=1, batch_size=8, warmup_epoch=0),
     recogniser=dict(num_epoch=1, batch_size=8, warmup_epoch=0),

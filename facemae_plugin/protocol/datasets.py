@@ -8,6 +8,10 @@
                           ``facemae split`` does (``fraction`` of the identities train, seeded by the
                           protocol's seed), the rest is released
 
+Beside either form of the user's data, ``attacker=DIR`` names split C: people in neither split, whose
+faces the adaptive attackers learn the method on (synthetic data draws its own C of
+``attacker_identities``).
+
 Train (A) trains the teacher and FaceMAE; release (B) is what every variant releases. Their
 identities must differ: two shards need not share a label numbering (``facemae split`` renumbers
 both parts), so identities are compared by their images: a release identity with any image
@@ -28,6 +32,9 @@ def data_mode(data):
     """``synthetic``, ``dirs`` or ``source`` for a merged data block; mixed or partial forms are refused."""
     given = [key for key in USER_KEYS if data.get(key) is not None]
     if not given:
+        if data.get("attacker"):
+            raise ProtocolError("protocol.data.attacker: a shard of split C goes with train and release (or source); "
+                                "synthetic data draws its own C of attacker_identities")
         return "synthetic"
     if given == ["source"]:
         if not 0.0 < float(data.fraction) < 1.0:

@@ -83,7 +83,8 @@ def _publish(experiment, command):
     # serves them.
     secret, _ = publisher_seed(experiment.path(RELEASE_DIR))
     options = ReleaseOptions(convert=experiment.convert_settings, val_bins=tuple(splits["val"].values()),
-                             training_set=splits["train"], device=str(experiment.device),
+                             training_set=splits["train"], attacker_set=splits.get("attacker"),
+                             device=str(experiment.device),
                              progress=experiment.progress, command=command)
     return release_dataset(
         splits["release"], experiment.path(RELEASE_DIR),

@@ -1,7 +1,7 @@
 """The privacy-utility protocol: one work directory, steps that resume, one row per released variant.
 
-    data       split A (teacher + FaceMAE training), split B (to release), the verification .bin sets:
-               synthetic, or the user's shards (``datasets``)
+    data       split A (teacher + FaceMAE training), split B (to release), the verification .bin sets and,
+               where asked, split C (the adaptive attackers' people): synthetic, or the user's shards (``datasets``)
     teacher    recogniser trained on A (or given): the frozen IRM teacher and, never having seen B, the attacker
     facemae    FaceMAE pretrained on A (or given), with IRM, and without it for the ablation
     release    split B passed through a privatizer (FaceMAE, blur, pixelate, noise, masked-only)
@@ -15,6 +15,8 @@ Seeds: data, teacher and FaceMAE use ``protocol.seed``; a row's ``seed`` drives 
 """
 import os
 
+from easydict import EasyDict as edict
+
 from ..data.synthetic import write_holdout_bin, write_identity_shard
 from ..data.split import split_by_identity
 from .datasets import (check_disjoint, check_trained_on, data_mode, recorded_data, shard_fingerprint, shard_summary,
@@ -23,7 +25,7 @@ from .jobs import facemae_block, pretrain_config, recognition_config, summarise_
 from .spec import (DETERMINISTIC_METHODS, ORIGINAL, TARGET_KEY, ProtocolError, check_variant, facemae_step_name, slug,
                    variant_inputs)
 from .store import StepStore
-from .verdicts import VAL_PREFIX, worst_columns
+from .verdicts import VAL_PREFIX, with_target_check, worst_columns
 
 
 def _mean(values):
@@ -61,23 +63,32 @@ class Experiment(StepStore):
         return done
 
     def _synthetic_data(self):
-        """Three disjoint ranges of synthetic identities: split A, split B and the held-out pairs."""
+        """Disjoint ranges of synthetic identities: split A, split B, the held-out pairs and, when the
+        protocol asks for it, split C (the adaptive attackers' people)."""
         p = self.protocol
         d = p.data
         a = range(d.train_identities)
         b = range(a.stop, a.stop + d.release_identities)
         held = list(range(b.stop, b.stop + d.holdout_identities))
+        c = range(b.stop + d.holdout_identities, b.stop + d.holdout_identities + d.attacker_identities)
         write_identity_shard(self.path("data", "train"), p.seed, a, d.train_images_per_identity,
                              progress=self.progress, desc="split A", detail=d.detail)
         write_identity_shard(self.path("data", "release"), p.seed, b, d.release_images_per_identity,
                              progress=self.progress, desc="split B", detail=d.detail)
         pairs = write_holdout_bin(self.holdout_bin, p.seed, held, d.holdout_images_per_identity,
                                   d.num_pairs, progress=self.progress, detail=d.detail)
-        return {"train": self.path("data", "train"), "release": self.path("data", "release"),
+        done = {"train": self.path("data", "train"), "release": self.path("data", "release"),
                 "holdout": self.holdout_bin, "pairs": pairs,
                 "identities": {"train": [a.start, a.stop], "release": [b.start, b.stop],
                                "holdout": [held[0], held[-1] + 1]},
                 "classes": {"train": len(a), "release": len(b)}, "val": val_sets(d, self.holdout_bin)}
+        if len(c):
+            write_identity_shard(self.path("data", "attacker"), p.seed, c, d.attacker_images_per_identity,
+                                 progress=self.progress, desc="split C", detail=d.detail)
+            done["attacker"] = self.path("data", "attacker")
+            done["identities"]["attacker"] = [c.start, c.stop]
+            done["classes"]["attacker"] = len(c)
+        return done
 
     def _user_data(self, mode):
         """The user's shards: two folders checked for shared people, or one split by identity here."""
@@ -90,9 +101,17 @@ class Experiment(StepStore):
         else:
             train, release = shard_summary(d.train, "train"), shard_summary(d.release, "release")
             check_disjoint(train, release, self.progress)
-        return {"train": train["path"], "release": release["path"], "val": sets,
+        done = {"train": train["path"], "release": release["path"], "val": sets,
                 "classes": {"train": train["classes"], "release": release["classes"]},
                 "fingerprints": {"train": train["fingerprint"], "release": release["fingerprint"]}}
+        if d.get("attacker"):
+            attacker = shard_summary(d.attacker, "attacker")
+            for other in (train, release):
+                check_disjoint(other, attacker, self.progress)
+            done.update(attacker=attacker["path"])
+            done["classes"]["attacker"] = attacker["classes"]
+            done["fingerprints"]["attacker"] = attacker["fingerprint"]
+        return done
 
     @property
     def splits(self):
@@ -282,26 +301,49 @@ class Experiment(StepStore):
 
         return self.run_step(f"verify-{self.row_name(variant, seed)}", build, variant_inputs(variant, seed))
 
-    def adaptive(self, variant, seed):
-        """The adaptive attacker of a variant: the protocol's recogniser recipe trained on split A beside
+    @property
+    def adaptive_split(self):
+        """The split the adaptive attackers learn on: C (people no model of the protocol saw, as unseen
+        by the reconstructor as the released ones) where the protocol has one, else A."""
+        return "attacker" if self.splits.get("attacker") else "train"
+
+    def adaptive(self, variant, seed, split=None, num_epoch=None):
+        """The adaptive attacker of a variant: the protocol's recogniser recipe trained on a split beside
         its release by the variant's method (with the attacker's own seed), under the same labels, so it
-        learns to see through the method (McPherson, Shokri, Shmatikov 2016). ``{"model": ...}``."""
+        learns to see through the method (McPherson, Shokri, Shmatikov 2016). ``split``: ``attacker``
+        (C) or ``train`` (A; FaceMAE learnt those faces); default ``adaptive_split``. ``num_epoch``:
+        the recipe's unless given (to measure how training length changes what it finds).
+        ``{"model": ...}``."""
         from ..publish.adaptive import beside_release
         from ..train.recognise import train_recogniser
 
+        split = split or self.adaptive_split
         name = self.audit_name(self.release_name(variant, seed), "adaptive")
+        if split != self.adaptive_split:
+            name += f"-on-{split}"
+        if num_epoch is not None:
+            name += f"-e{num_epoch}"
         folder = self.path("adaptive", name)
 
         def build():
             p = self.protocol
-            pairs = beside_release(self.splits["train"], os.path.join(folder, "data"), self.privatizer(variant, seed),
+            recipe = p.recogniser if num_epoch is None else edict({**p.recogniser, "num_epoch": num_epoch})
+            pairs = beside_release(self.splits[split], os.path.join(folder, "data"), self.privatizer(variant, seed),
                                    self.convert_settings)
-            cfg = recognition_config(p, p.recogniser, pairs, self.splits["classes"]["train"],
+            cfg = recognition_config(p, recipe, pairs, self.splits["classes"][split],
                                      os.path.join(folder, "recogniser"), p.recogniser.seed)
-            return summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress))
+            return {**summarise_training(train_recogniser(cfg, device=p.device, progress=self.progress)),
+                    "split": split}
 
+        return self.run_step(f"train-{name}", build, self._adaptive_inputs(variant, seed, split))
+
+    def _adaptive_inputs(self, variant, seed, split=None):
+        """What keys an adaptive attacker's steps: its variant, and its split where that is not A (so
+        that an attacker trained on A before the protocol had a split C is trained again)."""
         shared = variant["method"] in DETERMINISTIC_METHODS
-        return self.run_step(f"train-{name}", build, variant_inputs(variant, None if shared else seed))
+        inputs = variant_inputs(variant, None if shared else seed)
+        split = split or self.adaptive_split
+        return inputs if split == "train" else {**inputs, "split": split}
 
     def attacker(self, kind, variant=None, seed=None):
         """``(model.pt, network)`` of an attacker; ``(None, None)`` for the pixel and verbatim attackers, which
@@ -349,6 +391,8 @@ class Experiment(StepStore):
                         key: lookalikes[key] for key in ("released_fraction", "original_fraction", "mcnemar_z",
                                                          "flagged")}}
 
+        if attacker == "adaptive":
+            return self.run_step(f"audit-{name}", build, self._adaptive_inputs(variant, seed))
         shared = variant["method"] in DETERMINISTIC_METHODS
         return self.run_step(f"audit-{name}", build, variant_inputs(variant, None if shared else seed))
 
@@ -395,9 +439,11 @@ class Experiment(StepStore):
                 "informed_identity_rank1": informed["identity_rank1"],
                 "informed_reid_rank1": informed.get("reid_rank1"),
                 "adaptive_instance_rank1": adaptive["instance_rank1"], "adaptive_reid_rank1": adaptive["reid_rank1"],
+                "adaptive_split": self.adaptive_split if adaptive is not unmeasured else None,
                 "roc_png": verified["roc_png"], "audit": leaked["report"],
-                "setting": self.calibrated(variant, seed) if TARGET_KEY in variant else None}
-        return {**row, **worst_columns(row)}
+                "setting": self.calibrated(variant, seed) if TARGET_KEY in variant else None,
+                "target_leakage": variant.get(TARGET_KEY)}
+        return with_target_check({**row, **worst_columns(row)})
 
     def row_finished(self, variant, seed, informed_attacker=False, adaptive_attacker=False):
         """Whether ``row`` would only reuse finished steps (nothing to train or convert)."""
@@ -408,8 +454,8 @@ class Experiment(StepStore):
             + (["adaptive"] if adaptive_attacker and variant["method"] != "original" else [])
         shared = variant["method"] in DETERMINISTIC_METHODS
         steps = [(f"verify-{self.row_name(variant, seed)}", variant_inputs(variant, seed))]
-        steps += [(f"audit-{self.audit_name(release, a)}", variant_inputs(variant, None if shared else seed))
-                   for a in attackers]
+        steps += [(f"audit-{self.audit_name(release, a)}", self._adaptive_inputs(variant, seed) if a == "adaptive"
+                   else variant_inputs(variant, None if shared else seed)) for a in attackers]
         return all(self.step_finished(step, inputs) for step, inputs in steps)
 
     @property

@@ -19,10 +19,13 @@ from ..privatizers.methods import METHODS
 PROTOCOL_DEFAULTS = {
     "seed": 0,
     # The synthetic sizes, or the user's data (train + release, or source + fraction; see datasets).
+    # attacker: people in no other split, whose faces the adaptive attackers learn the method on (as
+    # unseen by the reconstructor as the released people are); 0 identities / None: split A instead.
     "data": {"train_identities": 100, "train_images_per_identity": 20, "release_identities": 100,
              "release_images_per_identity": 15, "holdout_identities": 50, "holdout_images_per_identity": 20,
+             "attacker_identities": 100, "attacker_images_per_identity": 20,
              "num_pairs": 1000, "detail": 0.0,
-             "train": None, "release": None, "source": None, "fraction": 0.5, "val": None},
+             "train": None, "release": None, "source": None, "fraction": 0.5, "val": None, "attacker": None},
     # CosFace margins: converge faster than ArcFace's on a few hundred identities.
     # checkpoint: a recogniser trained on the train split already (model.pt); nothing is trained then.
     "teacher": {"network": "mbf", "num_epoch": 4, "warmup_epoch": 1, "batch_size": 64, "lr": 0.1,
