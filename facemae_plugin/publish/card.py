@@ -107,7 +107,8 @@ def write_card(folder, card):
 # ----------------------------------------------------------------------------- markdown
 
 
-def _percent(value):
+def percent(value):
+    """A fraction as a percentage with two decimals, or n/a."""
     return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
@@ -117,9 +118,7 @@ def _number(value, digits=4):
 
 def render_markdown(card):
     """The card for people: how much it leaks at worst, what was released, by what, each attacker's figures."""
-    source, method = card["source"], card["method"]
-    params = ", ".join(f"{key}={value}" for key, value in method.items()
-                       if key not in ("method", "model", "checkpoint", "checkpoint_sha256", "mask_key_scheme"))
+    source = card["source"]
     lines = [f"# Release card: {card['released']['name']}", ""]
     lines += worst_case_lines(card)
     lines += [
@@ -129,7 +128,7 @@ def render_markdown(card):
         f"(layout {source['layout']}, `.idx` sha256 `{source['idx_sha256']}`)",
         f"- Release: {card['released']['images']} images (k={card['k']}, JPEG quality {card['jpeg_quality']}), "
         f"`.idx` sha256 `{card['released']['idx_sha256']}`",
-        f"- Method: **{method['method']}** ({params})",
+        f"- Method: {method_text(card, bold=True)}",
         f"- {_seed_line(card)}",
     ]
     lines += _reconstructor_lines(card["reconstructor"])
@@ -146,6 +145,15 @@ def render_markdown(card):
     return "\n".join(lines) + "\n"
 
 
+def method_text(card, bold=False):
+    """``blur (sigma=6.0)``: the method and its published parameters (a secret seed as ``secret``)."""
+    method = card["method"]
+    params = ", ".join(f"{key}={value}" for key, value in method.items()
+                       if key not in ("method", "model", "checkpoint", "checkpoint_sha256", "mask_key_scheme"))
+    name = f"**{method['method']}**" if bold else method["method"]
+    return f"{name} ({params})"
+
+
 def leakage_table_lines(card):
     """What each attacker found, one table row per attacker (the worst case is stated above it)."""
     lines = ["Each released image searched every original image. Instance: its own source is the top match; "
@@ -157,9 +165,9 @@ def leakage_table_lines(card):
     for a in card["attackers"]:
         leak, search = a["leakage"], a["search"]
         searched = "exact" if search["method"] == "exact" else f"approximate (recall@1 {search['recall_at_1']:.3f})"
-        lines.append(f"| {a['name']} | {_kind(a)} | {_percent(leak['instance_rank1'])} | "
-                     f"{_percent(leak['instance_rank5'])} | {_percent(leak['reid_rank1'])} | "
-                     f"{_percent(leak['reid_rank5'])} | {_percent(leak['identity_rank1'])} | "
+        lines.append(f"| {a['name']} | {_kind(a)} | {percent(leak['instance_rank1'])} | "
+                     f"{percent(leak['instance_rank5'])} | {percent(leak['reid_rank1'])} | "
+                     f"{percent(leak['reid_rank5'])} | {percent(leak['identity_rank1'])} | "
                      f"{_number(leak['tar_at_far'])} | {_number(leak['mean_source_cosine'])} | {searched} |")
     return lines
 
@@ -170,7 +178,7 @@ def worst_case_lines(card):
     for threat in THREATS:
         entry = card["worst_case"][threat]
         by = f"by the **{entry['attacker']}** attacker" if entry["attacker"] else "not measured"
-        lines.append(f"- {THREAT_WORDS[threat]}: **{_percent(entry['value'])}** rank-1, {by}")
+        lines.append(f"- {THREAT_WORDS[threat]}: **{percent(entry['value'])}** rank-1, {by}")
     return lines
 
 
@@ -216,16 +224,16 @@ def _reconstructor_lines(reconstructor):
 def _calibration_lines(calibration):
     if calibration is None:
         return []
-    points = "; ".join(f"{p['param']}={p['value']:g}: {_percent(p['instance_rank1'])}, upper bound "
-                       f"{_percent(p['instance_upper'])} ({p['attacker']})" for p in calibration["points"])
+    points = "; ".join(f"{p['param']}={p['value']:g}: {percent(p['instance_rank1'])}, upper bound "
+                       f"{percent(p['instance_upper'])} ({p['attacker']})" for p in calibration["points"])
     reid = calibration.get("target_reid")
-    bound = "" if reid is None else f" and re-identification <= {_percent(reid)}"
-    return [f"- Calibrated to worst-case rank-1 instance leakage <= {_percent(calibration['target'])}{bound} at "
+    bound = "" if reid is None else f" and re-identification <= {percent(reid)}"
+    return [f"- Calibrated to worst-case rank-1 instance leakage <= {percent(calibration['target'])}{bound} at "
             f"{calibration['confidence']:.0%} confidence (one-sided Clopper-Pearson upper bound) over the "
             f"attackers {', '.join(calibration['attackers'])} on {calibration['images']} images of "
             f"{calibration['identities']} calibration identities: chose {calibration['param']}="
             f"{calibration['value']:g} (points: {points}); the whole release then leaks at worst "
-            f"{_percent(calibration['released_instance_rank1'])}"]
+            f"{percent(calibration['released_instance_rank1'])}"]
 
 
 def _lookalike_lines(card):
@@ -240,7 +248,7 @@ def _lookalike_lines(card):
     for a in rows:
         t = a["training_set"]
         hits = ", ".join(f"{h['label']} ({h['released']})" for h in t["top_identities"][:5]) or "none"
-        lines.append(f"| {a['name']} | {_percent(t['released_fraction'])} | {_percent(t['original_fraction'])} | "
+        lines.append(f"| {a['name']} | {percent(t['released_fraction'])} | {percent(t['original_fraction'])} | "
                      f"{t['mcnemar_z']:.1f} | {'yes' if t['flagged'] else 'no'} | {hits} |")
     return lines
 

@@ -11,7 +11,7 @@ import os
 
 from ..core.files import atomic_file, json_text, sha256_file
 from ..formats.shard import IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, REC_NAME
-from .card import THREAT_WORDS
+from .card import THREAT_WORDS, method_text, percent
 from .private import CROISSANT_JSON, HUB_DATA_DIR
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
@@ -38,13 +38,13 @@ SYNTHETIC_METHODS = ("facemae",)
 
 def croissant(card, metadata, files):
     """The Croissant document as a dict; ``files``: ``{path in the release: (sha256, bytes)}`` of its data files."""
-    from .hub import TAGS, _method_words
+    from .hub import TAGS
 
     name = metadata.pretty_name or card["released"]["name"]
     doc = {
         "@context": CONTEXT, "@type": "sc:Dataset", "conformsTo": CONFORMS_TO, "name": name,
         "description": (f"Face images for face recognition, each made from one photo of a real person by "
-                        f"{_method_words(card).replace('**', '')}; its measured linkage to the source photos is in "
+                        f"{method_text(card)}; its measured linkage to the source photos is in "
                         f"rai:dataLimitations, worst case first."),
         "license": metadata.license_link or metadata.license, "version": "1.0.0",
         "creator": {"@type": "sc:Person", "name": metadata.contact}, "keywords": list(TAGS),
@@ -86,15 +86,13 @@ def _record_set():
 
 def rai_fields(card, metadata):
     """The Responsible-AI part: collection, processing, sensitive data, leakage (worst case first), uses."""
-    from .hub import _method_words
-
-    method = _method_words(card).replace("**", "")
+    method = method_text(card)
     worst = card["worst_case"]
     attackers = sorted(card["attackers"], key=lambda a: -(a["leakage"]["instance_rank1"] or 0))
-    limitations = [f"Worst case over the attackers run: {THREAT_WORDS[t]}: {_percent(worst[t]['value'])} rank-1, by "
+    limitations = [f"Worst case over the attackers run: {THREAT_WORDS[t]}: {percent(worst[t]['value'])} rank-1, by "
                    f"the {worst[t]['attacker']} attacker." for t in ("instance", "reidentification")]
-    limitations += [f"{a['name']} attacker ({a['kind']}): instance rank-1 {_percent(a['leakage']['instance_rank1'])}, "
-                    f"re-identification rank-1 {_percent(a['leakage']['reid_rank1'])}." for a in attackers]
+    limitations += [f"{a['name']} attacker ({a['kind']}): instance rank-1 {percent(a['leakage']['instance_rank1'])}, "
+                    f"re-identification rank-1 {percent(a['leakage']['reid_rank1'])}." for a in attackers]
     limitations.append("Measured against these attackers only; a stronger attacker may link more. A set that trains "
                        "face recognition keeps its people recognisable.")
     source = card["source"]
@@ -128,10 +126,6 @@ def rai_fields(card, metadata):
                                            f"own card and measured leakage."),
         "rai:hasSyntheticData": card["method"]["method"] in SYNTHETIC_METHODS,
     }
-
-
-def _percent(value):
-    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def data_files(folder, parquet_files):

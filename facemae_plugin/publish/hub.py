@@ -13,7 +13,7 @@ from typing import Optional
 from ..core.errors import UsageError
 from ..core.files import atomic_file
 from ..data.parquet import DEFAULT_ROWS_PER_FILE
-from .card import THREAT_WORDS, leakage_table_lines, worst_case_lines
+from .card import THREAT_WORDS, leakage_table_lines, method_text, percent, worst_case_lines
 from .private import CROISSANT_JSON, HUB_CARD, HUB_DATA_DIR
 
 REQUIRED = ("license", "source_datasets", "contact")
@@ -129,19 +129,12 @@ def render_hub_readme(card, metadata, parquet):
     return f"---\n{head}---\n\n" + "\n".join(_body_lines(card, metadata)) + "\n"
 
 
-def _method_words(card):
-    method = card["method"]
-    params = ", ".join(f"{key}={value}" for key, value in method.items()
-                       if key not in ("method", "model", "checkpoint", "checkpoint_sha256", "mask_key_scheme"))
-    return f"**{method['method']}** ({params})"
-
-
 def _body_lines(card, metadata):
     name = metadata.pretty_name or card["released"]["name"]
     worst = card["worst_case"]
     lines = [f"# Dataset Card for {name}", "",
              f"Face images for training face recognition, each made from one photo of a real person by "
-             f"{_method_words(card)} so that it is harder to link back to that photo. How often it still can be "
+             f"{method_text(card, bold=True)} so that it is harder to link back to that photo. How often it still can be "
              f"was measured and is stated below, worst case first.", ""]
     lines += worst_case_lines(card)
     lines += ["", "## Dataset Details", "", "### Dataset Description", "",
@@ -169,7 +162,7 @@ def _body_lines(card, metadata):
               "### Source Data", "", "#### Data Collection and Processing", "",
               f"Every image of the source shard ({card['source']['images']} images of "
               f"{card['source']['identities']} identities, `.idx` sha256 `{card['source']['idx_sha256']}`) was "
-              f"replaced by its version under {_method_words(card)}, k={card['k']}, JPEG quality "
+              f"replaced by its version under {method_text(card, bold=True)}, k={card['k']}, JPEG quality "
               f"{card['jpeg_quality']}; keys and labels are those of the source. The seed is {card['seed']}.", "",
               "#### Who are the source data producers?", "",
               f"The people photographed in {', '.join(metadata.source_datasets)}; see that dataset's own card.", "",
@@ -180,13 +173,13 @@ def _body_lines(card, metadata):
               "Faces are biometric data (special-category personal data under the GDPR, Art. 9). Every image here was "
               "made from a photo of a real, identifiable person; the method reduces, but does not remove, what "
               "links it to that photo and person. "
-              f"At worst {_percent(worst['instance']['value'])} of the images still find their own source photo "
-              f"({worst['instance']['attacker']} attacker) and {_percent(worst['reidentification']['value'])} find "
+              f"At worst {percent(worst['instance']['value'])} of the images still find their own source photo "
+              f"({worst['instance']['attacker']} attacker) and {percent(worst['reidentification']['value'])} find "
               f"another photo of their person ({worst['reidentification']['attacker']} attacker).", "",
               "## Bias, Risks, and Limitations", "",
-              f"- **Linkage:** {THREAT_WORDS['instance']}: {_percent(worst['instance']['value'])} at worst, by the "
+              f"- **Linkage:** {THREAT_WORDS['instance']}: {percent(worst['instance']['value'])} at worst, by the "
               f"{worst['instance']['attacker']} attacker; {THREAT_WORDS['reidentification']}: "
-              f"{_percent(worst['reidentification']['value'])} at worst, by the "
+              f"{percent(worst['reidentification']['value'])} at worst, by the "
               f"{worst['reidentification']['attacker']} attacker. Measured against the attackers below only; a "
               "stronger attacker may find more.",
               "- **People stay recognisable:** a set that trains recognisers keeps its people recognisable, so "
@@ -200,10 +193,6 @@ def _body_lines(card, metadata):
     lines += ["```bibtex", metadata.citation.strip(), "```"] if metadata.citation else ["Not given by the publisher."]
     lines += ["", "## Dataset Card Contact", "", metadata.contact]
     return lines
-
-
-def _percent(value):
-    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def write_hub_folder(folder, card, metadata, rows_per_file=DEFAULT_ROWS_PER_FILE, progress=True):
