@@ -112,6 +112,34 @@ def test_missing_hub_fields_are_one_line_before_any_work(tmp_path, synth_dir):
     assert os.listdir(tmp_path) == []
 
 
+def tree(folder):
+    """``{relative path: sha256}`` of every file below ``folder``."""
+    return {os.path.relpath(os.path.join(root, name), folder):
+            hashlib.sha256(open(os.path.join(root, name), "rb").read()).hexdigest()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_a_finished_release_becomes_a_hub_folder_and_stays_as_it_was(tmp_path, synth_dir):
+    facemae("release", synth_dir, tmp_path / "rel", "--method", "blur", "--quiet", check=True)
+    (tmp_path / "rel" / "samples.png").write_bytes(b"an original face, left here by hand")
+    before = tree(tmp_path / "rel")
+    result = facemae("hub", tmp_path / "rel", tmp_path / "hub", "--quiet", "--json", *HUB_FLAGS[1:], check=True)
+    assert tree(tmp_path / "rel") == before  # the release is not touched
+    assert "samples.png" not in os.listdir(tmp_path / "hub")  # only the published files are copied
+    assert last_json(result.stdout)["croissant"] == "croissant.json"
+    loaded = datasets.load_dataset(str(tmp_path / "hub"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(zip(loaded["key"], loaded["label"])) == [(k, label) for k, (label, _) in zip(
+        sorted(int(k) for k in FaceShard(tmp_path / "rel").image_keys), released_records(tmp_path / "rel"))]
+    card = json.loads((tmp_path / "hub" / "RELEASE.json").read_text())
+    assert card["worst_case"] == json.loads((tmp_path / "rel" / "RELEASE.json").read_text())["worst_case"]
+    assert (tmp_path / "hub" / "RELEASE.md").read_text() == (tmp_path / "rel" / "RELEASE.md").read_text()
+    card["card_version"] = 3  # an older release folder may hold original faces: refused
+    (tmp_path / "rel" / "RELEASE.json").write_text(json.dumps(card))
+    refused = facemae("hub", tmp_path / "rel", tmp_path / "hub2", "--quiet", *HUB_FLAGS[1:])
+    assert refused.returncode == 2 and "card_version 3, expected 4" in refused.stderr
+    assert not (tmp_path / "hub2").exists()
+
+
 def test_hub_metadata_from_yaml(tmp_path):
     path = tmp_path / "hub.yaml"
     path.write_text("license: other\nlicense_name: research-only\nlicense_link: LICENSE.md\n"

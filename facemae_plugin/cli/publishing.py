@@ -1,4 +1,4 @@
-"""Verbs that make and judge releases: convert, release, benchmark, demo."""
+"""Verbs that make and judge releases: convert, release, hub, benchmark, demo."""
 import argparse
 import contextlib
 import os
@@ -118,6 +118,10 @@ def add_hub_options(p):
                           "(the Hub's dataset card: front matter, gated access, risks led by the worst case) and "
                           "croissant.json (Croissant 1.1 with its Responsible-AI fields); upload it with "
                           "`hf upload USER/NAME OUT_DIR --repo-type dataset`")
+    add_hub_metadata_options(hub)
+
+
+def add_hub_metadata_options(hub):
     hub.add_argument("--hub-metadata", default=None, metavar="FILE.yaml",
                      help="what only you know, as YAML: license, source_datasets, contact (required), "
                           "license_name and license_link (for license: other), pretty_name, citation")
@@ -126,6 +130,28 @@ def add_hub_options(p):
                      help="the dataset the photos came from; repeat for several")
     hub.add_argument("--hub-contact", default=None, metavar="WHO", help="who answers for this dataset")
     hub.add_argument("--hub-pretty-name", default=None, metavar="NAME", help="the dataset's display name")
+
+
+def add_hub(verbs):
+    p = verbs.add_parser("hub", parents=parents("common", "overwrite"),
+                         help="a finished release -> a Hugging Face Hub dataset folder",
+                         description="Copy a release made without --hub (its shard, cards and figures, nothing "
+                                     "else of the folder) into OUT_DIR and add what release --hub adds: "
+                                     "data/train-*.parquet, README.md (the Hub's dataset card) and croissant.json. "
+                                     "The release is not touched.")
+    p.add_argument("release_dir", metavar="RELEASE_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    add_hub_metadata_options(p.add_argument_group("what only you know (needs pip install 'facemae-plugin[hub]')"))
+    p.set_defaults(run=_hub, hub=True)
+
+
+def _hub(args):
+    from ..publish.hub import hub_from_release
+
+    card = hub_from_release(args.release_dir, args.out_dir, _hub_metadata(args), overwrite=args.overwrite,
+                            progress=not args.quiet)
+    return (f"hub: {card['released']['images']} images, {len(card['hub']['parquet'])} Parquet file(s), "
+            f"README.md and croissant.json -> {args.out_dir}"), card["hub"]
 
 
 def _hub_metadata(args):
@@ -306,4 +332,4 @@ def _attackers(models, networks):
     return [Attacker(model, network) for model, network in zip(models, networks)]
 
 
-VERBS = (add_convert, add_release, add_benchmark, add_demo,)
+VERBS = (add_convert, add_release, add_hub, add_benchmark, add_demo,)

@@ -5,16 +5,19 @@ file and flags, checked before any work. ``write_hub_folder`` adds to a finished
 and card already made): ``data/train-*.parquet`` (``data.parquet``), ``README.md`` (YAML front matter
 the Hub reads, then the Hub's dataset card sections, its risks led by the measured worst case) and
 ``croissant.json`` (``publish.croissant``). The RecordIO shard stays for arcface_torch.
+``hub_from_release`` does the same for a release made without ``--hub``, into a new folder.
 """
+import json
 import os
+import shutil
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from ..core.errors import UsageError
-from ..core.files import atomic_file
+from ..core.errors import InputError, UsageError
+from ..core.files import atomic_file, refuse_existing, refuse_overlap, replace_dir, temp_name
 from ..data.parquet import DEFAULT_ROWS_PER_FILE
-from .card import THREAT_WORDS, leakage_table_lines, method_text, percent, worst_case_lines
-from .private import CROISSANT_JSON, HUB_CARD, HUB_DATA_DIR
+from .card import CARD_VERSION, THREAT_WORDS, leakage_table_lines, method_text, percent, worst_case_lines, write_card
+from .private import CARD_JSON, CROISSANT_JSON, FIGURES_DIR, HUB_CARD, HUB_DATA_DIR, SHARD_FILES
 
 REQUIRED = ("license", "source_datasets", "contact")
 FLAGS = {"license": "--hub-license", "source_datasets": "--hub-source-dataset", "contact": "--hub-contact",
@@ -193,6 +196,47 @@ def _body_lines(card, metadata):
     lines += ["```bibtex", metadata.citation.strip(), "```"] if metadata.citation else ["Not given by the publisher."]
     lines += ["", "## Dataset Card Contact", "", metadata.contact]
     return lines
+
+
+def hub_from_release(release_dir, out_dir, metadata, rows_per_file=DEFAULT_ROWS_PER_FILE, overwrite=False,
+                     progress=True):
+    """A finished release made without ``--hub``, copied into ``out_dir`` as a Hub dataset folder: its
+    published files (nothing else of the folder), then ``write_hub_folder``; the release is not touched.
+    Returns the card (with ``hub``)."""
+    release_dir, out_dir = os.path.abspath(os.fspath(release_dir)), os.path.abspath(os.fspath(out_dir))
+    card = _read_card(release_dir)
+    refuse_overlap(out_dir, [release_dir], output_is_dir=True)
+    refuse_existing(out_dir, overwrite, what="output folder")
+    tmp = temp_name(out_dir)
+    os.makedirs(tmp)
+    try:
+        for name in SHARD_FILES:
+            if os.path.isfile(os.path.join(release_dir, name)):
+                shutil.copyfile(os.path.join(release_dir, name), os.path.join(tmp, name))
+        if os.path.isdir(os.path.join(release_dir, FIGURES_DIR)):
+            shutil.copytree(os.path.join(release_dir, FIGURES_DIR), os.path.join(tmp, FIGURES_DIR), symlinks=False)
+        card["hub"] = write_hub_folder(tmp, card, metadata, rows_per_file, progress)
+        write_card(tmp, card)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out_dir)
+    return card
+
+
+def _read_card(release_dir):
+    path = os.path.join(release_dir, CARD_JSON)
+    try:
+        with open(path, "rb") as f:
+            card = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a finished release's card ({type(exc).__name__}); make one with "
+                         "facemae release") from None
+    if not isinstance(card, dict) or card.get("card_version") != CARD_VERSION:
+        found = card.get("card_version") if isinstance(card, dict) else None
+        raise InputError(f"{path}: card_version {found}, expected {CARD_VERSION}; release again with this version "
+                         "(an older release folder may hold original faces)")
+    return card
 
 
 def write_hub_folder(folder, card, metadata, rows_per_file=DEFAULT_ROWS_PER_FILE, progress=True):
