@@ -32,7 +32,7 @@ IMAGES_PER_IDENTITY = 20
 
 STEP = r"""
 import os, resource, shutil, sys, time, json
-from facemae_plugin.data.parquet import parquet_to_rec, rec_to_parquet
+from facemae_plugin.convert.parquet import parquet_to_rec, rec_to_parquet
 step, src, out = sys.argv[1:4]
 start = time.perf_counter()
 if step == "copy":

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from facemae_plugin.core.errors import InputError, OutputError
-from facemae_plugin.data.parquet import PARTS_DIR, parquet_to_rec, rec_to_parquet
+from facemae_plugin.convert.parquet import PARTS_DIR, parquet_to_rec, rec_to_parquet
 from facemae_plugin.formats.recordio import encode_image
 from facemae_plugin.formats.shard import FaceShard
 from tests.conftest import smooth_image, write_layout_a, write_layout_b
@@ -110,7 +110,7 @@ def test_a_hub_style_parquet_set_becomes_a_shard_mxnet_reads(tmp_path, mxnet_pyt
 
 
 def test_a_killed_conversion_resumes_from_what_is_done(tmp_path, monkeypatch):
-    import facemae_plugin.data.parquet as parquet
+    import facemae_plugin.convert.parquet as parquet
 
     shard = tmp_path / "shard"
     write_layout_a(shard, [3, 3, 3, 3], seed=1)

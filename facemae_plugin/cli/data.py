@@ -109,7 +109,7 @@ def add_rec2parquet(verbs):
 
 
 def _rec2parquet(args):
-    from ..data.parquet import rec_to_parquet
+    from ..convert.parquet import rec_to_parquet
 
     result = rec_to_parquet(args.rec_dir, args.out_dir, rows_per_file=args.rows_per_file,
                             overwrite=args.overwrite, progress=not args.quiet)
@@ -133,7 +133,7 @@ def add_parquet2rec(verbs):
 
 
 def _parquet2rec(args):
-    from ..data.parquet import parquet_to_rec
+    from ..convert.parquet import parquet_to_rec
 
     result = parquet_to_rec(args.parquet, args.out_dir, image_column=args.image_column,
                             label_column=args.label_column, overwrite=args.overwrite, progress=not args.quiet)

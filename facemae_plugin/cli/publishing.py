@@ -161,7 +161,7 @@ def _hub_metadata(args):
         if any(value is not None for value in given):
             raise UsageError("--hub-metadata and --hub-* describe the Hub folder that --hub makes; add --hub")
         return None
-    from ..data.parquet import pyarrow_modules
+    from ..convert.parquet import pyarrow_modules
     from ..publish.hub import HubMetadata
 
     pyarrow_modules()

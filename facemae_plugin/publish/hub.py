@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..core.errors import InputError, UsageError
 from ..core.files import atomic_file, refuse_existing, refuse_overlap, replace_dir, temp_name
-from ..data.parquet import DEFAULT_ROWS_PER_FILE
+from ..convert.parquet import DEFAULT_ROWS_PER_FILE
 from .card import CARD_VERSION, THREAT_WORDS, leakage_table_lines, method_text, percent, worst_case_lines, write_card
 from .private import CARD_JSON, CROISSANT_JSON, FIGURES_DIR, HUB_CARD, HUB_DATA_DIR, SHARD_FILES
 
@@ -242,7 +242,7 @@ def _read_card(release_dir):
 def write_hub_folder(folder, card, metadata, rows_per_file=DEFAULT_ROWS_PER_FILE, progress=True):
     """Add ``data/``, ``README.md`` and ``croissant.json`` to the release folder ``folder``; returns what the
     card records of them (the Parquet files, the card and the Croissant file, by path in the release)."""
-    from ..data.parquet import write_parquet_files
+    from ..convert.parquet import write_parquet_files
     from ..formats.shard import FaceShard
     from .croissant import write_croissant
 

@@ -25,8 +25,8 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
-from ..convert.layout import read_json_or_none, remove_files
-from ..convert.merge import concatenate_records
+from .layout import read_json_or_none, remove_files
+from .merge import concatenate_records
 from ..core.errors import InputError, OutputError
 from ..core.files import OutputLock, atomic_path, json_text, refuse_link, refuse_overlap, write_bytes
 from ..formats.recordio import IRHeader, RecordWriter, pack, unpack
