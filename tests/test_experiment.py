@@ -216,7 +216,7 @@ def test_demo_runs_every_step_writes_its_report_and_reuses_steps(tmp_path, capsy
     assert card["adaptive"] == "trained"
     assert card["adaptive_data"] == {"set": "attacker set", "name": "attacker", "seen_by_reconstructor": False,
                                      "idx_sha256": FaceShard(tmp_path / "data" / "attacker").idx_sha256,
-                                     "images": 9, "identities": 3}
+                                     "images": 9, "identities": 3, "epochs": 3}
     assert card["attackers"][2]["training_set"] is not None
     assert card["worst_case"]["instance"]["value"] == max(a["leakage"]["instance_rank1"] for a in card["attackers"])
     assert report["card_worst_case"] == card["worst_case"]

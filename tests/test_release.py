@@ -417,18 +417,25 @@ def test_the_calibration_bound_is_the_clopper_pearson_upper_bound(hits, n):
 
 
 @pytest.mark.slow
-def test_the_adaptive_attacker_trains_on_unseen_people_when_given_them_and_the_card_says_on_what(world, tmp_path):
+def test_the_adaptive_attacker_trains_on_unseen_people_when_given_them_and_the_card_says_on_what(world, tmp_path,
+                                                                                                  monkeypatch):
+    import facemae_plugin.train.recognise as recognise
+
     with FaceShard(world / "other") as other:
         trained_on = other.fingerprint()
     checkpoint = facemae_checkpoint(tmp_path / "facemae.pt", trained_on)
     privatizer = make_privatizer("facemae", checkpoint=checkpoint)
     write_identity_shard(tmp_path / "unseen", 0, range(300, 306), 3, progress=False)
+    trainings, train = [], recognise.train_recogniser
+    monkeypatch.setattr(recognise, "train_recogniser", lambda cfg, **kw: trainings.append(cfg) or train(cfg, **kw))
     card = release_dataset(world / "ds", tmp_path / "released", privatizer, [],
-                           quiet(training_set=world / "other", attacker_set=tmp_path / "unseen", reapply=False))
+                           quiet(training_set=world / "other", attacker_set=tmp_path / "unseen", reapply=False,
+                                 adaptive_epochs=2))
     with FaceShard(tmp_path / "unseen") as unseen:
         assert card["adaptive_data"] == {"set": "attacker set", "name": "unseen", "idx_sha256": unseen.idx_sha256,
-                                         "images": 18, "identities": 6, "seen_by_reconstructor": False}
-    assert "`unseen`, people neither released nor seen" in text_of(tmp_path / "released")
+                                         "images": 18, "identities": 6, "seen_by_reconstructor": False, "epochs": 2}
+        assert [(cfg.num_epoch, cfg.num_image) for cfg in trainings] == [(2, 2 * len(unseen))]  # it and its twin
+    assert "for 2 epochs on `unseen`, people neither released nor seen" in text_of(tmp_path / "released")
     # trained on the reconstructor's own faces, the card says this attacker may understate
     seen = release_dataset(world / "ds", tmp_path / "seen", privatizer, [],
                            quiet(training_set=world / "other", reapply=False))

@@ -268,8 +268,10 @@ def _attacker_lines(card):
         elif a["kind"] == "adaptive":
             start = (f"the {a['started_from']} recogniser fine-tuned" if a["started_from"] else
                      "a face recogniser trained from random weights")
-            lines.append(f"- {a['name']}: {start} on {_adaptive_data_words(card.get('adaptive_data'))} beside "
-                         "its release by this method (a seed of its own), so it has learnt to see through it")
+            epochs = (card.get("adaptive_data") or {}).get("epochs")
+            length = f" for {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
+            lines.append(f"- {a['name']}: {start}{length} on {_adaptive_data_words(card.get('adaptive_data'))} "
+                         "beside its release by this method (a seed of its own), so it has learnt to see through it")
         else:
             seed = "the published seed" if card["seed"] == "published" else "a seed of its own"
             searcher = a["name"].split("-", 1)[1] if "-" in a["name"] else "the pixel attacker"

@@ -26,6 +26,7 @@ from .calibrate import CalibrationOptions, calibrate
 from .card import attacker_entry, build_card, public_paths, write_card
 from .hub import write_hub_folder
 from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attackers
+from .adaptive import RECIPE as ADAPTIVE_RECIPE
 from .private import FIGURES_DIR, SHARD_FILES, private_workspace, sweep
 from .reapply import reapply_attackers
 
@@ -71,6 +72,7 @@ class ReleaseOptions:
     reapply: bool = True
     adaptive: bool = True
     adaptive_from_attackers: bool = False
+    adaptive_epochs: int = ADAPTIVE_RECIPE["num_epoch"]
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"
@@ -236,7 +238,7 @@ def adaptive_data_entry(options, source, trained, reconstructor):
         if trained is None:
             return None
         return {"set": "training set", "name": os.path.basename(trained["path"]),
-                "seen_by_reconstructor": reconstructor is not None}
+                "seen_by_reconstructor": reconstructor is not None, "epochs": options.adaptive_epochs}
     entry = shard_entry(options.attacker_set)
     problem = lineage_problem(source, training_set=entry)
     learnt = ((reconstructor or {}).get("trained_on") or {}).get("idx_sha256")
@@ -245,7 +247,8 @@ def adaptive_data_entry(options, source, trained, reconstructor):
     if problem is not None:
         raise ReleaseError(f"--attacker-set {problem}; give faces of other people")
     return {"set": "attacker set", "name": os.path.basename(entry["path"]), "idx_sha256": entry["idx_sha256"],
-            "images": entry["images"], "identities": entry["identities"], "seen_by_reconstructor": False}
+            "images": entry["images"], "identities": entry["identities"], "seen_by_reconstructor": False,
+            "epochs": options.adaptive_epochs}
 
 
 def provenance_method(privatizer):
@@ -346,7 +349,8 @@ def adaptive_attackers(training_set, private, privatizer, recognisers, options):
     names = [ADAPTIVE, *started_from]
     starts = [None] + [(recognisers[name][0].model, recognisers[name][0].network) for name in started_from.values()]
     models = train_adaptive_attackers(training_set, os.path.join(private, ADAPTIVE_DIR), privatizer, options.convert,
-                                      options.device, options.progress, starts=starts)
+                                      options.device, options.progress, starts=starts,
+                                      recipe={"num_epoch": options.adaptive_epochs})
     # model=None: the files go with .adaptive before the card, so nothing names or caches them
     suite = [SuiteAttacker(name, load_embedder(model, network, device=options.device, precision=options.precision,
                                                compile=options.compile), ADAPTIVE, model=None)
