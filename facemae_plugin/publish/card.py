@@ -146,10 +146,11 @@ def render_markdown(card):
 
 
 def method_text(card, bold=False):
-    """``blur (sigma=6.0)``: the method and its published parameters (a secret seed as ``secret``)."""
+    """``blur (sigma=6.0, k=1)``: the method and its published parameters that are set (a secret seed as
+    ``secret``)."""
     method = card["method"]
-    params = ", ".join(f"{key}={value}" for key, value in method.items()
-                       if key not in ("method", "model", "checkpoint", "checkpoint_sha256", "mask_key_scheme"))
+    params = ", ".join(f"{key}={value}" for key, value in method.items() if value is not None and key not in
+                       ("method", "model", "checkpoint", "checkpoint_sha256", "mask_key_scheme"))
     name = f"**{method['method']}**" if bold else method["method"]
     return f"{name} ({params})"
 

@@ -104,7 +104,7 @@ def rai_fields(card, metadata):
         "rai:dataCollectionRawData": (f"The source shard, .idx sha256 {source['idx_sha256']} (layout "
                                       f"{source['layout']}); it is not part of this dataset."),
         "rai:dataPreprocessingProtocol": [
-            f"Method: {method}; k={card['k']}; JPEG quality {card['jpeg_quality']}; seed {card['seed']}.",
+            f"Method: {method}; JPEG quality {card['jpeg_quality']}; seed {card['seed']}.",
             f"Made by facemae-plugin {card['facemae_plugin']}: {card['command']}",
             *([f"Reconstructor sha256 {card['reconstructor']['sha256']}."] if card["reconstructor"] else []),
             "Keys and identity labels are those of the source; only the image bytes changed."],

@@ -165,7 +165,7 @@ def _body_lines(card, metadata):
               "### Source Data", "", "#### Data Collection and Processing", "",
               f"Every image of the source shard ({card['source']['images']} images of "
               f"{card['source']['identities']} identities, `.idx` sha256 `{card['source']['idx_sha256']}`) was "
-              f"replaced by its version under {method_text(card, bold=True)}, k={card['k']}, JPEG quality "
+              f"replaced by its version under {method_text(card, bold=True)}, JPEG quality "
               f"{card['jpeg_quality']}; keys and labels are those of the source. The seed is {card['seed']}.", "",
               "#### Who are the source data producers?", "",
               f"The people photographed in {', '.join(metadata.source_datasets)}; see that dataset's own card.", "",
