@@ -23,6 +23,7 @@ import os
 import shutil
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .layout import read_json_or_none, remove_files
@@ -30,8 +31,8 @@ from .merge import concatenate_records
 from ..core.errors import InputError, OutputError
 from ..core.files import OutputLock, atomic_path, json_text, refuse_link, refuse_overlap, write_bytes
 from ..formats.recordio import IRHeader, RecordWriter, pack, unpack
-from ..formats.shard import (IDX_NAME, MAX_IMAGE_SIDE, REC_NAME, FaceShard, refuse_shard_output, scalar_label,
-                             write_property)
+from ..formats.shard import (IDX_NAME, MAX_IMAGE_SIDE, MAX_LABEL, REC_NAME, FaceShard, refuse_shard_output,
+                             scalar_label, write_property)
 
 FORMAT = "facemae-parquet"
 FORMAT_VERSION = 1
@@ -284,8 +285,8 @@ def _image_bytes(column, path, first_row):
 def _labels(column, path, first_row):
     values = column.to_pylist()
     for offset, value in enumerate(values):
-        if value is None or not 0 <= value < 2**31:
-            raise InputError(f"{path}: row {first_row + offset} has label {value!r}, expected 0..{2**31 - 1}")
+        if value is None or not 0 <= value <= MAX_LABEL:
+            raise InputError(f"{path}: row {first_row + offset} has label {value!r}, expected 0..{MAX_LABEL}")
     return values
 
 
@@ -313,29 +314,27 @@ def parquet_to_rec(paths, out_dir, image_column="image", label_column="label", o
 
 
 def _write_parts(source, parts, progress):
-    """Each Parquet file -> ``parts/part-IofN.rec/.idx`` (skipped when done); returns image facts."""
-    from PIL import Image
-
+    """Each Parquet file -> ``parts/part-I.rec/.idx`` (skipped when done); returns image facts."""
     total = int(sum(source.rows))
     facts = {"images": total, "max_label": -1, "sizes": set()}
     with tqdm(total=total, desc="parquet2rec", unit="img", disable=not progress) as bar:
         for i, path in enumerate(source.paths):
             if not parts.done(i):
-                parts.mark_done(i, _write_part(source, i, parts.files(i)[:2], Image, bar))
+                parts.mark_done(i, _write_part(source, i, parts.files(i)[:2], bar))
             else:
                 bar.update(source.rows[i])
             facts.update(parts.facts(i, facts))
     return facts
 
 
-def _write_part(source, i, files, Image, bar):
+def _write_part(source, i, files, bar):
     """File ``i`` of ``source`` as one shard part; returns its largest label and image sizes."""
     facts = {"max_label": -1, "sizes": set()}
     path = source.paths[i]
     with RecordWriter(*files) as writer:
         for row, images, labels, keys, headers in source.batches(i):
             for offset, (image, label, key, header) in enumerate(zip(images, labels, keys, headers)):
-                facts["sizes"].add(_image_size(Image, image, path, row + offset))
+                facts["sizes"].add(_image_size(image, path, row + offset))
                 facts["max_label"] = max(facts["max_label"], label)
                 writer.write_idx(key, _record(image, label, key, header, path, row + offset))
             bar.update(len(images))
@@ -353,7 +352,7 @@ def _record(image, label, key, header, path, row):
     return record
 
 
-def _image_size(Image, data, path, row):
+def _image_size(data, path, row):
     """``(height, width)`` from the image's own header (no decode)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
