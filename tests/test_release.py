@@ -228,8 +228,8 @@ def test_adaptive_attackers_fine_tuned_from_each_recogniser_are_audited_and_on_t
     for threat, entry in card["worst_case"].items():
         assert entry["value"] == max(a["leakage"][entry["metric"]] for a in card["attackers"])
     text = text_of(out)
-    assert "- adaptive-attacker: the attacker recogniser fine-tuned on the training set" in text
-    assert "- adaptive: a face recogniser trained from random weights" in text
+    assert "- adaptive-attacker: the attacker recogniser fine-tuned for 3 epochs on the training set" in text
+    assert "- adaptive: a face recogniser trained from random weights for 3 epochs on the training set" in text
     assert not os.path.exists(out / ".adaptive")
 
 
