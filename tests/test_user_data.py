@@ -24,19 +24,20 @@ def file_hash(path):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """Two shards of different synthetic people and one held-out .bin, as a user would have them."""
+    """Three shards of different synthetic people (train, release, the attackers' split C) and one held-out
+    .bin, as a user would have them."""
     root = tmp_path_factory.mktemp("user")
     synthetic = Experiment(root / "made", TOY, progress=False)
     synthetic.data()
-    shutil.copytree(root / "made" / "data" / "train", root / "train")
-    shutil.copytree(root / "made" / "data" / "release", root / "release")
+    for name in ("train", "release", "attacker"):
+        shutil.copytree(root / "made" / "data" / name, root / name)
     shutil.copy(root / "made" / "data" / "holdout.bin", root / "lfw.bin")
     return root
 
 
 def user_protocol(shards, **data):
     return {**TOY, "data": {"train": str(shards / "train"), "release": str(shards / "release"),
-                            "val": [str(shards / "lfw.bin")], **data}}
+                            "attacker": str(shards / "attacker"), "val": [str(shards / "lfw.bin")], **data}}
 
 
 def test_the_data_block_takes_one_form_and_names_its_verification_sets(shards, tmp_path):
@@ -52,8 +53,20 @@ def test_the_data_block_takes_one_form_and_names_its_verification_sets(shards, t
         Experiment(tmp_path / "e", {**TOY, "data": {"source": str(shards / "train"), "fraction": 1.0,
                                                      "val": [str(shards / "lfw.bin")]}}, progress=False).data()
     done = Experiment(tmp_path / "f", user_protocol(shards), progress=False).data()
-    assert done["val"] == {"lfw": str(shards / "lfw.bin")} and done["classes"] == {"train": 6, "release": 5}
+    assert done["val"] == {"lfw": str(shards / "lfw.bin")}
+    assert done["classes"] == {"train": 6, "release": 5, "attacker": 3}
     assert done["train"] == str(shards / "train") and not os.path.exists(tmp_path / "f" / "data")  # nothing copied
+    assert done["attacker"] == str(shards / "attacker")
+    with pytest.raises(ProtocolError, match="release .*release and attacker .*release are the same shard; the "
+                                            "attacker split must hold other people"):
+        Experiment(tmp_path / "g", user_protocol(shards, attacker=str(shards / "release")), progress=False).data()
+    write_identity_shard(tmp_path / "two_of_train", 0, range(2), 4, progress=False)  # train's first two people
+    with pytest.raises(ProtocolError, match="2 identities of the attacker .*two_of_train also appear in train"):
+        Experiment(tmp_path / "i", user_protocol(shards, attacker=str(tmp_path / "two_of_train")),
+                   progress=False).data()
+    with pytest.raises(ProtocolError, match="protocol.data.attacker: a shard of split C goes with train"):
+        Experiment(tmp_path / "h", {**TOY, "data": {**TOY["data"], "attacker": str(shards / "attacker")}},
+                   progress=False).data()
 
 
 def test_a_release_sharing_people_with_train_is_refused_with_the_overlap_count(shards, tmp_path):

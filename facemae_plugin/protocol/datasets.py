@@ -104,15 +104,17 @@ def identity_overlap(train_dir, release_dir, progress=False):
     return int(len(np.unique(labels))), int(shared.sum())
 
 
-def check_disjoint(train, release, progress=False):
-    """Refuse a train and release split that share a shard or any identity (``identity_overlap``)."""
+def check_disjoint(train, release, progress=False, names=("train", "release")):
+    """Refuse two splits (``names``: their keys in ``protocol.data``) that share a shard or any identity
+    (``identity_overlap``)."""
+    first, second = names
     if train["fingerprint"]["idx_sha256"] == release["fingerprint"]["idx_sha256"]:
-        raise ProtocolError(f"protocol.data: train {train['path']} and release {release['path']} are the same "
-                            "shard; the release must hold other people")
+        raise ProtocolError(f"protocol.data: {first} {train['path']} and {second} {release['path']} are the same "
+                            f"shard; the {second} split must hold other people")
     identities, images = identity_overlap(train["path"], release["path"], progress)
     if identities:
-        raise ProtocolError(f"protocol.data: {identities} identities of the release {release['path']} also appear "
-                            f"in train {train['path']} ({images} identical images); the splits must hold "
+        raise ProtocolError(f"protocol.data: {identities} identities of the {second} {release['path']} also appear "
+                            f"in {first} {train['path']} ({images} identical images); the splits must hold "
                             "different people")
 
 

@@ -106,8 +106,8 @@ class Experiment(StepStore):
                 "fingerprints": {"train": train["fingerprint"], "release": release["fingerprint"]}}
         if d.get("attacker"):
             attacker = shard_summary(d.attacker, "attacker")
-            for other in (train, release):
-                check_disjoint(other, attacker, self.progress)
+            for name, other in (("train", train), ("release", release)):
+                check_disjoint(other, attacker, self.progress, names=(name, "attacker"))
             done.update(attacker=attacker["path"])
             done["classes"]["attacker"] = attacker["classes"]
             done["fingerprints"]["attacker"] = attacker["fingerprint"]
