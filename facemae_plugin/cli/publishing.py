@@ -97,8 +97,8 @@ def add_release(verbs):
                    help="with --training-set, also fine-tune each --attacker model.pt the same way (adaptive-NAME): "
                         "an attacker who holds a face recogniser adapts it to the method rather than training one "
                         "from nothing, and may re-identify more people; one more training per attacker")
-    p.add_argument("--adaptive-epochs", type=POSITIVE_INT, default=3, metavar="N",
-                   help="how long the adaptive attackers train (default 3, the recogniser recipe's): longer finds "
+    p.add_argument("--adaptive-epochs", type=POSITIVE_INT, default=None, metavar="N",
+                   help="how long the adaptive attackers train (default: the recogniser recipe's): longer finds "
                         "more people by re-identification and, past a few epochs, fewer sources by instance "
                         "(docs/privacy.md measures both)")
     p.add_argument("--target-leakage", type=number(float, 0.0, 1.0), default=None, metavar="X",
@@ -180,6 +180,7 @@ def _release(args):
     from ..core.devices import pick_device
     from ..evaluation.attackers import worst_text
     from ..core.files import private_path
+    from ..publish.adaptive import RECIPE as ADAPTIVE_RECIPE
     from ..publish.release import PARTIAL_SUFFIX, ReleaseOptions, release_dataset
 
     attackers = _attackers(args.attacker, args.attacker_network)
@@ -189,8 +190,8 @@ def _release(args):
         convert=_convert_settings(args), val_bins=tuple(args.val or ()), training_set=args.training_set,
         attacker_set=args.attacker_set, target_reid=args.target_reid,
         target_leakage=args.target_leakage, reapply=args.reapply, adaptive=args.adaptive,
-        adaptive_from_attackers=args.adaptive_from_attackers, adaptive_epochs=args.adaptive_epochs,
-        seed=args.seed or 0,
+        adaptive_from_attackers=args.adaptive_from_attackers,
+        adaptive_epochs=args.adaptive_epochs or ADAPTIVE_RECIPE["num_epoch"], seed=args.seed or 0,
         device=str(pick_device(args.device)), precision=args.precision, search=args.search, compile=args.compile,
         overwrite=args.overwrite, progress=not args.quiet, command="facemae " + shlex.join(args.argv),
         hub=_hub_metadata(args))

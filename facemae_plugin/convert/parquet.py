@@ -37,6 +37,7 @@ from ..formats.shard import (IDX_NAME, MAX_IMAGE_SIDE, MAX_LABEL, REC_NAME, Face
 FORMAT = "facemae-parquet"
 FORMAT_VERSION = 1
 SPLIT = "train"
+SPLIT_GLOB = f"{SPLIT}-*.parquet"  # the split's files (``parquet_file_name``), never the layout file
 LAYOUT_NAME = "recordio-layout.parquet"
 ROWS_PER_GROUP = 500  # rows read and written at a time: bounds memory, and the Hub viewer pages by row group
 DEFAULT_ROWS_PER_FILE = 50_000  # about 300 MB of 112x112 JPEGs, within the Hub's advice for one file
@@ -122,10 +123,10 @@ def _file_job(pq, path):
     if not os.path.isfile(path):
         return None
     try:
-        metadata = pq.read_schema(path).metadata or {}
-        return json.loads(metadata[FORMAT.encode()])
+        schema = pq.read_schema(path)
     except Exception:  # any damage means "not a finished file of this job": it is written again
         return None
+    return _schema_job(schema)
 
 
 def _clear_stale(pq, out_dir, names, job, overwrite):
@@ -242,6 +243,7 @@ def _open_parquet(pq, path):
 
 
 def _schema_job(schema):
+    """The job our metadata in ``schema`` names, or None (not a file of ours)."""
     try:
         return json.loads((schema.metadata or {})[FORMAT.encode()])
     except (KeyError, ValueError):

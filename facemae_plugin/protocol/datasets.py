@@ -104,18 +104,18 @@ def identity_overlap(train_dir, release_dir, progress=False):
     return int(len(np.unique(labels))), int(shared.sum())
 
 
-def check_disjoint(train, release, progress=False, names=("train", "release")):
-    """Refuse two splits (``names``: their keys in ``protocol.data``) that share a shard or any identity
-    (``identity_overlap``)."""
-    first, second = names
-    if train["fingerprint"]["idx_sha256"] == release["fingerprint"]["idx_sha256"]:
-        raise ProtocolError(f"protocol.data: {first} {train['path']} and {second} {release['path']} are the same "
-                            f"shard; the {second} split must hold other people")
-    identities, images = identity_overlap(train["path"], release["path"], progress)
+def check_disjoint(first, second, progress=False, names=("train", "release")):
+    """Refuse two splits (``shard_summary``s; ``names``: their keys in ``protocol.data``) that share a shard
+    or any identity (``identity_overlap``)."""
+    first_name, second_name = names
+    if first["fingerprint"]["idx_sha256"] == second["fingerprint"]["idx_sha256"]:
+        raise ProtocolError(f"protocol.data: {first_name} {first['path']} and {second_name} {second['path']} are "
+                            f"the same shard; the {second_name} split must hold other people")
+    identities, images = identity_overlap(first["path"], second["path"], progress)
     if identities:
-        raise ProtocolError(f"protocol.data: {identities} identities of the {second} {release['path']} also appear "
-                            f"in {first} {train['path']} ({images} identical images); the splits must hold "
-                            "different people")
+        raise ProtocolError(f"protocol.data: {identities} identities of the {second_name} {second['path']} also "
+                            f"appear in {first_name} {first['path']} ({images} identical images); the splits must "
+                            "hold different people")
 
 
 def check_trained_on(model, recorded, train, release, what):

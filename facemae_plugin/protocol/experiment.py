@@ -352,7 +352,7 @@ class Experiment(StepStore):
         ``teacher``: trained on split A, never saw split B; it is also IRM's teacher, so FaceMAE was
         trained to keep exactly its similarity structure. ``informed``: the protocol's recogniser
         trained on the original split B (seed 0), a different network state that knows the people.
-        ``adaptive``: trained on split A beside its release by ``variant``'s method (``adaptive``).
+        ``adaptive``: trained on ``adaptive_split`` beside its release by ``variant``'s method (``adaptive``).
         """
         from ..evaluation.suite import MODEL_FREE
 

@@ -9,10 +9,10 @@ the release card, whose paths are already public: nothing names the publisher's 
 """
 import os
 
+from ..convert.parquet import SPLIT_GLOB
 from ..core.files import atomic_file, json_text, sha256_file
-from ..formats.shard import IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME, REC_NAME
 from .card import THREAT_WORDS, method_text, percent
-from .private import CROISSANT_JSON, HUB_DATA_DIR
+from .private import CROISSANT_JSON, HUB_DATA_DIR, SHARD_FILES
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 CONTEXT = {
@@ -31,15 +31,13 @@ CONTEXT = {
 }
 ENCODINGS = {".parquet": "application/x-parquet", ".rec": "application/octet-stream",
              ".idx": "text/plain", ".json": "application/json", "": "text/plain"}
-SHARD_FILES = (REC_NAME, IDX_NAME, PROPERTY_NAME, PROVENANCE_NAME)
+TAGS = ("face-recognition", "privacy", "biometrics", "facemae", "insightface", "arcface")  # and the Hub card's
 # FaceMAE draws new pixels with a model; the other methods edit the photo's own pixels.
 SYNTHETIC_METHODS = ("facemae",)
 
 
 def croissant(card, metadata, files):
     """The Croissant document as a dict; ``files``: ``{path in the release: (sha256, bytes)}`` of its data files."""
-    from .hub import TAGS
-
     name = metadata.pretty_name or card["released"]["name"]
     doc = {
         "@context": CONTEXT, "@type": "sc:Dataset", "conformsTo": CONFORMS_TO, "name": name,
@@ -51,7 +49,7 @@ def croissant(card, metadata, files):
         "isBasedOn": list(metadata.source_datasets), "isLiveDataset": False,
         "distribution": [_file_object(path, *facts) for path, facts in sorted(files.items())] + [
             {"@type": "cr:FileSet", "@id": "parquet-files", "name": "parquet-files",
-             "encodingFormat": ENCODINGS[".parquet"], "includes": f"{HUB_DATA_DIR}/train-*.parquet"}],
+             "encodingFormat": ENCODINGS[".parquet"], "includes": f"{HUB_DATA_DIR}/{SPLIT_GLOB}"}],
         "recordSet": [_record_set()],
     }
     if metadata.citation:

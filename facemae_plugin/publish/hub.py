@@ -2,7 +2,7 @@
 
 ``HubMetadata``: what only the publisher knows (licence, source datasets, contact), from a small YAML
 file and flags, checked before any work. ``write_hub_folder`` adds to a finished release (its shard
-and card already made): ``data/train-*.parquet`` (``data.parquet``), ``README.md`` (YAML front matter
+and card already made): ``data/train-*.parquet`` (``convert.parquet``), ``README.md`` (YAML front matter
 the Hub reads, then the Hub's dataset card sections, its risks led by the measured worst case) and
 ``croissant.json`` (``publish.croissant``). The RecordIO shard stays for arcface_torch.
 ``hub_from_release`` does the same for a release made without ``--hub``, into a new folder.
@@ -15,9 +15,11 @@ from typing import Optional
 
 from ..core.errors import InputError, UsageError
 from ..core.files import atomic_file, refuse_existing, refuse_overlap, replace_dir, temp_name
-from ..convert.parquet import DEFAULT_ROWS_PER_FILE
+from ..convert.parquet import DEFAULT_ROWS_PER_FILE, LAYOUT_NAME, SPLIT_GLOB, write_parquet_files
+from ..formats.shard import FaceShard
 from .card import CARD_VERSION, THREAT_WORDS, leakage_table_lines, method_text, percent, worst_case_lines, write_card
-from .private import CARD_JSON, CROISSANT_JSON, FIGURES_DIR, HUB_CARD, HUB_DATA_DIR, SHARD_FILES
+from .croissant import TAGS, write_croissant
+from .private import CARD_JSON, CROISSANT_JSON, HUB_CARD, HUB_DATA_DIR, PUBLISHED
 
 REQUIRED = ("license", "source_datasets", "contact")
 FLAGS = {"license": "--hub-license", "source_datasets": "--hub-source-dataset", "contact": "--hub-contact",
@@ -26,7 +28,6 @@ FLAGS = {"license": "--hub-license", "source_datasets": "--hub-source-dataset", 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
 TASK_CATEGORIES = ("image-classification", "image-feature-extraction")
-TAGS = ("face-recognition", "privacy", "biometrics", "facemae", "insightface", "arcface")
 GATED_PROMPT = ("These faces were made from photos of real people. By requesting access you agree not to "
                 "attempt to identify or re-identify anyone in this dataset, nor to link its images to any "
                 "other photo, and to use it only to train or evaluate face recognition.")
@@ -112,7 +113,7 @@ def front_matter(card, metadata, parquet):
         "annotations_creators": list(metadata.annotations_creators),
         "source_datasets": list(metadata.source_datasets),
         "configs": [{"config_name": "default",
-                     "data_files": [{"split": "train", "path": f"{HUB_DATA_DIR}/train-*.parquet"}]}],
+                     "data_files": [{"split": "train", "path": f"{HUB_DATA_DIR}/{SPLIT_GLOB}"}]}],
         "dataset_info": {
             "features": [{"name": "image", "dtype": "image"}, {"name": "label", "dtype": "int64"},
                          {"name": "key", "dtype": "int64"}, {"name": "recordio_header", "dtype": "binary"}],
@@ -137,8 +138,8 @@ def _body_lines(card, metadata):
     worst = card["worst_case"]
     lines = [f"# Dataset Card for {name}", "",
              f"Face images for training face recognition, each made from one photo of a real person by "
-             f"{method_text(card, bold=True)} so that it is harder to link back to that photo. How often it still can be "
-             f"was measured and is stated below, worst case first.", ""]
+             f"{method_text(card, bold=True)} so that it is harder to link back to that photo. How often it still "
+             f"can be was measured and is stated below, worst case first.", ""]
     lines += worst_case_lines(card)
     lines += ["", "## Dataset Details", "", "### Dataset Description", "",
               f"- **Curated by:** {metadata.contact}",
@@ -155,7 +156,7 @@ def _body_lines(card, metadata):
               "or to the source dataset; inferring sensitive attributes (ethnicity, health, sexual orientation, "
               "political or religious views) from faces; surveillance of any kind.", "",
               "## Dataset Structure", "",
-              f"One split, `train`, in `{HUB_DATA_DIR}/train-*.parquet`: `image` (the JPEG bytes, a `datasets` Image), "
+              f"One split, `train`, in `{HUB_DATA_DIR}/{SPLIT_GLOB}`: `image` (the JPEG bytes, a `datasets` Image), "
               "`label` (int64 identity), `key` (the record key in `train.rec`) and `recordio_header` (the record's "
               "header bytes, so `facemae parquet2rec` rebuilds the shard byte for byte). The same records as an "
               "InsightFace shard: `train.rec`, `train.idx`, `property`. `RELEASE.md` / `RELEASE.json` hold the "
@@ -201,8 +202,8 @@ def _body_lines(card, metadata):
 def hub_from_release(release_dir, out_dir, metadata, rows_per_file=DEFAULT_ROWS_PER_FILE, overwrite=False,
                      progress=True):
     """A finished release made without ``--hub``, copied into ``out_dir`` as a Hub dataset folder: its
-    published files (nothing else of the folder), then ``write_hub_folder``; the release is not touched.
-    Returns the card (with ``hub``)."""
+    published files (``private.PUBLISHED``, nothing else of the folder), then ``write_hub_folder``; the
+    release is not touched. Returns the card (with ``hub``)."""
     release_dir, out_dir = os.path.abspath(os.fspath(release_dir)), os.path.abspath(os.fspath(out_dir))
     card = _read_card(release_dir)
     refuse_overlap(out_dir, [release_dir], output_is_dir=True)
@@ -210,11 +211,12 @@ def hub_from_release(release_dir, out_dir, metadata, rows_per_file=DEFAULT_ROWS_
     tmp = temp_name(out_dir)
     os.makedirs(tmp)
     try:
-        for name in SHARD_FILES:
-            if os.path.isfile(os.path.join(release_dir, name)):
-                shutil.copyfile(os.path.join(release_dir, name), os.path.join(tmp, name))
-        if os.path.isdir(os.path.join(release_dir, FIGURES_DIR)):
-            shutil.copytree(os.path.join(release_dir, FIGURES_DIR), os.path.join(tmp, FIGURES_DIR), symlinks=False)
+        for name in PUBLISHED:
+            source = os.path.join(release_dir, name)
+            if os.path.isdir(source) and not os.path.islink(source):
+                shutil.copytree(source, os.path.join(tmp, name), symlinks=False)
+            elif os.path.isfile(source):
+                shutil.copyfile(source, os.path.join(tmp, name))
         card["hub"] = write_hub_folder(tmp, card, metadata, rows_per_file, progress)
         write_card(tmp, card)
     except BaseException:
@@ -242,17 +244,13 @@ def _read_card(release_dir):
 def write_hub_folder(folder, card, metadata, rows_per_file=DEFAULT_ROWS_PER_FILE, progress=True):
     """Add ``data/``, ``README.md`` and ``croissant.json`` to the release folder ``folder``; returns what the
     card records of them (the Parquet files, the card and the Croissant file, by path in the release)."""
-    from ..convert.parquet import write_parquet_files
-    from ..formats.shard import FaceShard
-    from .croissant import write_croissant
-
     data_dir = os.path.join(folder, HUB_DATA_DIR)
     os.makedirs(data_dir, exist_ok=True)
     with FaceShard(folder) as shard:
         written = write_parquet_files(shard, data_dir, rows_per_file, overwrite=True, progress=progress)
     parquet = {"files": [os.path.join(HUB_DATA_DIR, name) for name in written["files"]]}
     parquet["bytes"] = sum(os.path.getsize(os.path.join(folder, p)) for p in parquet["files"]
-                           if os.path.basename(p).startswith("train-"))
+                           if os.path.basename(p) != LAYOUT_NAME)
     with atomic_file(os.path.join(folder, HUB_CARD)) as f:
         f.write(render_hub_readme(card, metadata, parquet).encode())
     write_croissant(folder, card, metadata, parquet["files"])

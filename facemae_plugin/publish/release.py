@@ -25,8 +25,7 @@ from ..formats.shard import PROVENANCE_NAME, REC_NAME, FaceShard, lineage_proble
 from .calibrate import CalibrationOptions, calibrate
 from .card import attacker_entry, build_card, public_paths, write_card
 from .hub import write_hub_folder
-from .adaptive import ADAPTIVE, ADAPTIVE_DIR, train_adaptive_attackers
-from .adaptive import RECIPE as ADAPTIVE_RECIPE
+from .adaptive import ADAPTIVE, ADAPTIVE_DIR, RECIPE as ADAPTIVE_RECIPE, train_adaptive_attackers
 from .private import FIGURES_DIR, SHARD_FILES, private_workspace, sweep
 from .reapply import reapply_attackers
 
