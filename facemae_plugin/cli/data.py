@@ -104,7 +104,7 @@ def add_rec2parquet(verbs):
     p.add_argument("rec_dir", metavar="REC_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--rows-per-file", type=POSITIVE_INT, default=50_000,
-                   help="images per Parquet file (default 50000, about 300 MB of 112x112 JPEGs)")
+                   help="images per Parquet file (default 50000)")
     p.set_defaults(run=_rec2parquet)
 
 

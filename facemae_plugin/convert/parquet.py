@@ -40,7 +40,7 @@ SPLIT = "train"
 SPLIT_GLOB = f"{SPLIT}-*.parquet"  # the split's files (``parquet_file_name``), never the layout file
 LAYOUT_NAME = "recordio-layout.parquet"
 ROWS_PER_GROUP = 500  # rows read and written at a time: bounds memory, and the Hub viewer pages by row group
-DEFAULT_ROWS_PER_FILE = 50_000  # about 300 MB of 112x112 JPEGs, within the Hub's advice for one file
+DEFAULT_ROWS_PER_FILE = 50_000  # 112x112 faces per file: under the Hub's advised size for one Parquet file
 PARTS_DIR = "parts"
 HUB_FEATURES = {"image": {"_type": "Image"}, "label": {"dtype": "int64", "_type": "Value"},
                 "key": {"dtype": "int64", "_type": "Value"},
